@@ -1,0 +1,74 @@
+package traces
+
+import "time"
+
+// Severities of a finding, from most to least urgent.
+const (
+	SeverityCritical = "critical"
+	SeverityWarning  = "warning"
+	SeverityInfo     = "info"
+)
+
+// FindingsDir is the folder, beside a capture's host folders, where the
+// aggregator stores the findings of that capture: .../<capture>/_findings/.
+const FindingsDir = "_findings"
+
+// Finding is one conclusion an analyzer drew from a capture. Findings are
+// stored as JSON beside the capture they came from.
+type Finding struct {
+	// ID is stable across re-runs of the same analyzer version on the same
+	// capture and scope, so that it can be used for dedup.
+	ID              string    `json:"id"`
+	Analyzer        string    `json:"analyzer"`
+	AnalyzerVersion string    `json:"analyzer_version"`
+	Title           string    `json:"title"`
+	Severity        string    `json:"severity"`
+	Scope           Scope     `json:"scope"`
+	Evidence        []Metric  `json:"evidence"`
+	Impact          Impact    `json:"impact"`
+	Recommendation  string    `json:"recommendation"`
+	Owners          []string  `json:"owners,omitempty"`
+	Lineage         Lineage   `json:"lineage"`
+	Created         time.Time `json:"created"`
+	// Partial is set when the capture was analyzed without every rank.
+	Partial      bool  `json:"partial,omitempty"`
+	MissingRanks []int `json:"missing_ranks,omitempty"`
+	// Simulated is set when the inputs came from simulated GPUs.
+	Simulated bool `json:"simulated,omitempty"`
+}
+
+// Scope is what a finding is about: a whole job, or one host, GPU or rank of it.
+// Unset numeric fields are -1.
+type Scope struct {
+	Cluster string `json:"cluster"`
+	Job     string `json:"job"`
+	Run     string `json:"run"`
+	Capture string `json:"capture"`
+	Host    string `json:"host,omitempty"`
+	GPU     int    `json:"gpu"`
+	Rank    int    `json:"rank"`
+	Stream  string `json:"stream,omitempty"`
+}
+
+// Metric is one evidence number.
+type Metric struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+	Unit  string  `json:"unit,omitempty"`
+}
+
+// Impact estimates what a finding costs.
+type Impact struct {
+	// GPUSeconds lost in the capture window.
+	GPUSeconds float64 `json:"gpu_seconds"`
+	// WindowShare is the share of the window's GPU time lost, in [0,1].
+	WindowShare float64 `json:"window_share"`
+}
+
+// Lineage names what a finding was computed from.
+type Lineage struct {
+	// Inputs are the object keys of the parts read.
+	Inputs []string `json:"inputs"`
+	// AnalyzerVersions maps analyzer name to version for every analyzer of the run.
+	AnalyzerVersions map[string]string `json:"analyzer_versions,omitempty"`
+}

@@ -1,0 +1,134 @@
+package traces
+
+import (
+	"errors"
+	"time"
+)
+
+// SchemaVersion is the bundle format version this package writes and reads.
+const SchemaVersion = 1
+
+// ManifestName is the name of the manifest object inside a capture's host
+// folder. It is written last and is the commit marker of the capture.
+const ManifestName = "manifest.json"
+
+// Standard part names. Kineto traces are stored under KinetoDir, one file per
+// traced process, gzip-compressed as produced by Kineto.
+const (
+	PartGPUSamples = "gpu_samples.parquet"
+	PartNCCLEvents = "nccl_events.parquet"
+	PartSteps      = "steps.parquet"
+	PartCPUProfile = "cpu.pb.gz"
+	PartEvents     = "events.jsonl"
+	KinetoDir      = "kineto/"
+)
+
+// Media types of the parts.
+const (
+	MediaParquet = "application/vnd.apache.parquet"
+	MediaPprof   = "application/vnd.google.protobuf+pprof"
+	MediaJSONL   = "application/jsonl"
+	MediaKineto  = "application/json+gzip"
+	MediaJSON    = "application/json"
+)
+
+// Limits a reader enforces on outside data.
+const (
+	// MaxManifestSize bounds the manifest a reader will decode.
+	MaxManifestSize = 4 << 20
+	// MaxParts bounds the number of parts one manifest may list.
+	MaxParts = 4096
+	// DefaultMaxPartSize bounds a single part unless the reader is told otherwise.
+	DefaultMaxPartSize int64 = 8 << 30
+)
+
+// Trigger kinds.
+const (
+	TriggerStableIteration = "stable-iteration"
+	TriggerOnDemand        = "on-demand"
+)
+
+// Manifest describes one host's share of one capture. It is stored as
+// manifest.json next to the parts it lists.
+type Manifest struct {
+	SchemaVersion int    `json:"schema_version"`
+	CaptureID     string `json:"capture_id"`
+	Cluster       string `json:"cluster"`
+	Job           string `json:"job"`
+	Run           string `json:"run"`
+	Host          string `json:"host"`
+	// Ranks are the global ranks of the job's processes on this host.
+	Ranks []int `json:"ranks"`
+	// WorldSize is the job's total number of ranks; the aggregator waits for
+	// all of them before it analyzes the capture.
+	WorldSize    int       `json:"world_size"`
+	Start        time.Time `json:"start"`
+	End          time.Time `json:"end"`
+	Trigger      Trigger   `json:"trigger"`
+	AgentVersion string    `json:"agent_version"`
+	// Simulated is true when any data in the bundle comes from simulated GPUs.
+	Simulated bool `json:"simulated,omitempty"`
+	// GPUs describes the devices whose samples the bundle carries.
+	GPUs []GPUInfo `json:"gpus,omitempty"`
+	// Processes are the processes the capture covered.
+	Processes []Process `json:"processes,omitempty"`
+	Parts     []Part    `json:"parts"`
+	// Notes are human-readable remarks about gaps in the capture, for
+	// example a Kineto trace without distributedInfo or a missing collector.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// Trigger says why a capture was taken.
+type Trigger struct {
+	Kind   string `json:"kind"`
+	Reason string `json:"reason"`
+	// StartIteration and Iterations are set for iteration-bounded captures.
+	StartIteration int64 `json:"start_iteration,omitempty"`
+	Iterations     int64 `json:"iterations,omitempty"`
+}
+
+// GPUInfo identifies one device and what runs on it.
+type GPUInfo struct {
+	Index     int    `json:"index"`
+	UUID      string `json:"uuid"`
+	Name      string `json:"name"`
+	PCIBusID  string `json:"pci_bus_id,omitempty"`
+	MIG       bool   `json:"mig,omitempty"`
+	Pod       string `json:"pod,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	Container string `json:"container,omitempty"`
+	// Ranks are the global ranks whose processes use this GPU.
+	Ranks []int `json:"ranks,omitempty"`
+}
+
+// Process is one process the capture covered.
+type Process struct {
+	PID       int    `json:"pid"`
+	Comm      string `json:"comm,omitempty"`
+	Rank      int    `json:"rank"`
+	LocalRank int    `json:"local_rank"`
+	GPU       int    `json:"gpu"` // -1 when unknown
+	Container string `json:"container,omitempty"`
+	Pod       string `json:"pod,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// Part is one file of a bundle.
+type Part struct {
+	// Name is a relative slash-separated path inside the host folder.
+	Name      string `json:"name"`
+	MediaType string `json:"media_type"`
+	Size      int64  `json:"size"`
+	// SHA256 is the lowercase hex digest of the part's bytes as stored.
+	SHA256 string `json:"sha256"`
+}
+
+// Errors a reader returns; each is wrapped with the detail of what failed.
+var (
+	ErrSchemaVersion = errors.New("unknown bundle schema version")
+	ErrMissingPart   = errors.New("part listed in manifest is missing")
+	ErrChecksum      = errors.New("part checksum mismatch")
+	ErrPartTooLarge  = errors.New("part exceeds size limit")
+	ErrUnsafeName    = errors.New("part name escapes its folder")
+	ErrInvalid       = errors.New("invalid manifest")
+)
