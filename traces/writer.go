@@ -1,0 +1,240 @@
+package traces
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/google/pprof/profile"
+	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/compress/zstd"
+)
+
+// BundleWriter writes one host's bundle into a local directory: each part
+// through a temporary file that is fsynced and renamed, and the manifest last,
+// so that a directory with a manifest.json always holds every part it lists.
+type BundleWriter struct {
+	dir   string
+	m     Manifest
+	names map[string]bool
+}
+
+// NewBundleWriter starts a bundle in dir (created if needed) described by m.
+// The manifest's parts are filled in as parts are written; its schema version
+// is set to SchemaVersion.
+func NewBundleWriter(dir string, m Manifest) (*BundleWriter, error) {
+	if err := KeyOf(&m).Validate(); err != nil {
+		return nil, fmt.Errorf("new bundle in %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("new bundle: %w", err)
+	}
+	m.SchemaVersion = SchemaVersion
+	m.Parts = nil
+	return &BundleWriter{dir: dir, m: m, names: map[string]bool{}}, nil
+}
+
+// Dir is the directory the bundle is written to.
+func (w *BundleWriter) Dir() string { return w.dir }
+
+// partFile is a part being written: a temporary file and the running digest.
+type partFile struct {
+	w         *BundleWriter
+	name      string
+	mediaType string
+	f         *os.File
+	buf       *bufio.Writer
+	sum       hash.Hash
+	n         int64
+}
+
+// Create starts a part; the caller writes it and calls Close to commit it.
+func (w *BundleWriter) Create(name, mediaType string) (io.WriteCloser, error) {
+	if err := ValidatePartName(name); err != nil {
+		return nil, err
+	}
+	if name == ManifestName || w.names[name] {
+		return nil, fmt.Errorf("bundle part %q: %w: name already used", name, ErrInvalid)
+	}
+	path := filepath.Join(w.dir, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("bundle part %q: %w", name, err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".part-*")
+	if err != nil {
+		return nil, fmt.Errorf("bundle part %q: %w", name, err)
+	}
+	w.names[name] = true
+	p := &partFile{w: w, name: name, mediaType: mediaType, f: f, sum: sha256.New()}
+	p.buf = bufio.NewWriterSize(io.MultiWriter(f, p.sum), 256<<10)
+	return p, nil
+}
+
+func (p *partFile) Write(b []byte) (int, error) {
+	n, err := p.buf.Write(b)
+	p.n += int64(n)
+	return n, err
+}
+
+// Close flushes, fsyncs and renames the part into place and records it.
+func (p *partFile) Close() error {
+	tmp := p.f.Name()
+	err := p.buf.Flush()
+	if err == nil {
+		err = p.f.Sync()
+	}
+	if cerr := p.f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(p.w.dir, filepath.FromSlash(p.name)))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("bundle part %q: %w", p.name, err)
+	}
+	p.w.m.Parts = append(p.w.m.Parts, Part{
+		Name: p.name, MediaType: p.mediaType, Size: p.n, SHA256: hex.EncodeToString(p.sum.Sum(nil)),
+	})
+	return nil
+}
+
+// WritePart copies r into a new part.
+func (w *BundleWriter) WritePart(name, mediaType string, r io.Reader) error {
+	pw, err := w.Create(name, mediaType)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(pw, r); err != nil {
+		pw.(*partFile).abort()
+		return fmt.Errorf("bundle part %q: %w", name, err)
+	}
+	return pw.Close()
+}
+
+func (p *partFile) abort() {
+	p.f.Close()
+	os.Remove(p.f.Name())
+	delete(p.w.names, p.name)
+}
+
+// WriteTable writes rows as a zstd-compressed Parquet part. T is one of the
+// row types of this package (GPUSample, NCCLEvent, Step).
+func WriteTable[T any](w *BundleWriter, name string, rows []T) error {
+	pw, err := w.Create(name, MediaParquet)
+	if err != nil {
+		return err
+	}
+	tw := parquet.NewGenericWriter[T](pw, parquet.Compression(&zstd.Codec{}),
+		parquet.CreatedBy("loupe", "v1", ""))
+	if _, err := tw.Write(rows); err != nil {
+		pw.(*partFile).abort()
+		return fmt.Errorf("bundle part %q: write parquet: %w", name, err)
+	}
+	if err := tw.Close(); err != nil {
+		pw.(*partFile).abort()
+		return fmt.Errorf("bundle part %q: close parquet: %w", name, err)
+	}
+	return pw.Close()
+}
+
+// WriteProfile writes p as the bundle's gzip-compressed pprof CPU profile.
+func (w *BundleWriter) WriteProfile(p *profile.Profile) error {
+	pw, err := w.Create(PartCPUProfile, MediaPprof)
+	if err != nil {
+		return err
+	}
+	if err := p.Write(pw); err != nil {
+		pw.(*partFile).abort()
+		return fmt.Errorf("bundle part %q: %w", PartCPUProfile, err)
+	}
+	return pw.Close()
+}
+
+// WriteEvents writes evs as the bundle's JSON-lines event records.
+func (w *BundleWriter) WriteEvents(evs []Event) error {
+	pw, err := w.Create(PartEvents, MediaJSONL)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(pw)
+	for i := range evs {
+		if err := enc.Encode(&evs[i]); err != nil {
+			pw.(*partFile).abort()
+			return fmt.Errorf("bundle part %q: event %d: %w", PartEvents, i, err)
+		}
+	}
+	return pw.Close()
+}
+
+// Note adds a human-readable remark about the capture to the manifest.
+func (w *BundleWriter) Note(format string, args ...any) {
+	w.m.Notes = append(w.m.Notes, fmt.Sprintf(format, args...))
+}
+
+// Commit writes manifest.json last (temporary file, fsync, rename, fsync of
+// the directory) and returns the manifest as written. After Commit the
+// bundle is complete; the writer must not be used again.
+func (w *BundleWriter) Commit() (*Manifest, error) {
+	sort.Slice(w.m.Parts, func(i, j int) bool { return w.m.Parts[i].Name < w.m.Parts[j].Name })
+	if w.m.End.IsZero() {
+		w.m.End = time.Now().UTC()
+	}
+	if err := w.m.Validate(); err != nil {
+		return nil, fmt.Errorf("commit bundle %s: %w", w.dir, err)
+	}
+	data, err := json.MarshalIndent(&w.m, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("commit bundle %s: %w", w.dir, err)
+	}
+	if err := WriteFileAtomic(filepath.Join(w.dir, ManifestName), data); err != nil {
+		return nil, fmt.Errorf("commit bundle %s: %w", w.dir, err)
+	}
+	m := w.m
+	return &m, nil
+}
+
+// WriteFileAtomic writes data to path through a temporary file in the same
+// directory that is fsynced and renamed, then fsyncs the directory, so that
+// after a crash path holds either the old content or all of the new.
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return SyncDir(dir)
+}
+
+// SyncDir fsyncs a directory so that renames into it are durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
