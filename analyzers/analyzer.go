@@ -2,11 +2,18 @@
 // is a value, in the manner of golang.org/x/tools/go/analysis: a name, a doc,
 // a version, the parts it needs and a run function. A new analyzer is a new
 // file plus one line in the registry (All).
+//
+// Run executes a list of analyzers over one job capture in parallel. The
+// analyzers read the capture's parts through the streaming helpers of this
+// package (EachGPUSample, EachNCCLEvent, EachStep, EachEvent, ReadCPUProfile),
+// which hand out one host and one batch of rows at a time, so that memory
+// does not grow with the size of the capture.
 package analyzers
 
 import (
 	"context"
 	"io"
+	"sync"
 
 	"github.com/loupe-dev/loupe/traces"
 )
@@ -35,6 +42,9 @@ type Pass struct {
 	// Report records a finding. The runner fills in analyzer name and
 	// version, lineage and the partial flag.
 	Report func(traces.Finding)
+
+	mu     sync.Mutex
+	inputs map[string]struct{} // object keys read, for lineage
 }
 
 // Input is one job capture: every host bundle that committed.
@@ -53,4 +63,77 @@ type Host struct {
 	Open func(ctx context.Context, name string) (io.ReadCloser, error)
 	// Key returns the object key (or file path) of a part, for lineage.
 	Key func(name string) string
+}
+
+// Has reports whether the host's bundle holds the named part; for
+// traces.KinetoDir, whether it holds any Kineto trace.
+func (h *Host) Has(name string) bool {
+	for _, p := range h.Manifest.Parts {
+		if p.Name == name || name == traces.KinetoDir && len(p.Name) > len(name) && p.Name[:len(name)] == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Seconds is the length of the host's capture window.
+func (h *Host) Seconds() float64 {
+	d := h.Manifest.End.Sub(h.Manifest.Start).Seconds()
+	if d < 0 {
+		return 0
+	}
+	return d
+}
+
+// GPURank returns the global rank that uses GPU index gpu on this host, or
+// -1 when the manifest does not say or several ranks share the device.
+func (h *Host) GPURank(gpu int) int {
+	for _, g := range h.Manifest.GPUs {
+		if g.Index == gpu && len(g.Ranks) == 1 {
+			return g.Ranks[0]
+		}
+	}
+	rank := -1
+	for _, p := range h.Manifest.Processes {
+		if p.GPU == gpu {
+			if rank >= 0 && rank != p.Rank {
+				return -1
+			}
+			rank = p.Rank
+		}
+	}
+	return rank
+}
+
+// RankGPU returns the GPU index a rank uses on this host, or -1.
+func (h *Host) RankGPU(rank int) int {
+	for _, p := range h.Manifest.Processes {
+		if p.Rank == rank && p.GPU >= 0 {
+			return p.GPU
+		}
+	}
+	for _, g := range h.Manifest.GPUs {
+		for _, r := range g.Ranks {
+			if r == rank {
+				return g.Index
+			}
+		}
+	}
+	return -1
+}
+
+// Used records that the analyzer read the named part of host h, so that the
+// findings it reports name that object in their lineage. The streaming
+// helpers call it; an analyzer that opens parts itself calls it too.
+func (p *Pass) Used(h *Host, name string) {
+	if h.Key == nil {
+		return
+	}
+	k := h.Key(name)
+	p.mu.Lock()
+	if p.inputs == nil {
+		p.inputs = make(map[string]struct{})
+	}
+	p.inputs[k] = struct{}{}
+	p.mu.Unlock()
 }

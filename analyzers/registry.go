@@ -1,0 +1,8 @@
+package analyzers
+
+// All is the registry: every analyzer Loupe runs, one line per analyzer,
+// in the order reports list them. A new analyzer is a new file plus one
+// line here.
+var All = []*Analyzer{
+	// one line per analyzer
+}
