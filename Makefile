@@ -1,0 +1,41 @@
+# Loupe: build, test and run. `make help` lists the targets.
+GO      ?= go
+export GONOSUMDB := github.com/NVIDIA/go-dcgm
+# Tools the tests run for real are built from the Go module proxy into a
+# git-ignored cache, once per machine.
+CACHE_BIN := $(CURDIR)/.cache/bin
+MINIO_VERSION      := v0.0.0-20260212201848-7aac2a2c5b7c
+VERSITYGW_VERSION  := v1.8.0
+export LOUPE_MINIO_BIN := $(CACHE_BIN)/minio
+
+.PHONY: help build test bench generate lint tools minio fmt
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build loupe-agent and loupe-aggregator into bin/
+	$(GO) build -o bin/ ./agent/cmd/loupe-agent ./aggregator/cmd/loupe-aggregator
+
+test: minio ## run every test (as root: real eBPF; real MinIO; headless Chromium)
+	$(GO) test -count=1 -timeout 25m ./...
+
+bench: minio ## run the benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./...
+
+generate: ## regenerate the eBPF bindings (needs clang, libbpf-dev, bpftool)
+	$(GO) generate ./bpf/...
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+fmt: ## gofmt every Go file
+	gofmt -w $$(git ls-files '*.go')
+
+tools: minio ## build the servers the tests use
+
+minio: $(CACHE_BIN)/minio
+
+$(CACHE_BIN)/minio:
+	@echo "building MinIO $(MINIO_VERSION) into $(CACHE_BIN) (about 2.5 minutes, once)"
+	GOBIN=$(CACHE_BIN) $(GO) install github.com/minio/minio@$(MINIO_VERSION)
