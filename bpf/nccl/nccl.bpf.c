@@ -1,0 +1,391 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// Uprobes on libnccl's host API. One entry program per NCCL function reads
+// that function's arguments (x86-64 System V calling convention); one generic
+// return program finishes the call (duration, result, the communicator handle
+// written by the init functions) and sends a fixed-size record to user space
+// through a ring buffer.
+
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+// Older libbpf headers (Debian 12) stop at the fifth argument register.
+#ifndef PT_REGS_PARM6
+#define PT_REGS_PARM6(x) ((x)->r9)
+#endif
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+// Operation codes; agent/nccl maps them to names. Keep in sync with ops.go.
+enum nccl_op {
+	OP_COMM_INIT_RANK = 1,
+	OP_COMM_INIT_RANK_CONFIG = 2,
+	OP_COMM_INIT_ALL = 3,
+	OP_ALL_REDUCE = 4,
+	OP_ALL_GATHER = 5,
+	OP_REDUCE_SCATTER = 6,
+	OP_BROADCAST = 7,
+	OP_REDUCE = 8,
+	OP_ALL_TO_ALL = 9,
+	OP_SEND = 10,
+	OP_RECV = 11,
+	OP_GROUP_START = 12,
+	OP_GROUP_END = 13,
+};
+
+#define NCCL_UNIQUE_ID_BYTES 128
+// ncclCommInitAll creates one communicator per device of one process; more
+// than this many devices in a single call are not reported.
+#define MAX_INIT_ALL 64
+
+// One NCCL call as user space sees it. Layout is shared with agent/nccl
+// (decode.go); all fields are naturally aligned, no implicit padding.
+struct event {
+	__u64 time_ns;     // CLOCK_MONOTONIC at entry
+	__u64 duration_ns; // entry to return
+	__u64 comm;        // ncclComm_t handle (0 for group calls)
+	__u64 comm_id;     // hash of the ncclUniqueId; 0 when the init was not seen
+	__u64 count;
+	__s64 seq;         // per communicator; -1 when not numbered
+	__u32 pid;
+	__u32 tid;
+	__s32 rank;        // -1 when the init was not seen
+	__s32 nranks;
+	__s32 peer;        // Send/Recv peer, Broadcast/Reduce root, else -1
+	__s32 datatype;    // ncclDataType_t, -1 when none
+	__s32 redop;       // ncclRedOp_t, -1 when none
+	__s32 result;      // ncclResult_t returned
+	__u32 op;
+	__u32 _pad;
+};
+
+// A call between its entry and its return, keyed by pid_tgid.
+struct inflight {
+	struct event ev;
+	__u64 out; // ncclComm_t* out-parameter of the init functions
+};
+
+struct comm_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 comm;
+};
+
+struct comm_info {
+	__u64 comm_id;
+	__s32 rank;
+	__s32 nranks;
+	__s64 seq;     // next collective sequence number
+	__s64 p2p_seq; // next Send/Recv sequence number
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); // user space may resize before load
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct comm_key);
+	__type(value, struct comm_info);
+} comms SEC(".maps");
+
+// Records that could not be sent because the ring buffer was full.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+// Force BTF for the record and op types so bpf2go can generate its Go twin.
+const struct event *unused_event __attribute__((unused));
+const enum nccl_op *unused_op __attribute__((unused));
+
+// Stack argument n (7th and later, counted from 1) at function entry: the
+// return address is at sp, the first stack argument at sp+8.
+static __always_inline __u64 stack_arg(struct pt_regs *ctx, int n)
+{
+	__u64 v = 0;
+	bpf_probe_read_user(&v, sizeof(v), (void *)(PT_REGS_SP(ctx) + 8 * (n - 6)));
+	return v;
+}
+
+static __always_inline void begin(struct inflight *in, __u32 op)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	in->ev.time_ns = bpf_ktime_get_ns();
+	in->ev.pid = id >> 32;
+	in->ev.tid = (__u32)id;
+	in->ev.op = op;
+	in->ev.seq = -1;
+	in->ev.rank = -1;
+	in->ev.nranks = -1;
+	in->ev.peer = -1;
+	in->ev.datatype = -1;
+	in->ev.redop = -1;
+}
+
+static __always_inline int save(struct inflight *in)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	bpf_map_update_elem(&inflight, &id, in, BPF_ANY);
+	return 0;
+}
+
+// A collective or point-to-point call on comm: look the communicator up (or
+// register it as unknown when its init happened before we attached) and take
+// the next sequence number.
+static __always_inline int comm_call(__u32 op, __u64 comm, __u64 count, __s32 datatype,
+				     __s32 redop, __s32 peer)
+{
+	struct inflight in = {};
+	struct comm_key key = {};
+	struct comm_info *ci;
+
+	begin(&in, op);
+	in.ev.comm = comm;
+	in.ev.count = count;
+	in.ev.datatype = datatype;
+	in.ev.redop = redop;
+	in.ev.peer = peer;
+
+	key.pid = in.ev.pid;
+	key.comm = comm;
+	ci = bpf_map_lookup_elem(&comms, &key);
+	if (!ci) {
+		struct comm_info fresh = { .rank = -1, .nranks = -1 };
+
+		bpf_map_update_elem(&comms, &key, &fresh, BPF_NOEXIST);
+		ci = bpf_map_lookup_elem(&comms, &key);
+	}
+	if (ci) {
+		in.ev.comm_id = ci->comm_id;
+		in.ev.rank = ci->rank;
+		in.ev.nranks = ci->nranks;
+		if (op == OP_SEND || op == OP_RECV)
+			in.ev.seq = __sync_fetch_and_add(&ci->p2p_seq, 1);
+		else
+			in.ev.seq = __sync_fetch_and_add(&ci->seq, 1);
+	}
+	return save(&in);
+}
+
+// FNV-1a over the 128-byte ncclUniqueId: equal on every rank of one
+// communicator, so ranks can be matched across hosts without shipping the id.
+static __always_inline __u64 hash_unique_id(const void *uid)
+{
+	__u8 buf[NCCL_UNIQUE_ID_BYTES];
+	__u64 h = 0xcbf29ce484222325ULL;
+
+	if (bpf_probe_read_user(buf, sizeof(buf), uid))
+		return 0;
+	for (int i = 0; i < NCCL_UNIQUE_ID_BYTES; i++) {
+		h ^= buf[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h ? h : 1;
+}
+
+// ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId, int rank)
+// and ncclCommInitRankConfig(..., int rank, ncclConfig_t* config): the
+// 128-byte id is passed by value, in memory on the stack, so it takes no
+// register and rank is the third integer argument.
+static __always_inline int init_rank(struct pt_regs *ctx, __u32 op)
+{
+	struct inflight in = {};
+
+	begin(&in, op);
+	in.out = PT_REGS_PARM1(ctx);
+	in.ev.nranks = (__s32)PT_REGS_PARM2(ctx);
+	in.ev.rank = (__s32)PT_REGS_PARM3(ctx);
+	in.ev.comm_id = hash_unique_id((void *)(PT_REGS_SP(ctx) + 8));
+	return save(&in);
+}
+
+SEC("uprobe/ncclCommInitRank")
+int comm_init_rank(struct pt_regs *ctx)
+{
+	return init_rank(ctx, OP_COMM_INIT_RANK);
+}
+
+SEC("uprobe/ncclCommInitRankConfig")
+int comm_init_rank_config(struct pt_regs *ctx)
+{
+	return init_rank(ctx, OP_COMM_INIT_RANK_CONFIG);
+}
+
+// ncclCommInitAll(ncclComm_t* comm, int ndev, const int* devlist): one
+// process owns every rank; the communicator id is made from the process and
+// the call time, which is unique and shared by the ranks of this call.
+SEC("uprobe/ncclCommInitAll")
+int comm_init_all(struct pt_regs *ctx)
+{
+	struct inflight in = {};
+
+	begin(&in, OP_COMM_INIT_ALL);
+	in.out = PT_REGS_PARM1(ctx);
+	in.ev.nranks = (__s32)PT_REGS_PARM2(ctx);
+	in.ev.comm_id = (((__u64)in.ev.pid << 32) ^ in.ev.time_ns) * 0x9e3779b97f4a7c15ULL;
+	return save(&in);
+}
+
+// ncclAllReduce(sendbuff, recvbuff, count, datatype, op, comm, stream)
+SEC("uprobe/ncclAllReduce")
+int all_reduce(struct pt_regs *ctx)
+{
+	return comm_call(OP_ALL_REDUCE, PT_REGS_PARM6(ctx), PT_REGS_PARM3(ctx),
+			 (__s32)PT_REGS_PARM4(ctx), (__s32)PT_REGS_PARM5(ctx), -1);
+}
+
+// ncclAllGather(sendbuff, recvbuff, sendcount, datatype, comm, stream)
+SEC("uprobe/ncclAllGather")
+int all_gather(struct pt_regs *ctx)
+{
+	return comm_call(OP_ALL_GATHER, PT_REGS_PARM5(ctx), PT_REGS_PARM3(ctx),
+			 (__s32)PT_REGS_PARM4(ctx), -1, -1);
+}
+
+// ncclReduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream)
+SEC("uprobe/ncclReduceScatter")
+int reduce_scatter(struct pt_regs *ctx)
+{
+	return comm_call(OP_REDUCE_SCATTER, PT_REGS_PARM6(ctx), PT_REGS_PARM3(ctx),
+			 (__s32)PT_REGS_PARM4(ctx), (__s32)PT_REGS_PARM5(ctx), -1);
+}
+
+// ncclBroadcast(sendbuff, recvbuff, count, datatype, root, comm, stream)
+SEC("uprobe/ncclBroadcast")
+int broadcast(struct pt_regs *ctx)
+{
+	return comm_call(OP_BROADCAST, PT_REGS_PARM6(ctx), PT_REGS_PARM3(ctx),
+			 (__s32)PT_REGS_PARM4(ctx), -1, (__s32)PT_REGS_PARM5(ctx));
+}
+
+// ncclReduce(sendbuff, recvbuff, count, datatype, op, root, comm, stream):
+// comm is the 7th argument, on the stack.
+SEC("uprobe/ncclReduce")
+int reduce(struct pt_regs *ctx)
+{
+	return comm_call(OP_REDUCE, stack_arg(ctx, 7), PT_REGS_PARM3(ctx),
+			 (__s32)PT_REGS_PARM4(ctx), (__s32)PT_REGS_PARM5(ctx),
+			 (__s32)PT_REGS_PARM6(ctx));
+}
+
+// ncclAlltoAll(sendbuff, recvbuff, count, datatype, comm, stream)
+SEC("uprobe/ncclAlltoAll")
+int all_to_all(struct pt_regs *ctx)
+{
+	return comm_call(OP_ALL_TO_ALL, PT_REGS_PARM5(ctx), PT_REGS_PARM3(ctx),
+			 (__s32)PT_REGS_PARM4(ctx), -1, -1);
+}
+
+// ncclSend(sendbuff, count, datatype, peer, comm, stream)
+SEC("uprobe/ncclSend")
+int send(struct pt_regs *ctx)
+{
+	return comm_call(OP_SEND, PT_REGS_PARM5(ctx), PT_REGS_PARM2(ctx),
+			 (__s32)PT_REGS_PARM3(ctx), -1, (__s32)PT_REGS_PARM4(ctx));
+}
+
+// ncclRecv(recvbuff, count, datatype, peer, comm, stream)
+SEC("uprobe/ncclRecv")
+int recv(struct pt_regs *ctx)
+{
+	return comm_call(OP_RECV, PT_REGS_PARM5(ctx), PT_REGS_PARM2(ctx),
+			 (__s32)PT_REGS_PARM3(ctx), -1, (__s32)PT_REGS_PARM4(ctx));
+}
+
+SEC("uprobe/ncclGroupStart")
+int group_start(struct pt_regs *ctx)
+{
+	struct inflight in = {};
+
+	begin(&in, OP_GROUP_START);
+	return save(&in);
+}
+
+SEC("uprobe/ncclGroupEnd")
+int group_end(struct pt_regs *ctx)
+{
+	struct inflight in = {};
+
+	begin(&in, OP_GROUP_END);
+	return save(&in);
+}
+
+static __always_inline void emit(struct event *ev)
+{
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0)) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+
+		if (n)
+			*n += 1;
+	}
+}
+
+static __always_inline void register_comm(__u32 pid, __u64 comm, __u64 comm_id, __s32 rank,
+					  __s32 nranks)
+{
+	struct comm_key key = { .pid = pid, .comm = comm };
+	struct comm_info ci = { .comm_id = comm_id, .rank = rank, .nranks = nranks };
+
+	bpf_map_update_elem(&comms, &key, &ci, BPF_ANY);
+}
+
+// The return of every probed function.
+SEC("uretprobe/nccl")
+int nccl_return(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct inflight *in = bpf_map_lookup_elem(&inflight, &id);
+	struct event ev;
+
+	if (!in)
+		return 0;
+	ev = in->ev;
+	ev.duration_ns = bpf_ktime_get_ns() - ev.time_ns;
+	ev.result = (__s32)PT_REGS_RC(ctx);
+
+	switch (ev.op) {
+	case OP_COMM_INIT_RANK:
+	case OP_COMM_INIT_RANK_CONFIG:
+		// *comm is written by the call, so it is read on return.
+		bpf_probe_read_user(&ev.comm, sizeof(ev.comm), (void *)in->out);
+		if (ev.result == 0 && ev.comm)
+			register_comm(ev.pid, ev.comm, ev.comm_id, ev.rank, ev.nranks);
+		break;
+	case OP_COMM_INIT_ALL:
+		// One record per device: rank i owns comm[i].
+		for (int i = 0; i < MAX_INIT_ALL; i++) {
+			if (i >= ev.nranks)
+				break;
+			ev.rank = i;
+			ev.comm = 0;
+			bpf_probe_read_user(&ev.comm, sizeof(ev.comm), (void *)(in->out + 8 * i));
+			if (ev.result == 0 && ev.comm)
+				register_comm(ev.pid, ev.comm, ev.comm_id, ev.rank, ev.nranks);
+			emit(&ev);
+		}
+		bpf_map_delete_elem(&inflight, &id);
+		return 0;
+	}
+	emit(&ev);
+	bpf_map_delete_elem(&inflight, &id);
+	return 0;
+}
