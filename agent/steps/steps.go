@@ -74,6 +74,11 @@ type Stats struct {
 	// CV is the coefficient of variation (standard deviation over mean) of
 	// the window's step times; 0 when fewer than two steps are known.
 	CV float64 `json:"cv"`
+	// Trend is the least-squares change of step time across the window,
+	// relative to the mean: -0.2 means step time fell by a fifth from the
+	// window's first step to its last. A warm-up that falls slowly has a low
+	// CV but a clear trend.
+	Trend float64 `json:"trend"`
 }
 
 // Observer is told about every new step, after the tracker's lock is released.
@@ -373,12 +378,31 @@ func (t *Tracker) statsLocked(k rankKey, st *rankState) Stats {
 	}
 	if len(d) > 1 && mean > 0 {
 		s.CV = math.Sqrt(ss/float64(len(d)-1)) / mean
+		s.Trend = slope(d) * float64(len(d)-1) / mean
 	}
 	sort.Float64s(d)
 	s.Mean = time.Duration(mean)
 	s.P50 = time.Duration(quantile(d, 0.5))
 	s.P99 = time.Duration(quantile(d, 0.99))
 	return s
+}
+
+// slope is the least-squares slope of ys against their index.
+func slope(ys []float64) float64 {
+	n := float64(len(ys))
+	xm := (n - 1) / 2
+	var ym float64
+	for _, y := range ys {
+		ym += y
+	}
+	ym /= n
+	var num, den float64
+	for i, y := range ys {
+		dx := float64(i) - xm
+		num += dx * (y - ym)
+		den += dx * dx
+	}
+	return num / den
 }
 
 // quantile of sorted values by linear interpolation between closest ranks.

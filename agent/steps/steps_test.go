@@ -58,13 +58,14 @@ func TestStatsFromMarkers(t *testing.T) {
 		steps          int64
 		n              int
 		mean, p50, p99 time.Duration
-		cv             float64
+		cv, trend      float64
 	}{
-		{"constant", 50, ms(100, 100, 100, 100), 4, 4, 100 * time.Millisecond, 100 * time.Millisecond, 100 * time.Millisecond, 0},
-		{"two values", 50, ms(100, 300), 2, 2, 200 * time.Millisecond, 200 * time.Millisecond, 298 * time.Millisecond, math.Sqrt(2) / 2},
+		{"constant", 50, ms(100, 100, 100, 100), 4, 4, 100 * time.Millisecond, 100 * time.Millisecond, 100 * time.Millisecond, 0, 0},
+		{"two values", 50, ms(100, 300), 2, 2, 200 * time.Millisecond, 200 * time.Millisecond, 298 * time.Millisecond, math.Sqrt(2) / 2, 1},
+		{"falling", 50, ms(300, 200, 100), 3, 3, 200 * time.Millisecond, 200 * time.Millisecond, 298 * time.Millisecond, 0.5, -1},
 		// The window keeps only the last three: 200, 200, 200.
-		{"window drops warm-up", 3, ms(900, 500, 200, 200, 200), 5, 3, 200 * time.Millisecond, 200 * time.Millisecond, 200 * time.Millisecond, 0},
-		{"single step", 50, ms(120), 1, 1, 120 * time.Millisecond, 120 * time.Millisecond, 120 * time.Millisecond, 0},
+		{"window drops warm-up", 3, ms(900, 500, 200, 200, 200), 5, 3, 200 * time.Millisecond, 200 * time.Millisecond, 200 * time.Millisecond, 0, 0},
+		{"single step", 50, ms(120), 1, 1, 120 * time.Millisecond, 120 * time.Millisecond, 120 * time.Millisecond, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr, _ := newTracker(Config{Window: tc.window})
@@ -83,8 +84,8 @@ func TestStatsFromMarkers(t *testing.T) {
 			if s.Mean != tc.mean || s.P50 != tc.p50 || s.P99 != tc.p99 {
 				t.Errorf("mean/p50/p99 = %v/%v/%v, want %v/%v/%v", s.Mean, s.P50, s.P99, tc.mean, tc.p50, tc.p99)
 			}
-			if math.Abs(s.CV-tc.cv) > 1e-9 {
-				t.Errorf("cv %v, want %v", s.CV, tc.cv)
+			if math.Abs(s.CV-tc.cv) > 1e-9 || math.Abs(s.Trend-tc.trend) > 1e-9 {
+				t.Errorf("cv %v trend %v, want %v %v", s.CV, s.Trend, tc.cv, tc.trend)
 			}
 		})
 	}
