@@ -45,8 +45,9 @@ func NewBundleWriter(dir string, m Manifest) (*BundleWriter, error) {
 // Dir is the directory the bundle is written to.
 func (w *BundleWriter) Dir() string { return w.dir }
 
-// partFile is a part being written: a temporary file and the running digest.
-type partFile struct {
+// PartWriter writes one part: a temporary file and the running digest.
+// Close commits the part; Abort discards it.
+type PartWriter struct {
 	w         *BundleWriter
 	name      string
 	mediaType string
@@ -56,8 +57,9 @@ type partFile struct {
 	n         int64
 }
 
-// Create starts a part; the caller writes it and calls Close to commit it.
-func (w *BundleWriter) Create(name, mediaType string) (io.WriteCloser, error) {
+// Create starts a part; the caller writes it and calls Close to commit it,
+// or Abort to discard it.
+func (w *BundleWriter) Create(name, mediaType string) (*PartWriter, error) {
 	if err := ValidatePartName(name); err != nil {
 		return nil, err
 	}
@@ -73,19 +75,20 @@ func (w *BundleWriter) Create(name, mediaType string) (io.WriteCloser, error) {
 		return nil, fmt.Errorf("bundle part %q: %w", name, err)
 	}
 	w.names[name] = true
-	p := &partFile{w: w, name: name, mediaType: mediaType, f: f, sum: sha256.New()}
+	p := &PartWriter{w: w, name: name, mediaType: mediaType, f: f, sum: sha256.New()}
 	p.buf = bufio.NewWriterSize(io.MultiWriter(f, p.sum), 256<<10)
 	return p, nil
 }
 
-func (p *partFile) Write(b []byte) (int, error) {
+// Write appends b to the part.
+func (p *PartWriter) Write(b []byte) (int, error) {
 	n, err := p.buf.Write(b)
 	p.n += int64(n)
 	return n, err
 }
 
 // Close flushes, fsyncs and renames the part into place and records it.
-func (p *partFile) Close() error {
+func (p *PartWriter) Close() error {
 	tmp := p.f.Name()
 	err := p.buf.Flush()
 	if err == nil {
@@ -114,13 +117,14 @@ func (w *BundleWriter) WritePart(name, mediaType string, r io.Reader) error {
 		return err
 	}
 	if _, err := io.Copy(pw, r); err != nil {
-		pw.(*partFile).abort()
+		pw.Abort()
 		return fmt.Errorf("bundle part %q: %w", name, err)
 	}
 	return pw.Close()
 }
 
-func (p *partFile) abort() {
+// Abort discards the part; its name may be used again.
+func (p *PartWriter) Abort() {
 	p.f.Close()
 	os.Remove(p.f.Name())
 	delete(p.w.names, p.name)
@@ -136,11 +140,11 @@ func WriteTable[T any](w *BundleWriter, name string, rows []T) error {
 	tw := parquet.NewGenericWriter[T](pw, parquet.Compression(&zstd.Codec{}),
 		parquet.CreatedBy("loupe", "v1", ""))
 	if _, err := tw.Write(rows); err != nil {
-		pw.(*partFile).abort()
+		pw.Abort()
 		return fmt.Errorf("bundle part %q: write parquet: %w", name, err)
 	}
 	if err := tw.Close(); err != nil {
-		pw.(*partFile).abort()
+		pw.Abort()
 		return fmt.Errorf("bundle part %q: close parquet: %w", name, err)
 	}
 	return pw.Close()
@@ -153,7 +157,7 @@ func (w *BundleWriter) WriteProfile(p *profile.Profile) error {
 		return err
 	}
 	if err := p.Write(pw); err != nil {
-		pw.(*partFile).abort()
+		pw.Abort()
 		return fmt.Errorf("bundle part %q: %w", PartCPUProfile, err)
 	}
 	return pw.Close()
@@ -168,7 +172,7 @@ func (w *BundleWriter) WriteEvents(evs []Event) error {
 	enc := json.NewEncoder(pw)
 	for i := range evs {
 		if err := enc.Encode(&evs[i]); err != nil {
-			pw.(*partFile).abort()
+			pw.Abort()
 			return fmt.Errorf("bundle part %q: event %d: %w", PartEvents, i, err)
 		}
 	}
