@@ -4,5 +4,12 @@ package analyzers
 // in the order reports list them. A new analyzer is a new file plus one
 // line here.
 var All = []*Analyzer{
-	// one line per analyzer
+	SMUnderuse,
+	TensorUnderuse,
+	MemoryBound,
+	NCCLStraggler,
+	StepImbalance,
+	Throttle,
+	HWFaults,
+	InputBound,
 }
