@@ -75,7 +75,7 @@ type Spool struct {
 	qsizes  map[string]int64 // quarantined entries by name
 	busy    map[string]bool  // entries an uploader holds
 
-	entries, bytes        *metrics.Gauge
+	entries, bytes       *metrics.Gauge
 	evicted, quarantined *metrics.Counter
 }
 

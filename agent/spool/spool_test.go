@@ -159,7 +159,9 @@ func TestLoadQuarantinesCorruption(t *testing.T) {
 		{"flipped byte", func(d string) error { return flip(filepath.Join(d, "part00.bin")) }, traces.ErrChecksum},
 		{"truncated part", func(d string) error { return os.Truncate(filepath.Join(d, "part01.bin"), 10) }, traces.ErrChecksum},
 		{"missing part", func(d string) error { return os.Remove(filepath.Join(d, "kineto", "rank0.json.gz")) }, traces.ErrMissingPart},
-		{"garbage manifest", func(d string) error { return os.WriteFile(filepath.Join(d, "manifest.json"), []byte("{not json"), 0o644) }, traces.ErrInvalid},
+		{"garbage manifest", func(d string) error {
+			return os.WriteFile(filepath.Join(d, "manifest.json"), []byte("{not json"), 0o644)
+		}, traces.ErrInvalid},
 		{"missing manifest", func(d string) error { return os.Remove(filepath.Join(d, "manifest.json")) }, traces.ErrInvalid},
 		{"future schema", func(d string) error {
 			return edit(filepath.Join(d, "manifest.json"), `"schema_version": 1`, `"schema_version": 9`)
