@@ -1,0 +1,253 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/loupe-dev/loupe/aggregator/capture"
+	"github.com/loupe-dev/loupe/aggregator/findings"
+	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/store"
+)
+
+// Limits of list endpoints.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 10000
+)
+
+var (
+	severities = []string{traces.SeverityCritical, traces.SeverityWarning, traces.SeverityInfo}
+	statuses   = []string{findings.StatusWaiting, findings.StatusPending, findings.StatusAnalyzed, findings.StatusPartial}
+)
+
+// errParam is a bad query parameter: the handler answers 400.
+type errParam struct{ msg string }
+
+func (e errParam) Error() string { return e.msg }
+
+func badParam(format string, args ...any) error { return errParam{fmt.Sprintf(format, args...)} }
+
+// query parses r's query string, allowing only the named parameters, each
+// at most once.
+func query(r *http.Request, allowed ...string) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, badParam("query string: %v", err)
+	}
+	for k, v := range q {
+		if !slices.Contains(allowed, k) {
+			return nil, badParam("unknown parameter %q; this endpoint takes %s", k, strings.Join(allowed, ", "))
+		}
+		if len(v) > 1 {
+			return nil, badParam("parameter %q given %d times; give it once", k, len(v))
+		}
+	}
+	return q, nil
+}
+
+// component reads a key component filter (cluster, job, host, ...).
+func component(q url.Values, name string) (string, error) {
+	v := q.Get(name)
+	if v == "" {
+		return "", nil
+	}
+	if err := traces.ValidateComponent(v); err != nil {
+		return "", badParam("parameter %s=%q: %v", name, v, err)
+	}
+	return v, nil
+}
+
+// limit reads the limit parameter.
+func limit(q url.Values) (int, error) {
+	v := q.Get("limit")
+	if v == "" {
+		return DefaultLimit, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxLimit {
+		return 0, badParam("parameter limit=%q: want a whole number from 1 to %d", v, MaxLimit)
+	}
+	return n, nil
+}
+
+// components reads several component filters into the given fields.
+func components(q url.Values, dst map[string]*string) error {
+	for name, p := range dst {
+		v, err := component(q, name)
+		if err != nil {
+			return err
+		}
+		*p = v
+	}
+	return nil
+}
+
+// answer writes v, or the error: 400 for bad parameters, 404 for objects
+// that are not there, 500 otherwise.
+func (s *Server) answer(w http.ResponseWriter, r *http.Request, v any, err error) {
+	var bad errParam
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, v)
+	case errors.As(err, &bad):
+		httpError(w, http.StatusBadRequest, "%s", bad.msg)
+	case errors.Is(err, store.ErrNotFound):
+		httpError(w, http.StatusNotFound, "%v", err)
+	case errors.Is(err, context.Canceled):
+		// The client went away.
+	default:
+		s.log.Error("API request failed", "path", r.URL.Path, "err", err)
+		httpError(w, http.StatusInternalServerError, "%v", err)
+	}
+}
+
+// FindingsResponse is the body of GET /api/v1/findings.
+type FindingsResponse struct {
+	// Total counts the matching findings; Findings holds at most limit of
+	// them, most costly first.
+	Total    int              `json:"total"`
+	Findings []traces.Finding `json:"findings"`
+}
+
+func (s *Server) findings(w http.ResponseWriter, r *http.Request) {
+	resp, err := s.findingsQuery(r)
+	s.answer(w, r, resp, err)
+}
+
+func (s *Server) findingsQuery(r *http.Request) (*FindingsResponse, error) {
+	q, err := query(r, "cluster", "job", "run", "capture", "host", "analyzer", "severity", "limit")
+	if err != nil {
+		return nil, err
+	}
+	var fq findings.Query
+	if err := components(q, map[string]*string{
+		"cluster": &fq.Cluster, "job": &fq.Job, "run": &fq.Run, "capture": &fq.Capture,
+		"host": &fq.Host, "analyzer": &fq.Analyzer,
+	}); err != nil {
+		return nil, err
+	}
+	if v := q.Get("severity"); v != "" {
+		for _, sev := range strings.Split(v, ",") {
+			if !slices.Contains(severities, sev) {
+				return nil, badParam("parameter severity=%q: %q is not one of %s (give several separated by commas)", v, sev, strings.Join(severities, ", "))
+			}
+			fq.Severities = append(fq.Severities, sev)
+		}
+	}
+	if fq.Limit, err = limit(q); err != nil {
+		return nil, err
+	}
+	list, total := s.cfg.Index.Findings(fq)
+	if list == nil {
+		list = []traces.Finding{}
+	}
+	return &FindingsResponse{Total: total, Findings: list}, nil
+}
+
+// CapturesResponse is the body of GET /api/v1/captures.
+type CapturesResponse struct {
+	Total    int              `json:"total"`
+	Captures []findings.Entry `json:"captures"`
+}
+
+func (s *Server) captures(w http.ResponseWriter, r *http.Request) {
+	resp, err := s.capturesQuery(r)
+	s.answer(w, r, resp, err)
+}
+
+func (s *Server) capturesQuery(r *http.Request) (*CapturesResponse, error) {
+	q, err := query(r, "cluster", "job", "run", "status", "limit")
+	if err != nil {
+		return nil, err
+	}
+	var cq findings.CaptureQuery
+	if err := components(q, map[string]*string{"cluster": &cq.Cluster, "job": &cq.Job, "run": &cq.Run}); err != nil {
+		return nil, err
+	}
+	if v := q.Get("status"); v != "" {
+		if !slices.Contains(statuses, v) {
+			return nil, badParam("parameter status=%q: want one of %s", v, strings.Join(statuses, ", "))
+		}
+		cq.Status = v
+	}
+	if cq.Limit, err = limit(q); err != nil {
+		return nil, err
+	}
+	list, total := s.cfg.Index.Captures(cq)
+	if list == nil {
+		list = []findings.Entry{}
+	}
+	return &CapturesResponse{Total: total, Captures: list}, nil
+}
+
+// captureID reads the capture named by the path.
+func captureID(r *http.Request) (capture.ID, error) {
+	id := capture.ID{Cluster: r.PathValue("cluster"), Job: r.PathValue("job"), Run: r.PathValue("run"), Capture: r.PathValue("capture")}
+	if err := id.Validate(); err != nil {
+		return capture.ID{}, badParam("capture path %s: %v", id, err)
+	}
+	return id, nil
+}
+
+// CaptureResponse is the body of GET /api/v1/captures/{cluster}/{job}/{run}/{capture}.
+type CaptureResponse struct {
+	ID capture.ID `json:"id"`
+	// Status, completeness and missing ranks as the partition check sees
+	// them now.
+	Status       string             `json:"status"`
+	WorldSize    int                `json:"world_size"`
+	Complete     bool               `json:"complete"`
+	MissingRanks []int              `json:"missing_ranks,omitempty"`
+	Manifests    []*traces.Manifest `json:"manifests"`
+	// InvalidManifests are host manifests that could not be read.
+	InvalidManifests []string `json:"invalid_manifests,omitempty"`
+	// Record is the stored findings record, absent before analysis.
+	Record *findings.Record `json:"record,omitempty"`
+}
+
+// capture answers from the store, not the index: it is the truth, and one
+// capture is cheap to read.
+func (s *Server) capture(w http.ResponseWriter, r *http.Request) {
+	resp, err := s.captureDetail(r)
+	s.answer(w, r, resp, err)
+}
+
+func (s *Server) captureDetail(r *http.Request) (*CaptureResponse, error) {
+	if _, err := query(r); err != nil {
+		return nil, err
+	}
+	id, err := captureID(r)
+	if err != nil {
+		return nil, err
+	}
+	c, err := capture.Load(r.Context(), s.cfg.Store, id, nil)
+	if err != nil {
+		return nil, err
+	}
+	rec, _, err := findings.Read(r.Context(), s.cfg.Store, id)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	if len(c.Hosts) == 0 && rec == nil {
+		return nil, fmt.Errorf("capture %s: %w: no committed host manifest under %s", id, store.ErrNotFound, id.Prefix())
+	}
+	resp := &CaptureResponse{
+		ID: id, WorldSize: c.WorldSize(), Complete: c.Complete(), MissingRanks: c.MissingRanks(),
+		InvalidManifests: c.Invalid, Record: rec, Manifests: []*traces.Manifest{},
+	}
+	for _, h := range c.Hosts {
+		resp.Manifests = append(resp.Manifests, h.Manifest)
+	}
+	resp.Status = findings.StatusWaiting
+	if e, ok := s.cfg.Index.Capture(id); ok {
+		resp.Status = e.Status
+	}
+	return resp, nil
+}

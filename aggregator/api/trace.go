@@ -1,0 +1,143 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/loupe-dev/loupe/aggregator/capture"
+	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/store"
+)
+
+// Bounds of one trace export, which holds the hosts' tables in memory.
+const (
+	// maxTraceHosts bounds a whole-capture export; name a host for more.
+	maxTraceHosts = 16
+	// maxTraceBytes bounds the parts read for one export.
+	maxTraceBytes = 1 << 30
+)
+
+// trace exports a capture (or one host of it) as Chrome trace JSON, which
+// Perfetto and chrome://tracing open.
+func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
+	tls, name, err := s.timelines(r)
+	if err != nil {
+		s.answer(w, r, nil, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", name))
+	if err := traces.ExportChrome(w, tls...); err != nil {
+		// Headers are gone; the truncated body tells the client.
+		s.log.Warn("trace export failed", "path", r.URL.Path, "err", err)
+	}
+}
+
+func (s *Server) timelines(r *http.Request) ([]traces.Timeline, string, error) {
+	q, err := query(r, "host")
+	if err != nil {
+		return nil, "", err
+	}
+	host, err := component(q, "host")
+	if err != nil {
+		return nil, "", err
+	}
+	id, err := captureID(r)
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := capture.Load(r.Context(), s.cfg.Store, id, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	var hosts []capture.Host
+	for _, h := range c.Hosts {
+		if host == "" || h.Manifest.Host == host {
+			hosts = append(hosts, h)
+		}
+	}
+	switch {
+	case len(hosts) == 0 && host != "":
+		return nil, "", fmt.Errorf("capture %s: %w: no committed bundle of host %q", id, store.ErrNotFound, host)
+	case len(hosts) == 0:
+		return nil, "", fmt.Errorf("capture %s: %w: no committed host manifest", id, store.ErrNotFound)
+	case len(hosts) > maxTraceHosts:
+		return nil, "", badParam("capture %s has %d hosts; export at most %d at once, or name one with host=", id, len(hosts), maxTraceHosts)
+	}
+	budget := int64(maxTraceBytes)
+	tls := make([]traces.Timeline, 0, len(hosts))
+	for _, h := range hosts {
+		tl, err := s.timeline(r.Context(), h.Manifest, &budget)
+		if err != nil {
+			return nil, "", err
+		}
+		tls = append(tls, tl)
+	}
+	name := id.Job + "-" + id.Capture
+	if host != "" {
+		name += "-" + host
+	}
+	return tls, name + ".trace.json", nil
+}
+
+// timeline reads the parts of one host bundle that the export draws.
+func (s *Server) timeline(ctx context.Context, m *traces.Manifest, budget *int64) (traces.Timeline, error) {
+	tl := traces.Timeline{Manifest: m}
+	var err error
+	if tl.Steps, err = readTable[traces.Step](ctx, s, m, traces.PartSteps, budget); err != nil {
+		return tl, err
+	}
+	if tl.NCCL, err = readTable[traces.NCCLEvent](ctx, s, m, traces.PartNCCLEvents, budget); err != nil {
+		return tl, err
+	}
+	if tl.GPU, err = readTable[traces.GPUSample](ctx, s, m, traces.PartGPUSamples, budget); err != nil {
+		return tl, err
+	}
+	data, err := s.readPart(ctx, m, traces.PartEvents, budget)
+	if err != nil || data == nil {
+		return tl, err
+	}
+	err = traces.ReadEvents(bytes.NewReader(data), func(e traces.Event) error {
+		tl.Events = append(tl.Events, e)
+		return nil
+	})
+	return tl, err
+}
+
+func readTable[T any](ctx context.Context, s *Server, m *traces.Manifest, name string, budget *int64) ([]T, error) {
+	data, err := s.readPart(ctx, m, name, budget)
+	if err != nil || data == nil {
+		return nil, err
+	}
+	rows, err := traces.ReadTable[T](bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", traces.KeyOf(m).Object(name), err)
+	}
+	return rows, nil
+}
+
+// readPart reads and verifies one part, or returns nil when the bundle
+// has no such part.
+func (s *Server) readPart(ctx context.Context, m *traces.Manifest, name string, budget *int64) ([]byte, error) {
+	p, ok := m.Part(name)
+	if !ok {
+		return nil, nil
+	}
+	if *budget -= p.Size; *budget < 0 {
+		return nil, badParam("the capture's parts exceed %d bytes for one trace export; name one host with host=", maxTraceBytes)
+	}
+	key := traces.KeyOf(m).Object(name)
+	rc, _, err := s.cfg.Store.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(traces.VerifyReader(p, rc, s.cfg.MaxPartSize))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	return data, nil
+}

@@ -1,0 +1,286 @@
+// Package capture loads one job capture (every host bundle committed under
+// v1/<cluster>/<job>/<run>/<capture>/) from a store and decides whether it is
+// complete: the partition check. A capture is complete when the ranks its
+// manifests announce cover [0, world_size); until then the aggregator waits,
+// and after a timeout it analyzes what arrived and names the missing ranks.
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/loupe-dev/loupe/analyzers"
+	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/store"
+)
+
+// ID names one job capture.
+type ID struct {
+	Cluster string `json:"cluster"`
+	Job     string `json:"job"`
+	Run     string `json:"run"`
+	Capture string `json:"capture"`
+}
+
+// Prefix is the store prefix of every object of the capture:
+// v1/<cluster>/<job>/<run>/<capture>/.
+func (id ID) Prefix() string {
+	return traces.Key{Cluster: id.Cluster, Job: id.Job, Run: id.Run, Capture: id.Capture}.CapturePrefix()
+}
+
+// String is cluster/job/run/capture, the form the HTTP API uses in paths.
+func (id ID) String() string {
+	return id.Cluster + "/" + id.Job + "/" + id.Run + "/" + id.Capture
+}
+
+// Validate checks every component of id.
+func (id ID) Validate() error {
+	return traces.Key{Cluster: id.Cluster, Job: id.Job, Run: id.Run, Capture: id.Capture, Host: "h"}.Validate()
+}
+
+// OfKey returns the capture an object key belongs to, and the rest of the
+// key below the capture folder (for example "node-1/manifest.json" or
+// "_findings/findings.json"). It fails for keys outside the v1 layout.
+func OfKey(key string) (ID, string, error) {
+	parts := strings.SplitN(key, "/", 6)
+	if len(parts) < 6 || parts[0] != traces.KeyVersion {
+		return ID{}, "", fmt.Errorf("%w: %q is not under %s/<cluster>/<job>/<run>/<capture>/", traces.ErrBadKey, key, traces.KeyVersion)
+	}
+	id := ID{Cluster: parts[1], Job: parts[2], Run: parts[3], Capture: parts[4]}
+	if err := id.Validate(); err != nil {
+		return ID{}, "", fmt.Errorf("%w: %q: %v", traces.ErrBadKey, key, err)
+	}
+	return id, parts[5], nil
+}
+
+// IsManifestKey reports whether key is a host manifest (the commit marker of
+// one host's bundle) in the v1 layout.
+func IsManifestKey(key string) bool {
+	_, name, err := traces.ParseKey(key)
+	return err == nil && name == traces.ManifestName
+}
+
+// Host is one committed host bundle.
+type Host struct {
+	// Key is the object key of the manifest.
+	Key string
+	// ETag of the manifest object, so that a rewritten manifest is noticed.
+	ETag      string
+	Committed time.Time
+	Manifest  *traces.Manifest
+}
+
+// Capture is the committed part of one job capture.
+type Capture struct {
+	ID    ID
+	Hosts []Host
+	// Invalid lists manifests that could not be read, with the reason; their
+	// hosts are left out (and their ranks count as missing).
+	Invalid []string
+}
+
+// maxManifests bounds how many host manifests one capture may have; a
+// larger capture is an error rather than a memory hazard.
+const maxManifests = 16384
+
+// Load lists the capture's host folders and decodes every committed
+// manifest, fetching up to 8 at a time. Host folders without a manifest are
+// not committed and are ignored. Other objects under the capture (the
+// aggregator's _findings folder) are returned to the caller through extra,
+// when it is not nil.
+func Load(ctx context.Context, st store.Store, id ID, extra func(store.ObjectInfo)) (*Capture, error) {
+	var keys []store.ObjectInfo
+	cursor := ""
+	for {
+		objs, next, err := st.List(ctx, id.Prefix(), cursor, 1000)
+		if err != nil {
+			return nil, fmt.Errorf("list capture %s: %w", id, err)
+		}
+		for _, o := range objs {
+			if IsManifestKey(o.Key) {
+				keys = append(keys, o)
+				if len(keys) > maxManifests {
+					return nil, fmt.Errorf("capture %s has more than %d host manifests", id, maxManifests)
+				}
+			} else if extra != nil {
+				extra(o)
+			}
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	c := &Capture{ID: id, Hosts: make([]Host, len(keys))}
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, o := range keys {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c.Hosts[i], errs[i] = loadHost(ctx, st, id, o)
+		}()
+	}
+	wg.Wait()
+	hosts := c.Hosts[:0]
+	for i, h := range c.Hosts {
+		switch {
+		case errs[i] == nil:
+			hosts = append(hosts, h)
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case errors.Is(errs[i], store.ErrNotFound):
+			// Deleted between list and get: not committed any more.
+		case isTransient(errs[i]):
+			return nil, errs[i]
+		default:
+			c.Invalid = append(c.Invalid, errs[i].Error())
+		}
+	}
+	c.Hosts = hosts
+	return c, nil
+}
+
+// isTransient tells store failures (worth retrying) from bad manifests
+// (worth reporting once).
+func isTransient(err error) bool {
+	return !errors.Is(err, traces.ErrInvalid) && !errors.Is(err, traces.ErrSchemaVersion) &&
+		!errors.Is(err, traces.ErrBadKey) && !errors.Is(err, traces.ErrUnsafeName) && !errors.Is(err, errMismatch)
+}
+
+var errMismatch = errors.New("manifest does not match its key")
+
+func loadHost(ctx context.Context, st store.Store, id ID, o store.ObjectInfo) (Host, error) {
+	rc, info, err := st.Get(ctx, o.Key)
+	if err != nil {
+		return Host{}, fmt.Errorf("read manifest %s: %w", o.Key, err)
+	}
+	defer rc.Close()
+	m, err := traces.DecodeManifest(rc)
+	if err != nil {
+		return Host{}, fmt.Errorf("manifest %s: %w", o.Key, err)
+	}
+	if want := traces.KeyOf(m).Object(traces.ManifestName); want != o.Key {
+		return Host{}, fmt.Errorf("manifest %s: %w: it describes %s", o.Key, errMismatch, want)
+	}
+	return Host{Key: o.Key, ETag: info.ETag, Committed: info.LastModified, Manifest: m}, nil
+}
+
+// WorldSize is the largest world size the manifests announce (0 when none
+// does, for a job that is not distributed or did not say).
+func (c *Capture) WorldSize() int {
+	n := 0
+	for _, h := range c.Hosts {
+		n = max(n, h.Manifest.WorldSize)
+	}
+	return n
+}
+
+// MissingRanks lists the ranks in [0, WorldSize) that no committed manifest
+// covers, in increasing order.
+func (c *Capture) MissingRanks() []int {
+	ws := c.WorldSize()
+	seen := make([]bool, ws)
+	for _, h := range c.Hosts {
+		for _, r := range h.Manifest.Ranks {
+			if r >= 0 && r < ws {
+				seen[r] = true
+			}
+		}
+	}
+	var missing []int
+	for r, ok := range seen {
+		if !ok {
+			missing = append(missing, r)
+		}
+	}
+	return missing
+}
+
+// Complete reports whether at least one host committed and every rank of
+// the world is covered. A capture whose manifests announce no world size is
+// complete as soon as one host commits.
+func (c *Capture) Complete() bool {
+	return len(c.Hosts) > 0 && len(c.MissingRanks()) == 0
+}
+
+// FirstCommitted is when the earliest manifest was written (as the store
+// saw it), the start of the partition timeout. Zero without hosts.
+func (c *Capture) FirstCommitted() time.Time {
+	var t time.Time
+	for _, h := range c.Hosts {
+		if t.IsZero() || h.Committed.Before(t) {
+			t = h.Committed
+		}
+	}
+	return t
+}
+
+// ManifestKeys returns the sorted manifest keys: the host set a result was
+// computed from.
+func (c *Capture) ManifestKeys() []string {
+	keys := make([]string, len(c.Hosts))
+	for i, h := range c.Hosts {
+		keys[i] = h.Key
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// Simulated reports whether any host's data comes from simulated GPUs.
+func (c *Capture) Simulated() bool {
+	for _, h := range c.Hosts {
+		if h.Manifest.Simulated {
+			return true
+		}
+	}
+	return false
+}
+
+// Input builds the analyzers' view of the capture, reading parts from st
+// as the analyzers ask for them. Every read is checked against the size and
+// SHA-256 the manifest lists; maxPartSize bounds a part (0: the traces
+// default). When the capture is not complete the input is marked partial
+// with the missing ranks.
+func (c *Capture) Input(st store.Store, maxPartSize int64) *analyzers.Input {
+	in := &analyzers.Input{MissingRanks: c.MissingRanks()}
+	in.Partial = len(in.MissingRanks) > 0
+	for _, h := range c.Hosts {
+		key := traces.KeyOf(h.Manifest)
+		m := h.Manifest
+		in.Hosts = append(in.Hosts, analyzers.Host{
+			Manifest: m,
+			Key:      key.Object,
+			Open: func(ctx context.Context, name string) (io.ReadCloser, error) {
+				p, ok := m.Part(name)
+				if !ok {
+					return nil, fmt.Errorf("%w: %q is not listed in %s", traces.ErrMissingPart, name, key.Object(traces.ManifestName))
+				}
+				rc, _, err := st.Get(ctx, key.Object(name))
+				if errors.Is(err, store.ErrNotFound) {
+					return nil, fmt.Errorf("%w: %s: %v", traces.ErrMissingPart, key.Object(name), err)
+				}
+				if err != nil {
+					return nil, err
+				}
+				return verified{traces.VerifyReader(p, rc, maxPartSize), rc}, nil
+			},
+		})
+	}
+	return in
+}
+
+// verified reads through a checksum verifier and closes the object.
+type verified struct {
+	io.Reader
+	io.Closer
+}
