@@ -1,0 +1,52 @@
+package nccl
+
+import (
+	"slices"
+
+	"github.com/loupe-dev/loupe/traces"
+)
+
+// ring keeps the most recent events for capture windows. It grows up to its
+// capacity and then overwrites the oldest, so memory is bounded by
+// capacity x sizeof(traces.NCCLEvent) (about 100 bytes).
+type ring struct {
+	buf  []traces.NCCLEvent
+	cap  int
+	next int // where the next event goes once buf is full
+}
+
+func newRing(capacity int) *ring { return &ring{cap: capacity} }
+
+func (r *ring) add(ev traces.NCCLEvent) {
+	if len(r.buf) < r.cap {
+		r.buf = append(r.buf, ev)
+		return
+	}
+	r.buf[r.next] = ev
+	r.next = (r.next + 1) % r.cap
+}
+
+// between returns the events with from <= TimeNs < to, oldest first.
+func (r *ring) between(from, to int64) []traces.NCCLEvent {
+	var out []traces.NCCLEvent
+	for _, part := range [2][]traces.NCCLEvent{r.buf[r.next:], r.buf[:r.next]} {
+		for _, ev := range part {
+			if ev.TimeNs >= from && ev.TimeNs < to {
+				out = append(out, ev)
+			}
+		}
+	}
+	// Records from different CPUs reach the ring buffer slightly out of order.
+	slices.SortStableFunc(out, func(a, b traces.NCCLEvent) int { return cmpInt64(a.TimeNs, b.TimeNs) })
+	return out
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,240 @@
+package nccl
+
+import (
+	"slices"
+	"sort"
+
+	"github.com/loupe-dev/loupe/traces"
+)
+
+// minCycles is how many times a call sequence must repeat back to back
+// before it is taken for a training iteration.
+const minCycles = 3
+
+// bigGapFactor marks a call as following a long quiet spell: its gap to the
+// previous call exceeds this many times the stream's median gap.
+const bigGapFactor = 8
+
+// DetectIterations finds training iteration boundaries in NCCL calls alone,
+// for jobs that neither post step markers nor run Kineto.
+//
+// A training loop issues the same NCCL calls in the same order every
+// iteration, so each process's call stream is periodic once warm-up is over.
+// For every process (PID):
+//
+//  1. The calls (all but communicator init) become tokens: op, communicator,
+//     count, datatype and peer, plus a flag for a call that follows a long
+//     quiet spell (more than 8x the median gap: the forward pass or the
+//     optimizer step, where no collectives run). If the flagged stream has
+//     no period the flag is dropped and the plain stream is tried.
+//  2. The smallest period p of the longest periodic prefix and suffix of the
+//     token stream is found with the KMP prefix function (linear time); the
+//     periodic part must hold at least three whole cycles.
+//  3. The iteration starts at the position of the cycle with the largest
+//     median gap before it: the host is quiet between the last collective
+//     of one iteration and the first of the next.
+//  4. The shortest prefix of the cycle (from that start) that occurs exactly
+//     once per cycle marks every boundary, in the periodic part and outside
+//     it (an iteration with an extra call, such as a periodic logging
+//     all-reduce, still starts the same way).
+//
+// A step runs from one boundary's call to the next one's, so the last
+// iteration is reported once the next one starts. Iteration numbers count
+// from 0 within events; they are not the job's own step numbers. Rank is
+// the process's rank in its busiest communicator (-1 when unknown). A
+// process whose calls never repeat three times yields no steps.
+func DetectIterations(events []traces.NCCLEvent) []traces.Step {
+	byPID := map[int32][]traces.NCCLEvent{}
+	for _, ev := range events {
+		switch ev.Op {
+		case "CommInitRank", "CommInitRankConfig", "CommInitAll":
+			continue
+		}
+		byPID[ev.PID] = append(byPID[ev.PID], ev)
+	}
+	pids := make([]int32, 0, len(byPID))
+	for pid := range byPID {
+		pids = append(pids, pid)
+	}
+	slices.Sort(pids)
+
+	var out []traces.Step
+	for _, pid := range pids {
+		evs := byPID[pid]
+		slices.SortStableFunc(evs, func(a, b traces.NCCLEvent) int { return cmpInt64(a.TimeNs, b.TimeNs) })
+		starts := boundaries(evs)
+		rank := busiestRank(evs)
+		for i := 0; i+1 < len(starts); i++ {
+			out = append(out, traces.Step{
+				Rank:      rank,
+				PID:       pid,
+				Iteration: int64(i),
+				StartNs:   evs[starts[i]].TimeNs,
+				EndNs:     evs[starts[i+1]].TimeNs,
+				Source:    traces.StepSourceNCCL,
+			})
+		}
+	}
+	return out
+}
+
+// boundaries returns the indexes of the calls that start an iteration.
+func boundaries(evs []traces.NCCLEvent) []int {
+	if len(evs) < minCycles {
+		return nil
+	}
+	gaps := make([]int64, len(evs))
+	for i := 1; i < len(evs); i++ {
+		gaps[i] = evs[i].TimeNs - evs[i-1].TimeNs
+	}
+	gaps[0] = slices.Max(gaps) + 1 // nothing before the first call: treat as quiet
+	for _, flagGaps := range []bool{true, false} {
+		toks := tokens(evs, gaps, flagGaps)
+		from, to, p := periodicPart(toks)
+		if p == 0 {
+			continue
+		}
+		// The phase of the cycle after the longest median quiet spell.
+		best, bestGap := 0, int64(-1)
+		for phase := 0; phase < p; phase++ {
+			var g []int64
+			for i := from + phase; i < to; i += p {
+				g = append(g, gaps[i])
+			}
+			if m := median(g); m > bestGap {
+				best, bestGap = phase, m
+			}
+		}
+		start := from + best
+		cycles := (to - start) / p
+		pattern := toks[start : start+p]
+		// The shortest prefix of the cycle found once per cycle.
+		for m := 1; m <= p; m++ {
+			if n := len(occurrences(toks[from:to], pattern[:m])); n <= cycles+1 && n >= cycles {
+				return occurrences(toks, pattern[:m])
+			}
+		}
+	}
+	return nil
+}
+
+// token is one call reduced to what repeats from one iteration to the next.
+type token struct {
+	op       string
+	comm     uint64
+	count    int64
+	datatype string
+	peer     int32
+	quiet    bool
+}
+
+func tokens(evs []traces.NCCLEvent, gaps []int64, flagGaps bool) []int {
+	var threshold int64 = -1
+	if flagGaps {
+		threshold = bigGapFactor * median(slices.Clone(gaps[1:]))
+	}
+	ids := map[token]int{}
+	out := make([]int, len(evs))
+	for i, ev := range evs {
+		k := token{ev.Op, ev.CommID, ev.Count, ev.Datatype, ev.Peer, flagGaps && gaps[i] > threshold}
+		id, ok := ids[k]
+		if !ok {
+			id = len(ids)
+			ids[k] = id
+		}
+		out[i] = id
+	}
+	return out
+}
+
+// periodicPart finds the longest prefix or suffix of s that repeats a cycle
+// of length p at least minCycles times, and returns it as s[from:to] with p;
+// p is 0 when there is none.
+func periodicPart(s []int) (from, to, p int) {
+	pre, preP := longestPeriodicPrefix(s)
+	rev := slices.Clone(s)
+	slices.Reverse(rev)
+	suf, sufP := longestPeriodicPrefix(rev)
+	switch {
+	case pre == 0 && suf == 0:
+		return 0, 0, 0
+	case suf >= pre:
+		return len(s) - suf, len(s), sufP
+	default:
+		return 0, pre, preP
+	}
+}
+
+// longestPeriodicPrefix returns the length of the longest prefix of s made
+// of at least minCycles repetitions of its smallest period, and that period.
+// The smallest period of s[:k+1] is k+1-pi[k] (pi: KMP prefix function), and
+// it does not decrease with k, so the last k that qualifies is the answer.
+func longestPeriodicPrefix(s []int) (length, period int) {
+	pi := make([]int, len(s))
+	for i := 1; i < len(s); i++ {
+		k := pi[i-1]
+		for k > 0 && s[i] != s[k] {
+			k = pi[k-1]
+		}
+		if s[i] == s[k] {
+			k++
+		}
+		pi[i] = k
+	}
+	for k := range s {
+		if p := k + 1 - pi[k]; k+1 >= minCycles*p {
+			length, period = k+1, p
+		}
+	}
+	return length, period
+}
+
+// occurrences returns the non-overlapping positions of pat in s, left to right.
+func occurrences(s, pat []int) []int {
+	var out []int
+	for i := 0; i+len(pat) <= len(s); {
+		if slices.Equal(s[i:i+len(pat)], pat) {
+			out = append(out, i)
+			i += len(pat)
+			continue
+		}
+		i++
+	}
+	return out
+}
+
+func median(v []int64) int64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// busiestRank is the rank of the communicator with the most calls.
+func busiestRank(evs []traces.NCCLEvent) int32 {
+	type comm struct {
+		id   uint64
+		rank int32
+	}
+	n := map[comm]int{}
+	for _, ev := range evs {
+		if ev.CommID != 0 || ev.Rank >= 0 {
+			n[comm{ev.CommID, ev.Rank}]++
+		}
+	}
+	keys := make([]comm, 0, len(n))
+	for k := range n {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if n[keys[i]] != n[keys[j]] {
+			return n[keys[i]] > n[keys[j]]
+		}
+		return keys[i].id < keys[j].id
+	})
+	if len(keys) == 0 {
+		return -1
+	}
+	return keys[0].rank
+}

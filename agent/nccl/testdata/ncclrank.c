@@ -1,0 +1,260 @@
+/* A multi-rank NCCL program for Loupe's tests, calling the host API the way
+ * a training loop does. Built twice: linked against libnccl.so.2, and with
+ * -DUSE_DLOPEN loading the library named by $LOUPE_NCCL_LIB with dlopen, as
+ * PyTorch does with the copy inside its wheel.
+ *
+ *   ncclrank ranks DIR RANK NRANKS ITERS SLOWRANK SLOW_US
+ *       one rank of NRANKS (one process each); rank 0 writes the unique ids
+ *       to DIR, ranks meet at a barrier in a shared file after every
+ *       iteration (the stand-in for a stream synchronize); SLOWRANK sleeps
+ *       SLOW_US before every collective.
+ *   ncclrank initall DIR NDEV ITERS
+ *       one process, NDEV communicators from ncclCommInitAll.
+ *   ncclrank bench DIR N
+ *       N back-to-back ncclAllReduce calls on a one-rank communicator.
+ *
+ * Every mode first waits for the file DIR/go, so that a test can attach
+ * before the first NCCL call. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef USE_DLOPEN
+#include <dlfcn.h>
+#endif
+
+#include "nccl.h"
+
+#define NCCL_FUNCS(X)                                                                               \
+	X(ncclGetUniqueId) X(ncclCommInitRank) X(ncclCommInitRankConfig) X(ncclCommInitAll)            \
+	X(ncclCommDestroy) X(ncclAllReduce) X(ncclAllGather) X(ncclReduceScatter) X(ncclBroadcast)     \
+	X(ncclReduce) X(ncclAlltoAll) X(ncclSend) X(ncclRecv) X(ncclGroupStart) X(ncclGroupEnd)
+
+#define DECLARE(f) static __typeof__(&f) p_##f;
+NCCL_FUNCS(DECLARE)
+
+static void die(const char *what)
+{
+	fprintf(stderr, "ncclrank: %s: %s\n", what, strerror(errno));
+	exit(2);
+}
+
+static void check(ncclResult_t r, const char *what)
+{
+	if (r != ncclSuccess) {
+		fprintf(stderr, "ncclrank: %s returned %d\n", what, r);
+		exit(3);
+	}
+}
+
+static void load(void)
+{
+#ifdef USE_DLOPEN
+	const char *path = getenv("LOUPE_NCCL_LIB");
+	void *h = path ? dlopen(path, RTLD_NOW) : NULL;
+	if (h == NULL) {
+		fprintf(stderr, "ncclrank: dlopen %s: %s\n", path ? path : "($LOUPE_NCCL_LIB unset)", dlerror());
+		exit(2);
+	}
+#define LOAD(f)                                                                                     \
+	if ((p_##f = (__typeof__(&f))dlsym(h, #f)) == NULL)                                        \
+		die("dlsym " #f);
+#else
+#define LOAD(f) p_##f = &f;
+#endif
+	NCCL_FUNCS(LOAD)
+}
+
+static char dir[4096];
+
+static void path(char *buf, const char *name)
+{
+	snprintf(buf, 4200, "%s/%s", dir, name);
+}
+
+static void wait_file(const char *name)
+{
+	char p[4200];
+	struct stat st;
+	path(p, name);
+	for (int i = 0; stat(p, &st) != 0; i++) {
+		if (i > 60000)
+			die(p);
+		usleep(500);
+	}
+}
+
+static void write_id(const char *name, const ncclUniqueId *id)
+{
+	char p[4200], tmp[4300];
+	path(p, name);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", p);
+	FILE *f = fopen(tmp, "w");
+	if (f == NULL || fwrite(id, sizeof(*id), 1, f) != 1 || fclose(f) != 0 || rename(tmp, p) != 0)
+		die(p);
+}
+
+static void read_id(const char *name, ncclUniqueId *id)
+{
+	char p[4200];
+	wait_file(name);
+	path(p, name);
+	FILE *f = fopen(p, "r");
+	if (f == NULL || fread(id, sizeof(*id), 1, f) != 1)
+		die(p);
+	fclose(f);
+}
+
+static uint64_t *barrier_count;
+static uint64_t barrier_gen;
+static int nranks = 1;
+
+static void barrier(void)
+{
+	barrier_gen++;
+	__atomic_add_fetch(barrier_count, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(barrier_count, __ATOMIC_SEQ_CST) < barrier_gen * (uint64_t)nranks)
+		usleep(20);
+}
+
+static void open_barrier(void)
+{
+	char p[4200];
+	path(p, "barrier");
+	int fd = open(p, O_RDWR | O_CREAT, 0600);
+	if (fd < 0 || ftruncate(fd, 4096) != 0)
+		die(p);
+	barrier_count = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (barrier_count == MAP_FAILED)
+		die("mmap barrier");
+	close(fd);
+}
+
+static int rank, slow_rank = -1, slow_us;
+
+static void maybe_slow(void)
+{
+	if (rank == slow_rank)
+		usleep(slow_us);
+}
+
+static char sbuf[64], rbuf[64];
+
+/* One training iteration: the collectives of a sharded data-parallel step,
+ * then a ring exchange on the second communicator. */
+static void iteration(ncclComm_t c0, ncclComm_t c1)
+{
+	maybe_slow();
+	check(p_ncclAllReduce(sbuf, rbuf, 1 << 20, ncclFloat32, ncclSum, c0, NULL), "AllReduce");
+	maybe_slow();
+	check(p_ncclAllReduce(sbuf, rbuf, 1 << 18, ncclBfloat16, ncclAvg, c0, NULL), "AllReduce");
+	maybe_slow();
+	check(p_ncclAllGather(sbuf, rbuf, 4096, ncclFloat16, c0, NULL), "AllGather");
+	maybe_slow();
+	check(p_ncclReduceScatter(sbuf, rbuf, 2048, ncclFloat32, ncclSum, c0, NULL), "ReduceScatter");
+	maybe_slow();
+	check(p_ncclBroadcast(sbuf, rbuf, 100, ncclInt64, 0, c0, NULL), "Broadcast");
+	maybe_slow();
+	check(p_ncclReduce(sbuf, rbuf, 300, ncclFloat64, ncclMax, nranks - 1, c0, NULL), "Reduce");
+	maybe_slow();
+	check(p_ncclAlltoAll(sbuf, rbuf, 64, ncclInt32, c0, NULL), "AlltoAll");
+	check(p_ncclGroupStart(), "GroupStart");
+	check(p_ncclSend(sbuf, 10, ncclUint8, (rank + 1) % nranks, c1, NULL), "Send");
+	check(p_ncclRecv(rbuf, 10, ncclUint8, (rank + nranks - 1) % nranks, c1, NULL), "Recv");
+	check(p_ncclGroupEnd(), "GroupEnd");
+}
+
+static int ranks_main(char **argv)
+{
+	rank = atoi(argv[0]);
+	nranks = atoi(argv[1]);
+	int iters = atoi(argv[2]);
+	slow_rank = atoi(argv[3]);
+	slow_us = atoi(argv[4]);
+
+	ncclUniqueId id0, id1;
+	if (rank == 0) {
+		check(p_ncclGetUniqueId(&id0), "GetUniqueId");
+		check(p_ncclGetUniqueId(&id1), "GetUniqueId");
+		write_id("id1", &id1);
+		write_id("id0", &id0);
+	} else {
+		read_id("id0", &id0);
+		read_id("id1", &id1);
+	}
+	open_barrier();
+
+	ncclComm_t c0, c1;
+	ncclConfig_t cfg = { .size = sizeof(cfg), .magic = 0xcafebeef, .version = 22304, .blocking = 1 };
+	check(p_ncclCommInitRank(&c0, nranks, id0, rank), "CommInitRank");
+	check(p_ncclCommInitRankConfig(&c1, nranks, id1, rank, &cfg), "CommInitRankConfig");
+	barrier();
+	for (int i = 0; i < iters; i++) {
+		iteration(c0, c1);
+		barrier();
+		usleep(3000); /* the forward pass: no collectives */
+	}
+	p_ncclCommDestroy(c0);
+	p_ncclCommDestroy(c1);
+	return 0;
+}
+
+static int initall_main(char **argv)
+{
+	int ndev = atoi(argv[0]), iters = atoi(argv[1]);
+	ncclComm_t comms[64];
+	if (ndev < 1 || ndev > 64)
+		return 2;
+	check(p_ncclCommInitAll(comms, ndev, NULL), "CommInitAll");
+	for (int i = 0; i < iters; i++) {
+		check(p_ncclGroupStart(), "GroupStart");
+		for (int d = 0; d < ndev; d++)
+			check(p_ncclAllReduce(sbuf, rbuf, 1024, ncclFloat32, ncclSum, comms[d], NULL), "AllReduce");
+		check(p_ncclGroupEnd(), "GroupEnd");
+	}
+	for (int d = 0; d < ndev; d++)
+		p_ncclCommDestroy(comms[d]);
+	return 0;
+}
+
+static int bench_main(char **argv)
+{
+	long n = atol(argv[0]);
+	ncclUniqueId id;
+	ncclComm_t c;
+	struct timespec a, b;
+	check(p_ncclGetUniqueId(&id), "GetUniqueId");
+	check(p_ncclCommInitRank(&c, 1, id, 0), "CommInitRank");
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (long i = 0; i < n; i++)
+		check(p_ncclAllReduce(sbuf, rbuf, 1024, ncclFloat32, ncclSum, c, NULL), "AllReduce");
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	printf("%lld\n", (long long)((b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec)));
+	p_ncclCommDestroy(c);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: ncclrank ranks|initall|bench DIR ARGS...\n");
+		return 2;
+	}
+	load();
+	snprintf(dir, sizeof(dir), "%s", argv[2]);
+	wait_file("go");
+	if (strcmp(argv[1], "ranks") == 0 && argc == 8)
+		return ranks_main(argv + 3);
+	if (strcmp(argv[1], "initall") == 0 && argc == 5)
+		return initall_main(argv + 3);
+	if (strcmp(argv[1], "bench") == 0 && argc == 4)
+		return bench_main(argv + 3);
+	fprintf(stderr, "ncclrank: bad arguments\n");
+	return 2;
+}
