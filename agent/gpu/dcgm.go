@@ -1,0 +1,256 @@
+package gpu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/NVIDIA/go-dcgm/pkg/dcgm"
+
+	"github.com/loupe-dev/loupe/traces"
+)
+
+// profiler supplies the DCGM profiling fields (1001-1012) of the devices.
+// fill must be cheap: it runs on every sampling tick.
+type profiler interface {
+	fill(d *device, s *traces.GPUSample) bool
+	pause(paused bool) error
+}
+
+// profFields are the watched DCGM fields, in the order they are stored.
+var profFields = []dcgm.Short{
+	dcgm.DCGM_FI_PROF_GR_ENGINE_ACTIVE,
+	dcgm.DCGM_FI_PROF_SM_ACTIVE,
+	dcgm.DCGM_FI_PROF_SM_OCCUPANCY,
+	dcgm.DCGM_FI_PROF_PIPE_TENSOR_ACTIVE,
+	dcgm.DCGM_FI_PROF_DRAM_ACTIVE,
+	dcgm.DCGM_FI_PROF_PIPE_FP64_ACTIVE,
+	dcgm.DCGM_FI_PROF_PIPE_FP32_ACTIVE,
+	dcgm.DCGM_FI_PROF_PIPE_FP16_ACTIVE,
+	dcgm.DCGM_FI_PROF_PCIE_TX_BYTES,
+	dcgm.DCGM_FI_PROF_PCIE_RX_BYTES,
+	dcgm.DCGM_FI_PROF_NVLINK_TX_BYTES,
+	dcgm.DCGM_FI_PROF_NVLINK_RX_BYTES,
+}
+
+// dcgmProfiler reads the profiling fields from a DCGM host engine (embedded
+// in the agent or standalone). Values are polled at the fields interval by
+// its own loop and cached per GPU; fill copies the cache.
+type dcgmProfiler struct {
+	cleanup  func()
+	fg       dcgm.FieldHandle
+	interval time.Duration
+	gpuIDs   map[string]uint // UUID -> DCGM GPU id
+
+	mu     sync.Mutex
+	vals   map[uint]*[12]float64 // DCGM GPU id -> latest values; nil entry = blank
+	paused bool
+}
+
+// openDCGM starts or connects to DCGM and watches the profiling fields. The
+// error says why DCGM cannot be used; the caller logs it once.
+func openDCGM(cfg DCGMConfig) (*dcgmProfiler, error) {
+	var (
+		cleanup func()
+		err     error
+	)
+	switch cfg.Mode {
+	case DCGMStandalone:
+		isSocket := "0"
+		if _, _, splitErr := net.SplitHostPort(cfg.Address); splitErr != nil {
+			isSocket = "1"
+		}
+		cleanup, err = dcgm.Init(dcgm.Standalone, cfg.Address, isSocket)
+	default:
+		cleanup, err = dcgm.Init(dcgm.Embedded)
+	}
+	if err != nil {
+		return nil, err
+	}
+	p := &dcgmProfiler{cleanup: cleanup, interval: cfg.FieldsInterval, gpuIDs: map[string]uint{}, vals: map[uint]*[12]float64{}}
+	ids, err := dcgm.GetSupportedDevices()
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("listing DCGM devices: %w", err)
+	}
+	for _, id := range ids {
+		info, err := dcgm.GetDeviceInfo(id)
+		if err != nil {
+			continue
+		}
+		p.gpuIDs[info.UUID] = id
+	}
+	if len(ids) > 0 {
+		if _, err := dcgm.GetSupportedMetricGroups(ids[0]); err != nil {
+			p.close()
+			return nil, fmt.Errorf("DCGM profiling module not available (needs a datacenter GPU and the profiling module; is another profiler holding the counters?): %w", err)
+		}
+	}
+	p.fg, err = dcgm.FieldGroupCreate(fmt.Sprintf("loupe-prof-%d", time.Now().UnixNano()), profFields)
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("creating the DCGM field group: %w", err)
+	}
+	keep := 5 * p.interval.Seconds()
+	if err := dcgm.WatchFieldsWithGroupEx(p.fg, dcgm.GroupAllGPUs(), p.interval.Microseconds(), keep, 0); err != nil {
+		_ = dcgm.FieldGroupDestroy(p.fg)
+		p.close()
+		return nil, fmt.Errorf("watching the DCGM profiling fields: %w", err)
+	}
+	return p, nil
+}
+
+func (p *dcgmProfiler) close() {
+	if p.cleanup != nil {
+		p.cleanup()
+		p.cleanup = nil
+	}
+}
+
+// run polls the latest values until ctx is done, then stops DCGM.
+func (p *dcgmProfiler) run(ctx context.Context, errs func(error)) {
+	defer func() {
+		_ = dcgm.UnwatchFields(p.fg, dcgm.GroupAllGPUs())
+		_ = dcgm.FieldGroupDestroy(p.fg)
+		p.close()
+	}()
+	t := time.NewTicker(p.interval)
+	defer t.Stop()
+	for {
+		for _, id := range p.gpuIDs {
+			vals, err := dcgm.GetLatestValuesForFields(id, profFields)
+			if err != nil {
+				errs(fmt.Errorf("dcgm gpu %d: %w", id, err))
+				continue
+			}
+			var out [12]float64
+			blank := false
+			for i, v := range vals {
+				if i >= len(out) {
+					break
+				}
+				f, ok := dcgmValue(v)
+				if !ok {
+					blank = true
+					break
+				}
+				out[i] = f
+			}
+			p.mu.Lock()
+			if blank {
+				p.vals[id] = nil
+			} else {
+				p.vals[id] = &out
+			}
+			p.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// dcgmValue converts one field value; false for a blank or failed value
+// (DCGM stores blanks while profiling is paused).
+func dcgmValue(v dcgm.FieldValue_v1) (float64, bool) {
+	if v.Status != 0 {
+		return 0, false
+	}
+	var f float64
+	switch v.FieldType {
+	case dcgm.DCGM_FT_DOUBLE:
+		f = v.Float64()
+	case dcgm.DCGM_FT_INT64:
+		f = float64(v.Int64())
+	default:
+		return 0, false
+	}
+	// DCGM's blank sentinels are all >= 0x7ffffff0 (int) or 2^47 (double).
+	if f >= 0x7ffffff0 && v.FieldType == dcgm.DCGM_FT_INT64 || f >= 140737488355328.0 {
+		return 0, false
+	}
+	return f, true
+}
+
+func (p *dcgmProfiler) fill(d *device, s *traces.GPUSample) bool {
+	id, ok := p.gpuIDs[d.info.UUID]
+	if !ok {
+		return false
+	}
+	p.mu.Lock()
+	v := p.vals[id]
+	p.mu.Unlock()
+	if v == nil {
+		return false
+	}
+	s.ProfValid = true
+	s.GrEngineActive, s.SMActive, s.SMOccupancy = float32(v[0]), float32(v[1]), float32(v[2])
+	s.TensorActive, s.DRAMActive = float32(v[3]), float32(v[4])
+	s.FP64Active, s.FP32Active, s.FP16Active = float32(v[5]), float32(v[6]), float32(v[7])
+	s.ProfPCIeTxBps, s.ProfPCIeRxBps = int64(v[8]), int64(v[9])
+	s.ProfNVLinkTxBps, s.ProfNVLinkRxBps = int64(v[10]), int64(v[11])
+	return true
+}
+
+func (p *dcgmProfiler) pause(paused bool) error {
+	if err := dcgmProfPause(paused); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.paused = paused
+	if paused {
+		clear(p.vals)
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// simProfiler derives the profiling fields of simulated GPUs from the
+// simulation, so a demo shows SM, tensor and DRAM activity; the series
+// carry simulated="true" like every other series of a simulated GPU.
+type simProfiler struct {
+	mu     sync.Mutex
+	paused bool
+}
+
+func (p *simProfiler) fill(d *device, s *traces.GPUSample) bool {
+	g, ok := d.h.(*simGPU)
+	if !ok {
+		return false
+	}
+	p.mu.Lock()
+	paused := p.paused
+	p.mu.Unlock()
+	return !paused && g.profiling(s)
+}
+
+func (p *simProfiler) pause(paused bool) error {
+	p.mu.Lock()
+	p.paused = paused
+	p.mu.Unlock()
+	return nil
+}
+
+// dcgmReason turns DCGM's start-up error into a short, stable label value
+// for loupe_dcgm_available.
+func dcgmReason(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "not found"):
+		return "libdcgm_not_found"
+	case strings.Contains(msg, "profiling"):
+		return "profiling_module_unavailable"
+	case strings.Contains(msg, "connect"):
+		return "hostengine_unreachable"
+	default:
+		return "init_failed"
+	}
+}
+
+var errNoDCGM = errors.New("DCGM profiling is not available on this host")
