@@ -98,9 +98,9 @@ func runInputBound(pass *Pass) error {
 		}
 		load := profileLoad(h, p)
 		for _, rank := range h.Manifest.Ranks {
-			c, ok := load[rank]
-			if !ok || c.total < inputMinSamples {
-				c = load[-1] // the host as a whole
+			c := load[rank]
+			if len(load) == 1 {
+				c = load[-1] // no sample names its rank: judge the host as a whole
 			}
 			g := gpus[gpuKey{h, int32(h.RankGPU(rank))}]
 			if c.total < inputMinSamples || g == nil || g.n == 0 {
