@@ -1,0 +1,293 @@
+// Package cpuprof is the agent's CPU profiler: it drives the eBPF stack
+// sampler of bpf/cpu (a software CPU-clock perf event on every online CPU,
+// counts aggregated in the kernel), symbolizes the stacks (ELF symbol tables,
+// Go pclntab even in stripped binaries, perf map files of JITs and Python
+// 3.12+, /proc/kallsyms for the kernel, C++ and Rust demangling) and turns
+// capture windows into pprof profiles.
+//
+// A Profiler samples only while at least one Window is open, and only the
+// processes the open windows ask for, so an idle agent costs nothing.
+package cpuprof
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/bits"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/loupe-dev/loupe/bpf/cpu"
+)
+
+// Config configures the CPU profiler. The zero value of a field means its default.
+type Config struct {
+	// Hz is the sampling frequency per CPU: default 19 (prime, so sampling
+	// does not run in lock-step with periodic work), at most 999.
+	Hz int `yaml:"hz"`
+	// DrainInterval is how often the in-kernel counts are read and
+	// symbolized: default 1s. Shorter catches more short-lived processes.
+	DrainInterval time.Duration `yaml:"drain_interval"`
+	// Labeler, when set, adds labels such as container, job and rank to the
+	// samples of a process. It is called once per process per window.
+	Labeler func(pid int) map[string]string `yaml:"-"`
+}
+
+// DefaultConfig returns the defaults: 19 Hz, drained every second.
+func DefaultConfig() Config {
+	return Config{Hz: 19, DrainInterval: time.Second}
+}
+
+// MaxHz is the highest sampling frequency Config.Hz accepts.
+const MaxHz = 999
+
+func (c *Config) validate() error {
+	d := DefaultConfig()
+	if c.Hz == 0 {
+		c.Hz = d.Hz
+	}
+	if c.DrainInterval == 0 {
+		c.DrainInterval = d.DrainInterval
+	}
+	if c.Hz < 1 || c.Hz > MaxHz {
+		return fmt.Errorf("cpuprof: hz %d out of range: use 1 to %d (19 is the default)", c.Hz, MaxHz)
+	}
+	if c.DrainInterval < 10*time.Millisecond || c.DrainInterval > time.Minute {
+		return fmt.Errorf("cpuprof: drain_interval %s out of range: use 10ms to 1m (1s is the default)", c.DrainInterval)
+	}
+	return nil
+}
+
+// stackEntries sizes each stack map so that the distinct stacks of one drain
+// interval fill at most an eighth of its buckets, keeping hash collisions
+// (lost samples) rare, within 2048 and 16384 entries (2 to 16 MiB).
+func stackEntries(hz, cpus int, drain time.Duration) uint32 {
+	perDrain := float64(hz*cpus) * drain.Seconds() * 2 // user and kernel stacks
+	n := uint64(perDrain*8) | 1
+	n = 1 << bits.Len64(n-1)
+	return uint32(min(max(n, 2048), 16384))
+}
+
+// Profiler samples CPU stacks with eBPF. Create it with New, run it with Run.
+type Profiler struct {
+	cfg     Config
+	logger  *slog.Logger
+	sampler *cpu.Sampler
+	samples *metrics.Counter
+	lost    [len(cpu.LostReasonNames)]*metrics.Counter
+
+	mu       sync.Mutex // guards everything below, and serializes drains
+	sym      *symbolizer
+	windows  map[*Window]struct{}
+	lastLost cpu.Lost
+	started  bool
+	closed   bool
+}
+
+// New loads the eBPF sampler. Without the privileges for eBPF it returns an
+// error (wrapping a *cpu.PermissionError) naming the missing capabilities,
+// CAP_BPF and CAP_PERFMON; the caller should log it and carry on without
+// CPU profiles. Metrics are registered in set:
+// loupe_cpuprof_samples_total and loupe_cpuprof_lost_samples_total{reason}.
+func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Profiler, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	p := &Profiler{
+		cfg:     cfg,
+		logger:  logger,
+		samples: set.GetOrCreateCounter("loupe_cpuprof_samples_total"),
+		sym:     newSymbolizer("/proc", logger),
+		windows: map[*Window]struct{}{},
+	}
+	for i, reason := range cpu.LostReasonNames {
+		p.lost[i] = set.GetOrCreateCounter(fmt.Sprintf("loupe_cpuprof_lost_samples_total{reason=%q}", reason))
+	}
+	cpus, err := cpu.OnlineCPUs()
+	if err != nil {
+		return nil, fmt.Errorf("cpuprof: %w", err)
+	}
+	p.sampler, err = cpu.Load(cpu.Options{StackEntries: stackEntries(cfg.Hz, len(cpus), cfg.DrainInterval)})
+	if err != nil {
+		return nil, fmt.Errorf("cpuprof: CPU profiles are off: %w", err)
+	}
+	return p, nil
+}
+
+// Run attaches the sampler to every online CPU and drains it every
+// DrainInterval until ctx is done; then it detaches and frees everything.
+// Windows still open keep what was sampled up to then.
+func (p *Profiler) Run(ctx context.Context) error {
+	p.mu.Lock()
+	if p.started || p.closed {
+		p.mu.Unlock()
+		return errors.New("cpuprof: Run called twice, or after Close")
+	}
+	p.started = true
+	p.mu.Unlock()
+	defer p.Close()
+
+	cpus, err := cpu.OnlineCPUs()
+	if err != nil {
+		return fmt.Errorf("cpuprof: %w", err)
+	}
+	if err := p.sampler.Attach(p.cfg.Hz, cpus); err != nil {
+		return fmt.Errorf("cpuprof: %w", err)
+	}
+	p.logger.Info("cpuprof: CPU sampler attached", "cpus", len(cpus), "hz", p.cfg.Hz)
+	t := time.NewTicker(p.cfg.DrainInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			p.mu.Lock()
+			if len(p.windows) > 0 {
+				p.drainLocked()
+			}
+			p.mu.Unlock()
+		}
+	}
+}
+
+// Close detaches the sampler and frees its maps; Run does it on return.
+// Windows still open keep what they have.
+func (p *Profiler) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	if len(p.windows) > 0 {
+		p.drainLocked()
+	}
+	p.closed = true
+	err := p.sampler.Close()
+	p.sym.close()
+	if err != nil {
+		return fmt.Errorf("cpuprof: detaching the CPU sampler: %w", err)
+	}
+	return nil
+}
+
+// drainLocked reads the kernel's counts, symbolizes them once and hands each
+// sample to the windows that want its process.
+func (p *Profiler) drainLocked() {
+	if p.closed {
+		return
+	}
+	p.sym.beginDrain()
+	var total uint64
+	lost, err := p.sampler.Drain(func(s cpu.Sample) {
+		total += s.Count
+		var ws []*Window
+		for w := range p.windows {
+			if w.wants(s.PID) {
+				ws = append(ws, w)
+			}
+		}
+		if len(ws) == 0 {
+			return // sampled while the filter was changing
+		}
+		st := p.symbolize(s)
+		for _, w := range ws {
+			w.add(s.PID, s.Comm, st, s.Count, p.cfg.Labeler)
+		}
+	})
+	p.samples.Add(int(total))
+	if err != nil {
+		p.logger.Warn("cpuprof: draining the CPU sampler failed", "err", err)
+		return
+	}
+	for i, n := range lost {
+		if d := n - p.lastLost[i]; d > 0 {
+			p.lost[i].Add(int(d))
+		}
+	}
+	p.lastLost = lost
+}
+
+// stack is a symbolized sample: frames leaf first, kernel frames before
+// user frames, and what the user part says about frame pointers.
+type stack struct {
+	frames    []Frame
+	user      int  // number of user frames (the tail of frames)
+	judged    bool // some user frame is in a known object, so truncation can be told
+	truncated bool // the user stack does not reach a thread entry point
+}
+
+func (p *Profiler) symbolize(s cpu.Sample) stack {
+	st := stack{frames: make([]Frame, 0, len(s.Kernel)+len(s.User)), user: len(s.User)}
+	for i, pc := range s.Kernel {
+		st.frames = append(st.frames, p.sym.kernelFrame(callSite(pc, i)))
+	}
+	for i, pc := range s.User {
+		st.frames = append(st.frames, p.sym.user(s.PID, callSite(pc, i)))
+	}
+	// A process that exited before the drain has no readable memory map,
+	// hence only unknown frames: that says nothing about frame pointers.
+	user := st.frames[len(st.frames)-st.user:]
+	for _, f := range user {
+		if f.Object != unknownObject {
+			st.judged = true
+			break
+		}
+	}
+	st.truncated = st.judged && !reachesRoot(user)
+	return st
+}
+
+// callSite turns the return address of a caller frame into an address
+// inside its call instruction, so the frame is named after the caller even
+// when the call is the function's last instruction.
+func callSite(pc uint64, depth int) uint64 {
+	if depth > 0 && pc > 0 {
+		return pc - 1
+	}
+	return pc
+}
+
+// StartWindow starts collecting the samples of the given processes (all
+// processes when pids is empty) until the window's Stop.
+func (p *Profiler) StartWindow(pids []int) *Window {
+	w := newWindow(p, pids)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.windows[w] = struct{}{}
+	p.applyFilterLocked()
+	return w
+}
+
+// applyFilterLocked makes the kernel sample the union of the open windows'
+// processes, and nothing when no window is open.
+func (p *Profiler) applyFilterLocked() {
+	if p.closed {
+		return
+	}
+	all := false
+	var pids []uint32
+	for w := range p.windows {
+		if w.all {
+			all = true
+		}
+		for pid := range w.pids {
+			pids = append(pids, pid)
+		}
+	}
+	if err := p.sampler.SetFilter(all, pids); err != nil {
+		p.logger.Warn("cpuprof: setting the process filter failed", "err", err)
+	}
+	if err := p.sampler.SetEnabled(len(p.windows) > 0); err != nil {
+		p.logger.Warn("cpuprof: switching sampling failed", "err", err)
+	}
+}

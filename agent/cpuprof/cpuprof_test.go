@@ -1,0 +1,405 @@
+package cpuprof
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/google/pprof/profile"
+)
+
+// requireRoot skips (fails in CI) when eBPF cannot be loaded.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("the cpuprof tests load eBPF programs: run go test as root (CAP_BPF, CAP_PERFMON)")
+	}
+	t.Skip("the cpuprof tests load eBPF programs: run go test as root")
+}
+
+func requireTool(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is needed to build the test programs: apt-get install %s", name, name)
+	}
+	t.Skipf("%s is needed to build the test programs", name)
+	return ""
+}
+
+var (
+	buildMu  sync.Mutex
+	buildDir string
+	built    = map[string]string{}
+)
+
+// testProgram builds a test program once per test run: goburn (plain or
+// stripped) or cburn (with flags).
+func testProgram(t testing.TB, name string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := built[name]; ok {
+		return p
+	}
+	if buildDir == "" {
+		d, err := os.MkdirTemp("", "cpuprof-test-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		buildDir = d
+	}
+	out := filepath.Join(buildDir, name)
+	var cmd *exec.Cmd
+	switch name {
+	case "goburn":
+		cmd = exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, "testdata/goburn/main.go")
+	case "goburn-stripped":
+		cmd = exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-ldflags=-s -w", "-o", out, "testdata/goburn/main.go")
+	case "cburn":
+		cmd = exec.Command(requireTool(t, "gcc"), "-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-o", out, "testdata/cburn.c")
+	case "cburn-stripped":
+		// -rdynamic puts burn_c into .dynsym, which strip keeps.
+		cmd = exec.Command(requireTool(t, "gcc"), "-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-rdynamic", "-s", "-o", out, "testdata/cburn.c")
+	case "cburn-nofp":
+		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cburn.c")
+	default:
+		t.Fatalf("unknown test program %q", name)
+	}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", name, err, b)
+	}
+	built[name] = out
+	return out
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		unprivilegedChild()
+		return
+	}
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// start runs a test program until the test ends; it returns the process
+// and, for programs that print one, their first output line.
+func start(t testing.TB, path string, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	line := ""
+	if len(args) > 0 && args[0] == "jit" {
+		line, err = bufio.NewReader(stdout).ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading the address from %s: %v", path, err)
+		}
+	} else {
+		go io.Copy(io.Discard, stdout)
+	}
+	return cmd, strings.TrimSpace(line)
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+func capture(t testing.TB, cfg Config, pids []int, d time.Duration) *profile.Profile {
+	t.Helper()
+	prof, err := Profile(context.Background(), cfg, pids, d, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := prof.CheckValid(); err != nil {
+		t.Fatalf("invalid profile: %v", err)
+	}
+	return prof
+}
+
+// pidSamples sums the sample counts of pid, and of those the ones for which
+// match accepts the sample's frame names (leaf first).
+func pidSamples(prof *profile.Profile, pid int, match func(names []string) bool) (total, matched int64) {
+	for _, s := range prof.Sample {
+		if s.Label["pid"][0] != strconv.Itoa(pid) {
+			continue
+		}
+		total += s.Value[0]
+		if match(frameNames(s)) {
+			matched += s.Value[0]
+		}
+	}
+	return total, matched
+}
+
+func frameNames(s *profile.Sample) []string {
+	var names []string
+	for _, loc := range s.Location {
+		name := ""
+		if len(loc.Line) > 0 {
+			name = loc.Line[0].Function.Name
+		}
+		names = append(names, name)
+	}
+	return names
+}
+
+// userTop returns a matcher: fn is among the first n user frames.
+func userTop(prof *profile.Profile, fn string, n int) func([]string) bool {
+	return func(names []string) bool {
+		return slices.Contains(names[:min(n, len(names))], fn)
+	}
+}
+
+func TestBurnFunctionOnTop(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		program, fn string
+	}{
+		{"goburn", "main.burnGo"},
+		{"goburn-stripped", "main.burnGo"}, // named from .gopclntab
+		{"cburn", "burn_c"},
+		{"cburn-stripped", "burn_c"}, // named from .dynsym
+	} {
+		t.Run(tc.program, func(t *testing.T) {
+			cmd, _ := start(t, testProgram(t, tc.program), "burn")
+			prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 2*time.Second)
+			total, matched := pidSamples(prof, cmd.Process.Pid, userTop(prof, tc.fn, 2))
+			if total < 20 {
+				t.Fatalf("%d samples of %s over 2 s at 99 Hz, want >= 20", total, tc.program)
+			}
+			if share := float64(matched) / float64(total); share < 0.9 {
+				t.Errorf("%s in the top 2 frames of %.0f%% of %d samples, want >= 90%%\n%s", tc.fn, 100*share, total, top(prof))
+			}
+			for _, c := range prof.Comments {
+				if strings.HasPrefix(c, "truncated stacks") {
+					t.Errorf("frame-pointer program reported as truncated: %s", c)
+				}
+			}
+		})
+	}
+}
+
+func TestGoFrameHasFileAndLine(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "goburn-stripped"), "burn")
+	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, time.Second)
+	for _, loc := range prof.Location {
+		for _, l := range loc.Line {
+			if l.Function.Name == "main.burnGo" {
+				if !strings.HasSuffix(l.Function.Filename, "testdata/goburn/main.go") || l.Line < 9 || l.Line > 15 {
+					t.Errorf("main.burnGo at %s:%d, want testdata/goburn/main.go:9-15", l.Function.Filename, l.Line)
+				}
+				return
+			}
+		}
+	}
+	t.Fatalf("no main.burnGo frame in\n%s", top(prof))
+}
+
+func TestPIDFilter(t *testing.T) {
+	requireRoot(t)
+	a, _ := start(t, testProgram(t, "cburn"), "burn")
+	b, _ := start(t, testProgram(t, "goburn"), "burn")
+	prof := capture(t, Config{Hz: 99}, []int{a.Process.Pid}, 2*time.Second)
+	pids := map[string]int64{}
+	for _, s := range prof.Sample {
+		pids[s.Label["pid"][0]] += s.Value[0]
+	}
+	if len(pids) != 1 || pids[strconv.Itoa(a.Process.Pid)] == 0 {
+		t.Fatalf("profile of pid %d holds samples of pids %v", a.Process.Pid, pids)
+	}
+
+	// Without a filter, both burners (and others) show up.
+	all := capture(t, Config{Hz: 99}, nil, 2*time.Second)
+	for _, pid := range []int{a.Process.Pid, b.Process.Pid} {
+		if n, _ := pidSamples(all, pid, func([]string) bool { return false }); n == 0 {
+			t.Errorf("whole-machine profile has no samples of pid %d", pid)
+		}
+	}
+}
+
+func TestKernelFrames(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "cburn"), "sys")
+	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 2*time.Second)
+	inRead := func(names []string) bool {
+		return slices.Contains(names, "vfs_read") && slices.Contains(names, "read_zero") && slices.Contains(names, "main")
+	}
+	total, matched := pidSamples(prof, cmd.Process.Pid, inRead)
+	if total < 20 {
+		t.Fatalf("%d samples, want >= 20", total)
+	}
+	// The loop spends nearly all its time clearing buffers in the kernel.
+	if share := float64(matched) / float64(total); share < 0.5 {
+		t.Errorf("vfs_read (kernel) under read_zero and main (user) in %.0f%% of %d samples, want >= 50%%\n%s", 100*share, total, top(prof))
+	}
+	for _, loc := range prof.Location {
+		if loc.Mapping.File == kernelObject && loc.Address < 0xffff000000000000 {
+			t.Errorf("kernel frame at user address %#x", loc.Address)
+		}
+	}
+}
+
+func TestPerfMapFrame(t *testing.T) {
+	requireRoot(t)
+	cmd, line := start(t, testProgram(t, "cburn"), "jit")
+	var addr, size uint64
+	if _, err := fmt.Sscanf(line, "%x %x", &addr, &size); err != nil {
+		t.Fatalf("parsing %q: %v", line, err)
+	}
+	pid := cmd.Process.Pid
+	path := fmt.Sprintf("/proc/%d/root/tmp/perf-%d.map", pid, pid)
+	// Other entries around it, as a JIT writes them.
+	text := fmt.Sprintf("%x 10 py::other:/x.py\n%x %x py::jit_burn_loop:/app/train.py\nnot a line\n%x 20 py::after:/x.py\n", addr-0x100, addr, size, addr+0x100)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(path) })
+	prof := capture(t, Config{Hz: 99}, []int{pid}, 2*time.Second)
+	total, matched := pidSamples(prof, pid, func(names []string) bool {
+		return len(names) >= 2 && names[0] == "py::jit_burn_loop:/app/train.py" && names[1] == "main"
+	})
+	if total < 20 {
+		t.Fatalf("%d samples, want >= 20", total)
+	}
+	if share := float64(matched) / float64(total); share < 0.9 {
+		t.Errorf("perf-map frame on top (called from main) in %.0f%% of %d samples, want >= 90%%\n%s", 100*share, total, top(prof))
+	}
+}
+
+func TestTruncatedStacksReported(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "cburn-nofp"), "burn")
+	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 2*time.Second)
+	want := fmt.Sprintf("truncated stacks: pid %d (cburn-nofp)", cmd.Process.Pid)
+	for _, c := range prof.Comments {
+		if strings.HasPrefix(c, want) {
+			return
+		}
+	}
+	t.Errorf("no comment %q in %q\n%s", want, prof.Comments, top(prof))
+}
+
+// TestNoLostSamples samples a burner at 99 Hz for 10 s and checks that no
+// sample was dropped, and that the samples account for the CPU time the
+// kernel charged the process.
+func TestNoLostSamples(t *testing.T) {
+	requireRoot(t)
+	if testing.Short() {
+		t.Skip("10 s of sampling; run without -short")
+	}
+	cmd, _ := start(t, testProgram(t, "cburn"), "burn")
+	pid := cmd.Process.Pid
+	set := metrics.NewSet()
+	p, err := New(Config{Hz: 99}, testLogger(t), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	time.Sleep(200 * time.Millisecond) // attached
+	w := p.StartWindow(nil)
+	cpu0 := cpuTime(t, pid)
+	time.Sleep(10 * time.Second)
+	cpu1 := cpuTime(t, pid)
+	prof, err := w.Stop()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	set.WritePrometheus(&out)
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "loupe_cpuprof_lost_samples_total") && !strings.HasSuffix(line, " 0") {
+			t.Errorf("lost samples: %s", line)
+		}
+	}
+	if !strings.Contains(out.String(), `loupe_cpuprof_lost_samples_total{reason="stack_collision"} 0`) {
+		t.Errorf("lost-sample metrics missing:\n%s", out.String())
+	}
+	n, _ := pidSamples(prof, pid, func([]string) bool { return false })
+	want := (cpu1 - cpu0).Seconds() * 99
+	t.Logf("pid %d: %d samples, %.0f expected from %s of CPU time", pid, n, want, cpu1-cpu0)
+	if float64(n) < 0.85*want || float64(n) > 1.15*want {
+		t.Errorf("%d samples for %s of CPU time at 99 Hz, want %.0f ± 15%%", n, cpu1-cpu0, want)
+	}
+}
+
+// cpuTime returns the user+system time of pid from /proc/<pid>/stat.
+func cpuTime(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+func top(prof *profile.Profile) string {
+	counts := map[string]int64{}
+	for _, s := range prof.Sample {
+		names := frameNames(s)
+		key := strings.Join(names[:min(4, len(names))], " < ")
+		counts[key] += s.Value[0]
+	}
+	type kv struct {
+		k string
+		v int64
+	}
+	var kvs []kv
+	for k, v := range counts {
+		kvs = append(kvs, kv{k, v})
+	}
+	slices.SortFunc(kvs, func(a, b kv) int { return int(b.v - a.v) })
+	var sb strings.Builder
+	for _, e := range kvs[:min(10, len(kvs))] {
+		fmt.Fprintf(&sb, "%6d %s\n", e.v, e.k)
+	}
+	return sb.String()
+}

@@ -1,0 +1,309 @@
+package cpuprof
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+)
+
+// Frame is one symbolized stack frame. It is comparable, so windows intern
+// frames as pprof locations by value.
+type Frame struct {
+	Function string // symbol, demangled; "" when unknown
+	File     string // source file, when known (Go binaries)
+	Line     int
+	Object   string // the mapped file, [kernel.kallsyms], [perf-map], [vdso], [unknown]
+	BuildID  string
+	// Address is the ELF virtual address for file-backed code (the same in
+	// every process), else the absolute address.
+	Address uint64
+}
+
+// Object names for frames that are not in a mapped file.
+const (
+	kernelObject  = "[kernel.kallsyms]"
+	perfMapObject = "[perf-map]"
+	unknownObject = "[unknown]"
+)
+
+// maxObjects bounds the object cache; the least recently used are closed.
+const maxObjects = 256
+
+// symbolizer turns raw stack addresses into frames. It reads processes
+// through procRoot (normally /proc), so their files are seen in their own
+// mount namespace (containers). It is used by one goroutine at a time.
+type symbolizer struct {
+	procRoot  string
+	logger    *slog.Logger
+	gen       uint64 // drain generation, for per-drain reloads and LRU
+	procs     map[uint32]*procInfo
+	byFile    map[fileKey]*object
+	byBuildID map[string]*object
+	kernel    []ksym
+	kernelErr error
+}
+
+type fileKey struct {
+	dev, ino uint64
+	size     int64
+	mtime    int64
+}
+
+// procInfo caches what the symbolizer knows about one process.
+type procInfo struct {
+	maps      []mapping
+	objs      []*object // parallel to maps; nil until opened
+	failed    []bool    // parallel to maps; opening failed, do not retry
+	mapsGen   uint64    // generation maps were read at
+	perf      []perfSym
+	perfSize  int64
+	perfMtime int64
+	perfGen   uint64
+	lastSeen  uint64
+}
+
+func newSymbolizer(procRoot string, logger *slog.Logger) *symbolizer {
+	return &symbolizer{
+		procRoot:  procRoot,
+		logger:    logger,
+		procs:     map[uint32]*procInfo{},
+		byFile:    map[fileKey]*object{},
+		byBuildID: map[string]*object{},
+	}
+}
+
+// beginDrain starts a new generation and forgets processes not seen for a
+// while (their pids may be reused).
+func (s *symbolizer) beginDrain() {
+	s.gen++
+	for pid, p := range s.procs {
+		if s.gen-p.lastSeen > 30 {
+			delete(s.procs, pid)
+		}
+	}
+}
+
+func (s *symbolizer) proc(pid uint32) *procInfo {
+	p, ok := s.procs[pid]
+	if !ok {
+		p = &procInfo{}
+		s.procs[pid] = p
+		s.readMaps(pid, p)
+	}
+	p.lastSeen = s.gen
+	return p
+}
+
+func (s *symbolizer) readMaps(pid uint32, p *procInfo) {
+	p.mapsGen = s.gen
+	b, err := os.ReadFile(filepath.Join(s.procRoot, strconv.Itoa(int(pid)), "maps"))
+	if err != nil {
+		return // the process exited; its frames stay unnamed
+	}
+	maps, err := parseMaps(string(b))
+	if err != nil {
+		s.logger.Debug("cpuprof: unreadable memory map", "pid", pid, "err", err)
+		return
+	}
+	p.maps, p.objs, p.failed = maps, make([]*object, len(maps)), make([]bool, len(maps))
+}
+
+// user names a user-space address of process pid.
+func (s *symbolizer) user(pid uint32, addr uint64) Frame {
+	p := s.proc(pid)
+	i, ok := findMapping(p.maps, addr)
+	if !ok && p.mapsGen != s.gen {
+		// New code was mapped since we last looked.
+		s.readMaps(pid, p)
+		i, ok = findMapping(p.maps, addr)
+	}
+	var m *mapping
+	if ok {
+		m = &p.maps[i]
+	}
+	switch {
+	case !ok || m.anonymous():
+		if name, ok := s.perfMap(pid, p, addr); ok {
+			return Frame{Function: name, Object: perfMapObject, Address: addr}
+		}
+		return Frame{Object: unknownObject, Address: addr}
+	case m.pseudo():
+		return Frame{Function: m.path, Object: m.path, Address: addr}
+	}
+	obj := s.object(pid, p, i)
+	if obj == nil {
+		return Frame{Object: m.path, Address: addr}
+	}
+	f := Frame{Object: m.path, BuildID: obj.buildID, Address: addr}
+	vaddr, ok := obj.vaddr(addr - m.start + m.offset)
+	if !ok {
+		return f
+	}
+	f.Address = vaddr
+	f.Function, f.File, f.Line, _ = obj.symbolize(vaddr)
+	return f
+}
+
+// object returns the opened ELF file of mapping m, from the cache when the
+// same file (or the same build id) was seen before.
+func (s *symbolizer) object(pid uint32, p *procInfo, i int) *object {
+	m := &p.maps[i]
+	if p.objs[i] != nil || p.failed[i] {
+		if o := p.objs[i]; o != nil {
+			o.lastUse = s.gen
+		}
+		return p.objs[i]
+	}
+	o, err := s.open(pid, m)
+	if err != nil {
+		p.failed[i] = true
+		s.logger.Debug("cpuprof: cannot read mapped file", "pid", pid, "path", m.path, "err", err)
+		return nil
+	}
+	o.lastUse = s.gen
+	p.objs[i] = o
+	return o
+}
+
+func (s *symbolizer) open(pid uint32, m *mapping) (*object, error) {
+	// Through the process's root, so a container's files are found; a
+	// deleted or replaced file is still reachable through map_files.
+	dir := filepath.Join(s.procRoot, strconv.Itoa(int(pid)))
+	f, err := os.Open(filepath.Join(dir, "root", m.path))
+	if err != nil {
+		f, err = os.Open(filepath.Join(dir, "map_files", fmt.Sprintf("%x-%x", m.start, m.end)))
+		if err != nil {
+			return nil, err
+		}
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	key := fileKey{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		key.dev, key.ino = st.Dev, st.Ino
+	}
+	if o, ok := s.byFile[key]; ok {
+		f.Close()
+		return o, nil
+	}
+	o, err := openObject(f, m.path)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if o.buildID != "" {
+		if prev, ok := s.byBuildID[o.buildID]; ok {
+			// The same binary in another container image.
+			o.close()
+			s.byFile[key] = prev
+			return prev, nil
+		}
+		s.byBuildID[o.buildID] = o
+	}
+	s.byFile[key] = o
+	s.evict()
+	return o, nil
+}
+
+// evict closes the least recently used objects beyond maxObjects.
+func (s *symbolizer) evict() {
+	live := map[*object]bool{}
+	for _, o := range s.byFile {
+		live[o] = true
+	}
+	for len(live) > maxObjects {
+		var oldest *object
+		for o := range live {
+			if oldest == nil || o.lastUse < oldest.lastUse {
+				oldest = o
+			}
+		}
+		delete(live, oldest)
+		for k, o := range s.byFile {
+			if o == oldest {
+				delete(s.byFile, k)
+			}
+		}
+		delete(s.byBuildID, oldest.buildID)
+		for _, p := range s.procs {
+			for i, o := range p.objs {
+				if o == oldest {
+					p.objs[i] = nil
+				}
+			}
+		}
+		oldest.close()
+	}
+}
+
+// perfMap looks addr up in the process's perf map file, re-reading the file
+// at most once per drain when it changed (JITs append as they compile).
+func (s *symbolizer) perfMap(pid uint32, p *procInfo, addr uint64) (string, bool) {
+	if name, ok := lookupPerfMap(p.perf, addr); ok {
+		return name, true
+	}
+	if p.perfGen == s.gen {
+		return "", false
+	}
+	p.perfGen = s.gen
+	// /tmp as the process sees it: inside its container, if any.
+	path := filepath.Join(s.procRoot, strconv.Itoa(int(pid)), "root", "tmp", fmt.Sprintf("perf-%d.map", pid))
+	fi, err := os.Stat(path)
+	if err != nil || (fi.Size() == p.perfSize && fi.ModTime().UnixNano() == p.perfMtime) {
+		// Note: inside a container the file is named by the
+		// container's pid, which this lookup does not know.
+		return "", false
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", false
+	}
+	var bad int
+	p.perf, bad = parsePerfMap(string(b))
+	p.perfSize, p.perfMtime = fi.Size(), fi.ModTime().UnixNano()
+	if bad > 0 {
+		s.logger.Debug("cpuprof: skipped malformed perf map lines", "path", path, "lines", bad)
+	}
+	return lookupPerfMap(p.perf, addr)
+}
+
+// kernelFrame names a kernel address from /proc/kallsyms, read once.
+func (s *symbolizer) kernelFrame(addr uint64) Frame {
+	if s.kernel == nil && s.kernelErr == nil {
+		f, err := os.Open(filepath.Join(s.procRoot, "kallsyms"))
+		if err == nil {
+			s.kernel, err = parseKallsyms(f)
+			f.Close()
+		}
+		if err != nil {
+			s.kernelErr = err
+			s.logger.Warn("cpuprof: kernel frames stay unnamed", "err", err)
+		}
+	}
+	f := Frame{Object: kernelObject, Address: addr}
+	if sym, ok := lookupKsym(s.kernel, addr); ok {
+		f.Function = sym.name
+		if sym.module != "" {
+			f.Object = "[" + sym.module + "]"
+		}
+	}
+	return f
+}
+
+// close releases every cached object.
+func (s *symbolizer) close() {
+	seen := map[*object]bool{}
+	for _, o := range s.byFile {
+		if !seen[o] {
+			seen[o] = true
+			o.close()
+		}
+	}
+	s.byFile, s.byBuildID, s.procs = map[fileKey]*object{}, map[string]*object{}, map[uint32]*procInfo{}
+}

@@ -1,0 +1,204 @@
+package cpuprof
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/pprof/profile"
+)
+
+// Window collects the samples of some processes between StartWindow and
+// Stop. Its state is guarded by the profiler's mutex.
+type Window struct {
+	p       *Profiler
+	all     bool
+	pids    map[uint32]bool
+	start   time.Time
+	stopped bool
+
+	frames  map[Frame]uint64 // interned frames: frame -> location id
+	list    []Frame          // location id - 1 -> frame
+	samples map[sampleKey]uint64
+	procs   map[uint32]*procStats
+}
+
+type sampleKey struct {
+	pid   uint32
+	comm  string
+	stack string // location ids, 8 bytes each, leaf first
+}
+
+// procStats is what a window knows about one process.
+type procStats struct {
+	labels     map[string]string
+	samples    uint64            // samples whose user stack could be judged
+	truncated  uint64            // of those, stacks that reach no entry point
+	stopsIn    map[string]uint64 // truncated stacks by the object of their outermost frame
+	comm       string
+	loggedTrun bool
+}
+
+func newWindow(p *Profiler, pids []int) *Window {
+	w := &Window{
+		p:       p,
+		all:     len(pids) == 0,
+		pids:    map[uint32]bool{},
+		start:   time.Now(),
+		frames:  map[Frame]uint64{},
+		samples: map[sampleKey]uint64{},
+		procs:   map[uint32]*procStats{},
+	}
+	for _, pid := range pids {
+		w.pids[uint32(pid)] = true
+	}
+	return w
+}
+
+func (w *Window) wants(pid uint32) bool { return w.all || w.pids[pid] }
+
+func (w *Window) add(pid uint32, comm string, st stack, count uint64, labeler func(int) map[string]string) {
+	ps, ok := w.procs[pid]
+	if !ok {
+		ps = &procStats{stopsIn: map[string]uint64{}, comm: comm}
+		if labeler != nil {
+			ps.labels = labeler(int(pid))
+		}
+		w.procs[pid] = ps
+	}
+	if st.judged {
+		ps.samples += count
+		if st.truncated {
+			ps.truncated += count
+			ps.stopsIn[st.frames[len(st.frames)-1].Object] += count
+		}
+	}
+	key := make([]byte, 0, 8*len(st.frames))
+	for _, f := range st.frames {
+		id, ok := w.frames[f]
+		if !ok {
+			w.list = append(w.list, f)
+			id = uint64(len(w.list))
+			w.frames[f] = id
+		}
+		key = binary.LittleEndian.AppendUint64(key, id)
+	}
+	w.samples[sampleKey{pid: pid, comm: comm, stack: string(key)}] += count
+}
+
+// Stop ends the window, first reading what the kernel sampled up to now,
+// and returns its profile: sample types samples/count and cpu/nanoseconds,
+// labels pid, comm and those of the Labeler (container, job, rank), and a
+// comment for each process whose stacks look truncated. A second Stop
+// returns an error.
+func (w *Window) Stop() (*profile.Profile, error) {
+	p := w.p
+	p.mu.Lock()
+	if w.stopped {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("cpuprof: window already stopped")
+	}
+	w.stopped = true
+	p.drainLocked()
+	delete(p.windows, w)
+	p.applyFilterLocked()
+	p.mu.Unlock()
+	return w.profile(time.Now()), nil
+}
+
+func (w *Window) profile(end time.Time) *profile.Profile {
+	period := int64(time.Second) / int64(w.p.cfg.Hz)
+	prof := &profile.Profile{
+		SampleType: []*profile.ValueType{
+			{Type: "samples", Unit: "count"},
+			{Type: "cpu", Unit: "nanoseconds"},
+		},
+		DefaultSampleType: "cpu",
+		PeriodType:        &profile.ValueType{Type: "cpu", Unit: "nanoseconds"},
+		Period:            period,
+		TimeNanos:         w.start.UnixNano(),
+		DurationNanos:     end.Sub(w.start).Nanoseconds(),
+	}
+	prof.Comments = append(prof.Comments, fmt.Sprintf("loupe eBPF CPU profile: %d Hz per CPU, %s", w.p.cfg.Hz, w.scope()))
+
+	type objKey struct{ file, buildID string }
+	mappings := map[objKey]*profile.Mapping{}
+	type fnKey struct{ name, file string }
+	funcs := map[fnKey]*profile.Function{}
+	locs := make([]*profile.Location, len(w.list))
+	for i, f := range w.list {
+		m, ok := mappings[objKey{f.Object, f.BuildID}]
+		if !ok {
+			m = &profile.Mapping{ID: uint64(len(prof.Mapping) + 1), File: f.Object, BuildID: f.BuildID, Limit: ^uint64(0)}
+			mappings[objKey{f.Object, f.BuildID}] = m
+			prof.Mapping = append(prof.Mapping, m)
+		}
+		loc := &profile.Location{ID: uint64(i + 1), Mapping: m, Address: f.Address}
+		if f.Function != "" {
+			m.HasFunctions = true
+			fn, ok := funcs[fnKey{f.Function, f.File}]
+			if !ok {
+				fn = &profile.Function{ID: uint64(len(prof.Function) + 1), Name: f.Function, SystemName: f.Function, Filename: f.File}
+				funcs[fnKey{f.Function, f.File}] = fn
+				prof.Function = append(prof.Function, fn)
+			}
+			if f.File != "" {
+				m.HasFilenames, m.HasLineNumbers = true, true
+			}
+			loc.Line = []profile.Line{{Function: fn, Line: int64(f.Line)}}
+		}
+		locs[i] = loc
+	}
+	prof.Location = locs
+
+	keys := make([]sampleKey, 0, len(w.samples))
+	for k := range w.samples {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { // deterministic output
+		if keys[i].pid != keys[j].pid {
+			return keys[i].pid < keys[j].pid
+		}
+		if keys[i].comm != keys[j].comm {
+			return keys[i].comm < keys[j].comm
+		}
+		return keys[i].stack < keys[j].stack
+	})
+	for _, k := range keys {
+		n := int64(w.samples[k])
+		s := &profile.Sample{
+			Value: []int64{n, n * period},
+			Label: map[string][]string{"pid": {strconv.Itoa(int(k.pid))}, "comm": {k.comm}},
+		}
+		for name, v := range w.procs[k.pid].labels {
+			if v != "" && name != "pid" && name != "comm" {
+				s.Label[name] = []string{v}
+			}
+		}
+		for i := 0; i < len(k.stack); i += 8 {
+			s.Location = append(s.Location, locs[binary.LittleEndian.Uint64([]byte(k.stack[i:]))-1])
+		}
+		prof.Sample = append(prof.Sample, s)
+	}
+	prof.Comments = append(prof.Comments, w.truncationNotes()...)
+	return prof
+}
+
+func (w *Window) scope() string {
+	if w.all {
+		return "all processes"
+	}
+	pids := make([]int, 0, len(w.pids))
+	for pid := range w.pids {
+		pids = append(pids, int(pid))
+	}
+	sort.Ints(pids)
+	s := make([]string, len(pids))
+	for i, pid := range pids {
+		s[i] = strconv.Itoa(pid)
+	}
+	return "pids " + strings.Join(s, ",")
+}
