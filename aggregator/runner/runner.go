@@ -103,7 +103,7 @@ const (
 	// passed; look again at RetryAt (or when a manifest arrives).
 	ActionWaiting = "waiting"
 	// ActionBusy: another replica holds the capture's lease; look again
-	// at RetryAt.
+	// at RetryAt (a quarter of the lease TTL, or the lease's expiry).
 	ActionBusy = "busy"
 	// ActionEmpty: no committed manifest under the capture.
 	ActionEmpty = "empty"
@@ -191,7 +191,13 @@ func (r *Runner) do(ctx context.Context, id capture.ID, m mode) (Outcome, error)
 	var held *lease.HeldError
 	if errors.As(err, &held) {
 		r.leaseBusy.Inc()
-		return Outcome{Action: ActionBusy, RetryAt: held.Expires}, nil
+		// The holder usually commits well before its lease would expire:
+		// look again after a quarter TTL, or at expiry if that is sooner.
+		retry := r.cfg.Now().Add(r.cfg.Leases.TTL / 4)
+		if held.Expires.Before(retry) {
+			retry = held.Expires
+		}
+		return Outcome{Action: ActionBusy, RetryAt: retry}, nil
 	}
 	if err != nil {
 		return Outcome{}, err

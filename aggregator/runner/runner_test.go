@@ -217,10 +217,14 @@ func TestLeaseExcludes(t *testing.T) {
 	}
 	r := e.runner("live")
 	out, err := r.Process(ctx, cap1)
-	if err != nil || out.Action != runner.ActionBusy || !out.RetryAt.Equal(e.clock.Now().Add(time.Minute).UTC()) {
-		t.Fatalf("under a foreign lease: %+v, %v; want busy until expiry", out, err)
+	if err != nil || out.Action != runner.ActionBusy || !out.RetryAt.Equal(e.clock.Now().Add(15*time.Second)) {
+		t.Fatalf("under a foreign lease: %+v, %v; want busy, retry in a quarter TTL", out, err)
 	}
-	e.clock.Advance(61 * time.Second)
+	e.clock.Advance(50 * time.Second)
+	if out, err := r.Process(ctx, cap1); err != nil || out.Action != runner.ActionBusy || !out.RetryAt.Equal(e.clock.Now().Add(10*time.Second).UTC()) {
+		t.Fatalf("near expiry: %+v, %v; want busy, retry at expiry", out, err)
+	}
+	e.clock.Advance(11 * time.Second)
 	if out, err := r.Process(ctx, cap1); err != nil || out.Action != runner.ActionAnalyzed {
 		t.Fatalf("after expiry: %+v, %v; want analyzed", out, err)
 	}

@@ -434,8 +434,8 @@ func (w *Watcher) done(ctx context.Context, id capture.ID, out runner.Outcome, e
 	case out.Action == runner.ActionWaiting:
 		retry = out.RetryAt
 	case out.Action == runner.ActionBusy:
-		// Look again once the other replica's lease would lapse; it will
-		// usually have committed by then. Jitter spreads replicas out.
+		// The other replica will usually have committed by then. Jitter
+		// spreads replicas out.
 		retry = out.RetryAt.Add(time.Duration(rand.Int64N(int64(time.Second))))
 	}
 	w.mu.Lock()

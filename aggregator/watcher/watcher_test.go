@@ -1,0 +1,212 @@
+package watcher_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/loupe-dev/loupe/aggregator/capture"
+	"github.com/loupe-dev/loupe/aggregator/findings"
+	"github.com/loupe-dev/loupe/aggregator/internal/aggtest"
+	"github.com/loupe-dev/loupe/aggregator/lease"
+	"github.com/loupe-dev/loupe/aggregator/runner"
+	"github.com/loupe-dev/loupe/aggregator/watcher"
+	"github.com/loupe-dev/loupe/analyzers"
+	"github.com/loupe-dev/loupe/traces/store"
+	"github.com/loupe-dev/loupe/traces/store/miniotest"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// replica is one aggregator replica's watcher, runner and index.
+type replica struct {
+	w  *watcher.Watcher
+	ix *findings.Index
+}
+
+func newReplica(st store.Store, owner string, count *aggtest.Counter, sweep time.Duration) *replica {
+	list := []*analyzers.Analyzer{count.Analyzer}
+	ix := findings.NewIndex(runner.Versions(list))
+	r := runner.New(runner.Config{
+		Store: st, Analyzers: list, Index: ix, Logger: quiet, PartitionTimeout: time.Hour,
+		Leases: &lease.Manager{Store: st, Owner: owner, TTL: 4 * time.Second},
+	})
+	w := watcher.New(watcher.Config{
+		Store: st, Processor: r, Index: ix, Bucket: "loupe", Prefix: "pre",
+		SweepInterval: sweep, PageSize: 50, Workers: 4, Logger: quiet,
+	})
+	return &replica{w: w, ix: ix}
+}
+
+func (r *replica) run(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { r.w.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// waitFor polls cond until it holds or 30 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func dirStore(t *testing.T) store.Store {
+	st, err := store.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func id(n int) capture.ID {
+	return capture.ID{Cluster: "c1", Job: "job1", Run: "r1", Capture: fmt.Sprintf("cap%03d", n)}
+}
+
+func putCapture(t *testing.T, st store.Store, n, hosts int) {
+	for h := range hosts {
+		aggtest.Put(t, st, aggtest.Manifest("job1", id(n).Capture, fmt.Sprintf("node-%d", h), hosts, h),
+			map[string][]byte{aggtest.PartName: []byte(fmt.Sprintf("capture %d host %d", n, h))})
+	}
+}
+
+func TestAcceptFilters(t *testing.T) {
+	st := dirStore(t)
+	count := aggtest.NewCounter("count", "1")
+	r := newReplica(st, "a", count, -1)
+	evs := []watcher.Event{
+		{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "pre/v1/c1/job1/r1/cap001/node-0/manifest.json"},
+		{Name: "s3:ObjectCreated:Put", Bucket: "other", Key: "pre/v1/c1/job1/r1/cap002/node-0/manifest.json"},
+		{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "v1/c1/job1/r1/cap003/node-0/manifest.json"},
+		{Name: "s3:ObjectRemoved:Delete", Bucket: "loupe", Key: "pre/v1/c1/job1/r1/cap004/node-0/manifest.json"},
+		{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "pre/v1/c1/job1/r1/cap005/node-0/steps.parquet"},
+		{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "pre/v1/c1/job1/r1/cap006/_findings/findings.json"},
+		{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "pre/v1/c1/job1/r1/cap 7/node-0/manifest.json"},
+	}
+	if n := r.w.Accept(evs); n != 1 || r.w.Queued() != 1 {
+		t.Fatalf("accepted %d, queued %d; want only the manifest in bucket loupe under pre/", n, r.w.Queued())
+	}
+}
+
+// TestNotificationAndTimeout runs a replica without periodic listing: a
+// capture is found at start, another through a notification, and a
+// capture with a rank missing is analyzed once the timeout passes.
+func TestStartupListingAndNotification(t *testing.T) {
+	st := dirStore(t)
+	count := aggtest.NewCounter("count", "1")
+	putCapture(t, st, 1, 2)
+	r := newReplica(st, "a", count, -1)
+	r.run(t)
+	waitFor(t, "the capture present at start", func() bool { return r.ix.Done(id(1)) })
+	waitFor(t, "the index to be ready", r.w.Ready)
+
+	putCapture(t, st, 2, 2)
+	if r.ix.Done(id(2)) {
+		t.Fatal("capture 2 analyzed before any notification")
+	}
+	r.w.Accept([]watcher.Event{{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "pre/" + id(2).Prefix() + "node-1/manifest.json"}})
+	waitFor(t, "the notified capture", func() bool { return r.ix.Done(id(2)) })
+	if got := count.All(); got[id(1).String()] != 1 || got[id(2).String()] != 1 || len(got) != 2 {
+		t.Fatalf("runs %v, want one per capture", got)
+	}
+}
+
+// TestSweepCursor: the periodic listing finds captures nobody announced,
+// and keeps its position in the store.
+func TestSweepCursor(t *testing.T) {
+	st := dirStore(t)
+	count := aggtest.NewCounter("count", "1")
+	r := newReplica(st, "a", count, 30*time.Millisecond)
+	r.run(t)
+	waitFor(t, "the index to be ready", r.w.Ready)
+	for n := range 20 {
+		putCapture(t, st, n, 1)
+	}
+	waitFor(t, "every capture to be swept up", func() bool {
+		for n := range 20 {
+			if !r.ix.Done(id(n)) {
+				return false
+			}
+		}
+		return true
+	})
+	rc, _, err := st.Get(context.Background(), watcher.CursorKey)
+	if err != nil {
+		t.Fatalf("the listing cursor is not in the store: %v", err)
+	}
+	rc.Close()
+	for n, runs := range count.All() {
+		if runs != 1 {
+			t.Errorf("capture %s analyzed %d times", n, runs)
+		}
+	}
+}
+
+// TestReplicasOnMinIO: two replicas on one real MinIO analyze 100 job
+// captures of 2 hosts each; every capture is analyzed exactly once.
+func TestReplicasOnMinIO(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping 100 captures on MinIO")
+	}
+	st := miniotest.Start(t).Store(t)
+	const captures = 100
+	count := aggtest.NewCounter("count", "1")
+	a := newReplica(st, "replica-a", count, time.Second)
+	b := newReplica(st, "replica-b", count, time.Second)
+	a.run(t)
+	b.run(t)
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for n := range captures {
+		wg.Go(func() {
+			putCapture(t, st, n, 2)
+			// Both replicas hear of every capture, as if the store's
+			// notifications were fanned out to both: maximum contention.
+			ev := []watcher.Event{{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "pre/" + id(n).Prefix() + "node-1/manifest.json"}}
+			a.w.Accept(ev)
+			b.w.Accept(ev)
+		})
+	}
+	wg.Wait()
+	t.Logf("uploaded after %v", time.Since(t0))
+	waitFor(t, "all captures to be analyzed", func() bool {
+		for n := range captures {
+			if !a.ix.Done(id(n)) && !b.ix.Done(id(n)) {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("analyzed after %v", time.Since(t0))
+	// Let any duplicate work that is still in flight show itself.
+	waitFor(t, "both queues to drain", func() bool { return a.w.Queued() == 0 && b.w.Queued() == 0 })
+	runs := count.All()
+	if len(runs) != captures {
+		t.Fatalf("%d captures analyzed, want %d", len(runs), captures)
+	}
+	analysts := map[string]int{}
+	for n := range captures {
+		if got := runs[id(n).String()]; got != 1 {
+			t.Errorf("capture %s analyzed %d times, want exactly once", id(n), got)
+		}
+		rec, _, err := findings.Read(context.Background(), st, id(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rec.Findings) != 2 {
+			t.Errorf("capture %s: %d findings, want 2", id(n), len(rec.Findings))
+		}
+		analysts[rec.Analyst]++
+	}
+	t.Logf("captures analyzed per replica: %v", analysts)
+}
