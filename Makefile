@@ -5,10 +5,11 @@ export GONOSUMDB := github.com/NVIDIA/go-dcgm
 # git-ignored cache, once per machine.
 CACHE_BIN := $(CURDIR)/.cache/bin
 MINIO_VERSION      := v0.0.0-20260212201848-7aac2a2c5b7c
-VERSITYGW_VERSION  := v1.8.0
+HELM_VERSION       := v3.22.0
 export LOUPE_MINIO_BIN := $(CACHE_BIN)/minio
+export LOUPE_HELM_BIN  := $(CACHE_BIN)/helm
 
-.PHONY: help build test bench generate lint tools minio fmt
+.PHONY: help build test bench generate lint tools minio helm fmt manifests
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -16,7 +17,7 @@ help: ## list the targets
 build: ## build loupe-agent and loupe-aggregator into bin/
 	$(GO) build -o bin/ ./agent/cmd/loupe-agent ./aggregator/cmd/loupe-aggregator
 
-test: minio ## run every test (as root: real eBPF; real MinIO; headless Chromium)
+test: tools ## run every test (as root: real eBPF; real MinIO; headless Chromium)
 	$(GO) test -count=1 -timeout 25m ./...
 
 bench: minio ## run the benchmarks
@@ -32,10 +33,18 @@ lint: ## gofmt and go vet
 fmt: ## gofmt every Go file
 	gofmt -w $$(git ls-files '*.go')
 
-tools: minio ## build the servers the tests use
+tools: minio helm ## build the servers and tools the tests use (MinIO, helm)
 
 minio: $(CACHE_BIN)/minio
+helm: $(CACHE_BIN)/helm
+
+manifests: helm ## render deploy/kubernetes/loupe.yaml from the Helm chart
+	$(CACHE_BIN)/helm template loupe deploy/helm/loupe --namespace loupe > deploy/kubernetes/loupe.yaml
 
 $(CACHE_BIN)/minio:
 	@echo "building MinIO $(MINIO_VERSION) into $(CACHE_BIN) (about 2.5 minutes, once)"
 	GOBIN=$(CACHE_BIN) $(GO) install github.com/minio/minio@$(MINIO_VERSION)
+
+$(CACHE_BIN)/helm:
+	@echo "building helm $(HELM_VERSION) into $(CACHE_BIN) (a few minutes, once)"
+	GOBIN=$(CACHE_BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)

@@ -1,0 +1,302 @@
+package deploy_test
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// need returns the path of a tool the test runs for real. Under CI=true a
+// missing tool fails the test with what to install; elsewhere it skips.
+func need(t *testing.T, env, name, install string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		return p
+	}
+	if p, err := filepath.Abs(filepath.Join("..", ".cache", "bin", name)); err == nil {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	msg := name + " not found; install it: " + install
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// unitKeys parses a systemd unit into key -> values (keys may repeat).
+func unitKeys(t *testing.T, path string) map[string][]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	keys := map[string][]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == '[' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("%s: line %q is not key=value", path, line)
+		}
+		keys[k] = append(keys[k], v)
+	}
+	return keys
+}
+
+func TestSystemdUnits(t *testing.T) {
+	analyze := need(t, "LOUPE_SYSTEMD_ANALYZE", "systemd-analyze", "apt-get install systemd")
+	for _, unit := range []string{"loupe-agent", "loupe-aggregator"} {
+		t.Run(unit, func(t *testing.T) {
+			src := filepath.Join("systemd", unit+".service")
+			data, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// verify checks that ExecStart exists; point it at a stand-in.
+			dir := t.TempDir()
+			bin := filepath.Join(dir, unit)
+			os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755)
+			unitPath := filepath.Join(dir, unit+".service")
+			os.WriteFile(unitPath, bytes.ReplaceAll(data, []byte("/usr/local/bin/"+unit), []byte(bin)), 0o644)
+			out, err := exec.Command(analyze, "verify", unitPath).CombinedOutput()
+			if err != nil || len(bytes.TrimSpace(out)) > 0 {
+				t.Fatalf("systemd-analyze verify %s: %v\n%s", src, err, out)
+			}
+		})
+	}
+
+	agent := unitKeys(t, "systemd/loupe-agent.service")
+	caps := strings.Fields(agent["CapabilityBoundingSet"][0])
+	for _, c := range []string{"CAP_BPF", "CAP_PERFMON", "CAP_SYS_RESOURCE"} {
+		if !slices.Contains(caps, c) {
+			t.Errorf("agent capability bounding set %v lacks %s", caps, c)
+		}
+	}
+	if slices.Contains(caps, "CAP_SYS_ADMIN") {
+		t.Error("agent unit grants CAP_SYS_ADMIN by default; only the DCGM profiling drop-in may")
+	}
+	for k, want := range map[string]string{"ProtectSystem": "strict", "Restart": "always", "NoNewPrivileges": "yes", "MemoryMax": "1G"} {
+		if got := agent[k]; len(got) != 1 || got[0] != want {
+			t.Errorf("agent %s = %v, want %s", k, got, want)
+		}
+	}
+	if rw := agent["ReadWritePaths"]; len(rw) != 1 || !strings.Contains(rw[0], "/var/lib/loupe") {
+		t.Errorf("agent ReadWritePaths = %v, want the spool under /var/lib/loupe", rw)
+	}
+	dropIn := unitKeys(t, "systemd/loupe-agent.service.d/dcgm-profiling.conf")
+	if dropIn["CapabilityBoundingSet"][0] != "CAP_SYS_ADMIN" {
+		t.Errorf("DCGM drop-in = %v, want CAP_SYS_ADMIN added", dropIn)
+	}
+	agg := unitKeys(t, "systemd/loupe-aggregator.service")
+	if agg["DynamicUser"][0] != "yes" || agg["CapabilityBoundingSet"][0] != "" || agg["Restart"][0] != "always" {
+		t.Errorf("aggregator unit is not unprivileged: %v", agg)
+	}
+}
+
+// objects holds the typed objects of a rendered manifest, decoded strictly:
+// an unknown or misspelled field is an error.
+type objects struct {
+	daemonSets  []appsv1.DaemonSet
+	deployments []appsv1.Deployment
+	services    []corev1.Service
+	accounts    []corev1.ServiceAccount
+	configMaps  []corev1.ConfigMap
+	secrets     []corev1.Secret
+}
+
+func decodeStrict(t *testing.T, name string, data []byte) objects {
+	t.Helper()
+	var objs objects
+	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
+		var meta struct {
+			Kind string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("%s document %d: %v", name, i, err)
+		}
+		var err error
+		switch meta.Kind {
+		case "":
+			continue // comments only
+		case "DaemonSet":
+			objs.daemonSets = append(objs.daemonSets, appsv1.DaemonSet{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.daemonSets[len(objs.daemonSets)-1])
+		case "Deployment":
+			objs.deployments = append(objs.deployments, appsv1.Deployment{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.deployments[len(objs.deployments)-1])
+		case "Service":
+			objs.services = append(objs.services, corev1.Service{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.services[len(objs.services)-1])
+		case "ServiceAccount":
+			objs.accounts = append(objs.accounts, corev1.ServiceAccount{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.accounts[len(objs.accounts)-1])
+		case "ConfigMap":
+			objs.configMaps = append(objs.configMaps, corev1.ConfigMap{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.configMaps[len(objs.configMaps)-1])
+		case "Secret":
+			objs.secrets = append(objs.secrets, corev1.Secret{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.secrets[len(objs.secrets)-1])
+		default:
+			t.Fatalf("%s document %d: unexpected kind %q", name, i, meta.Kind)
+		}
+		if err != nil {
+			t.Fatalf("%s document %d (%s) does not decode strictly: %v", name, i, meta.Kind, err)
+		}
+	}
+	return objs
+}
+
+func helmTemplate(t *testing.T, helm string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(helm, append([]string{"template", "loupe", "helm/loupe", "--namespace", "loupe"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm template %v: %v\n%s", args, err, stderr.Bytes())
+	}
+	return out
+}
+
+// checkSecurity asserts the security settings that matter for each workload.
+func checkSecurity(t *testing.T, objs objects, dcgmProfiling bool) {
+	t.Helper()
+	if len(objs.daemonSets) != 1 || len(objs.deployments) != 1 || len(objs.services) != 1 || len(objs.accounts) != 2 || len(objs.configMaps) != 2 {
+		t.Fatalf("rendered %d DaemonSets, %d Deployments, %d Services, %d ServiceAccounts, %d ConfigMaps; want 1, 1, 1, 2, 2",
+			len(objs.daemonSets), len(objs.deployments), len(objs.services), len(objs.accounts), len(objs.configMaps))
+	}
+	ds := objs.daemonSets[0].Spec.Template.Spec
+	if !ds.HostPID {
+		t.Error("agent DaemonSet needs hostPID to see the node's processes")
+	}
+	if ds.NodeSelector["nvidia.com/gpu.present"] != "true" || len(ds.Tolerations) == 0 || ds.Tolerations[0].Key != "nvidia.com/gpu" {
+		t.Errorf("agent must select GPU nodes and tolerate their taint: %v %v", ds.NodeSelector, ds.Tolerations)
+	}
+	sc := ds.Containers[0].SecurityContext
+	if sc == nil || sc.Privileged != nil && *sc.Privileged {
+		t.Fatal("agent must not be privileged")
+	}
+	var added []string
+	for _, c := range sc.Capabilities.Add {
+		added = append(added, string(c))
+	}
+	want := []string{"BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH"}
+	if dcgmProfiling {
+		want = append(want, "SYS_ADMIN")
+	}
+	if !slices.Equal(added, want) || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+		t.Errorf("agent capabilities add %v drop %v, want add %v drop [ALL]", added, sc.Capabilities.Drop, want)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("agent must have a read-only root file system and no privilege escalation")
+	}
+	mounts := map[string]bool{}
+	for _, v := range ds.Volumes {
+		if v.HostPath != nil {
+			mounts[v.HostPath.Path] = true
+		}
+	}
+	for _, p := range []string{"/var/lib/loupe", "/sys/kernel/btf", "/var/lib/kubelet/pod-resources"} {
+		if !mounts[p] {
+			t.Errorf("agent lacks hostPath %s (have %v)", p, mounts)
+		}
+	}
+	agg := objs.deployments[0].Spec.Template.Spec
+	if agg.SecurityContext == nil || agg.SecurityContext.RunAsNonRoot == nil || !*agg.SecurityContext.RunAsNonRoot {
+		t.Error("aggregator must run as non-root")
+	}
+	asc := agg.Containers[0].SecurityContext
+	if asc == nil || len(asc.Capabilities.Drop) != 1 || len(asc.Capabilities.Add) != 0 || !*asc.ReadOnlyRootFilesystem {
+		t.Error("aggregator must drop every capability and have a read-only root file system")
+	}
+	if agg.ServiceAccountName != "loupe-aggregator" || objs.services[0].Spec.Ports[0].Port != 8080 {
+		t.Errorf("aggregator service account %q, service port %d", agg.ServiceAccountName, objs.services[0].Spec.Ports[0].Port)
+	}
+}
+
+func TestHelmChart(t *testing.T) {
+	helm := need(t, "LOUPE_HELM_BIN", "helm", "make tools (builds helm from the Go module proxy into .cache/bin)")
+	rendered := helmTemplate(t, helm)
+	checkSecurity(t, decodeStrict(t, "helm template (defaults)", rendered), false)
+
+	withDCGM := decodeStrict(t, "helm template (dcgm profiling, existing secret)",
+		helmTemplate(t, helm, "--set", "agent.dcgmProfiling=true", "--set", "s3.existingSecret=my-s3"))
+	checkSecurity(t, withDCGM, true)
+	if len(withDCGM.secrets) != 0 {
+		t.Error("chart created an S3 secret although existingSecret was given")
+	}
+
+	// The plain manifests are the chart rendered with its defaults; they must
+	// not drift from it (regenerate with make manifests).
+	committed, err := os.ReadFile("kubernetes/loupe.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(committed, rendered) {
+		t.Error("deploy/kubernetes/loupe.yaml differs from the chart rendered with defaults: run make manifests")
+	}
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	files, _ := filepath.Glob("kubernetes/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no manifests under deploy/kubernetes")
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSecurity(t, decodeStrict(t, f, data), false)
+	}
+}
+
+// TestDockerfilesBuildRealPackages checks that each container file builds a
+// main package that exists in this repository.
+func TestDockerfilesBuildRealPackages(t *testing.T) {
+	re := regexp.MustCompile(`go build .* (\./\S+)`)
+	files, _ := filepath.Glob("docker/*.Dockerfile")
+	if len(files) != 2 {
+		t.Fatalf("want the agent and aggregator Dockerfiles, found %v", files)
+	}
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		m := re.FindSubmatch(data)
+		if m == nil {
+			t.Fatalf("%s: no go build line", f)
+		}
+		pkg := filepath.Join("..", string(m[1]))
+		mains, _ := filepath.Glob(filepath.Join(pkg, "*.go"))
+		found := false
+		for _, g := range mains {
+			src, _ := os.ReadFile(g)
+			found = found || bytes.Contains(src, []byte("package main"))
+		}
+		if !found {
+			t.Errorf("%s builds %s, which has no main package", f, m[1])
+		}
+		if strings.Contains(f, "aggregator") && !bytes.Contains(data, []byte("USER 65532")) {
+			t.Errorf("%s must run as a non-root user", f)
+		}
+	}
+}
