@@ -25,8 +25,9 @@ const bigGapFactor = 8
 //  1. The calls (all but communicator init) become tokens: op, communicator,
 //     count, datatype and peer, plus a flag for a call that follows a long
 //     quiet spell (more than 8x the median gap: the forward pass or the
-//     optimizer step, where no collectives run). If the flagged stream has
-//     no period the flag is dropped and the plain stream is tried.
+//     optimizer step, where no collectives run). The flag tells apart
+//     iterations made of one repeated call (data-parallel buckets of equal
+//     size). If the flagged stream has no period the flag is dropped.
 //  2. The smallest period p of the longest periodic prefix and suffix of the
 //     token stream is found with the KMP prefix function (linear time); the
 //     periodic part must hold at least three whole cycles.
@@ -36,7 +37,9 @@ const bigGapFactor = 8
 //  4. The shortest prefix of the cycle (from that start) that occurs exactly
 //     once per cycle marks every boundary, in the periodic part and outside
 //     it (an iteration with an extra call, such as a periodic logging
-//     all-reduce, still starts the same way).
+//     all-reduce, still starts the same way). Matching ignores the quiet
+//     flag except on the first call, so a stray pause inside an iteration
+//     does not hide its start.
 //
 // A step runs from one boundary's call to the next one's, so the last
 // iteration is reported once the next one starts. Iteration numbers count
@@ -88,9 +91,16 @@ func boundaries(evs []traces.NCCLEvent) []int {
 		gaps[i] = evs[i].TimeNs - evs[i-1].TimeNs
 	}
 	gaps[0] = slices.Max(gaps) + 1 // nothing before the first call: treat as quiet
-	for _, flagGaps := range []bool{true, false} {
-		toks := tokens(evs, gaps, flagGaps)
-		from, to, p := periodicPart(toks)
+	toks := tokens(evs, gaps)
+	for _, useQuiet := range []bool{true, false} {
+		keys := make([]int, len(toks))
+		for i, tk := range toks {
+			keys[i] = tk.id * 2
+			if useQuiet && tk.quiet {
+				keys[i]++
+			}
+		}
+		from, to, p := periodicPart(keys)
 		if p == 0 {
 			continue
 		}
@@ -108,6 +118,10 @@ func boundaries(evs []traces.NCCLEvent) []int {
 		start := from + best
 		cycles := (to - start) / p
 		pattern := toks[start : start+p]
+		if !useQuiet {
+			pattern = slices.Clone(pattern)
+			pattern[0].quiet = false
+		}
 		// The shortest prefix of the cycle found once per cycle.
 		for m := 1; m <= p; m++ {
 			if n := len(occurrences(toks[from:to], pattern[:m])); n <= cycles+1 && n >= cycles {
@@ -118,33 +132,51 @@ func boundaries(evs []traces.NCCLEvent) []int {
 	return nil
 }
 
-// token is one call reduced to what repeats from one iteration to the next.
+// token is one call reduced to what repeats from one iteration to the next:
+// id stands for op, communicator, count, datatype and peer; quiet marks a
+// call after a long quiet spell.
 type token struct {
-	op       string
-	comm     uint64
-	count    int64
-	datatype string
-	peer     int32
-	quiet    bool
+	id    int
+	quiet bool
 }
 
-func tokens(evs []traces.NCCLEvent, gaps []int64, flagGaps bool) []int {
-	var threshold int64 = -1
-	if flagGaps {
-		threshold = bigGapFactor * median(slices.Clone(gaps[1:]))
+func tokens(evs []traces.NCCLEvent, gaps []int64) []token {
+	type call struct {
+		op       string
+		comm     uint64
+		count    int64
+		datatype string
+		peer     int32
 	}
-	ids := map[token]int{}
-	out := make([]int, len(evs))
+	threshold := bigGapFactor * median(slices.Clone(gaps[1:]))
+	ids := map[call]int{}
+	out := make([]token, len(evs))
 	for i, ev := range evs {
-		k := token{ev.Op, ev.CommID, ev.Count, ev.Datatype, ev.Peer, flagGaps && gaps[i] > threshold}
+		k := call{ev.Op, ev.CommID, ev.Count, ev.Datatype, ev.Peer}
 		id, ok := ids[k]
 		if !ok {
 			id = len(ids)
 			ids[k] = id
 		}
-		out[i] = id
+		out[i] = token{id, gaps[i] > threshold}
 	}
 	return out
+}
+
+// matches reports whether s starts with the calls of pat. Only the first
+// call's quiet flag is compared: a boundary must follow a quiet spell when
+// the cycle's does, but a stray pause inside an iteration (preemption, a
+// page fault) must not hide it.
+func matches(s, pat []token) bool {
+	if len(s) < len(pat) || (pat[0].quiet && !s[0].quiet) {
+		return false
+	}
+	for i := range pat {
+		if s[i].id != pat[i].id {
+			return false
+		}
+	}
+	return true
 }
 
 // periodicPart finds the longest prefix or suffix of s that repeats a cycle
@@ -190,10 +222,10 @@ func longestPeriodicPrefix(s []int) (length, period int) {
 }
 
 // occurrences returns the non-overlapping positions of pat in s, left to right.
-func occurrences(s, pat []int) []int {
+func occurrences(s, pat []token) []int {
 	var out []int
 	for i := 0; i+len(pat) <= len(s); {
-		if slices.Equal(s[i:i+len(pat)], pat) {
+		if matches(s[i:], pat) {
 			out = append(out, i)
 			i += len(pat)
 			continue

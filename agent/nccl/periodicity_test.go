@@ -120,6 +120,30 @@ func TestDetectIterationsTolerates(t *testing.T) {
 			}
 		}
 	})
+	t.Run("stray pauses", func(t *testing.T) {
+		// Evenly paced calls (a slow rank sleeping before each), hit by two
+		// long preemptions: one before an iteration's first call, one inside.
+		even := []call{{"AllGather", 100, 7 * ms}, {"ReduceScatter", 100, 4 * ms}, {"AllReduce", 5, 4 * ms}}
+		evs, starts := loop(1, 0, nil, even, 0, 20, nil)
+		for _, i := range []int{15, 25} {
+			for j := i; j < len(evs); j++ {
+				evs[j].TimeNs += 100 * ms
+			}
+		}
+		starts = nil
+		for i := 0; i < len(evs); i += 3 {
+			starts = append(starts, evs[i].TimeNs)
+		}
+		steps := DetectIterations(evs)
+		if len(steps) != 20 {
+			t.Fatalf("%d steps, want 20", len(steps))
+		}
+		for i, s := range steps {
+			if s.StartNs != starts[i] {
+				t.Fatalf("step %d starts at %d, want %d", i, s.StartNs, starts[i])
+			}
+		}
+	})
 	t.Run("window cut mid-iteration", func(t *testing.T) {
 		evs, starts := loop(1, 0, nil, body, 0, 10, nil)
 		steps := DetectIterations(evs[2:]) // starts inside iteration 0

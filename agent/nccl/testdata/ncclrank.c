@@ -14,7 +14,8 @@
  *       N back-to-back ncclAllReduce calls on a one-rank communicator.
  *
  * Every mode first waits for the file DIR/go, so that a test can attach
- * before the first NCCL call. */
+ * before the first NCCL call, and waits for DIR/exit before it exits, so
+ * that a test can look at the live process after its calls. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -249,12 +250,16 @@ int main(int argc, char **argv)
 	load();
 	snprintf(dir, sizeof(dir), "%s", argv[2]);
 	wait_file("go");
+	int rc = 2;
 	if (strcmp(argv[1], "ranks") == 0 && argc == 8)
-		return ranks_main(argv + 3);
-	if (strcmp(argv[1], "initall") == 0 && argc == 5)
-		return initall_main(argv + 3);
-	if (strcmp(argv[1], "bench") == 0 && argc == 4)
-		return bench_main(argv + 3);
-	fprintf(stderr, "ncclrank: bad arguments\n");
-	return 2;
+		rc = ranks_main(argv + 3);
+	else if (strcmp(argv[1], "initall") == 0 && argc == 5)
+		rc = initall_main(argv + 3);
+	else if (strcmp(argv[1], "bench") == 0 && argc == 4)
+		rc = bench_main(argv + 3);
+	else
+		fprintf(stderr, "ncclrank: bad arguments\n");
+	fflush(stdout);
+	wait_file("exit");
+	return rc;
 }
