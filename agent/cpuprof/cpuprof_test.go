@@ -80,6 +80,8 @@ func testProgram(t testing.TB, name string) string {
 	case "cburn-stripped":
 		// -rdynamic puts burn_c into .dynsym, which strip keeps.
 		cmd = exec.Command(requireTool(t, "gcc"), "-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-rdynamic", "-s", "-o", out, "testdata/cburn.c")
+	case "cppburn":
+		cmd = exec.Command(requireTool(t, "g++"), "-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-o", out, "testdata/cppburn.cc")
 	case "cburn-nofp":
 		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cburn.c")
 	default:
@@ -198,6 +200,7 @@ func TestBurnFunctionOnTop(t *testing.T) {
 		{"goburn-stripped", "main.burnGo"}, // named from .gopclntab
 		{"cburn", "burn_c"},
 		{"cburn-stripped", "burn_c"}, // named from .dynsym
+		{"cppburn", "loupe::Burner::burn"}, // demangled
 	} {
 		t.Run(tc.program, func(t *testing.T) {
 			cmd, _ := start(t, testProgram(t, tc.program), "burn")

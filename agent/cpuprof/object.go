@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
@@ -23,8 +22,9 @@ import (
 type object struct {
 	path    string
 	buildID string
-	f       *os.File
+	f       readerAtCloser
 	loads   []elf.ProgHeader
+	text    []addrRange // executable sections
 	syms    []elfSym
 	strtabs [2]strtab // .symtab's and .dynsym's string tables
 	names   map[elfSym]string
@@ -41,9 +41,16 @@ type elfSym struct {
 
 type strtab struct{ off, size uint64 }
 
+type addrRange struct{ start, end uint64 }
+
+type readerAtCloser interface {
+	io.ReaderAt
+	io.Closer
+}
+
 // openObject reads the program headers, build id, function symbols and Go
 // line table of an ELF file. The object keeps f open for lazy name reads.
-func openObject(f *os.File, path string) (*object, error) {
+func openObject(f readerAtCloser, path string) (*object, error) {
 	ef, err := elf.NewFile(f)
 	if err != nil {
 		return nil, fmt.Errorf("reading ELF file %s: %w", path, err)
@@ -52,6 +59,11 @@ func openObject(f *os.File, path string) (*object, error) {
 	for _, p := range ef.Progs {
 		if p.Type == elf.PT_LOAD {
 			o.loads = append(o.loads, p.ProgHeader)
+		}
+	}
+	for _, sec := range ef.Sections {
+		if sec.Flags&elf.SHF_EXECINSTR != 0 && sec.Flags&elf.SHF_ALLOC != 0 {
+			o.text = append(o.text, addrRange{sec.Addr, sec.Addr + sec.Size})
 		}
 	}
 	o.buildID = buildID(ef)
@@ -123,8 +135,14 @@ func (o *object) readSymbols(ef *elf.File, name string, table uint8) error {
 	}
 }
 
-// goTable builds the Go symbol table from .gopclntab.
-func goTable(ef *elf.File, pcln *elf.Section) (*gosym.Table, error) {
+// goTable builds the Go symbol table from .gopclntab. debug/gosym trusts
+// its input, and a damaged binary must not take the agent down.
+func goTable(ef *elf.File, pcln *elf.Section) (tab *gosym.Table, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			tab, err = nil, fmt.Errorf("malformed .gopclntab: %v", r)
+		}
+	}()
 	data, err := pcln.Data()
 	if err != nil {
 		return nil, err
@@ -171,12 +189,26 @@ func (o *object) symbolize(pc uint64) (fn, file string, line int, ok bool) {
 	if s.size > 0 && pc >= s.addr+uint64(s.size) {
 		return "", "", 0, false
 	}
+	if s.size == 0 && !o.sameSection(s.addr, pc) {
+		// A size-less symbol such as _init or _fini does not cover
+		// the sections after it (the PLT, or nothing at all).
+		return "", "", 0, false
+	}
 	name, ok := o.names[s]
 	if !ok {
 		name = demangleName(o.readName(s))
 		o.names[s] = name
 	}
 	return name, "", 0, name != ""
+}
+
+func (o *object) sameSection(a, b uint64) bool {
+	for _, r := range o.text {
+		if a >= r.start && a < r.end {
+			return b >= r.start && b < r.end
+		}
+	}
+	return false
 }
 
 func (o *object) readName(s elfSym) string {

@@ -1,0 +1,298 @@
+package cpuprof
+
+import (
+	"bytes"
+	"debug/elf"
+	"io"
+	"log/slog"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseMapsLine(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want mapping
+		err  bool
+	}{
+		{
+			line: "55d4c3a00000-55d4c3a22000 r-xp 00002000 08:01 1234                       /usr/bin/foo",
+			want: mapping{start: 0x55d4c3a00000, end: 0x55d4c3a22000, offset: 0x2000, exec: true, inode: 1234, path: "/usr/bin/foo"},
+		},
+		{
+			line: "7f00-8f00 rw-p 00000000 00:00 0 ",
+			want: mapping{start: 0x7f00, end: 0x8f00},
+		},
+		{
+			line: "7f00-8f00 r-xp 00000000 00:00 0",
+			want: mapping{start: 0x7f00, end: 0x8f00, exec: true},
+		},
+		{
+			line: "1000-2000 r-xp 00000000 fd:00 77 /opt/my app/lib x.so (deleted)",
+			want: mapping{start: 0x1000, end: 0x2000, exec: true, inode: 77, path: "/opt/my app/lib x.so (deleted)"},
+		},
+		{line: "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]",
+			want: mapping{start: 0xffffffffff600000, end: 0xffffffffff601000, exec: true, path: "[vsyscall]"}},
+		{line: "zz-2000 r-xp 0 0 0 /x", err: true},
+		{line: "2000-1000 r-xp 0 0 0 /x", err: true},
+		{line: "1000-2000 r-xp", err: true},
+		{line: "1000 r-xp 0 0 0 /x", err: true},
+		{line: "1000-2000 r 0 0 0 /x", err: true},
+	} {
+		got, err := parseMapsLine(tc.line)
+		if (err != nil) != tc.err || (!tc.err && got != tc.want) {
+			t.Errorf("parseMapsLine(%q) = %+v, %v; want %+v, error %v", tc.line, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestFindMapping(t *testing.T) {
+	maps, err := parseMaps("1000-2000 r-xp 0 0:0 0 /a\n2000-3000 rw-p 0 0:0 0 /a\n5000-6000 r-xp 0 0:0 0 \n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(maps) != 2 {
+		t.Fatalf("parseMaps kept %d mappings, want the 2 executable ones", len(maps))
+	}
+	for _, tc := range []struct {
+		addr uint64
+		want int
+		ok   bool
+	}{{0xfff, 0, false}, {0x1000, 0, true}, {0x1fff, 0, true}, {0x2000, 0, false}, {0x5abc, 1, true}, {0x6000, 0, false}} {
+		got, ok := findMapping(maps, tc.addr)
+		if ok != tc.ok || (ok && got != tc.want) {
+			t.Errorf("findMapping(%#x) = %d, %v; want %d, %v", tc.addr, got, ok, tc.want, tc.ok)
+		}
+	}
+	if !maps[1].anonymous() || maps[0].anonymous() {
+		t.Error("anonymous() wrong")
+	}
+}
+
+func TestPerfMap(t *testing.T) {
+	syms, bad := parsePerfMap("7f00 10 py::f:/a.py\n0x7f10 0x10 py::g:/b.py\nbroken\n7f20 0 zero\n7f08 4 inner name with spaces\n")
+	if bad != 2 || len(syms) != 3 {
+		t.Fatalf("parsed %d entries, %d bad; want 3 and 2: %+v", len(syms), bad, syms)
+	}
+	for _, tc := range []struct {
+		addr uint64
+		want string
+	}{{0x7eff, ""}, {0x7f00, "py::f:/a.py"}, {0x7f09, "inner name with spaces"}, {0x7f0c, "py::f:/a.py"}, {0x7f1f, "py::g:/b.py"}, {0x7f20, ""}} {
+		got, _ := lookupPerfMap(syms, tc.addr)
+		if got != tc.want {
+			t.Errorf("lookupPerfMap(%#x) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
+
+func TestKallsyms(t *testing.T) {
+	syms, err := parseKallsyms(strings.NewReader("ffffffff81000000 T _stext\nffffffff81000100 t do_thing\nffffffff82000000 D some_data\nffffffffc0000000 t mod_fn\t[nvidia]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		addr         uint64
+		name, module string
+	}{{0xffffffff81000050, "_stext", ""}, {0xffffffff81000100, "do_thing", ""}, {0xffffffffc0000010, "mod_fn", "nvidia"}} {
+		got, ok := lookupKsym(syms, tc.addr)
+		if !ok || got.name != tc.name || got.module != tc.module {
+			t.Errorf("lookupKsym(%#x) = %+v, want %s [%s]", tc.addr, got, tc.name, tc.module)
+		}
+	}
+	if _, ok := lookupKsym(syms, 0x1000); ok {
+		t.Error("address below the kernel named")
+	}
+	if _, err := parseKallsyms(strings.NewReader("0000000000000000 T _stext\n0000000000000000 t x\n")); err == nil || !strings.Contains(err.Error(), "kptr_restrict") {
+		t.Errorf("hidden addresses: got %v, want an error naming kptr_restrict", err)
+	}
+	if _, err := parseKallsyms(strings.NewReader("garbage\n")); err == nil {
+		t.Error("malformed kallsyms accepted")
+	}
+}
+
+func TestDemangleName(t *testing.T) {
+	for in, want := range map[string]string{
+		"_ZN5loupe6Burner4burnEm":            "loupe::Burner::burn",
+		"_ZNSt6vectorIiSaIiEE9push_backERKi": "std::vector<int, std::allocator<int> >::push_back",
+		"burn_c":                             "burn_c",
+		"_Znotmangled":                       "_Znotmangled",
+	} {
+		if got := demangleName(in); got != want {
+			t.Errorf("demangleName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestReachesRoot(t *testing.T) {
+	for _, tc := range []struct {
+		frames []Frame
+		want   bool
+	}{
+		{[]Frame{{Function: "burn"}, {Function: "main"}, {Object: "/usr/lib/x86_64-linux-gnu/libc.so.6"}}, true},
+		{[]Frame{{Function: "main.work"}, {Function: "runtime.goexit"}}, true},
+		{[]Frame{{Function: "f"}, {Function: "start_thread"}, {Object: unknownObject}}, true},
+		{[]Frame{{Function: "burn", Object: "/app/bin"}}, false},
+		{[]Frame{{Function: "_PyEval_EvalFrameDefault", Object: "/usr/lib/libpython3.12.so"}, {Object: unknownObject}}, false},
+		{nil, false},
+	} {
+		if got := reachesRoot(tc.frames); got != tc.want {
+			t.Errorf("reachesRoot(%+v) = %v, want %v", tc.frames, got, tc.want)
+		}
+	}
+}
+
+func TestConfig(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want Config
+		err  bool
+	}{
+		{cfg: Config{}, want: DefaultConfig()},
+		{cfg: Config{Hz: 99}, want: Config{Hz: 99, DrainInterval: time.Second}},
+		{cfg: Config{Hz: 1000}, err: true},
+		{cfg: Config{Hz: -1}, err: true},
+		{cfg: Config{DrainInterval: time.Millisecond}, err: true},
+	} {
+		got := tc.cfg
+		err := got.validate()
+		if (err != nil) != tc.err || (!tc.err && (got.Hz != tc.want.Hz || got.DrainInterval != tc.want.DrainInterval)) {
+			t.Errorf("validate(%+v) = %+v, %v", tc.cfg, got, err)
+		}
+	}
+}
+
+func TestStackEntries(t *testing.T) {
+	for _, tc := range []struct {
+		hz, cpus int
+		want     uint32
+	}{{19, 2, 2048}, {99, 2, 4096}, {99, 8, 16384}, {999, 256, 16384}} {
+		if got := stackEntries(tc.hz, tc.cpus, time.Second); got != tc.want {
+			t.Errorf("stackEntries(%d Hz, %d CPUs) = %d, want %d", tc.hz, tc.cpus, got, tc.want)
+		}
+	}
+}
+
+//go:noinline
+func symbolizeMe() {}
+
+// TestSymbolizeSelf resolves this test binary's own code through
+// /proc/self/maps, the ELF file and the Go line table, without eBPF.
+func TestSymbolizeSelf(t *testing.T) {
+	s := newSymbolizer("/proc", slog.New(slog.DiscardHandler))
+	defer s.close()
+	s.beginDrain()
+	pc := uint64(reflect.ValueOf(symbolizeMe).Pointer())
+	f := s.user(uint32(os.Getpid()), pc)
+	if f.Function != "github.com/loupe-dev/loupe/agent/cpuprof.symbolizeMe" || !strings.HasSuffix(f.File, "parsers_test.go") || f.BuildID == "" {
+		t.Errorf("symbolized %#x as %+v", pc, f)
+	}
+	if f := s.user(uint32(os.Getpid()), 1); f.Object != unknownObject || f.Function != "" {
+		t.Errorf("unmapped address named %+v", f)
+	}
+}
+
+func TestBuildIDAndSymbolsOfCBinary(t *testing.T) {
+	path := testProgram(t, "cppburn")
+	ef, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ef.Close()
+	syms, _ := ef.Symbols()
+	i := slices.IndexFunc(syms, func(s elf.Symbol) bool { return s.Name == "_ZN5loupe6Burner4burnEm" })
+	if i < 0 {
+		t.Fatal("test program lacks its burn symbol")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := openObject(f, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.close()
+	if len(o.buildID) != 40 {
+		t.Errorf("build id %q, want 20 bytes in hex", o.buildID)
+	}
+	fn, _, _, ok := o.symbolize(syms[i].Value + 3)
+	if !ok || fn != "loupe::Burner::burn" {
+		t.Errorf("symbolize(burn+3) = %q, %v", fn, ok)
+	}
+	if fn, _, _, ok := o.symbolize(syms[i].Value + syms[i].Size + 0x100000); ok {
+		t.Errorf("address past every function named %q", fn)
+	}
+}
+
+type nopCloser struct{ io.ReaderAt }
+
+func (nopCloser) Close() error { return nil }
+
+func FuzzOpenObject(f *testing.F) {
+	if self, err := os.Executable(); err == nil {
+		if b, err := os.ReadFile(self); err == nil {
+			f.Add(b[:min(len(b), 1<<16)])
+		}
+	}
+	if b, err := os.ReadFile("/bin/true"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("\x7fELF\x02\x01\x01"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		o, err := openObject(nopCloser{bytes.NewReader(data)}, "fuzz")
+		if err != nil {
+			return
+		}
+		for _, pc := range []uint64{0, 0x1000, 0x401000, ^uint64(0)} {
+			o.symbolize(pc)
+			o.vaddr(pc)
+		}
+	})
+}
+
+func FuzzParseMaps(f *testing.F) {
+	f.Add("55d4c3a00000-55d4c3a22000 r-xp 00002000 08:01 1234 /usr/bin/foo\n7f00-8f00 rw-p 00000000 00:00 0\n")
+	f.Add("1-0 r-xp 0 0 0\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		maps, err := parseMaps(text)
+		if err != nil {
+			return
+		}
+		for _, m := range maps {
+			if !m.exec || m.end < m.start {
+				t.Errorf("bad mapping %+v", m)
+			}
+		}
+	})
+}
+
+func FuzzParsePerfMap(f *testing.F) {
+	f.Add("7f00 10 py::f:/a.py\n0x7f10 0x10 g\n")
+	f.Add("ffffffffffffffff 2 wrap\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		syms, _ := parsePerfMap(text)
+		for _, s := range syms {
+			if name, ok := lookupPerfMap(syms, s.start); !ok || name == "" {
+				t.Errorf("entry %+v not found by its own start", s)
+			}
+		}
+	})
+}
+
+func FuzzParseKallsyms(f *testing.F) {
+	f.Add("ffffffff81000000 T _stext\nffffffffc0000000 t mod_fn\t[nvidia]\n")
+	f.Add("0 T x\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		syms, err := parseKallsyms(strings.NewReader(text))
+		if err != nil {
+			return
+		}
+		if !slices.IsSortedFunc(syms, func(a, b ksym) int { return int(a.addr>>1) - int(b.addr>>1) }) {
+			t.Error("kallsyms not sorted")
+		}
+	})
+}
