@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -166,4 +168,61 @@ func (c *Clock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.now = c.now.Add(d)
 	c.mu.Unlock()
+}
+
+// PutDir uploads a bundle folder written by traces.BundleWriter, parts
+// first and the manifest last, as the agent's uploader does.
+func PutDir(t testing.TB, st store.Store, dir string) *traces.Manifest {
+	t.Helper()
+	m, err := traces.ReadDir(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := traces.KeyOf(m)
+	for _, name := range append(partNames(m), traces.ManifestName) {
+		data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(name)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Put(context.Background(), key.Object(name), bytes.NewReader(data), int64(len(data)), store.PutOptions{}); err != nil {
+			t.Fatalf("put %s: %v", name, err)
+		}
+	}
+	return m
+}
+
+func partNames(m *traces.Manifest) []string {
+	names := make([]string, len(m.Parts))
+	for i, p := range m.Parts {
+		names[i] = p.Name
+	}
+	return names
+}
+
+// StepsBundle writes a committed bundle for m into a new folder under
+// t.TempDir(), with a steps.parquet of iterations 0..9 for each rank
+// (rank r's steps take 100+10r ms), and returns the folder.
+func StepsBundle(t testing.TB, m traces.Manifest) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), m.Host)
+	w, err := traces.NewBundleWriter(dir, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []traces.Step
+	for _, r := range m.Ranks {
+		start := m.Start.UnixNano()
+		for it := range int64(10) {
+			d := int64(100+10*r) * int64(time.Millisecond)
+			rows = append(rows, traces.Step{Rank: int32(r), PID: int32(1000 + r), Iteration: it, StartNs: start, EndNs: start + d, Source: traces.StepSourceNCCL})
+			start += d
+		}
+	}
+	if err := traces.WriteTable(w, traces.PartSteps, rows); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
