@@ -12,4 +12,9 @@ var All = []*Analyzer{
 	Throttle,
 	HWFaults,
 	InputBound,
+	KinetoTemporal,
+	KinetoKernels,
+	KinetoIdle,
+	KinetoLaunch,
+	KinetoOverlap,
 }

@@ -1,0 +1,446 @@
+package analyzers
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loupe-dev/loupe/traces"
+)
+
+// kev is one Kineto trace event as a test writes it.
+type kev struct {
+	Ph   string         `json:"ph"`
+	Cat  string         `json:"cat,omitempty"`
+	Name string         `json:"name"`
+	Pid  int            `json:"pid"`
+	Tid  int            `json:"tid"`
+	Ts   float64        `json:"ts"`
+	Dur  *float64       `json:"dur,omitempty"`
+	Args map[string]any `json:"args,omitempty"`
+}
+
+func dur(d float64) *float64 { return &d }
+
+// launch is a host launch call (cat cuda_runtime, or cuda_driver for cu*).
+func launch(api string, ts, d float64, corr int) kev {
+	cat := "cuda_runtime"
+	if strings.HasPrefix(api, "cu") && !strings.HasPrefix(api, "cuda") {
+		cat = "cuda_driver"
+	}
+	return kev{Ph: "X", Cat: cat, Name: api, Pid: 100, Tid: 100, Ts: ts, Dur: dur(d),
+		Args: map[string]any{"correlation": corr, "External id": corr + 1000, "cbid": 211}}
+}
+
+// gpu is a GPU event on a stream.
+func gpu(cat, name string, stream int, ts, d float64, corr int) kev {
+	args := map[string]any{"stream": stream, "device": 0, "context": 1, "queued": 0}
+	if corr >= 0 {
+		args["correlation"] = corr
+	}
+	return kev{Ph: "X", Cat: cat, Name: name, Pid: 0, Tid: stream, Ts: ts, Dur: dur(d), Args: args}
+}
+
+func step(n int, ts, d float64) kev {
+	return kev{Ph: "X", Cat: "user_annotation", Name: "ProfilerStep#" + itoa(n), Pid: 100, Tid: 100, Ts: ts, Dur: dur(d),
+		Args: map[string]any{"External id": n}}
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// writeKineto writes a trace in torch.profiler's layout: header,
+// distributedInfo, traceEvents, trailing metadata.
+func writeKineto(t testing.TB, path string, rank int, events []kev) {
+	t.Helper()
+	evs, err := json.MarshalIndent(events, "  ", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	b.WriteString(`{"schemaVersion": 1, "deviceProperties": [{"id": 0, "name": "NVIDIA H100 80GB HBM3"}],`)
+	if rank >= 0 {
+		b.WriteString(`"distributedInfo": {"backend": "nccl", "rank": ` + itoa(rank) + `, "world_size": 3},`)
+	}
+	b.WriteString("\n\"traceEvents\": ")
+	b.Write(evs)
+	b.WriteString(`, "traceName": "x", "displayTimeUnit": "ms", "baseTimeNanoseconds": 1700000000000000000}`)
+	data := b.Bytes()
+	if strings.HasSuffix(path, ".gz") {
+		var z bytes.Buffer
+		w := gzip.NewWriter(&z)
+		w.Write(data)
+		w.Close()
+		data = z.Bytes()
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rank0Events is a trace whose every number is computed by hand in
+// TestKinetoRank0 (times in microseconds). Events are deliberately out of
+// time order, and one kernel comes before its launch call.
+func rank0Events() []kev {
+	const gemm, relu, tiny = "void gemm_a<float>(Params)", "void relu_kernel()", "void tiny()"
+	return []kev{
+		{Ph: "M", Name: "process_name", Pid: 0, Args: map[string]any{"name": "python"}},
+		step(1, 0, 1000),
+		step(2, 1000, 1000), // the last step: what it launches is left out
+		{Ph: "X", Cat: "cpu_op", Name: "aten::mm", Pid: 100, Tid: 100, Ts: 9, Dur: dur(10), Args: map[string]any{"External id": 5, "Input Dims": [][]int{{64, 64}, {64, 64}}}},
+		launch("cudaLaunchKernel", 10, 5, 1),
+		launch("cudaLaunchKernel", 12, 5, 2),
+		launch("cudaLaunchKernel", 14, 3, 7),
+		launch("cudaLaunchKernelExC", 150, 4, 3),
+		launch("cudaGraphLaunch", 180, 20, 5),
+		launch("cuLaunchKernelEx", 190, 6, 8),
+		launch("cudaMemcpyAsync", 360, 10, 6),
+		launch("cudaStreamSynchronize", 415, 30, 10),
+		launch("cudaLaunchKernel", 1100, 5, 9),
+		{Ph: "s", Cat: "ac2g", Name: "ac2g", Pid: 100, Tid: 100, Ts: 10, Args: map[string]any{"id": 1}},
+		// GPU side, out of order.
+		gpu("kernel", tiny, 7, 352, 4, 5),
+		gpu("kernel", gemm, 7, 300, 40, 4), // before its launch call, below
+		gpu("kernel", gemm, 7, 19.6, 30.2, 1),
+		gpu("kernel", "ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)", 20, 250, 70, 8),
+		gpu("kernel", gemm, 7, 60, 40, 2),
+		gpu("kernel", "ncclKernel_AllReduce_RING_LL_Sum_float(ncclWorkElem)", 20, 30, 60, 7),
+		gpu("kernel", relu, 7, 160, 40, 3),
+		gpu("kernel", tiny, 7, 345, 5, 5),
+		gpu("gpu_memcpy", "Memcpy HtoD (Pageable -> Device)", 7, 400, 20, 6),
+		gpu("cuda_sync", "Stream Sync", 7, 420, 20, 10),
+		gpu("kernel", gemm, 7, 1110, 90, 9), // launched in the last step
+		gpu("kernel", relu, 7, 500, 10, 99), // no launch call in the trace
+		launch("cuLaunchKernel", 170, 5, 4),
+	}
+}
+
+func us(v float64) time.Duration { return time.Duration(v * float64(time.Microsecond)) }
+
+func TestKinetoRank0(t *testing.T) {
+	dir := t.TempDir()
+	writeKineto(t, filepath.Join(dir, "host_1234.1700000000000.pt.trace.json"), 0, rank0Events())
+	in, err := KinetoFolderInput(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ranks, err := KinetoSummaries(context.Background(), in, DefaultKinetoOptions())
+	if err != nil || len(ranks) != 1 {
+		t.Fatalf("summaries: %v, %d ranks", err, len(ranks))
+	}
+	r := ranks[0]
+	if r.Rank != 0 || r.WorldSize != 3 || r.Steps != 2 || r.DroppedLastStep != 2 || r.GPUEvents != 10 {
+		t.Errorf("rank %d world %d steps %d dropped %d gpu events %d", r.Rank, r.WorldSize, r.Steps, r.DroppedLastStep, r.GPUEvents)
+	}
+	wantT := RankBreakdown{Rank: 0, Span: us(420), Idle: us(161), Compute: us(158), NonCompute: us(101),
+		Communication: us(61), Memory: us(20), Other: us(20)}
+	if r.Temporal != wantT {
+		t.Errorf("temporal\n got %+v\nwant %+v", r.Temporal, wantT)
+	}
+	if got := r.Temporal.Pct(r.Temporal.Idle); got != 38.33 {
+		t.Errorf("idle pctg %v, want 38.33", got)
+	}
+	wantS := []StreamIdle{
+		{Stream: 7, Kernels: 7, HostWait: us(104), KernelWait: us(18), Other: us(100), Gaps: [3]int64{2, 3, 1}},
+		{Stream: 20, Kernels: 2, HostWait: us(160), Gaps: [3]int64{1, 0, 0}},
+	}
+	if len(r.Streams) != 2 || r.Streams[0] != wantS[0] || r.Streams[1] != wantS[1] {
+		t.Errorf("streams\n got %+v\nwant %+v", r.Streams, wantS)
+	}
+	if r.Overlap.Communication != us(130) || r.Overlap.Overlapped != us(69) || roundPct(r.Overlap.Ratio()) != 53.08 {
+		t.Errorf("overlap %+v ratio %v", r.Overlap, r.Overlap.Ratio())
+	}
+	l := r.Launch
+	wantAPI := map[string]int64{"cudaLaunchKernel": 3, "cudaLaunchKernelExC": 1, "cuLaunchKernel": 1,
+		"cuLaunchKernelEx": 1, "cudaGraphLaunch": 2, "cudaMemcpyAsync": 1}
+	if l.Launches != 9 || l.ShortKernels != 2 || l.DelayOutliers != 3 || l.RuntimeOutliers != 0 ||
+		l.MaxDelay != us(152) || l.TotalDelay != us(573) || l.OutlierDelay != us(422) ||
+		l.ShortCPUTime != us(40) || l.ShortGPUTime != us(9) {
+		t.Errorf("launch stats %+v", l)
+	}
+	for api, n := range wantAPI {
+		if l.ByAPI[api] != n {
+			t.Errorf("launches by %s = %d, want %d", api, l.ByAPI[api], n)
+		}
+	}
+	top := TopKernels(r.Kernels, ClassComputation, 10, 0.8)
+	if len(top) != 3 || top[0].Name != "void gemm_a<float>(Params)" || top[0].Count != 3 || top[0].Total != us(109) ||
+		top[0].Min != us(29) || top[0].Max != us(40) || math.Abs(top[0].Std-6350.853) > 0.01 ||
+		top[1].Total != us(40) || top[2].Name != "void tiny()" || top[2].Count != 2 {
+		t.Errorf("top compute kernels %+v", top)
+	}
+	comm := TopKernels(r.Kernels, ClassCommunication, 10, 0.8)
+	if len(comm) != 2 || !strings.HasPrefix(comm[0].Name, "ncclDevKernel_") || !strings.HasPrefix(comm[1].Name, "ncclKernel_") {
+		t.Errorf("communication kernels %+v", comm)
+	}
+
+	// With the last step kept, both left-out kernels count.
+	opts := DefaultKinetoOptions()
+	opts.IncludeLastStep = true
+	all, err := KinetoSummaries(context.Background(), in, opts)
+	if err != nil || all[0].GPUEvents != 12 || all[0].DroppedLastStep != 0 || all[0].Temporal.Span != us(1200-20) {
+		t.Errorf("include last step: %v %+v", err, all[0].Temporal)
+	}
+	// Without HTA's rounding, the first kernel keeps its 0.4 us and 0.8 us.
+	opts = DefaultKinetoOptions()
+	opts.HTARounding = false
+	exact, err := KinetoSummaries(context.Background(), in, opts)
+	if err != nil || exact[0].Temporal.Span != us(440-19.6) {
+		t.Errorf("exact times: %v span %v", err, exact[0].Temporal.Span)
+	}
+}
+
+// TestKinetoSpill forces the external sort with a chunk of a few events and
+// checks that the results do not change.
+func TestKinetoSpill(t *testing.T) {
+	dir := t.TempDir()
+	writeKineto(t, filepath.Join(dir, "rank0.json.gz"), 0, rank0Events())
+	in, err := KinetoFolderInput(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := KinetoSummaries(context.Background(), in, DefaultKinetoOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultKinetoOptions()
+	opts.SortChunk = 1 // clamped to the minimum chunk; use many events instead
+	opts.PendingLimit = 1
+	got, err := KinetoSummaries(context.Background(), in, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0].Temporal != want[0].Temporal {
+		t.Errorf("temporal with tiny limits %+v, want %+v", got[0].Temporal, want[0].Temporal)
+	}
+
+	// Many events, spilled in runs of 1024.
+	big := filepath.Join(t.TempDir(), "rank1.json")
+	writeKineto(t, big, 1, manyKernels(5000))
+	in, err = KinetoFolderInput(filepath.Dir(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := KinetoSummaries(context.Background(), in, DefaultKinetoOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts = DefaultKinetoOptions()
+	opts.SortChunk = 1024
+	opts.TempDir = t.TempDir()
+	disk, err := KinetoSummaries(context.Background(), in, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disk[0].Temporal != mem[0].Temporal || disk[0].Launch.Launches != mem[0].Launch.Launches ||
+		disk[0].Streams[0] != mem[0].Streams[0] || mem[0].GPUEvents != 10000 {
+		t.Errorf("spilled %+v\n in memory %+v", disk[0].Temporal, mem[0].Temporal)
+	}
+	if left, _ := os.ReadDir(opts.TempDir); len(left) != 0 {
+		t.Errorf("spill files left behind: %v", left)
+	}
+}
+
+// manyKernels is n kernels on each of two streams, in reverse time order.
+func manyKernels(n int) []kev {
+	var evs []kev
+	for i := n - 1; i >= 0; i-- {
+		ts := float64(i) * 10
+		evs = append(evs, launch("cudaLaunchKernel", ts, 2, 2*i), gpu("kernel", "void k()", 7, ts+3, 5, 2*i),
+			launch("cudaLaunchKernel", ts+1, 2, 2*i+1), gpu("kernel", "ncclKernel_x", 9, ts+4, 4, 2*i+1))
+	}
+	return evs
+}
+
+// pathologicalEvents: 20 short kernels, each launched after the previous
+// ended (host wait), then an NCCL collective with nothing to overlap it.
+func pathologicalEvents() []kev {
+	var evs []kev
+	for i := range 20 {
+		ts := float64(i) * 100
+		evs = append(evs, launch("cudaLaunchKernel", ts, 20, i), gpu("kernel", "void tiny()", 7, ts+25, 5, i))
+	}
+	evs = append(evs, launch("cudaLaunchKernel", 2000, 10, 50),
+		gpu("kernel", "ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", 20, 2100, 500, 50))
+	return evs
+}
+
+// healthyEvents: 50 back-to-back kernels launched just in time, and a
+// collective fully hidden under them.
+func healthyEvents() []kev {
+	var evs []kev
+	for i := range 50 {
+		ts := 1000 + float64(i)*101
+		evs = append(evs, launch("cudaLaunchKernel", ts-20, 5, i), gpu("kernel", "void big_gemm()", 7, ts, 100, i))
+	}
+	evs = append(evs, launch("cudaLaunchKernel", 1500, 5, 100),
+		gpu("kernel", "ncclKernel_AllReduce_RING_LL_Sum_float(ncclWorkElem)", 20, 2000, 500, 100))
+	return evs
+}
+
+func TestKinetoAnalyzers(t *testing.T) {
+	dir := t.TempDir()
+	writeKineto(t, filepath.Join(dir, "rank0.json"), 0, rank0Events())
+	writeKineto(t, filepath.Join(dir, "healthy.json.gz"), 1, healthyEvents())
+	writeKineto(t, filepath.Join(dir, "worker_rank2.json"), -1, pathologicalEvents()) // rank from the name
+	in, err := KinetoFolderInput(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := []*Analyzer{KinetoTemporal, KinetoKernels, KinetoIdle, KinetoLaunch, KinetoOverlap}
+	fs, err := Run(context.Background(), in, list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type key struct {
+		analyzer string
+		rank     int
+	}
+	got := map[key]traces.Finding{}
+	for _, f := range fs {
+		k := key{f.Analyzer, f.Scope.Rank}
+		if _, dup := got[k]; dup {
+			t.Errorf("two findings for %v", k)
+		}
+		got[k] = f
+		if len(f.Lineage.Inputs) != 3 {
+			t.Errorf("%s: lineage %v, want the 3 trace files", f.Analyzer, f.Lineage.Inputs)
+		}
+	}
+	ev := func(f traces.Finding, name string) float64 {
+		for _, m := range f.Evidence {
+			if m.Name == name {
+				return m.Value
+			}
+		}
+		t.Errorf("%s rank %d: no evidence %q in %v", f.Analyzer, f.Scope.Rank, name, f.Evidence)
+		return math.NaN()
+	}
+	for _, tc := range []struct {
+		analyzer string
+		rank     int
+		severity string // "" for no finding
+		evidence map[string]float64
+	}{
+		{"kineto-temporal-breakdown", 0, traces.SeverityInfo, map[string]float64{"kernel_time": 420, "idle_time": 161,
+			"compute_time": 158, "non_compute_time": 101, "communication_time": 61, "idle_time_pctg": 38.33, "compute_time_pctg": 37.62}},
+		// 49 gaps of 1 us, 5 of them under the hidden collective.
+		{"kineto-temporal-breakdown", 1, traces.SeverityInfo, map[string]float64{"kernel_time": 5049, "idle_time": 44}},
+		{"kineto-temporal-breakdown", 2, traces.SeverityInfo, map[string]float64{"kernel_time": 2575, "idle_time": 1975}},
+		{"kineto-kernel-breakdown", 0, traces.SeverityInfo, map[string]float64{"computation: void gemm_a<float>(Params)": 109,
+			"communication: ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)": 70, "memory_kernel_time": 20}},
+		{"kineto-idle-time", 0, traces.SeverityCritical, map[string]float64{"idle_time": 161, "stream 7 host_wait": 104,
+			"stream 7 kernel_wait": 18, "stream 7 other": 100, "stream 20 host_wait": 160}},
+		{"kineto-idle-time", 1, "", nil},
+		{"kineto-idle-time", 2, traces.SeverityCritical, map[string]float64{"idle_time": 1975, "streams host_wait": 19 * 95}},
+		{"kineto-launch-overhead", 0, "", nil}, // 9 launches: too few to judge
+		{"kineto-launch-overhead", 1, "", nil},
+		{"kineto-launch-overhead", 2, traces.SeverityCritical, map[string]float64{"launches": 21, "short_kernels": 20,
+			"launches cudaLaunchKernel": 21, "launch_delay_outliers": 0}},
+		{"kineto-comm-overlap", 0, "", nil}, // 53% overlap
+		{"kineto-comm-overlap", 1, "", nil},
+		{"kineto-comm-overlap", 2, traces.SeverityCritical, map[string]float64{"comp_comm_overlap_pctg": 0,
+			"communication_time": 500, "exposed_communication_time": 500, "communication_kernels": 1}},
+	} {
+		f, ok := got[key{tc.analyzer, tc.rank}]
+		if tc.severity == "" {
+			if ok {
+				t.Errorf("%s rank %d: unexpected finding %q", tc.analyzer, tc.rank, f.Title)
+			}
+			continue
+		}
+		if !ok {
+			t.Errorf("%s rank %d: no finding", tc.analyzer, tc.rank)
+			continue
+		}
+		if f.Severity != tc.severity {
+			t.Errorf("%s rank %d: severity %s, want %s (%s)", tc.analyzer, tc.rank, f.Severity, tc.severity, f.Title)
+		}
+		for name, want := range tc.evidence {
+			if v := ev(f, name); math.Abs(v-want) > 1e-6 {
+				t.Errorf("%s rank %d: %s = %v, want %v", tc.analyzer, tc.rank, name, v, want)
+			}
+		}
+		if f.Scope.Host != "local" || f.Recommendation == "" {
+			t.Errorf("%s rank %d: scope %+v, recommendation %q", tc.analyzer, tc.rank, f.Scope, f.Recommendation)
+		}
+	}
+	if f := got[key{"kineto-launch-overhead", 2}]; f.Impact.GPUSeconds <= 0 || f.Impact.WindowShare <= 0 {
+		t.Errorf("launch impact %+v", f.Impact)
+	}
+	if f := got[key{"kineto-comm-overlap", 2}]; math.Abs(f.Impact.GPUSeconds-500e-6) > 1e-12 || math.Abs(f.Impact.WindowShare-500.0/2575) > 1e-9 {
+		t.Errorf("overlap impact %+v", f.Impact)
+	}
+}
+
+func TestKinetoBadInput(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := KinetoFolderInput(dir); err == nil || !strings.Contains(err.Error(), "no trace files") {
+		t.Errorf("empty folder: %v", err)
+	}
+	if _, err := KinetoFolderInput(filepath.Join(dir, "missing")); err == nil {
+		t.Error("missing folder: no error")
+	}
+	writeKineto(t, filepath.Join(dir, "rank0.json"), 0, rank0Events())
+	os.WriteFile(filepath.Join(dir, "rank1.json"), []byte(`{"traceEvents": [{"ph": "X", "ts": 1`), 0o644)
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not a trace"), 0o644)
+	in, err := KinetoFolderInput(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(in.Hosts[0].Manifest.Parts); n != 2 {
+		t.Errorf("%d parts, want the 2 .json files", n)
+	}
+	ranks, err := KinetoSummaries(context.Background(), in, DefaultKinetoOptions())
+	if len(ranks) != 1 || err == nil || !strings.Contains(err.Error(), "rank1.json") || !strings.Contains(err.Error(), "truncated") {
+		t.Errorf("got %d ranks, error %v", len(ranks), err)
+	}
+	fs, err := Run(context.Background(), in, []*Analyzer{KinetoTemporal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warned bool
+	for _, f := range fs {
+		if f.Severity == traces.SeverityWarning && strings.Contains(f.Recommendation, "rank1.json") {
+			warned = true
+		}
+	}
+	if !warned {
+		t.Errorf("no warning names the unreadable trace: %+v", fs)
+	}
+}
+
+func TestClassifyKernel(t *testing.T) {
+	for name, want := range map[string]KernelClass{
+		"ncclKernel_AllReduce_RING_LL_Sum_float(ncclWorkElem)":                      ClassCommunication,
+		"ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)": ClassCommunication,
+		"void at::native::ncclKernel_wrapper()":                                     ClassCommunication,
+		"Memcpy DtoH (Device -> Pinned)":                                            ClassMemory,
+		"Memset (Device)":                                                           ClassMemory,
+		"Stream Sync":                                                               ClassOther,
+		"Stream Wait Event":                                                         ClassOther,
+		"cudaLaunchKernel":                                                          ClassOther,
+		"void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm>(Params)":              ClassComputation,
+		"sm90_xmma_gemm_f16f16_f16f32":                                              ClassComputation,
+	} {
+		if got := ClassifyKernel(name); got != want {
+			t.Errorf("ClassifyKernel(%q) = %v, want %v", name, got, want)
+		}
+	}
+	for name, want := range map[string]LaunchAPI{
+		"cudaLaunchKernel": APICudaLaunchKernel, "cudaLaunchKernelExC_v11060": APICudaLaunchKernelExC,
+		"cuLaunchKernel": APICuLaunchKernel, "cuLaunchKernelEx": APICuLaunchKernelEx,
+		"cudaGraphLaunch_v10000": APICudaGraphLaunch, "cudaMemcpyAsync": APICudaMemcpyAsync,
+		"cudaStreamSynchronize": APINone, "cudaLaunchKernel_ptsz": APICudaLaunchKernel,
+	} {
+		if got := launchAPI([]byte(name)); got != want {
+			t.Errorf("launchAPI(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
