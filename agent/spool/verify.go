@@ -2,11 +2,14 @@ package spool
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 
 	"github.com/loupe-dev/loupe/traces"
 )
@@ -35,10 +38,28 @@ func (s *Spool) Load(e Entry) (*traces.Manifest, []byte, error) {
 		return nil, nil, corrupt(fmt.Errorf("%w: manifest is for capture %s on %s, the spool entry for %s on %s",
 			traces.ErrInvalid, m.CaptureID, m.Host, e.CaptureID, e.Host))
 	}
-	for _, p := range m.Parts {
-		if err := checkPart(e.Dir, p); err != nil {
+	// Parts are hashed in parallel: verifying a big capture is CPU-bound.
+	errs := make([]error, len(m.Parts))
+	slots := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, p := range m.Parts {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			errs[i] = checkPart(e.Dir, p)
+		})
+	}
+	wg.Wait()
+	// A corruption wins over an I/O error: retrying cannot fix it.
+	var ioErr error
+	for _, err := range errs {
+		if errors.Is(err, ErrCorrupt) {
 			return nil, nil, err
 		}
+		ioErr = cmp.Or(ioErr, err)
+	}
+	if ioErr != nil {
+		return nil, nil, ioErr
 	}
 	return m, raw, nil
 }

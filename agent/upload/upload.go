@@ -14,6 +14,7 @@ package upload
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -47,6 +49,9 @@ type Options struct {
 	// Interval is how often Run rescans the spool without a Notify
 	// (default 30s).
 	Interval time.Duration
+	// Concurrency is how many parts of a capture are sent at once
+	// (default 4).
+	Concurrency int
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// Metrics is where the uploader's metrics live; nil means the default
@@ -80,6 +85,9 @@ func New(sp *spool.Spool, st store.Store, opts Options) *Uploader {
 	opts.BackoffMax = max(opts.BackoffMax, opts.BackoffBase)
 	if opts.Interval <= 0 {
 		opts.Interval = 30 * time.Second
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 4
 	}
 	set := opts.Metrics
 	if set == nil {
@@ -212,43 +220,69 @@ func (u *Uploader) upload(ctx context.Context, e spool.Entry) error {
 	return nil
 }
 
-// uploadParts uploads the parts not yet confirmed, recording each one as the
-// store confirms it.
+// uploadParts uploads the parts not yet confirmed, Concurrency at a time,
+// recording each one as the store confirms it. It returns an error only
+// when ctx is done.
 func (u *Uploader) uploadParts(ctx context.Context, e spool.Entry, m *traces.Manifest) error {
 	done := readProgress(e.Dir)
 	key := traces.KeyOf(m)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex // serialises progress records
+		firstErr error
+		slots    = make(chan struct{}, u.opts.Concurrency)
+	)
 	for _, p := range m.Parts {
-		obj := key.Object(p.Name)
-		if done[p.Name] {
-			// Recorded by an earlier run; a Stat is cheaper than a resend.
-			resend := false
-			err := u.retry(ctx, e, p.Name, func() error {
-				err := confirm(ctx, u.st, obj, p.Size)
-				if errors.Is(err, store.ErrNotFound) || errors.Is(err, errSizeMismatch) {
-					resend = true
-					return nil
-				}
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			if !resend {
-				continue
-			}
-			u.log.Warn("upload: a part confirmed earlier is gone from the store; sending it again", "capture", e.CaptureID, "part", p.Name)
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
 		}
-		err := u.retry(ctx, e, p.Name, func() error { return u.putPart(ctx, e.Dir, obj, p) })
-		if err != nil {
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			err := u.uploadPart(ctx, e, key.Object(p.Name), p, done[p.Name])
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				firstErr = cmp.Or(firstErr, err)
+				return
+			}
+			if err := recordProgress(e.Dir, p.Name); err != nil {
+				// Only costs a resend of this part after a crash.
+				u.log.Warn("upload: could not record progress", "capture", e.CaptureID, "part", p.Name, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+	return cmp.Or(firstErr, ctx.Err())
+}
+
+// uploadPart sends one part unless an earlier run confirmed it and the store
+// still has it.
+func (u *Uploader) uploadPart(ctx context.Context, e spool.Entry, obj string, p traces.Part, confirmed bool) error {
+	if confirmed {
+		// A Stat is cheaper than a resend.
+		resend := false
+		err := u.retry(ctx, e, p.Name, func() error {
+			err := confirm(ctx, u.st, obj, p.Size)
+			if errors.Is(err, store.ErrNotFound) || errors.Is(err, errSizeMismatch) {
+				resend = true
+				return nil
+			}
+			return err
+		})
+		if err != nil || !resend {
 			return err
 		}
-		u.parts.Inc()
-		u.bytes.Add(int(p.Size))
-		if err := recordProgress(e.Dir, p.Name); err != nil {
-			// Only costs a resend of this part after a crash.
-			u.log.Warn("upload: could not record progress", "capture", e.CaptureID, "part", p.Name, "err", err)
-		}
+		u.log.Warn("upload: a part confirmed earlier is gone from the store; sending it again", "capture", e.CaptureID, "part", p.Name)
 	}
+	if err := u.retry(ctx, e, p.Name, func() error { return u.putPart(ctx, e.Dir, obj, p) }); err != nil {
+		return err
+	}
+	u.parts.Inc()
+	u.bytes.Add(int(p.Size))
 	return nil
 }
 
@@ -377,11 +411,20 @@ func readProgress(dir string) map[string]bool {
 func recordProgress(dir, name string) error {
 	path := filepath.Join(dir, ProgressFile)
 	_, statErr := os.Stat(path)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o640)
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(name + "\n")
+	line := name + "\n"
+	// After a torn write (power loss), start a fresh line so the torn
+	// text cannot join this name.
+	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+		last := make([]byte, 1)
+		if _, err := f.ReadAt(last, st.Size()-1); err == nil && last[0] != '\n' {
+			line = "\n" + line
+		}
+	}
+	_, err = f.WriteString(line)
 	if err == nil {
 		err = f.Sync()
 	}

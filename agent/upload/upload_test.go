@@ -397,4 +397,3 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-
