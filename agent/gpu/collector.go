@@ -292,6 +292,9 @@ func (c *Collector) markLost(d *device) {
 	if !d.lost.CompareAndSwap(false, true) {
 		return
 	}
+	d.mu.Lock()
+	d.procs = nil
+	d.mu.Unlock()
 	c.events.add(traces.Event{TimeNs: time.Now().UnixNano(), Kind: traces.EventGPULost, GPU: d.info.Index, Rank: -1,
 		Message: "GPU is lost (NVML ERROR_GPU_IS_LOST): it needs a reset or a reboot",
 		Attrs:   map[string]string{"uuid": d.info.UUID}})

@@ -176,17 +176,16 @@ func (g *simGPU) advance(now time.Time) {
 	st.lost = g.idx == opts.LostGPU && now.Sub(g.sim.start) >= opts.LostAfter
 	noise := func(scale float64) float64 { return (g.rng.Float64()*2 - 1) * scale }
 
-	// The job: 20 s of warm-up at partial load, then steps; every 60 s a
-	// 3 s checkpoint during which the GPUs idle.
-	load := math.Min(1, 0.3+t/20*0.7)
+	// The job: steps of compute, all-reduce and input; every 60 s a 3 s
+	// checkpoint during which the GPUs idle.
 	phase := math.Mod(t/stepSeconds+g.offset, 1)
 	switch {
 	case math.Mod(t, 60) >= 57:
 		st.util, st.powerW = 1, 110
 	case phase < 0.68: // forward and backward
-		st.util, st.powerW = 97*load+noise(2), 120+530*load+noise(25)
-		st.smActive, st.occ, st.tensor, st.dram = 0.88*load, 0.41, 0.63*load, 0.52
-		st.fp16, st.fp32 = 0.09*load, 0.04
+		st.util, st.powerW = 97+noise(2), 650+noise(25)
+		st.smActive, st.occ, st.tensor, st.dram = 0.88, 0.41, 0.63, 0.52
+		st.fp16, st.fp32 = 0.09, 0.04
 		st.memUtil = 38 + noise(4)
 	case phase < 0.9: // gradient all-reduce
 		st.util, st.powerW = 42+noise(4), 330+noise(20)

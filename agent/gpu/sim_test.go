@@ -1,0 +1,127 @@
+package gpu
+
+import (
+	"testing"
+	"time"
+
+	"github.com/loupe-dev/loupe/traces"
+)
+
+const thermal = traces.ClockEventSWThermalSlowdown | traces.ClockEventHWThermalSlowdown
+
+func TestSimulatorPlantedProblems(t *testing.T) {
+	opts := SimOptions{
+		ThrottledGPU: 2,
+		LostGPU:      6, LostAfter: 700 * time.Millisecond,
+		XIDs: []SimXID{{GPU: 6, Code: 79, After: 600 * time.Millisecond}},
+		PIDs: []int{4242},
+	}
+	sim := NewSimulator(8, opts)
+	cfg := testConfig()
+	cfg.Interval = 100 * time.Millisecond
+	c, set := start(t, cfg, sim.Interface(), sim)
+	if !c.Simulated() {
+		t.Fatal("Simulated() = false")
+	}
+	end := c.BeginCapture()
+	defer end()
+	eventually(t, "GPU 6 lost", func() bool {
+		evs := c.Events(time.Time{}, time.Now())
+		return len(evs) == 2 && evs[1].Kind == traces.EventGPULost
+	})
+	evs := c.Events(time.Time{}, time.Now())
+	if evs[0].Kind != traces.EventXID || evs[0].GPU != 6 || evs[0].Code != 79 || evs[1].GPU != 6 {
+		t.Errorf("events = %+v, want XID 79 then gpu_lost on GPU 6", evs)
+	}
+	samples := c.Samples(time.Time{}, time.Now())
+	var hot, cool []traces.GPUSample
+	for _, s := range samples {
+		switch s.GPU {
+		case 2:
+			hot = append(hot, s)
+		case 3:
+			cool = append(cool, s)
+		}
+		if !s.ProfValid || s.SMActive < 0 || s.SMActive > 1 || s.TensorActive > s.SMActive+0.01 {
+			t.Fatalf("implausible simulated profiling fields: %+v", s)
+		}
+	}
+	if len(hot) < 20 || len(cool) < 20 {
+		t.Fatalf("%d and %d samples of GPUs 2 and 3, want >= 20 each at 100 Hz", len(hot), len(cool))
+	}
+	for _, s := range hot {
+		if s.ClockEventReasons&thermal != thermal || s.SMClockMHz >= 1500 || s.GPUTempC < slowdownAtC {
+			t.Fatalf("throttled GPU sample without thermal slowdown: temp %v C, SM %d MHz, reasons %#x", s.GPUTempC, s.SMClockMHz, s.ClockEventReasons)
+		}
+	}
+	for _, s := range cool {
+		if s.ClockEventReasons&thermal != 0 || s.GPUTempC > 80 {
+			t.Fatalf("healthy GPU sample with thermal trouble: temp %v C, reasons %#x", s.GPUTempC, s.ClockEventReasons)
+		}
+	}
+	procs := c.Processes()
+	if len(procs) != 7 || procs[0].PID != 4242 || procs[0].UsedMemoryBytes < 60<<30 {
+		t.Errorf("processes = %+v, want pid 4242 on the 7 GPUs not lost", procs)
+	}
+	_ = set
+}
+
+func TestSimulatorMovesLikeTraining(t *testing.T) {
+	sim := NewSimulator(2, SimOptions{ThrottledGPU: -1, LostGPU: -1})
+	g := sim.gpus[0]
+	var minU, maxU, minP, maxP float64 = 100, 0, 1e9, 0
+	var nvlinkSeen, idleSeen bool
+	deadline := time.Now().Add(time.Duration(2 * stepSeconds * float64(time.Second)))
+	for time.Now().Before(deadline) {
+		st := g.state()
+		minU, maxU = min(minU, st.util), max(maxU, st.util)
+		minP, maxP = min(minP, st.powerW), max(maxP, st.powerW)
+		nvlinkSeen = nvlinkSeen || st.nvlinkBs > 1e11
+		idleSeen = idleSeen || st.reasons&traces.ClockEventGPUIdle != 0
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Within two steps: compute near full, the input pipeline near idle,
+	// an all-reduce on NVLink, power following the work.
+	if maxU < 60 || minU > 15 {
+		t.Errorf("utilization stayed within %.0f..%.0f %%, want a step pattern", minU, maxU)
+	}
+	if maxP-minP < 150 {
+		t.Errorf("power stayed within %.0f..%.0f W, want it to follow the steps", minP, maxP)
+	}
+	if !nvlinkSeen || !idleSeen {
+		t.Errorf("nvlink burst seen %v, idle clocks seen %v; want both in two steps", nvlinkSeen, idleSeen)
+	}
+	e1, _ := g.GetTotalEnergyConsumption()
+	time.Sleep(20 * time.Millisecond)
+	e2, _ := g.GetTotalEnergyConsumption()
+	if e2 <= e1 {
+		t.Errorf("energy did not grow: %d -> %d mJ", e1, e2)
+	}
+}
+
+func TestSimulatedProfilingPause(t *testing.T) {
+	sim := NewSimulator(1, SimOptions{ThrottledGPU: -1, LostGPU: -1})
+	c, _ := start(t, testConfig(), sim.Interface(), sim)
+	eventually(t, "profiling fields", func() bool {
+		s := c.Samples(time.Time{}, time.Now())
+		return len(s) > 0 && s[len(s)-1].ProfValid
+	})
+	if err := c.PauseProfiling(true); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	eventually(t, "samples while paused", func() bool { return len(c.Samples(paused, time.Now())) >= 2 })
+	for _, s := range c.Samples(paused, time.Now()) {
+		if s.ProfValid {
+			t.Fatalf("profiling fields while paused: %+v", s)
+		}
+	}
+	if err := c.PauseProfiling(false); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	eventually(t, "profiling fields again", func() bool {
+		s := c.Samples(resumed, time.Now())
+		return len(s) > 0 && s[len(s)-1].ProfValid
+	})
+}
