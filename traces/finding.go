@@ -18,18 +18,22 @@ const FindingsDir = "_findings"
 type Finding struct {
 	// ID is stable across re-runs of the same analyzer version on the same
 	// capture and scope, so that it can be used for dedup.
-	ID              string    `json:"id"`
-	Analyzer        string    `json:"analyzer"`
-	AnalyzerVersion string    `json:"analyzer_version"`
-	Title           string    `json:"title"`
-	Severity        string    `json:"severity"`
-	Scope           Scope     `json:"scope"`
-	Evidence        []Metric  `json:"evidence"`
-	Impact          Impact    `json:"impact"`
-	Recommendation  string    `json:"recommendation"`
-	Owners          []string  `json:"owners,omitempty"`
-	Lineage         Lineage   `json:"lineage"`
-	Created         time.Time `json:"created"`
+	ID              string   `json:"id"`
+	Analyzer        string   `json:"analyzer"`
+	AnalyzerVersion string   `json:"analyzer_version"`
+	Title           string   `json:"title"`
+	Severity        string   `json:"severity"`
+	Scope           Scope    `json:"scope"`
+	Evidence        []Metric `json:"evidence"`
+	Impact          Impact   `json:"impact"`
+	Recommendation  string   `json:"recommendation"`
+	// Frames are the stack frames (function names or file:line) the finding
+	// points at, such as the hottest data-loading frames; ownership rules
+	// match them.
+	Frames  []string  `json:"frames,omitempty"`
+	Owners  []string  `json:"owners,omitempty"`
+	Lineage Lineage   `json:"lineage"`
+	Created time.Time `json:"created"`
 	// Partial is set when the capture was analyzed without every rank.
 	Partial      bool  `json:"partial,omitempty"`
 	MissingRanks []int `json:"missing_ranks,omitempty"`
