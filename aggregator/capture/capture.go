@@ -284,3 +284,54 @@ type verified struct {
 	io.Reader
 	io.Closer
 }
+
+// Listed is one capture found by List.
+type Listed struct {
+	ID ID
+	// FirstCommitted is the earliest manifest's time in the store.
+	FirstCommitted time.Time
+	// Hosts counts the committed manifests.
+	Hosts int
+}
+
+// List walks every capture in the store with at least one committed
+// manifest, in key order, calling fn for each. Keys of one capture are
+// contiguous in a listing, so memory does not grow with the store.
+func List(ctx context.Context, st store.Store, fn func(Listed) error) error {
+	var cur Listed
+	flush := func() error {
+		if cur.Hosts == 0 {
+			return nil
+		}
+		err := fn(cur)
+		cur = Listed{}
+		return err
+	}
+	cursor := ""
+	for {
+		objs, next, err := st.List(ctx, traces.KeyVersion+"/", cursor, 1000)
+		if err != nil {
+			return fmt.Errorf("list captures: %w", err)
+		}
+		for _, o := range objs {
+			if !IsManifestKey(o.Key) {
+				continue
+			}
+			id, _, _ := OfKey(o.Key)
+			if id != cur.ID {
+				if err := flush(); err != nil {
+					return err
+				}
+				cur.ID = id
+			}
+			cur.Hosts++
+			if cur.FirstCommitted.IsZero() || o.LastModified.Before(cur.FirstCommitted) {
+				cur.FirstCommitted = o.LastModified
+			}
+		}
+		if next == "" {
+			return flush()
+		}
+		cursor = next
+	}
+}

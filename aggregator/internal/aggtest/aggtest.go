@@ -205,6 +205,13 @@ func partNames(m *traces.Manifest) []string {
 func StepsBundle(t testing.TB, m traces.Manifest) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), m.Host)
+	WriteSteps(t, dir, m)
+	return dir
+}
+
+// WriteSteps writes StepsBundle's bundle into dir.
+func WriteSteps(t testing.TB, dir string, m traces.Manifest) {
+	t.Helper()
 	w, err := traces.NewBundleWriter(dir, m)
 	if err != nil {
 		t.Fatal(err)
@@ -224,5 +231,4 @@ func StepsBundle(t testing.TB, m traces.Manifest) string {
 	if _, err := w.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	return dir
 }
