@@ -227,12 +227,13 @@ func (c *Collector) sampleAll() {
 		if d.lost.Load() {
 			continue
 		}
-		s := traces.GPUSample{TimeNs: time.Now().UnixNano(), GPU: int32(d.info.Index), UUID: d.info.UUID}
-		if err := d.readFast(&s, c.onNVMLError); err != nil {
+		s := &d.cur
+		*s = traces.GPUSample{TimeNs: time.Now().UnixNano(), GPU: int32(d.info.Index), UUID: d.info.UUID}
+		if err := d.readFast(s, c.onNVMLError); err != nil {
 			c.markLost(d)
 			continue
 		}
-		if c.prof != nil && c.prof.fill(d, &s) {
+		if c.prof != nil && c.prof.fill(d, s) {
 			d.supported.Or(uint32(fProf))
 		}
 		d.mu.Lock()
@@ -241,9 +242,9 @@ func (c *Collector) sampleAll() {
 		s.PCIeTxBps, s.PCIeRxBps = sf.PCIeTxBps, sf.PCIeRxBps
 		s.NVLinkTxBps, s.NVLinkRxBps = sf.NVLinkTxBps, sf.NVLinkRxBps
 		s.ECCSingleBit, s.ECCDoubleBit, s.RemappedRows = sf.ECCSingleBit, sf.ECCDoubleBit, sf.RemappedRows
-		d.last = s
+		d.last = *s
 		d.mu.Unlock()
-		d.ring.push(&s)
+		d.ring.push(s)
 		c.metrics.samples.Inc()
 	}
 }

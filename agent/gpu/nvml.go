@@ -54,6 +54,10 @@ type device struct {
 	disabled  atomic.Uint32 // fields the device does not support
 	lost      atomic.Bool
 
+	// cur is the sample being taken, owned by the fast loop (a field, not a
+	// local, so that it does not escape to the heap on every tick).
+	cur traces.GPUSample
+
 	// slow-loop state: NVLink counters for rates, process-utilization cursor.
 	nvlinkTxKiB, nvlinkRxKiB uint64
 	nvlinkAt                 time.Time

@@ -153,12 +153,28 @@ func (g *simGPU) targetTemp(powerW float64) float64 {
 	return t
 }
 
-func (g *simGPU) state() simState {
+// refresh moves the model to now and returns the new state. The readings
+// that start a round (utilization in every sample, the slow-loop readings)
+// refresh; the others read the state of that round, as a driver's readings
+// come from its own periodic update rather than from the instant of the call.
+// One clock read per round instead of one per reading keeps the simulator
+// cheap at 100 Hz.
+func (g *simGPU) refresh() simState {
 	now := time.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if now.Sub(g.at) >= time.Millisecond {
 		g.advance(now)
+	}
+	return g.st
+}
+
+// state is the state of the current round.
+func (g *simGPU) state() simState {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.at.IsZero() {
+		g.advance(time.Now())
 	}
 	return g.st
 }
@@ -230,7 +246,7 @@ func (g *simGPU) advance(now time.Time) {
 // The readings. Each answers ERROR_GPU_IS_LOST once the GPU is lost.
 
 func (g *simGPU) GetUtilizationRates() (nvml.Utilization, nvml.Return) {
-	st := g.state()
+	st := g.refresh()
 	if st.lost {
 		return nvml.Utilization{}, nvml.ERROR_GPU_IS_LOST
 	}
@@ -297,7 +313,7 @@ func (g *simGPU) GetCurrentClocksEventReasons() (uint64, nvml.Return) {
 }
 
 func (g *simGPU) GetPcieThroughput(c nvml.PcieUtilCounter) (uint32, nvml.Return) {
-	st := g.state()
+	st := g.refresh()
 	if st.lost {
 		return 0, nvml.ERROR_GPU_IS_LOST
 	}
@@ -311,7 +327,7 @@ func (g *simGPU) GetPcieThroughput(c nvml.PcieUtilCounter) (uint32, nvml.Return)
 // data counters; other fields are "not supported", as on a real device
 // that lacks them.
 func (g *simGPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
-	st := g.state()
+	st := g.refresh()
 	if st.lost {
 		return nvml.ERROR_GPU_IS_LOST
 	}
@@ -362,7 +378,7 @@ func (g *simGPU) pid() uint32 {
 }
 
 func (g *simGPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
-	st := g.state()
+	st := g.refresh()
 	if st.lost {
 		return nil, nvml.ERROR_GPU_IS_LOST
 	}

@@ -73,7 +73,7 @@ func TestSimulatorMovesLikeTraining(t *testing.T) {
 	var nvlinkSeen, idleSeen bool
 	deadline := time.Now().Add(time.Duration(2 * stepSeconds * float64(time.Second)))
 	for time.Now().Before(deadline) {
-		st := g.state()
+		st := g.refresh()
 		minU, maxU = min(minU, st.util), max(maxU, st.util)
 		minP, maxP = min(minP, st.powerW), max(maxP, st.powerW)
 		nvlinkSeen = nvlinkSeen || st.nvlinkBs > 1e11
@@ -93,6 +93,7 @@ func TestSimulatorMovesLikeTraining(t *testing.T) {
 	}
 	e1, _ := g.GetTotalEnergyConsumption()
 	time.Sleep(20 * time.Millisecond)
+	g.GetUtilizationRates() // starts a new round, as a sample does
 	e2, _ := g.GetTotalEnergyConsumption()
 	if e2 <= e1 {
 		t.Errorf("energy did not grow: %d -> %d mJ", e1, e2)
