@@ -76,7 +76,7 @@ type Addon interface {
 // Window is what an Addon is told about a capture.
 type Window struct {
 	ID, Job, Run string
-	PIDs         []int
+	Processes    []traces.Process
 	// StartIteration and Iterations bound an iteration window; Duration a
 	// timed one.
 	StartIteration, Iterations int64
@@ -364,7 +364,7 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 	// instant.
 	var finishers []finisher
 	for _, a := range c.src.Addons {
-		fn, err := a.Open(ctx, Window{ID: req.ID, Job: req.Job, Run: req.Run, PIDs: pids,
+		fn, err := a.Open(ctx, Window{ID: req.ID, Job: req.Job, Run: req.Run, Processes: req.Processes,
 			StartIteration: req.StartIteration, Iterations: req.Iterations, Duration: req.Duration})
 		if err != nil {
 			notes = append(notes, fmt.Sprintf("%s: %v", a.Name(), err))
@@ -384,16 +384,24 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 	}
 	defer closeGPU()
 
+	start := c.now()
 	if req.Iterations > 0 {
 		wctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
-		_, err := c.src.Steps.WaitIteration(wctx, req.Job, req.StartIteration)
+		began, err := c.src.Steps.WaitIteration(wctx, req.Job, req.StartIteration)
 		cancel()
 		if err != nil {
 			c.fail(j, log, fmt.Errorf("window never opened: %w", err))
 			return
 		}
+		// Sources that report iterations late (NCCL periodicity, in
+		// batches) put the window's start in the past; the GPU rings and
+		// the NCCL buffer still hold it, the CPU profile does not.
+		start = c.now()
+		if lag := start.Sub(began); lag > time.Second {
+			notes = append(notes, fmt.Sprintf("iteration %d was reported %v after it began: the window's GPU samples and NCCL calls come from history at the steady rate, and the CPU profile covers only the time after the report", req.StartIteration, lag.Round(time.Millisecond)))
+		}
+		start = minTime(start, began)
 	}
-	start := c.now()
 	c.update(j, func(s *Status) { s.State, s.Start = StateRunning, start })
 	log.Info("capture window open", "pids", pids, "start_iteration", req.StartIteration, "iterations", req.Iterations, "duration", req.Duration)
 	var cpuw CPUWindow
@@ -401,11 +409,15 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 		cpuw = c.src.CPU.StartWindow(pids)
 	}
 
-	if cut := c.wait(ctx, req); cut != "" {
+	ended, cut := c.wait(ctx, req)
+	if cut != "" {
 		notes = append(notes, cut)
 		log.Warn("capture window cut short", "reason", cut)
 	}
 	end := c.now()
+	if !ended.IsZero() && ended.After(start) {
+		end = minTime(end, ended)
+	}
 	var prof *profile.Profile
 	if cpuw != nil {
 		var err error
@@ -438,26 +450,36 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 	}
 }
 
-// wait holds the window open; it returns why it closed early, if it did.
-func (c *Capturer) wait(ctx context.Context, req Request) string {
+// wait holds the window open. For an iteration window it returns when the
+// last iteration ended according to the step data; it says why it closed
+// early, if it did.
+func (c *Capturer) wait(ctx context.Context, req Request) (ended time.Time, cut string) {
 	if req.Iterations == 0 {
 		t := time.NewTimer(req.Duration)
 		defer t.Stop()
 		select {
 		case <-t.C:
-			return ""
+			return time.Time{}, ""
 		case <-ctx.Done():
-			return fmt.Sprintf("window cut short by agent shutdown before its %v elapsed", req.Duration)
+			return time.Time{}, fmt.Sprintf("window cut short by agent shutdown before its %v elapsed", req.Duration)
 		}
 	}
 	last := req.StartIteration + req.Iterations
 	wctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
 	defer cancel()
-	if _, err := c.src.Steps.WaitIteration(wctx, req.Job, last); err != nil {
+	ended, err := c.src.Steps.WaitIteration(wctx, req.Job, last)
+	if err != nil {
 		it, _ := c.src.Steps.Iteration(req.Job)
-		return fmt.Sprintf("window closed at iteration %d before iteration %d: %v", it, last, err)
+		return time.Time{}, fmt.Sprintf("window closed at iteration %d before iteration %d: %v", it, last, err)
 	}
-	return ""
+	return ended, ""
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func (c *Capturer) fail(j *job, log *slog.Logger, err error) {

@@ -401,3 +401,35 @@ func TestIterationCaptureNeverStarting(t *testing.T) {
 		t.Fatalf("%+v", st)
 	}
 }
+
+// Iterations found late (NCCL periodicity reports in batches) put the
+// window where the iterations were, not where the report came.
+func TestIterationWindowFromLateSteps(t *testing.T) {
+	h := newHarness(t, Sources{GPU: &fakeGPU{}}, Config{})
+	st, err := h.c.Submit(Request{Job: "j", Run: "r", StartIteration: 10, Iterations: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-30 * time.Second)
+	var batch []traces.Step
+	for i := range 30 {
+		s := past.Add(time.Duration(i) * 100 * time.Millisecond)
+		batch = append(batch, traces.Step{Rank: 0, PID: 10, Iteration: int64(i), StartNs: s.UnixNano(), EndNs: s.Add(100 * time.Millisecond).UnixNano(), Source: traces.StepSourceNCCL})
+	}
+	if err := h.steps.AddSteps("j", "r", batch); err != nil {
+		t.Fatal(err)
+	}
+	h.waitState(t, st.ID)
+	m := readBundle(t, h.spool.committed[0])
+	wantStart, wantEnd := past.Add(time.Second), past.Add(1500*time.Millisecond)
+	if !m.Start.Equal(wantStart.UTC()) || !m.End.Equal(wantEnd.UTC()) {
+		t.Errorf("window %v..%v, want %v..%v", m.Start, m.End, wantStart.UTC(), wantEnd.UTC())
+	}
+	if !slices.ContainsFunc(m.Notes, func(n string) bool { return strings.Contains(n, "iteration 10 was reported 29s after it began") }) {
+		t.Errorf("notes %q", m.Notes)
+	}
+	got := readTable[traces.Step](t, h.spool.committed[0], traces.PartSteps)
+	if len(got) < 5 || got[0].Iteration > 10 || got[len(got)-1].Iteration < 14 {
+		t.Errorf("steps %+v", got)
+	}
+}

@@ -34,7 +34,7 @@ type Config struct {
 	// Forget drops a (job, rank) that has been silent this long.
 	Forget time.Duration `yaml:"forget"`
 	// MaxRanks bounds how many (job, rank) pairs are tracked at once.
-	MaxRanks int `yaml:"max-ranks"`
+	MaxRanks int `yaml:"max_ranks"`
 }
 
 // DefaultConfig returns the defaults: statistics over 50 steps.
@@ -315,7 +315,7 @@ func (t *Tracker) stateLocked(job string, rank int, run string, pid int) (*rankS
 			t.forgetLocked()
 		}
 		if len(t.ranks) >= t.cfg.MaxRanks {
-			return nil, fmt.Errorf("%w: %d live ranks; raise steps.max-ranks", ErrTooManyRanks, len(t.ranks))
+			return nil, fmt.Errorf("%w: %d live ranks; raise steps.max_ranks", ErrTooManyRanks, len(t.ranks))
 		}
 		st = &rankState{}
 		t.ranks[k] = st
@@ -464,15 +464,21 @@ func (t *Tracker) iterationLocked(job string) (int64, bool) {
 }
 
 // WaitIteration blocks until some rank of job has begun iteration iter or
-// later, and returns when that was seen. It fails when ctx ends first.
+// later, and returns when iter began according to the step data: about now
+// for live markers, in the past for sources that report in batches (NCCL
+// periodicity). It fails when ctx ends first.
 func (t *Tracker) WaitIteration(ctx context.Context, job string, iter int64) (time.Time, error) {
 	for {
 		t.mu.Lock()
 		it, _ := t.iterationLocked(job)
 		ch := t.changed
+		var began time.Time
+		if it >= iter {
+			began = t.beganLocked(job, iter)
+		}
 		t.mu.Unlock()
 		if it >= iter {
-			return t.now(), nil
+			return began, nil
 		}
 		select {
 		case <-ch:
@@ -480,6 +486,37 @@ func (t *Tracker) WaitIteration(ctx context.Context, job string, iter int64) (ti
 			return time.Time{}, fmt.Errorf("waiting for job %q to reach iteration %d (last seen %d): %w", job, iter, it, context.Cause(ctx))
 		}
 	}
+}
+
+// beganLocked is the earliest time any rank of job began iteration iter,
+// or now when no rank still holds it.
+func (t *Tracker) beganLocked(job string, iter int64) time.Time {
+	var at time.Time
+	earliest := func(ns int64) {
+		if v := time.Unix(0, ns); at.IsZero() || v.Before(at) {
+			at = v
+		}
+	}
+	for k, st := range t.ranks {
+		if k.job != job {
+			continue
+		}
+		l := &st.lanes[t.bestLocked(st)]
+		if l.hasLast && l.lastIter == iter {
+			earliest(l.lastAt.UnixNano())
+			continue
+		}
+		for _, s := range l.ring {
+			if s.Iteration == iter {
+				earliest(s.StartNs)
+				break
+			}
+		}
+	}
+	if at.IsZero() {
+		return t.now()
+	}
+	return at
 }
 
 // Steps returns the steps of job's ranks that overlap [from, to], from the

@@ -293,3 +293,20 @@ func BenchmarkMark(b *testing.B) {
 		}
 	}
 }
+
+func TestWaitIterationReturnsWhenItBegan(t *testing.T) {
+	tr, _ := newTracker(Config{})
+	past := t0.Add(-time.Hour)
+	if err := tr.AddSteps("j", "", nsteps(traces.StepSourceNCCL, 0, past, 0, ms(10, 10, 10, 10))); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		iter int64
+		want time.Time
+	}{{1, past.Add(10 * time.Millisecond)}, {4, past.Add(40 * time.Millisecond)}} {
+		got, err := tr.WaitIteration(context.Background(), "j", tc.iter)
+		if err != nil || !got.Equal(tc.want) {
+			t.Errorf("WaitIteration(%d) = %v, %v; want %v", tc.iter, got, err, tc.want)
+		}
+	}
+}
