@@ -89,11 +89,17 @@ func buildStandIn(t testing.TB) standIn {
 	return built
 }
 
-// startTracer runs a tracer until the test ends and checks that Run returns nil.
+// startTracer runs a tracer (scanning every 20ms) until the test ends and
+// checks that Run returns nil.
 func startTracer(t testing.TB, set *metrics.Set) *Tracer {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.ScanInterval = 20 * time.Millisecond
+	return startTracerConfig(t, cfg, set)
+}
+
+func startTracerConfig(t testing.TB, cfg Config, set *metrics.Set) *Tracer {
+	t.Helper()
 	tr, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), set)
 	if err != nil {
 		t.Fatal(err)
@@ -141,14 +147,15 @@ func probeFDs(t testing.TB) int {
 
 // program is one run of a test program.
 type program struct {
-	cmd    *exec.Cmd
-	stderr bytes.Buffer
+	cmd            *exec.Cmd
+	stdout, stderr bytes.Buffer
 }
 
 func startProgram(t testing.TB, env []string, name string, args ...string) *program {
 	t.Helper()
 	p := &program{cmd: exec.Command(name, args...)}
 	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout = &p.stdout
 	p.cmd.Stderr = &p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

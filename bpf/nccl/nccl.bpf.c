@@ -328,9 +328,17 @@ int group_end(struct pt_regs *ctx)
 	return save(&in);
 }
 
+// The reader is woken only once this much is pending; it also polls on a
+// short timer, so a steady trickle of calls costs no wakeup per call.
+#define WAKEUP_BYTES (64 << 10)
+
 static __always_inline void emit(struct event *ev)
 {
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0)) {
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ?
+			      BPF_RB_FORCE_WAKEUP :
+			      BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), flags)) {
 		__u32 zero = 0;
 		__u64 *n = bpf_map_lookup_elem(&lost, &zero);
 

@@ -1,0 +1,153 @@
+package nccl
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	bpfnccl "github.com/loupe-dev/loupe/bpf/nccl"
+	"github.com/loupe-dev/loupe/traces"
+)
+
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// runBench runs b.N back-to-back ncclAllReduce calls in the stand-in (no
+// simulated enqueue cost) and returns the program's CPU ns per call, which
+// includes the kernel's probe handling and is little affected by other
+// load on the machine.
+func runBench(b *testing.B, s standIn, dir string, started func(pid int), done func()) float64 {
+	b.Helper()
+	p := startProgram(b, []string{"NCCL_STANDIN_ENQUEUE_US=0"}, s.rank, "bench", dir, strconv.Itoa(b.N))
+	if started != nil {
+		started(p.cmd.Process.Pid)
+	}
+	b.ResetTimer()
+	touch(b, filepath.Join(dir, "go"))
+	if done != nil {
+		done()
+	}
+	b.StopTimer()
+	touch(b, filepath.Join(dir, "exit"))
+	p.wait(b)
+	ns, err := strconv.ParseFloat(strings.TrimSpace(p.stdout.String()), 64)
+	if err != nil {
+		b.Fatalf("bench output %q: %v", p.stdout.String(), err)
+	}
+	return ns / float64(b.N)
+}
+
+// BenchmarkCallUntraced is the stand-in's cost per call with no probes: the
+// baseline for the traced figure below.
+func BenchmarkCallUntraced(b *testing.B) {
+	s := buildStandIn(b)
+	b.ReportMetric(runBench(b, s, b.TempDir(), nil, nil), "cpu-ns/call")
+}
+
+// BenchmarkRingBuffer pushes b.N calls through the uprobes and the ring
+// buffer into the tracer, with the default scan interval. It reports the
+// events per second delivered, the agent's CPU per 1000 collectives (the
+// whole test process: ring buffer reader, decoding, buffering, scans), the
+// traced process's cost per call (compare with BenchmarkCallUntraced) and
+// records lost to a full ring buffer.
+func BenchmarkRingBuffer(b *testing.B) {
+	s := buildStandIn(b)
+	set := metrics.NewSet()
+	tr := startTracerConfig(b, DefaultConfig(), set)
+	events := set.GetOrCreateCounter(`loupe_nccl_events_total{op="AllReduce"}`)
+	dir := b.TempDir()
+	var (
+		cpu0, cpu1 time.Duration
+		elapsed    time.Duration
+		lost       uint64
+	)
+	perCall := runBench(b, s, dir,
+		func(pid int) {
+			waitFor(b, "attach", func() bool { _, ok := tracedPIDs(tr)[pid]; return ok })
+			cpu0 = cpuTime(b)
+		},
+		func() {
+			start := time.Now()
+			deadline := start.Add(time.Minute + time.Duration(b.N)*10*time.Microsecond)
+			for i := 0; ; i++ {
+				if i%10 == 0 { // a map lookup is a syscall: not every poll
+					lost, _ = tr.objs.Lost()
+				}
+				if events.Get()+lost >= uint64(b.N) {
+					break
+				}
+				if time.Now().After(deadline) {
+					b.Fatalf("%d of %d events after %v", events.Get(), b.N, time.Since(start))
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			elapsed = time.Since(start)
+			cpu1 = cpuTime(b)
+		})
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64((cpu1-cpu0).Microseconds())*1000/float64(b.N), "agent-cpu-us/1000calls")
+	b.ReportMetric(perCall, "traced-cpu-ns/call")
+	b.ReportMetric(float64(lost), "lost")
+}
+
+// BenchmarkDeliver is the user-space cost of one event: decoding the record,
+// converting it, buffering it and fanning it out to one subscriber.
+func BenchmarkDeliver(b *testing.B) {
+	tr := &Tracer{opEvents: map[bpfnccl.Op]*metrics.Counter{}, comms: map[commKey]*Comm{}, recent: newRing(1 << 17),
+		subs: map[int]chan traces.NCCLEvent{}}
+	set := metrics.NewSet()
+	for _, op := range bpfnccl.Ops() {
+		tr.opEvents[op] = set.GetOrCreateCounter(`x{op="` + op.String() + `"}`)
+	}
+	tr.subDropped = set.GetOrCreateCounter("dropped")
+	ch, cancel := tr.Subscribe(1 << 10)
+	defer cancel()
+	rec := make([]byte, bpfnccl.EventSize)
+	rec[80] = byte(bpfnccl.OpAllReduce)
+	rec[16] = 0x10 // comm handle
+	var ev bpfnccl.Event
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if err := bpfnccl.ParseEvent(rec, &ev); err != nil {
+			b.Fatal(err)
+		}
+		ev.Seq = int64(i)
+		tr.deliver(&ev)
+		select {
+		case <-ch:
+		default:
+		}
+	}
+}
+
+// BenchmarkScan is one /proc scan of this machine in steady state (each
+// iteration advances the clock by one scan interval, so processes without
+// NCCL are re-read with their backoff). Divide by the scan interval for the
+// share of a core.
+func BenchmarkScan(b *testing.B) {
+	need(b, os.Geteuid() == 0, "loading eBPF needs root")
+	cfg := DefaultConfig()
+	tr, err := New(cfg, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	now := time.Now()
+	tr.scan(now)
+	for b.Loop() {
+		now = now.Add(cfg.ScanInterval)
+		tr.scan(now)
+	}
+	b.ReportMetric(float64(len(tr.procs)), "processes")
+}
