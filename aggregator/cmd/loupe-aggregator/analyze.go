@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,6 +64,9 @@ func analyze(ctx context.Context, args []string, stdout, stderr io.Writer, tty b
 		fs.Usage()
 		return usageErr("analyze takes one URL or folder, got %d arguments", len(rest))
 	}
+	// The analyzers log through slog.Default; keep their info lines from
+	// tearing the progress bar.
+	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	targets, err := findTargets(ctx, rest[0], *only, *maxPart)
 	if err != nil {
 		return err

@@ -37,6 +37,7 @@ func backfill(ctx context.Context, args []string, stdout, stderr io.Writer, tty 
 	}
 	// Logs would tear the progress bar: only warnings and errors.
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	slog.SetDefault(log)
 	svc, err := aggregator.New(ctx, cfg, analyzers.All, log)
 	if err != nil {
 		return err
