@@ -185,4 +185,3 @@ func kinetoTrace(rank int) string {
 {"ph":"X","cat":"kernel","name":"ncclDevKernel_AllReduce_Sum_f32_RING_LL","pid":0,"tid":13,"ts":1520.0,"dur":300.0,"args":{"correlation":2,"stream":13,"device":0}}
 ]}`
 }
-
