@@ -57,7 +57,7 @@ func DefaultKinetoOptions() KinetoOptions {
 		RuntimeCutoff:          50 * time.Microsecond,
 		LaunchDelayCutoff:      100 * time.Microsecond,
 		IncludeMemoryLaunches:  true,
-		SortChunk:              1 << 18,
+		SortChunk:              1 << 17,
 		PendingLimit:           1 << 18,
 	}
 }
@@ -722,7 +722,9 @@ func (f *fifoMap[V]) put(k int64, v V) {
 	f.seq++
 	f.m[k] = fifoEntry[V]{v, f.seq}
 	f.order = append(f.order, fifoKey{k, f.seq})
-	if len(f.order)-f.head > 2*f.limit+64 {
+	// Matched entries leave stale slots behind; drop them once they
+	// outnumber the live ones, so the queue stays within twice the map.
+	if len(f.order)-f.head > 2*len(f.m)+1024 {
 		f.compact()
 	}
 }
