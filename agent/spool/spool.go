@@ -218,16 +218,16 @@ func (s *Spool) Commit(captureID, host string) error {
 	if err := os.Rename(src, filepath.Join(s.ready, name)); err != nil {
 		return fmt.Errorf("spool: commit %s on %s: %v", captureID, host, err)
 	}
-	if err := syncDir(s.ready); err != nil {
-		return fmt.Errorf("spool: commit %s on %s: %v", captureID, host, err)
-	}
-	if err := syncDir(s.tmp); err != nil {
-		return fmt.Errorf("spool: commit %s on %s: %v", captureID, host, err)
-	}
+	// Queued from here on, even if an fsync below fails.
 	s.lastSeq = seq
 	s.sizes[name] = size
 	s.enforceCap()
 	s.updateGauges()
+	for _, d := range []string{s.ready, s.tmp} {
+		if err := syncDir(d); err != nil {
+			return fmt.Errorf("spool: commit %s on %s: queued, but not yet durable: %v", captureID, host, err)
+		}
+	}
 	return nil
 }
 
@@ -331,7 +331,12 @@ func (s *Spool) Quarantine(e Entry, reason error) error {
 		return nil
 	}
 	dst := filepath.Join(s.quar, e.Name)
-	if err := os.Rename(e.Dir, dst); err != nil {
+	if err := os.Rename(e.Dir, dst); errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("spool: entry vanished from the spool (removed by hand?)", "capture", e.CaptureID, "host", e.Host, "entry", e.Name)
+		delete(s.sizes, e.Name)
+		s.updateGauges()
+		return nil
+	} else if err != nil {
 		return fmt.Errorf("spool: quarantining %s: %v", e.Name, err)
 	}
 	delete(s.sizes, e.Name)

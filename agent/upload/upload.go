@@ -120,13 +120,14 @@ func (u *Uploader) Notify() {
 
 // Run uploads queued captures until ctx is done, waking on Notify and every
 // Options.Interval. It returns nil when ctx is done; an upload in flight
-// then stays queued and resumes on the next start.
+// then stays queued and resumes on the next start. Other errors are logged
+// and tried again on the next wake, never fatal to the daemon.
 func (u *Uploader) Run(ctx context.Context) error {
 	t := time.NewTicker(u.opts.Interval)
 	defer t.Stop()
 	for {
 		if err := u.Drain(ctx); err != nil && ctx.Err() == nil {
-			return err
+			u.log.Error("upload: pass over the spool failed; trying again later", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -139,23 +140,32 @@ func (u *Uploader) Run(ctx context.Context) error {
 
 // Drain uploads every capture queued when it starts, oldest first, retrying
 // store errors until they succeed or ctx is done (then it returns ctx's
-// error). Corrupted captures are quarantined, not returned as errors.
+// error). Corrupted captures are quarantined, not returned as errors; an
+// entry the spool could not quarantine is skipped and its error returned
+// after the pass.
 func (u *Uploader) Drain(ctx context.Context) error {
 	ready, err := u.sp.Ready()
 	if err != nil {
 		return err
 	}
+	var errs []error
 	for _, e := range ready {
 		if !u.sp.Acquire(e) {
 			continue // evicted, or another Drain has it
 		}
 		err := u.upload(ctx, e)
+		u.sp.Release(e) // a no-op once the entry is removed or quarantined
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err != nil {
-			u.sp.Release(e)
-			return err
+			// The spool could not quarantine the entry: go on with the
+			// others and look at it again on the next pass.
+			u.log.Error("upload: spool entry left in place", "capture", e.CaptureID, "host", e.Host, "err", err)
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // permanent marks an error retrying cannot fix; the entry is quarantined.
@@ -164,8 +174,8 @@ type permanent struct{ err error }
 func (p permanent) Error() string { return p.err.Error() }
 func (p permanent) Unwrap() error { return p.err }
 
-// upload stores one entry and removes it from the spool. It returns an
-// error only when ctx is done.
+// upload stores one entry and removes it from the spool, or quarantines it.
+// It returns an error when ctx is done or the quarantine failed.
 func (u *Uploader) upload(ctx context.Context, e spool.Entry) error {
 	start := time.Now()
 	var (
