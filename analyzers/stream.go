@@ -108,28 +108,16 @@ func scanTable[T any](ctx context.Context, h *Host, part string, buf []T, fn fun
 		return partErr(h, part, err)
 	}
 	defer done()
-	tr, err := traces.NewTableReader[T](ra, size)
-	if err != nil {
-		return partErr(h, part, err)
-	}
-	defer tr.Close()
-	for {
+	err = scanColumns(ra, size, buf, func(rows []T) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, rerr := tr.Read(buf)
-		if n > 0 {
-			if err := fn(buf[:n]); err != nil {
-				return err
-			}
-		}
-		if rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return partErr(h, part, rerr)
-		}
+		return fn(rows)
+	})
+	if err != nil {
+		return partErr(h, part, err)
 	}
+	return nil
 }
 
 // openAt gives random access to a part, which Parquet needs, reading it
