@@ -88,11 +88,12 @@ func Start(t testing.TB) *Server {
 // skipping the test when there is none.
 func Binary(t testing.TB) string {
 	t.Helper()
+	var tried []string
 	if p := os.Getenv("LOUPE_MINIO_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("miniotest: LOUPE_MINIO_BIN=%s: %v", p, err)
+		if _, err := os.Stat(p); err == nil {
+			return p
 		}
-		return p
+		tried = append(tried, "LOUPE_MINIO_BIN="+p)
 	}
 	root, err := repoRoot()
 	if err == nil {
@@ -100,15 +101,18 @@ func Binary(t testing.TB) string {
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
+		tried = append(tried, p)
 	}
 	if p, err := exec.LookPath("minio"); err == nil {
 		return p
 	}
+	tried = append(tried, "minio on PATH")
 	if root == "" {
 		root = "<repo>"
 	}
-	msg := fmt.Sprintf("miniotest: no MinIO server binary; install it with:\n\tGOBIN=%s go install github.com/minio/minio@%s\n"+
-		"or set LOUPE_MINIO_BIN to a minio binary", filepath.Join(root, ".cache", "bin"), Version)
+	msg := fmt.Sprintf("miniotest: no MinIO server binary (tried %s); install it with:\n\tGOBIN=%s go install github.com/minio/minio@%s\n"+
+		"(or `make tools`), or set LOUPE_MINIO_BIN to a minio binary",
+		strings.Join(tried, ", "), filepath.Join(root, ".cache", "bin"), Version)
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
 	}
