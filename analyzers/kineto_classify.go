@@ -130,10 +130,13 @@ func profilerStep(name []byte) (int64, bool) {
 	return n, true
 }
 
-// Matmul-class and tensor-core kernel name fragments, for KernelMix.
+// Matmul-class and tensor-core kernel name fragments, for KernelMix. cuBLAS,
+// cuDNN and CUTLASS name their tensor-core kernels after the MMA shape or
+// instruction (h884, s1688, 16816, tensorop, xmma, gmma); SIMT kernels
+// (sgemm, simt) run on the FP pipes.
 var (
-	matmulFragments     = []string{"gemm", "GEMM", "Gemm", "conv", "Conv", "cutlass", "cublas", "attention", "Attention", "flash", "fmha", "xmma", "matmul", "mma"}
-	tensorCoreFragments = []string{"tensorop", "1688", "16816", "hmma", "HMMA", "wgmma", "gmma", "xmma", "_tc_", "flash", "fmha", "s1688", "h1688", "sm90", "sm80_"}
+	matmulFragments     = []string{"gemm", "Gemm", "GEMM", "gemv", "conv", "Conv", "cutlass", "cublas", "matmul", "attention", "Attention", "flash", "fmha", "xmma"}
+	tensorCoreFragments = []string{"tensorop", "xmma", "gmma", "hmma", "HMMA", "884", "1688", "16816", "flash", "fmha", "_tc"}
 )
 
 func containsAny(s string, parts []string) bool {
@@ -144,3 +147,32 @@ func containsAny(s string, parts []string) bool {
 	}
 	return false
 }
+
+// kinetoKernelMix gives TensorUnderuse each rank's kernel time by class.
+func kinetoKernelMix(pass *Pass) ([]KernelMix, error) {
+	ranks, _, err := kinetoRanks(pass)
+	if err != nil {
+		return nil, err
+	}
+	var out []KernelMix
+	for _, r := range ranks {
+		m := KernelMix{Host: r.Host, Rank: r.Rank}
+		for _, k := range r.Kernels {
+			if k.Class != ClassComputation && k.Class != ClassCommunication {
+				continue
+			}
+			sec := k.Total.Seconds()
+			m.Total += sec
+			if k.Class == ClassComputation && containsAny(k.Name, matmulFragments) {
+				m.Matmul += sec
+				if containsAny(k.Name, tensorCoreFragments) {
+					m.MatmulTensorCore += sec
+				}
+			}
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func init() { KernelMixSource = kinetoKernelMix }

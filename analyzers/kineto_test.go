@@ -444,3 +444,46 @@ func TestClassifyKernel(t *testing.T) {
 		}
 	}
 }
+
+func TestKinetoKernelMix(t *testing.T) {
+	dir := t.TempDir()
+	const simt, tc = "volta_sgemm_128x64_nn", "sm80_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x128x32"
+	var evs []kev
+	for i := range 10 {
+		ts := float64(i) * 100
+		name := simt
+		if i >= 7 {
+			name = tc
+		}
+		evs = append(evs, launch("cudaLaunchKernel", ts, 5, i), gpu("kernel", name, 7, ts+10, 50, i))
+	}
+	evs = append(evs, launch("cudaLaunchKernel", 2000, 5, 20), gpu("kernel", "void elementwise()", 7, 2010, 100, 20))
+	writeKineto(t, filepath.Join(dir, "rank4.json"), 4, evs)
+	in, err := KinetoFolderInput(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mix, err := kinetoKernelMix(&Pass{Context: context.Background(), Input: in})
+	if err != nil || len(mix) != 1 {
+		t.Fatalf("%v %v", mix, err)
+	}
+	m := mix[0]
+	if m.Rank != 4 || math.Abs(m.Total-600e-6) > 1e-12 || math.Abs(m.Matmul-500e-6) > 1e-12 || math.Abs(m.MatmulTensorCore-150e-6) > 1e-12 {
+		t.Errorf("kernel mix %+v", m)
+	}
+
+	// The whole registry runs on a plain folder, and TensorUnderuse uses the mix.
+	rep := Execute(context.Background(), in, All)
+	for _, r := range rep.Runs {
+		if r.Status == StatusFailed {
+			t.Errorf("%s failed on a Kineto folder: %s", r.Name, r.Reason)
+		}
+	}
+	var tensor bool
+	for _, f := range rep.Findings {
+		tensor = tensor || f.Analyzer == TensorUnderuse.Name && f.Scope.Rank == 4
+	}
+	if !tensor {
+		t.Errorf("no tensor-underuse finding for a rank with 70%% of its GEMM time in SIMT kernels")
+	}
+}
