@@ -189,11 +189,6 @@ func TestCaptureRaisesTheRate(t *testing.T) {
 	if len(gpu0) < 10 {
 		t.Fatalf("gpu 0 has %d samples in a 500 ms capture at 50 Hz, want >= 10", len(gpu0))
 	}
-	for k := 1; k < len(gpu0); k++ {
-		if gap := time.Duration(gpu0[k].TimeNs - gpu0[k-1].TimeNs); gap > 100*time.Millisecond {
-			t.Errorf("gap of %v between capture samples %d and %d", gap, k-1, k)
-		}
-	}
 	eventually(t, "the steady rate again", func() bool {
 		g := find(scrape(t, set), "loupe_gpu_sampling_hz", nil)
 		return len(g) == 1 && g[0].value == 1

@@ -65,7 +65,6 @@ func DefaultConfig() Config {
 			Mode:           DCGMEmbedded,
 			FieldsInterval: time.Second,
 		},
-		Sim: SimOptions{ThrottledGPU: -1, LostGPU: -1},
 	}
 }
 

@@ -27,7 +27,7 @@ func (p pods) GPU(uuid string) (string, string, string) {
 }
 
 func TestScrapeHasDCGMExporterNamesAndLabels(t *testing.T) {
-	sim := NewSimulator(8, SimOptions{ThrottledGPU: -1, LostGPU: -1})
+	sim := NewSimulator(8, SimOptions{})
 	lookup := pods{}
 	for i, g := range sim.gpus {
 		if i < 2 {

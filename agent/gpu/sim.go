@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,20 +17,27 @@ import (
 	"github.com/loupe-dev/loupe/traces"
 )
 
-// SimOptions plants problems on simulated GPUs, for demos and tests.
+// SimOptions plants problems on simulated GPUs, for demos and tests. The
+// zero value plants none.
 type SimOptions struct {
-	// ThrottledGPU runs hot: its temperature settles above the slowdown
-	// threshold, so it reports thermal clock event reasons and low SM clocks.
-	// -1 for none.
-	ThrottledGPU int `yaml:"throttled_gpu"`
-	// LostGPU answers ERROR_GPU_IS_LOST to every call after LostAfter. -1 for none.
-	LostGPU   int           `yaml:"lost_gpu"`
-	LostAfter time.Duration `yaml:"lost_after"`
+	// ThrottledGPUs run hot: their temperature settles above the slowdown
+	// threshold, so they report thermal clock event reasons and low SM
+	// clocks, and do less work per second.
+	ThrottledGPUs []int `yaml:"throttled_gpus"`
+	// LostGPUs answer ERROR_GPU_IS_LOST to every call from their time on.
+	LostGPUs []SimEvent `yaml:"lost_gpus"`
 	// XIDs are delivered through the NVML event set at their time.
 	XIDs []SimXID `yaml:"xids"`
 	// PIDs are shown as the compute processes of the GPUs, round-robin,
 	// so that attribution has real processes to look at.
 	PIDs []int `yaml:"pids"`
+}
+
+// SimEvent is something that happens to one simulated GPU After the
+// simulator starts.
+type SimEvent struct {
+	GPU   int           `yaml:"gpu"`
+	After time.Duration `yaml:"after"`
 }
 
 // SimXID is one XID error the simulator raises After the simulator starts.
@@ -68,7 +76,7 @@ func NewSimulator(n int, opts SimOptions) *Simulator {
 			rng:    rand.New(rand.NewPCG(uint64(i)+1, 0x10e)),
 			// Ranks do not start their steps at the same instant.
 			offset:   float64(i) * 0.013,
-			hot:      i == opts.ThrottledGPU,
+			hot:      slices.Contains(opts.ThrottledGPUs, i),
 			energyMJ: 4.2e9 + float64(i)*3.1e7,
 		}
 		// The job is already running when the simulation starts, so the
@@ -189,7 +197,9 @@ func (g *simGPU) advance(now time.Time) {
 	}
 	g.at = now
 	st := simState{memMHz: 2619}
-	st.lost = g.idx == opts.LostGPU && now.Sub(g.sim.start) >= opts.LostAfter
+	for _, l := range opts.LostGPUs {
+		st.lost = st.lost || l.GPU == g.idx && now.Sub(g.sim.start) >= l.After
+	}
 	noise := func(scale float64) float64 { return (g.rng.Float64()*2 - 1) * scale }
 
 	// The job: steps of compute, all-reduce and input; every 60 s a 3 s

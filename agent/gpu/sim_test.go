@@ -11,10 +11,10 @@ const thermal = traces.ClockEventSWThermalSlowdown | traces.ClockEventHWThermalS
 
 func TestSimulatorPlantedProblems(t *testing.T) {
 	opts := SimOptions{
-		ThrottledGPU: 2,
-		LostGPU:      6, LostAfter: 700 * time.Millisecond,
-		XIDs: []SimXID{{GPU: 6, Code: 79, After: 600 * time.Millisecond}},
-		PIDs: []int{4242},
+		ThrottledGPUs: []int{2},
+		LostGPUs:      []SimEvent{{GPU: 6, After: 700 * time.Millisecond}},
+		XIDs:          []SimXID{{GPU: 6, Code: 79, After: 600 * time.Millisecond}},
+		PIDs:          []int{4242},
 	}
 	sim := NewSimulator(8, opts)
 	cfg := testConfig()
@@ -67,7 +67,7 @@ func TestSimulatorPlantedProblems(t *testing.T) {
 }
 
 func TestSimulatorMovesLikeTraining(t *testing.T) {
-	sim := NewSimulator(2, SimOptions{ThrottledGPU: -1, LostGPU: -1})
+	sim := NewSimulator(2, SimOptions{})
 	g := sim.gpus[0]
 	var minU, maxU, minP, maxP float64 = 100, 0, 1e9, 0
 	var nvlinkSeen, idleSeen bool
@@ -101,7 +101,7 @@ func TestSimulatorMovesLikeTraining(t *testing.T) {
 }
 
 func TestSimulatedProfilingPause(t *testing.T) {
-	sim := NewSimulator(1, SimOptions{ThrottledGPU: -1, LostGPU: -1})
+	sim := NewSimulator(1, SimOptions{})
 	c, _ := start(t, testConfig(), sim.Interface(), sim)
 	eventually(t, "profiling fields", func() bool {
 		s := c.Samples(time.Time{}, time.Now())
