@@ -162,20 +162,19 @@ func dcgmValue(v dcgm.FieldValue_v1) (float64, bool) {
 	if v.Status != 0 {
 		return 0, false
 	}
-	var f float64
 	switch v.FieldType {
 	case dcgm.DCGM_FT_DOUBLE:
-		f = v.Float64()
+		// DCGM's double blanks are 2^47 and up.
+		if f := v.Float64(); f < 140737488355328.0 {
+			return f, true
+		}
 	case dcgm.DCGM_FT_INT64:
-		f = float64(v.Int64())
-	default:
-		return 0, false
+		// DCGM's int64 blanks are 0x7ffffffffffffff0 and up.
+		if i := v.Int64(); i < 0x7ffffffffffffff0 {
+			return float64(i), true
+		}
 	}
-	// DCGM's blank sentinels are all >= 0x7ffffff0 (int) or 2^47 (double).
-	if f >= 0x7ffffff0 && v.FieldType == dcgm.DCGM_FT_INT64 || f >= 140737488355328.0 {
-		return 0, false
-	}
-	return f, true
+	return 0, false
 }
 
 func (p *dcgmProfiler) fill(d *device, s *traces.GPUSample) bool {
