@@ -37,7 +37,8 @@ const bigGapFactor = 8
 //  4. The shortest prefix of the cycle (from that start) that occurs exactly
 //     once per cycle marks every boundary, in the periodic part and outside
 //     it (an iteration with an extra call, such as a periodic logging
-//     all-reduce, still starts the same way). Matching ignores the quiet
+//     all-reduce, still starts the same way); when no prefix of up to 32
+//     calls does, the periodic part alone is cut every p calls. Matching ignores the quiet
 //     flag except on the first call, so a stray pause inside an iteration
 //     does not hide its start.
 //
@@ -47,13 +48,23 @@ const bigGapFactor = 8
 // the process's rank in its busiest communicator (-1 when unknown). A
 // process whose calls never repeat three times yields no steps.
 func DetectIterations(events []traces.NCCLEvent) []traces.Step {
-	byPID := map[int32][]traces.NCCLEvent{}
+	isInit := func(op string) bool {
+		return op == "CommInitRank" || op == "CommInitRankConfig" || op == "CommInitAll"
+	}
+	n := map[int32]int{}
 	for _, ev := range events {
-		switch ev.Op {
-		case "CommInitRank", "CommInitRankConfig", "CommInitAll":
-			continue
+		if !isInit(ev.Op) {
+			n[ev.PID]++
 		}
-		byPID[ev.PID] = append(byPID[ev.PID], ev)
+	}
+	byPID := make(map[int32][]traces.NCCLEvent, len(n))
+	for pid, c := range n {
+		byPID[pid] = make([]traces.NCCLEvent, 0, c)
+	}
+	for _, ev := range events {
+		if !isInit(ev.Op) {
+			byPID[ev.PID] = append(byPID[ev.PID], ev)
+		}
 	}
 	pids := make([]int32, 0, len(byPID))
 	for pid := range byPID {
@@ -64,7 +75,10 @@ func DetectIterations(events []traces.NCCLEvent) []traces.Step {
 	var out []traces.Step
 	for _, pid := range pids {
 		evs := byPID[pid]
-		slices.SortStableFunc(evs, func(a, b traces.NCCLEvent) int { return cmpInt64(a.TimeNs, b.TimeNs) })
+		byTime := func(a, b traces.NCCLEvent) int { return cmpInt64(a.TimeNs, b.TimeNs) }
+		if !slices.IsSortedFunc(evs, byTime) {
+			slices.SortStableFunc(evs, byTime)
+		}
 		starts := boundaries(evs)
 		rank := busiestRank(evs)
 		for i := 0; i+1 < len(starts); i++ {
@@ -123,14 +137,24 @@ func boundaries(evs []traces.NCCLEvent) []int {
 			pattern[0].quiet = false
 		}
 		// The shortest prefix of the cycle found once per cycle.
-		for m := 1; m <= p; m++ {
+		for m := 1; m <= min(p, maxPrefix); m++ {
 			if n := len(occurrences(toks[from:to], pattern[:m])); n <= cycles+1 && n >= cycles {
 				return occurrences(toks, pattern[:m])
 			}
 		}
+		// No short prefix marks the start: cut the periodic part every p calls.
+		var out []int
+		for i := start; i < to; i += p {
+			out = append(out, i)
+		}
+		return out
 	}
 	return nil
 }
+
+// maxPrefix bounds the search for a prefix that marks iteration starts, and
+// so the cost of DetectIterations on long cycles of alike calls.
+const maxPrefix = 32
 
 // token is one call reduced to what repeats from one iteration to the next:
 // id stands for op, communicator, count, datatype and peer; quiet marks a

@@ -202,3 +202,53 @@ func TestLongestPeriodicPrefix(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDetectIterations: events may come from any process or bundle; the
+// detector must not panic, and what it returns must be well formed.
+func FuzzDetectIterations(f *testing.F) {
+	f.Add([]byte{0, 1, 9, 1, 2, 1, 1, 2, 1, 0, 1, 9, 1, 2, 1, 1, 2, 1, 0, 1, 9, 1, 2, 1, 1, 2, 1, 0, 1, 9})
+	f.Add([]byte{})
+	f.Add([]byte{3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3})
+	ops := []string{"AllReduce", "AllGather", "ReduceScatter", "Send", "GroupStart", "CommInitRank"}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var evs []traces.NCCLEvent
+		now := int64(0)
+		for i := 0; i+2 < len(b); i += 3 {
+			now += int64(b[i+2]) * 1000
+			evs = append(evs, traces.NCCLEvent{TimeNs: now, PID: int32(b[i] >> 7), Op: ops[int(b[i]&0x7f)%len(ops)],
+				Count: int64(b[i+1]), CommID: uint64(b[i] & 1), Rank: int32(b[i]&3) - 1})
+		}
+		steps := DetectIterations(evs)
+		for i, s := range steps {
+			if s.StartNs > s.EndNs || s.Source != traces.StepSourceNCCL {
+				t.Fatalf("bad step %+v", s)
+			}
+			if i > 0 && steps[i-1].PID == s.PID && (s.Iteration != steps[i-1].Iteration+1 || s.StartNs != steps[i-1].EndNs) {
+				t.Fatalf("steps %+v and %+v do not follow each other", steps[i-1], s)
+			}
+		}
+		_ = Skew(evs)
+	})
+}
+
+// BenchmarkDetectIterations: 500 iterations of a 200-call FSDP-like step
+// (100k events), the size of a long capture window of one rank.
+func BenchmarkDetectIterations(b *testing.B) {
+	ms := int64(1e6)
+	body := []call{{"AllReduce", 1, 50 * ms}}
+	for i := range 199 {
+		op := "AllGather"
+		if i >= 100 {
+			op = "ReduceScatter"
+		}
+		body = append(body, call{op, int64(1 << (10 + i%8)), ms / 4})
+	}
+	evs, starts := loop(1, 0, nil, body, 0, 500, rand.New(rand.NewPCG(5, 6)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if n := len(DetectIterations(evs)); n != len(starts)-1 {
+			b.Fatalf("%d steps, want %d", n, len(starts)-1)
+		}
+	}
+	b.ReportMetric(float64(len(evs)), "events")
+}

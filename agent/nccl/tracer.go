@@ -110,12 +110,19 @@ type Tracer struct {
 	subDropped   *metrics.Counter
 	attachedPIDs atomic.Int64
 
+	// scanMu guards the attach side and is held for a whole scan; the event
+	// path never takes it, so reading /proc never stalls event delivery.
+	scanMu sync.Mutex
+	files  map[fileID]*attachment
+	procs  map[int]*procState
+	// failed holds files whose attach failed, with why; they are not
+	// retried until the agent restarts, so a bad file costs one log line.
+	failed map[fileID]string
+
+	// mu guards the event side. Lock order: scanMu, then mu.
 	mu        sync.Mutex
-	files     map[fileID]*attachment
-	procs     map[int]*procState
 	comms     map[commKey]*Comm
 	recent    *ring
-	failed    map[fileID]string // files whose attach failed, with why
 	running   bool
 	closed    bool
 	subs      map[int]chan traces.NCCLEvent
@@ -238,6 +245,8 @@ func (t *Tracer) Run(ctx context.Context) error {
 // Close detaches every probe, unloads the programs and closes the
 // subscribers' channels. Run calls it on return; it is safe to call again.
 func (t *Tracer) Close() error {
+	t.scanMu.Lock()
+	defer t.scanMu.Unlock()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -383,14 +392,14 @@ func (t *Tracer) Comms() []Comm {
 
 // Processes returns the live processes that map a traced libnccl, by pid.
 func (t *Tracer) Processes() []Process {
-	t.mu.Lock()
+	t.scanMu.Lock()
 	var out []Process
 	for pid, p := range t.procs {
 		if len(p.files) > 0 {
 			out = append(out, Process{PID: pid, Library: p.library})
 		}
 	}
-	t.mu.Unlock()
+	t.scanMu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
 	return out
 }
@@ -412,9 +421,12 @@ func (t *Tracer) scan(now time.Time) {
 		live[pid] = true
 	}
 
+	t.scanMu.Lock()
+	defer t.scanMu.Unlock()
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
 		return
 	}
 	gone := map[uint32]bool{}
@@ -428,11 +440,13 @@ func (t *Tracer) scan(now time.Time) {
 		if err := t.objs.ForgetPIDs(gone); err != nil {
 			t.log.Warn("forgetting communicators of exited processes", "err", err)
 		}
+		t.mu.Lock()
 		for k := range t.comms {
 			if gone[uint32(k.pid)] {
 				delete(t.comms, k)
 			}
 		}
+		t.mu.Unlock()
 	}
 	for pid := range live {
 		p := t.procs[pid]

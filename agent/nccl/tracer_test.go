@@ -349,6 +349,8 @@ func TestTracerRanks(t *testing.T) {
 		p.wait(t)
 	}
 	waitFor(t, "detach after exit", func() bool {
+		tr.scanMu.Lock()
+		defer tr.scanMu.Unlock()
 		tr.mu.Lock()
 		defer tr.mu.Unlock()
 		return len(tr.files) == 0 && len(tr.comms) == 0
