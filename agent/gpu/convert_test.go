@@ -59,9 +59,9 @@ func TestReasons(t *testing.T) {
 	}
 	dc := map[string]string{
 		"libdcgm.so.4 not found": "libdcgm_not_found",
-		"DCGM profiling module not available (...): Profiling module not loaded": "profiling_module_unavailable",
+		"DCGM profiling module not available (...): Profiling module not loaded":         "profiling_module_unavailable",
 		"error connecting to nv-hostengine: Host engine connection invalid/disconnected": "hostengine_unreachable",
-		"error initializing DCGM: something": "init_failed",
+		"error initializing DCGM: something":                                             "init_failed",
 	}
 	for msg, want := range dc {
 		if got := dcgmReason(errors.New(msg)); got != want {
