@@ -132,3 +132,25 @@ func TestLoad(t *testing.T) {
 		t.Fatal("opening a part the manifest does not list succeeded")
 	}
 }
+
+// BenchmarkPartitionCheck: 1024 hosts of 8 ranks each.
+func BenchmarkPartitionCheck(b *testing.B) {
+	c := &capture.Capture{}
+	for h := range 1024 {
+		ranks := make([]int, 8)
+		for i := range ranks {
+			ranks[i] = 8*h + i
+		}
+		if h == 500 {
+			ranks = ranks[:7]
+		}
+		m := aggtest.Manifest("j", "cap", "h", 8192, ranks...)
+		c.Hosts = append(c.Hosts, capture.Host{Manifest: &m})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if got := c.MissingRanks(); len(got) != 1 || got[0] != 4007 {
+			b.Fatalf("missing %v", got)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -105,4 +106,28 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("accepted an invalid record %+v", rec)
 		}
 	})
+}
+
+// BenchmarkIndexFindings queries an index of 10,000 captures with 10
+// findings each (100,000 findings): one job's warnings and criticals.
+func BenchmarkIndexFindings(b *testing.B) {
+	ix := findings.NewIndex(map[string]string{"x": "1"})
+	sevs := []string{traces.SeverityInfo, traces.SeverityWarning, traces.SeverityCritical}
+	for c := range 10000 {
+		id := capture.ID{Cluster: "c1", Job: "job" + strconv.Itoa(c%100), Run: "r1", Capture: "cap" + strconv.Itoa(c)}
+		rec := &findings.Record{Capture: id, Manifests: []string{id.Prefix() + "h/manifest.json"}, AnalyzerVersions: map[string]string{"x": "1"}}
+		for f := range 10 {
+			rec.Findings = append(rec.Findings, traces.Finding{ID: strconv.Itoa(c*10 + f), Analyzer: "x", Severity: sevs[f%3],
+				Scope: traces.Scope{Cluster: "c1", Job: id.Job, Run: "r1", Capture: id.Capture, Host: "h" + strconv.Itoa(f)}, Impact: traces.Impact{GPUSeconds: float64(f)}})
+		}
+		ix.SetRecord(rec, "e")
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		got, total := ix.Findings(findings.Query{Job: "job7", Severities: []string{traces.SeverityWarning, traces.SeverityCritical}, Limit: 100})
+		if total != 600 || len(got) != 100 {
+			b.Fatalf("total %d", total)
+		}
+	}
+	b.ReportMetric(100000, "findings/index")
 }

@@ -55,6 +55,16 @@ type Runner struct {
 
 	analyses, partials, backfills, failures, leaseBusy, written *metrics.Counter
 	seconds                                                     *metrics.Histogram
+
+	hooks []func(context.Context, *findings.Record)
+}
+
+// OnCommit registers fn to run after every record this runner commits:
+// exactly once per analysis across all replicas, by the replica that
+// wrote it (alerting hangs off this). fn runs in the analysis worker, so
+// it should hand slow work off. Register hooks before processing starts.
+func (r *Runner) OnCommit(fn func(ctx context.Context, rec *findings.Record)) {
+	r.hooks = append(r.hooks, fn)
 }
 
 // New returns a Runner for cfg.
@@ -317,6 +327,9 @@ func (r *Runner) analyze(ctx context.Context, c *capture.Capture, list []*analyz
 		r.partials.Inc()
 	default:
 		r.analyses.Inc()
+	}
+	for _, h := range r.hooks {
+		h(ctx, rec)
 	}
 	r.log.Info("capture analyzed", "capture", c.ID.String(), "hosts", len(c.Hosts), "analyzers", len(ran),
 		"findings", len(rec.Findings), "partial", rec.Partial, "missing_ranks", rec.MissingRanks,

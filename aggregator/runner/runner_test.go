@@ -3,7 +3,10 @@ package runner_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -105,11 +108,16 @@ func TestOncePerVersion(t *testing.T) {
 	e := newEnv(t)
 	e.host(t, "cap1", "node-a", 2, 0, 1)
 	r := e.runner("r1")
+	var committed []*findings.Record
+	r.OnCommit(func(_ context.Context, rec *findings.Record) { committed = append(committed, rec) })
 	for i, want := range []string{runner.ActionAnalyzed, runner.ActionCurrent, runner.ActionCurrent} {
 		out, err := r.Process(ctx, cap1)
 		if err != nil || out.Action != want {
 			t.Fatalf("round %d: %+v, %v; want %s", i, out, err, want)
 		}
+	}
+	if len(committed) != 1 || len(committed[0].Findings) != 1 {
+		t.Fatalf("commit hook saw %d commits, want 1", len(committed))
 	}
 	// A new version is not re-run by Process, only by Backfill, which keeps
 	// the other analyzers' findings.
@@ -247,3 +255,31 @@ func TestAnalyzerFailureRecorded(t *testing.T) {
 		t.Fatalf("record versions %v errors %v findings %d: the failed analyzer must be left for backfill", rec.AnalyzerVersions, rec.Errors, len(rec.Findings))
 	}
 }
+
+// BenchmarkProcess measures the runner's own cost per capture on a
+// directory store (load 8 host manifests, lease, record, commit) around a
+// trivial analyzer.
+func BenchmarkProcess(b *testing.B) {
+	st, err := store.NewDir(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	count := aggtest.NewCounter("count", "1")
+	r := runner.New(runner.Config{Store: st, Analyzers: []*analyzers.Analyzer{count.Analyzer}, Logger: quiet,
+		Leases: &lease.Manager{Store: st, Owner: "bench", TTL: time.Minute}})
+	n := 0
+	for b.Loop() {
+		b.StopTimer()
+		id := capture.ID{Cluster: "c1", Job: "job1", Run: "r1", Capture: "cap" + strconv.Itoa(n)}
+		n++
+		for h := range 8 {
+			aggtest.Put(b, st, aggtest.Manifest("job1", id.Capture, "node-"+strconv.Itoa(h), 8, h), map[string][]byte{aggtest.PartName: []byte("x")})
+		}
+		b.StartTimer()
+		if out, err := r.Process(context.Background(), id); err != nil || out.Action != runner.ActionAnalyzed {
+			b.Fatalf("%+v %v", out, err)
+		}
+	}
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

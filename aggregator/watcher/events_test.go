@@ -81,3 +81,14 @@ func FuzzDecodeEvents(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkDecodeEvents(b *testing.B) {
+	body := []byte(minioBody)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeEvents(bytes.NewReader(body)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
