@@ -36,7 +36,7 @@ func BenchmarkCollector(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			var cpu, wall time.Duration
-			var samples, mallocs, missed uint64
+			var samples, mallocs, missed, heap uint64
 			for range b.N {
 				cfg := DefaultConfig()
 				sim := NewSimulator(8, cfg.Sim)
@@ -59,6 +59,7 @@ func BenchmarkCollector(b *testing.B) {
 				samples += c.metrics.samples.Get() - s0
 				missed += c.metrics.missed.Get() - x0
 				mallocs += m1.Mallocs - m0.Mallocs
+				heap = max(heap, m1.HeapInuse)
 				cancel()
 				<-done
 			}
@@ -67,6 +68,7 @@ func BenchmarkCollector(b *testing.B) {
 			b.ReportMetric(float64(mallocs)/float64(max(samples, 1)), "allocs/sample")
 			b.ReportMetric(float64(samples)/wall.Seconds(), "samples/s")
 			b.ReportMetric(float64(missed), "missed-ticks")
+			b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
 		})
 	}
 }

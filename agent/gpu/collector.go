@@ -258,7 +258,7 @@ func (c *Collector) slowLoop(ctx context.Context) {
 			if d.lost.Load() {
 				continue
 			}
-			sf, procs, err := d.readSlow(now, c.onNVMLError)
+			sf, procs, err := d.readSlow(now, c.captures.Load() > 0, c.onNVMLError)
 			if err != nil {
 				c.markLost(d)
 				continue

@@ -302,3 +302,21 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestCaptureSkipsBlockingPCIeReads(t *testing.T) {
+	tg := newTestGPUs(t)
+	c, _ := start(t, testConfig(), tg.srv, nil) // slow loop every 50 ms
+	d := tg.device(0)
+	eventually(t, "a few slow rounds", func() bool { return len(d.GetPcieThroughputCalls()) >= 4 })
+	end := c.BeginCapture()
+	before := len(d.GetPcieThroughputCalls())
+	time.Sleep(400 * time.Millisecond) // about 8 slow rounds
+	during := len(d.GetPcieThroughputCalls()) - before
+	end()
+	// A round already under way when the capture began may finish (2 calls).
+	if during > 2 {
+		t.Errorf("%d PCIe throughput reads during a capture, want none", during)
+	}
+	after := len(d.GetPcieThroughputCalls())
+	eventually(t, "PCIe reads after the capture", func() bool { return len(d.GetPcieThroughputCalls()) > after })
+}

@@ -222,12 +222,15 @@ func fieldUint(v *nvml.FieldValue) (uint64, bool) {
 	}
 }
 
-// readSlow takes the steady-rate readings and the process list.
-func (d *device) readSlow(now time.Time, errs func(error)) (slowFields, []GPUProcess, error) {
+// readSlow takes the steady-rate readings and the process list. While a
+// capture samples at a high rate, PCIe throughput keeps its last value:
+// NVML measures it by blocking for 20 ms per call, which would compete
+// with the capture's grid (DCGM's PCIe fields cover captures).
+func (d *device) readSlow(now time.Time, capturing bool, errs func(error)) (slowFields, []GPUProcess, error) {
 	d.mu.Lock()
 	sf := d.slow
 	d.mu.Unlock()
-	if d.wants(fPCIe) {
+	if d.wants(fPCIe) && !capturing {
 		tx, ret := d.h.GetPcieThroughput(nvml.PCIE_UTIL_TX_BYTES)
 		if ok, err := d.ok(fPCIe, ret, errs); err != nil {
 			return sf, nil, err
