@@ -253,8 +253,9 @@ func (g *simGPU) advance(now time.Time) {
 	g.st = st
 }
 
-// The readings. Each answers ERROR_GPU_IS_LOST once the GPU is lost.
+// The readings below answer ERROR_GPU_IS_LOST once the GPU is lost.
 
+// GetUtilizationRates starts a round and reports GPU and memory utilization.
 func (g *simGPU) GetUtilizationRates() (nvml.Utilization, nvml.Return) {
 	st := g.refresh()
 	if st.lost {
@@ -263,6 +264,7 @@ func (g *simGPU) GetUtilizationRates() (nvml.Utilization, nvml.Return) {
 	return nvml.Utilization{Gpu: uint32(st.util), Memory: uint32(st.memUtil)}, nvml.SUCCESS
 }
 
+// GetMemoryInfo reports framebuffer use: the job holds about 71 GiB.
 func (g *simGPU) GetMemoryInfo() (nvml.Memory, nvml.Return) {
 	st := g.state()
 	if st.lost {
@@ -272,6 +274,7 @@ func (g *simGPU) GetMemoryInfo() (nvml.Memory, nvml.Return) {
 	return nvml.Memory{Total: total, Used: st.fbUsed, Free: total - st.fbUsed}, nvml.SUCCESS
 }
 
+// GetPowerUsage reports the board power in milliwatts.
 func (g *simGPU) GetPowerUsage() (uint32, nvml.Return) {
 	st := g.state()
 	if st.lost {
@@ -280,6 +283,7 @@ func (g *simGPU) GetPowerUsage() (uint32, nvml.Return) {
 	return uint32(st.powerW * 1000), nvml.SUCCESS
 }
 
+// GetTotalEnergyConsumption reports the energy counter in millijoules.
 func (g *simGPU) GetTotalEnergyConsumption() (uint64, nvml.Return) {
 	st := g.state()
 	if st.lost {
@@ -290,6 +294,7 @@ func (g *simGPU) GetTotalEnergyConsumption() (uint64, nvml.Return) {
 	return uint64(g.energyMJ), nvml.SUCCESS
 }
 
+// GetTemperature reports the GPU core temperature.
 func (g *simGPU) GetTemperature(sensor nvml.TemperatureSensors) (uint32, nvml.Return) {
 	st := g.state()
 	if st.lost {
@@ -301,6 +306,7 @@ func (g *simGPU) GetTemperature(sensor nvml.TemperatureSensors) (uint32, nvml.Re
 	return uint32(math.Round(st.tempC)), nvml.SUCCESS
 }
 
+// GetClockInfo reports the SM and memory clocks in MHz.
 func (g *simGPU) GetClockInfo(clock nvml.ClockType) (uint32, nvml.Return) {
 	st := g.state()
 	switch {
@@ -314,6 +320,7 @@ func (g *simGPU) GetClockInfo(clock nvml.ClockType) (uint32, nvml.Return) {
 	return 0, nvml.ERROR_NOT_SUPPORTED
 }
 
+// GetCurrentClocksEventReasons reports why clocks are held down (idle, thermal slowdown).
 func (g *simGPU) GetCurrentClocksEventReasons() (uint64, nvml.Return) {
 	st := g.state()
 	if st.lost {
@@ -322,6 +329,7 @@ func (g *simGPU) GetCurrentClocksEventReasons() (uint64, nvml.Return) {
 	return st.reasons, nvml.SUCCESS
 }
 
+// GetPcieThroughput reports PCIe throughput in KB/s; input loading shows on RX.
 func (g *simGPU) GetPcieThroughput(c nvml.PcieUtilCounter) (uint32, nvml.Return) {
 	st := g.refresh()
 	if st.lost {
@@ -364,6 +372,7 @@ func (g *simGPU) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 	return nvml.SUCCESS
 }
 
+// GetTotalEccErrors reports no ECC errors: the simulated memory is healthy.
 func (g *simGPU) GetTotalEccErrors(nvml.MemoryErrorType, nvml.EccCounterType) (uint64, nvml.Return) {
 	if g.state().lost {
 		return 0, nvml.ERROR_GPU_IS_LOST
@@ -371,6 +380,7 @@ func (g *simGPU) GetTotalEccErrors(nvml.MemoryErrorType, nvml.EccCounterType) (u
 	return 0, nvml.SUCCESS
 }
 
+// GetRemappedRows reports no remapped rows.
 func (g *simGPU) GetRemappedRows() (int, int, bool, bool, nvml.Return) {
 	if g.state().lost {
 		return 0, 0, false, false, nvml.ERROR_GPU_IS_LOST
@@ -387,6 +397,7 @@ func (g *simGPU) pid() uint32 {
 	return uint32(pids[g.idx%len(pids)])
 }
 
+// GetComputeRunningProcesses lists the simulated process of this GPU, if any.
 func (g *simGPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
 	st := g.refresh()
 	if st.lost {
@@ -398,6 +409,7 @@ func (g *simGPU) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) 
 	return nil, nvml.SUCCESS
 }
 
+// GetProcessUtilization reports the simulated process's utilization.
 func (g *simGPU) GetProcessUtilization(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
 	st := g.state()
 	if st.lost {
@@ -411,6 +423,7 @@ func (g *simGPU) GetProcessUtilization(uint64) ([]nvml.ProcessUtilizationSample,
 		SmUtil: uint32(st.util), MemUtil: uint32(st.memUtil)}}, nvml.SUCCESS
 }
 
+// GetPciInfo adds the bus id (which the mock leaves out) to the mock's PCI info.
 func (g *simGPU) GetPciInfo() (nvml.PciInfo, nvml.Return) {
 	p, ret := g.Device.GetPciInfo()
 	for i := 0; i < len(g.PciBusID) && i < len(p.BusId)-1; i++ {
@@ -419,6 +432,7 @@ func (g *simGPU) GetPciInfo() (nvml.PciInfo, nvml.Return) {
 	return p, ret
 }
 
+// RegisterEvents subscribes this GPU to a simulated event set.
 func (g *simGPU) RegisterEvents(types uint64, set nvml.EventSet) nvml.Return {
 	es, ok := set.(*simEventSet)
 	if !ok {
