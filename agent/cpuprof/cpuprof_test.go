@@ -199,7 +199,7 @@ func TestBurnFunctionOnTop(t *testing.T) {
 		{"goburn", "main.burnGo"},
 		{"goburn-stripped", "main.burnGo"}, // named from .gopclntab
 		{"cburn", "burn_c"},
-		{"cburn-stripped", "burn_c"}, // named from .dynsym
+		{"cburn-stripped", "burn_c"},       // named from .dynsym
 		{"cppburn", "loupe::Burner::burn"}, // demangled
 	} {
 		t.Run(tc.program, func(t *testing.T) {
@@ -405,4 +405,70 @@ func top(prof *profile.Profile) string {
 		fmt.Fprintf(&sb, "%6d %s\n", e.v, e.k)
 	}
 	return sb.String()
+}
+
+// python312 finds a CPython 3.12+ interpreter (perf map support).
+func python312(t testing.TB) string {
+	t.Helper()
+	var candidates []string
+	if home, err := os.UserHomeDir(); err == nil { // pyenv builds, not its shell shims
+		candidates, _ = filepath.Glob(filepath.Join(home, ".pyenv/versions/3.1[2-9]*/bin/python3"))
+	}
+	candidates = append(candidates, "python3.13", "python3.12")
+	for _, c := range candidates {
+		if p, err := exec.LookPath(c); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("no Python 3.12+ interpreter (python3.12 or python3.13 on PATH, or under ~/.pyenv): install one")
+	}
+	t.Skip("no Python 3.12+ interpreter")
+	return ""
+}
+
+// TestPythonPerfSupport profiles a real Python 3.12+ started with -X perf:
+// it writes /tmp/perf-<pid>.map, which the profiler reads. This
+// interpreter (like most python.org and pyenv builds) has no frame
+// pointers, so the stacks stop inside libpython: the profile and the log
+// must say so rather than show misleading stacks silently.
+func TestPythonPerfSupport(t *testing.T) {
+	requireRoot(t)
+	py := python312(t)
+	cmd, _ := start(t, py, "-X", "perf", "-c", `
+def burn_py():
+    x = 0
+    for i in range(10**6):
+        x += i * i
+    return x
+while True:
+    burn_py()
+`)
+	pid := cmd.Process.Pid
+	t.Cleanup(func() { os.Remove(fmt.Sprintf("/tmp/perf-%d.map", pid)) })
+	var b []byte
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		b, err = os.ReadFile(fmt.Sprintf("/proc/%d/root/tmp/perf-%d.map", pid, pid))
+		if strings.Contains(string(b), "py::burn_py:") {
+			break
+		}
+	}
+	if !strings.Contains(string(b), "py::burn_py:") {
+		t.Fatalf("%s -X perf wrote no perf map entry for burn_py: %v", py, err)
+	}
+	prof := capture(t, Config{Hz: 99}, []int{pid}, 2*time.Second)
+	total, inInterp := pidSamples(prof, pid, func(names []string) bool {
+		return len(names) > 0 && names[0] != ""
+	})
+	if total < 20 || float64(inInterp) < 0.8*float64(total) {
+		t.Errorf("%d of %d samples have a named leaf frame, want >= 80%%\n%s", inInterp, total, top(prof))
+	}
+	want := fmt.Sprintf("truncated stacks: pid %d (", pid)
+	for _, c := range prof.Comments {
+		if strings.HasPrefix(c, want) && strings.Contains(c, "PYTHONPERFSUPPORT") {
+			return
+		}
+	}
+	t.Errorf("no truncated-stack note for the frame-pointer-less interpreter in %q", prof.Comments)
 }

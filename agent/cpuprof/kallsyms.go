@@ -2,12 +2,28 @@ package cpuprof
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
-	"strings"
 )
+
+// kernelSymbols holds the kernel's text symbols compactly: names live in
+// one arena, so the ~150k symbols of a distribution kernel cost a few MiB.
+type kernelSymbols struct {
+	syms    []ksymEntry
+	arena   []byte
+	modules []string
+}
+
+type ksymEntry struct {
+	addr    uint64
+	nameOff uint32
+	nameLen uint16
+	module  uint16 // index into modules; 0 is the kernel itself
+}
 
 // ksym is one kernel text symbol.
 type ksym struct {
@@ -19,21 +35,24 @@ type ksym struct {
 // parseKallsyms reads /proc/kallsyms ("ADDR TYPE NAME [MODULE]"), keeping
 // text symbols, sorted by address. All-zero addresses mean kptr_restrict
 // hides them from this process: an error, since nothing can be resolved.
-func parseKallsyms(r io.Reader) ([]ksym, error) {
-	var syms []ksym
+func parseKallsyms(r io.Reader) (*kernelSymbols, error) {
+	ks := &kernelSymbols{modules: []string{""}}
+	modIdx := map[string]uint16{"": 0}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	zero := 0
 	for sc.Scan() {
-		line := sc.Text()
-		f := strings.Fields(line)
-		if len(f) < 3 || len(f[1]) != 1 {
+		line := sc.Bytes()
+		addrField, rest, ok1 := bytes.Cut(line, []byte{' '})
+		typ, rest, ok2 := bytes.Cut(rest, []byte{' '})
+		name, module, _ := bytes.Cut(rest, []byte{'\t'})
+		if !ok1 || !ok2 || len(typ) != 1 || len(name) == 0 || len(name) > 1<<16-1 {
 			return nil, fmt.Errorf("parsing kallsyms: malformed line %q", line)
 		}
-		if t := f[1][0] | 0x20; t != 't' && t != 'w' {
+		if t := typ[0] | 0x20; t != 't' && t != 'w' {
 			continue
 		}
-		addr, err := strconv.ParseUint(f[0], 16, 64)
+		addr, err := strconv.ParseUint(string(addrField), 16, 64)
 		if err != nil {
 			return nil, fmt.Errorf("parsing kallsyms: bad address in %q", line)
 		}
@@ -41,27 +60,53 @@ func parseKallsyms(r io.Reader) ([]ksym, error) {
 			zero++
 			continue
 		}
-		s := ksym{addr: addr, name: f[2]}
-		if len(f) > 3 {
-			s.module = strings.Trim(f[3], "[]")
+		mod := string(bytes.Trim(module, "[] "))
+		mi, ok := modIdx[mod]
+		if !ok {
+			if len(ks.modules) >= 1<<16 {
+				return nil, fmt.Errorf("parsing kallsyms: too many modules")
+			}
+			mi = uint16(len(ks.modules))
+			modIdx[mod] = mi
+			ks.modules = append(ks.modules, mod)
 		}
-		syms = append(syms, s)
+		if len(ks.arena)+len(name) > 1<<32-1 {
+			return nil, fmt.Errorf("parsing kallsyms: names too large")
+		}
+		ks.syms = append(ks.syms, ksymEntry{addr: addr, nameOff: uint32(len(ks.arena)), nameLen: uint16(len(name)), module: mi})
+		ks.arena = append(ks.arena, name...)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading kallsyms: %w", err)
 	}
-	if len(syms) == 0 && zero > 0 {
+	if len(ks.syms) == 0 && zero > 0 {
 		return nil, fmt.Errorf("kallsyms shows only zero addresses (kernel.kptr_restrict): run the agent as root or with CAP_SYSLOG to name kernel frames")
 	}
-	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
-	return syms, nil
+	slices.SortFunc(ks.syms, func(a, b ksymEntry) int {
+		switch {
+		case a.addr < b.addr:
+			return -1
+		case a.addr > b.addr:
+			return 1
+		}
+		return 0
+	})
+	return ks, nil
 }
 
-// lookupKsym returns the symbol at or before addr.
-func lookupKsym(syms []ksym, addr uint64) (ksym, bool) {
-	i := sort.Search(len(syms), func(i int) bool { return syms[i].addr > addr })
+// lookup returns the symbol at or before addr.
+func (ks *kernelSymbols) lookup(addr uint64) (ksym, bool) {
+	if ks == nil {
+		return ksym{}, false
+	}
+	i := sort.Search(len(ks.syms), func(i int) bool { return ks.syms[i].addr > addr })
 	if i == 0 {
 		return ksym{}, false
 	}
-	return syms[i-1], true
+	e := ks.syms[i-1]
+	return ksym{
+		addr:   e.addr,
+		name:   string(ks.arena[e.nameOff : e.nameOff+uint32(e.nameLen)]),
+		module: ks.modules[e.module],
+	}, true
 }

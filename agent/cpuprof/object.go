@@ -81,12 +81,24 @@ func openObject(f readerAtCloser, path string) (*object, error) {
 		return o.syms[i].table < o.syms[j].table
 	})
 	o.syms = dedupSyms(o.syms)
-	if sec := ef.Section(".gopclntab"); sec != nil {
+	// A stripped Go binary keeps its pclntab. Decoding it costs tens of
+	// milliseconds per binary, so it is used only when .symtab is gone;
+	// then frames also get file and line.
+	if sec := ef.Section(".gopclntab"); sec != nil && !o.hasSymtab() {
 		if tab, err := goTable(ef, sec); err == nil {
 			o.gotab = tab
 		}
 	}
 	return o, nil
+}
+
+func (o *object) hasSymtab() bool {
+	for _, s := range o.syms {
+		if s.table == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func dedupSyms(syms []elfSym) []elfSym {
@@ -151,13 +163,20 @@ func goTable(ef *elf.File, pcln *elf.Section) (tab *gosym.Table, err error) {
 	if sec := ef.Section(".text"); sec != nil {
 		text = sec.Addr
 	}
-	// runtime.text, when the symbol table survives, is exact even for
-	// externally linked binaries whose .text starts with C code.
-	if syms, err := ef.Symbols(); err == nil {
-		for _, s := range syms {
-			if s.Name == "runtime.text" {
-				text = s.Value
-				break
+	// Go 1.18+ records runtime.text in the pclntab header (magic, 2 pad
+	// bytes, min instruction size, pointer size, nfunc, nfiles, textStart);
+	// it differs from .text when external linking puts C code first.
+	if len(data) >= 8 && (data[7] == 4 || data[7] == 8) && ef.ByteOrder.Uint32(data) >= 0xfffffff0 {
+		ptr := int(data[7])
+		if off := 8 + 2*ptr; len(data) >= off+ptr {
+			var start uint64
+			if ptr == 8 {
+				start = ef.ByteOrder.Uint64(data[off:])
+			} else {
+				start = uint64(ef.ByteOrder.Uint32(data[off:]))
+			}
+			if start != 0 { // 0: relocated at run time (PIE); keep .text
+				text = start
 			}
 		}
 	}
@@ -176,10 +195,8 @@ func (o *object) vaddr(fileOff uint64) (uint64, bool) {
 
 // symbolize names the ELF virtual address pc.
 func (o *object) symbolize(pc uint64) (fn, file string, line int, ok bool) {
-	if o.gotab != nil {
-		if file, line, f := o.gotab.PCToLine(pc); f != nil {
-			return f.Name, file, line, true
-		}
+	if fn, file, line, ok := o.goLine(pc); ok {
+		return fn, file, line, true
 	}
 	i := sort.Search(len(o.syms), func(i int) bool { return o.syms[i].addr > pc })
 	if i == 0 {
@@ -200,6 +217,24 @@ func (o *object) symbolize(pc uint64) (fn, file string, line int, ok bool) {
 		o.names[s] = name
 	}
 	return name, "", 0, name != ""
+}
+
+// goLine looks pc up in the Go line table, which debug/gosym decodes
+// lazily; a table that turns out to be damaged is dropped.
+func (o *object) goLine(pc uint64) (fn, file string, line int, ok bool) {
+	if o.gotab == nil {
+		return "", "", 0, false
+	}
+	defer func() {
+		if recover() != nil {
+			o.gotab, ok = nil, false
+		}
+	}()
+	file, line, f := o.gotab.PCToLine(pc)
+	if f == nil {
+		return "", "", 0, false
+	}
+	return f.Name, file, line, true
 }
 
 func (o *object) sameSection(a, b uint64) bool {

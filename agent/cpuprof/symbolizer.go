@@ -42,7 +42,7 @@ type symbolizer struct {
 	procs     map[uint32]*procInfo
 	byFile    map[fileKey]*object
 	byBuildID map[string]*object
-	kernel    []ksym
+	kernel    *kernelSymbols
 	kernelErr error
 }
 
@@ -273,21 +273,28 @@ func (s *symbolizer) perfMap(pid uint32, p *procInfo, addr uint64) (string, bool
 	return lookupPerfMap(p.perf, addr)
 }
 
-// kernelFrame names a kernel address from /proc/kallsyms, read once.
-func (s *symbolizer) kernelFrame(addr uint64) Frame {
-	if s.kernel == nil && s.kernelErr == nil {
-		f, err := os.Open(filepath.Join(s.procRoot, "kallsyms"))
-		if err == nil {
-			s.kernel, err = parseKallsyms(f)
-			f.Close()
-		}
-		if err != nil {
-			s.kernelErr = err
-			s.logger.Warn("cpuprof: kernel frames stay unnamed", "err", err)
-		}
+// loadKernel reads /proc/kallsyms once; without it kernel frames keep
+// their addresses only.
+func (s *symbolizer) loadKernel() {
+	if s.kernel != nil || s.kernelErr != nil {
+		return
 	}
+	f, err := os.Open(filepath.Join(s.procRoot, "kallsyms"))
+	if err == nil {
+		s.kernel, err = parseKallsyms(f)
+		f.Close()
+	}
+	if err != nil {
+		s.kernelErr = err
+		s.logger.Warn("cpuprof: kernel frames stay unnamed", "err", err)
+	}
+}
+
+// kernelFrame names a kernel address.
+func (s *symbolizer) kernelFrame(addr uint64) Frame {
+	s.loadKernel()
 	f := Frame{Object: kernelObject, Address: addr}
-	if sym, ok := lookupKsym(s.kernel, addr); ok {
+	if sym, ok := s.kernel.lookup(addr); ok {
 		f.Function = sym.name
 		if sym.module != "" {
 			f.Object = "[" + sym.module + "]"
