@@ -165,7 +165,6 @@ func TestReplicasOnMinIO(t *testing.T) {
 	b := newReplica(st, "replica-b", count, time.Second)
 	a.run(t)
 	b.run(t)
-	t0 := time.Now()
 	var wg sync.WaitGroup
 	for n := range captures {
 		wg.Go(func() {
@@ -178,7 +177,6 @@ func TestReplicasOnMinIO(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	t.Logf("uploaded after %v", time.Since(t0))
 	waitFor(t, "all captures to be analyzed", func() bool {
 		for n := range captures {
 			if !a.ix.Done(id(n)) && !b.ix.Done(id(n)) {
@@ -187,7 +185,6 @@ func TestReplicasOnMinIO(t *testing.T) {
 		}
 		return true
 	})
-	t.Logf("analyzed after %v", time.Since(t0))
 	// Let any duplicate work that is still in flight show itself.
 	waitFor(t, "both queues to drain", func() bool { return a.w.Queued() == 0 && b.w.Queued() == 0 })
 	runs := count.All()
@@ -209,4 +206,14 @@ func TestReplicasOnMinIO(t *testing.T) {
 		analysts[rec.Analyst]++
 	}
 	t.Logf("captures analyzed per replica: %v", analysts)
+	// Each replica's index learns, through its listing, of the findings
+	// the other replica committed.
+	waitFor(t, "both indexes to hold every capture", func() bool {
+		for n := range captures {
+			if !a.ix.Done(id(n)) || !b.ix.Done(id(n)) {
+				return false
+			}
+		}
+		return true
+	})
 }
