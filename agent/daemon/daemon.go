@@ -85,11 +85,11 @@ type Daemon struct {
 // New opens the daemon's parts and binds its listeners. It fails only on
 // what the agent cannot run without (a bad store URL, an unusable spool, an
 // API address without a token); collectors that cannot start are left out.
-func New(ctx context.Context, cfg Config, logger *slog.Logger) (d *Daemon, err error) {
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Daemon, err error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	d = &Daemon{cfg: cfg, log: logger, started: time.Now()}
+	d := &Daemon{cfg: cfg, log: logger, started: time.Now()}
 	defer func() {
 		if err != nil {
 			d.close()
@@ -123,9 +123,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (d *Daemon, err e
 	d.setCollector(collAttribution, nil)
 	d.startCollectors(own)
 
-	d.tracker = steps.New(cfg.Steps)
-	d.tracker.Register(own)
 	d.trigger = trigger.New(cfg.Trigger)
+	scfg := cfg.Steps
+	scfg.Window = d.trigger.Config().Window
+	d.tracker = steps.New(scfg)
+	d.tracker.Register(own)
 	d.tracker.Observe(d.observeStep)
 	d.capturer = capture.New(capture.Config{
 		Cluster: cfg.Cluster, Host: cfg.Host, AgentVersion: Version,
@@ -182,6 +184,9 @@ func (d *Daemon) prepareConfig() error {
 		c.GPU.Simulate = c.SimulateGPUs
 	}
 	c.GPU.Hostname = c.Host
+	if err := c.GPU.Validate(); err != nil {
+		return err
+	}
 	if c.Capture.DefaultDuration <= 0 || c.Capture.DefaultDuration > c.Capture.MaxDuration {
 		return fmt.Errorf("capture.default_duration %v must be positive and at most capture.max_duration %v", c.Capture.DefaultDuration, c.Capture.MaxDuration)
 	}

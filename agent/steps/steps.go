@@ -24,8 +24,10 @@ import (
 
 // Config tunes a Tracker.
 type Config struct {
-	// Window is how many recent step times the statistics cover.
-	Window int `yaml:"window"`
+	// Window is how many recent step times the statistics cover. The
+	// daemon sets it to the trigger's window, so the figures on /metrics
+	// are the ones the trigger judges.
+	Window int `yaml:"-"`
 	// History is how many steps each lane keeps for capture bundles.
 	History int `yaml:"history"`
 	// Stale is how long a source may stay silent before a less preferred

@@ -26,22 +26,22 @@ type Config struct {
 	// Disabled turns automatic captures off.
 	Disabled bool `yaml:"disabled"`
 	// AtIteration is the first iteration at which a capture may be decided.
-	AtIteration int64 `yaml:"at-iteration"`
+	AtIteration int64 `yaml:"at_iteration"`
 	// Window is how many recent steps must be known and settled.
 	Window int `yaml:"window"`
 	// MaxCV is the coefficient of variation of step time below which the
 	// job counts as settled.
-	MaxCV float64 `yaml:"max-cv"`
+	MaxCV float64 `yaml:"max_cv"`
 	// MaxTrend bounds how much step time may still drift across the window
 	// (relative change of the least-squares fit): a slow warm-up has a low
 	// CV, but not a flat trend.
-	MaxTrend float64 `yaml:"max-trend"`
+	MaxTrend float64 `yaml:"max_trend"`
 	// Iterations is how many iterations a capture covers.
 	Iterations int64 `yaml:"iterations"`
 	// Roundup aligns the start iteration to a multiple of this.
 	Roundup int64 `yaml:"roundup"`
 	// MaxPerRun bounds automatic captures per job run; negative is unlimited.
-	MaxPerRun int `yaml:"max-per-run"`
+	MaxPerRun int `yaml:"max_per_run"`
 	// Cooldown is the least time between two automatic captures of a job run.
 	Cooldown time.Duration `yaml:"cooldown"`
 }
