@@ -130,3 +130,52 @@ func FuzzParseCPUList(f *testing.F) {
 		}
 	})
 }
+
+// TestLostCounted fills tiny maps and checks that every kind of drop the
+// program can see is counted rather than silent.
+func TestLostCounted(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		name   string
+		opts   Options
+		reason int
+	}{
+		// One bucket: the second distinct stack collides.
+		{"stack collision", Options{StackEntries: 1}, LostStackCollision},
+		// One counts entry: the second distinct (process, stack) key finds the map full.
+		{"counts full", Options{CountEntries: 1}, LostCountsFull},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Load(tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			cpus, err := OnlineCPUs()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Attach(999, cpus); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetFilter(true, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetEnabled(true); err != nil {
+				t.Fatal(err)
+			}
+			spin(time.Now().Add(500 * time.Millisecond))
+			var kept uint64
+			lost, err := s.Drain(func(smp Sample) { kept += smp.Count })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lost[tc.reason] == 0 {
+				t.Errorf("no %s drops counted (lost %v, %d samples kept)", LostReasonNames[tc.reason], lost, kept)
+			}
+			if kept == 0 {
+				t.Error("no sample kept at all")
+			}
+		})
+	}
+}
