@@ -45,6 +45,44 @@ type Pass struct {
 
 	mu     sync.Mutex
 	inputs map[string]struct{} // object keys read, for lineage
+	cache  *tableCache         // tables shared with the run's other analyzers
+	slots  chan struct{}       // the run's CPU slots; this pass holds one
+}
+
+// yield lets the analyzers waiting for a CPU slot run before this one goes
+// on. The streaming helpers yield between hosts, so analyzers reading the
+// same table move through the hosts together and share its decoded form.
+func (p *Pass) yield() {
+	if p.slots == nil {
+		return
+	}
+	<-p.slots
+	// A blocked sender has taken the freed slot; queue behind it.
+	select {
+	case p.slots <- struct{}{}:
+	case <-p.Context.Done():
+		p.slots <- struct{}{}
+	}
+}
+
+// wait blocks until ready is closed or the pass's context ends, giving up
+// the pass's CPU slot meanwhile so that another analyzer can run.
+func (p *Pass) wait(ready <-chan struct{}) error {
+	select {
+	case <-ready:
+		return nil
+	default:
+	}
+	if p.slots != nil {
+		<-p.slots
+		defer func() { p.slots <- struct{}{} }()
+	}
+	select {
+	case <-ready:
+		return nil
+	case <-p.Context.Done():
+		return p.Context.Err()
+	}
 }
 
 // Input is one job capture: every host bundle that committed.

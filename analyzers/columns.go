@@ -157,8 +157,9 @@ var errCorrupt = errors.New("corrupt Parquet part")
 
 // scanColumns decodes the flat Parquet table in r into buf, batch by batch,
 // and calls fn with each batch. Columns of the file that T lacks are
-// skipped; fields of T the file lacks stay zero.
-func scanColumns[T any](r io.ReaderAt, size int64, buf []T, fn func([]T) error) (err error) {
+// skipped; fields of T the file lacks stay zero. hint, when set, learns the
+// number of rows before any is decoded, and may refuse the table.
+func scanColumns[T any](r io.ReaderAt, size int64, buf []T, hint func(rows int64) error, fn func([]T) error) (err error) {
 	// parquet-go can panic on malformed input; that is bad input, not a bug here.
 	var inFn bool
 	defer func() {
@@ -172,6 +173,11 @@ func scanColumns[T any](r io.ReaderAt, size int64, buf []T, fn func([]T) error) 
 	f, err := parquet.OpenFile(r, size, parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true))
 	if err != nil {
 		return fmt.Errorf("%w: %v", errCorrupt, err)
+	}
+	if hint != nil {
+		if err := hint(f.NumRows()); err != nil {
+			return err
+		}
 	}
 	layout := layoutOf[T]()
 	paths := f.Schema().Columns()

@@ -73,7 +73,10 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 
 	runs := make([]AnalyzerRun, len(list))
 	found := make([][]traces.Finding, len(list))
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	// slots bound the analyzers running at once; one waiting for a table
+	// another is decoding gives its slot up meanwhile (Pass.wait).
+	slots := make(chan struct{}, runtime.GOMAXPROCS(0))
+	cache := newTableCache(DefaultCacheBudget)
 	var wg sync.WaitGroup
 	for i, a := range list {
 		runs[i] = AnalyzerRun{Name: a.Name, Version: a.Version}
@@ -86,14 +89,14 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 		go func() {
 			defer wg.Done()
 			select {
-			case sem <- struct{}{}:
+			case slots <- struct{}{}:
 			case <-ctx.Done():
 				runs[i].Status, runs[i].Reason = StatusFailed, ctx.Err().Error()
 				return
 			}
-			defer func() { <-sem }()
+			defer func() { <-slots }()
 			start := time.Now()
-			fs, err := runOne(ctx, in, a)
+			fs, err := runOne(&Pass{Context: ctx, Analyzer: a, Input: in, cache: cache, slots: slots})
 			runs[i].Duration = time.Since(start)
 			if err != nil {
 				runs[i].Status, runs[i].Reason = StatusFailed, err.Error()
@@ -113,9 +116,8 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 	return rep
 }
 
-// runOne runs one analyzer, turning a panic into an error.
-func runOne(ctx context.Context, in *Input, a *Analyzer) (fs []traces.Finding, err error) {
-	pass := &Pass{Context: ctx, Analyzer: a, Input: in}
+// runOne runs pass's analyzer, turning a panic into an error.
+func runOne(pass *Pass) (fs []traces.Finding, err error) {
 	var mu sync.Mutex
 	pass.Report = func(f traces.Finding) {
 		mu.Lock()
@@ -127,7 +129,7 @@ func runOne(ctx context.Context, in *Input, a *Analyzer) (fs []traces.Finding, e
 			fs, err = nil, fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 		}
 	}()
-	if err := a.Run(pass); err != nil {
+	if err := pass.Analyzer.Run(pass); err != nil {
 		return nil, err
 	}
 	inputs := make([]string, 0, len(pass.inputs))

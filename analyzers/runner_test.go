@@ -3,6 +3,7 @@ package analyzers
 import (
 	"context"
 	"errors"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -241,5 +242,70 @@ func TestRegistry(t *testing.T) {
 			t.Errorf("analyzer %s registered twice", a.Name)
 		}
 		names[a.Name] = true
+	}
+}
+
+// countOpens wraps every host's Open to count how often each part is opened.
+func countOpens(in *Input) *atomic.Int32 {
+	var n atomic.Int32
+	for i := range in.Hosts {
+		h := &in.Hosts[i]
+		open := h.Open
+		h.Open = func(ctx context.Context, name string) (io.ReadCloser, error) {
+			if name == traces.PartGPUSamples {
+				n.Add(1)
+			}
+			return open(ctx, name)
+		}
+	}
+	return &n
+}
+
+// Analyzers that read the same table share one decode of it.
+func TestRunDecodesSharedTablesOnce(t *testing.T) {
+	in := twoHosts(t)
+	opens := countOpens(in)
+	list := []*Analyzer{SMUnderuse, TensorUnderuse, MemoryBound, Throttle, reporter("a"), reporter("b")}
+	fs, err := Run(t.Context(), in, list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := opens.Load(); n != 2 {
+		t.Errorf("%d analyzers opened gpu_samples %d times over 2 hosts, want 2", len(list), n)
+	}
+	if len(fs) != 4 {
+		t.Errorf("got %d findings, want 4", len(fs))
+	}
+}
+
+// A table too large for the cache's budget is streamed by each reader, with
+// the same rows as the cache would give.
+func TestCacheBudget(t *testing.T) {
+	in := twoHosts(t)
+	for _, c := range []struct {
+		budget int64
+		opens  int32
+	}{
+		// The first reader learns the table is too big only once it has
+		// opened it, then streams it; the second streams it directly.
+		{1, 2*2 + 2},
+		{DefaultCacheBudget, 2},
+	} {
+		opens := countOpens(in)
+		cache := newTableCache(c.budget)
+		rows := 0
+		for range 2 {
+			pass := &Pass{Context: t.Context(), Input: in, cache: cache}
+			err := EachGPUSample(pass, func(h *Host, s *traces.GPUSample) error {
+				rows++
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if rows != 2*40 || opens.Load() != c.opens {
+			t.Errorf("budget %d: two passes saw %d rows with %d opens; want 80 rows, %d opens", c.budget, rows, opens.Load(), c.opens)
+		}
 	}
 }

@@ -77,16 +77,43 @@ func ReadCPUProfile(pass *Pass, h *Host) (*profile.Profile, error) {
 	return p, nil
 }
 
-// eachRow streams one Parquet table of every host in batches of batchRows.
+// eachRow streams one Parquet table of every host in batches of batchRows,
+// through the run's shared cache when there is one. Each row is a copy, so
+// an analyzer cannot disturb what the others see.
 func eachRow[T any](pass *Pass, part string, fn func(h *Host, row *T) error) error {
-	rows := make([]T, batchRows)
+	var buf []T
+	var row T
 	for i := range pass.Input.Hosts {
 		h := &pass.Input.Hosts[i]
 		if !h.Has(part) {
 			continue
 		}
 		pass.Used(h, part)
-		err := scanTable(pass.Context, h, part, rows, func(batch []T) error {
+		pass.yield()
+		if pass.cache != nil {
+			rows, ok, err := cachedRows[T](pass, i, part)
+			if err != nil {
+				return err
+			}
+			if ok {
+				for j := range rows {
+					if j%batchRows == 0 {
+						if err := pass.Context.Err(); err != nil {
+							return err
+						}
+					}
+					row = rows[j]
+					if err := fn(h, &row); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+		}
+		if buf == nil {
+			buf = make([]T, batchRows)
+		}
+		err := scanTable(pass.Context, h, part, buf, nil, func(batch []T) error {
 			for j := range batch {
 				if err := fn(h, &batch[j]); err != nil {
 					return err
@@ -102,13 +129,13 @@ func eachRow[T any](pass *Pass, part string, fn func(h *Host, row *T) error) err
 }
 
 // scanTable decodes host h's Parquet part into buf one batch at a time.
-func scanTable[T any](ctx context.Context, h *Host, part string, buf []T, fn func([]T) error) error {
+func scanTable[T any](ctx context.Context, h *Host, part string, buf []T, hint func(rows int64) error, fn func([]T) error) error {
 	ra, size, done, err := openAt(ctx, h, part)
 	if err != nil {
 		return partErr(h, part, err)
 	}
 	defer done()
-	err = scanColumns(ra, size, buf, func(rows []T) error {
+	err = scanColumns(ra, size, buf, hint, func(rows []T) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
