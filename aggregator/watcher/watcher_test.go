@@ -29,10 +29,14 @@ type replica struct {
 }
 
 func newReplica(st store.Store, owner string, count *aggtest.Counter, sweep time.Duration) *replica {
+	return newReplicaTimeout(st, owner, count, sweep, time.Hour)
+}
+
+func newReplicaTimeout(st store.Store, owner string, count *aggtest.Counter, sweep, partition time.Duration) *replica {
 	list := []*analyzers.Analyzer{count.Analyzer}
 	ix := findings.NewIndex(runner.Versions(list))
 	r := runner.New(runner.Config{
-		Store: st, Analyzers: list, Index: ix, Logger: quiet, PartitionTimeout: time.Hour,
+		Store: st, Analyzers: list, Index: ix, Logger: quiet, PartitionTimeout: partition,
 		Leases: &lease.Manager{Store: st, Owner: owner, TTL: 4 * time.Second},
 	})
 	w := watcher.New(watcher.Config{
@@ -216,4 +220,42 @@ func TestReplicasOnMinIO(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestPartialAfterTimeout: a capture with a rank missing waits, then is
+// analyzed as partial, naming the rank, once the partition timeout passes;
+// the rank arriving late brings a complete analysis.
+func TestPartialAfterTimeout(t *testing.T) {
+	st := dirStore(t)
+	count := aggtest.NewCounter("count", "1")
+	r := newReplicaTimeout(st, "a", count, -1, 2*time.Second)
+	r.run(t)
+	waitFor(t, "the index to be ready", r.w.Ready)
+	aggtest.Put(t, st, aggtest.Manifest("job1", id(1).Capture, "node-0", 2, 0), map[string][]byte{aggtest.PartName: []byte("rank 0")})
+	notify := func(host string) {
+		r.w.Accept([]watcher.Event{{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "pre/" + id(1).Prefix() + host + "/manifest.json"}})
+	}
+	notify("node-0")
+	waitFor(t, "the capture to be seen waiting", func() bool {
+		e, ok := r.ix.Capture(id(1))
+		return ok && e.Status == findings.StatusWaiting
+	})
+	if count.Runs(id(1).String()) != 0 {
+		t.Fatal("analyzed before the timeout")
+	}
+	waitFor(t, "the partial analysis", func() bool { return r.ix.Done(id(1)) })
+	e, _ := r.ix.Capture(id(1))
+	rec, _, err := findings.Read(context.Background(), st, id(1))
+	if err != nil || e.Status != findings.StatusPartial || !rec.Partial || len(rec.MissingRanks) != 1 || rec.MissingRanks[0] != 1 {
+		t.Fatalf("after the timeout: status %s, record %+v, %v; want partial, rank 1 missing", e.Status, rec, err)
+	}
+	aggtest.Put(t, st, aggtest.Manifest("job1", id(1).Capture, "node-1", 2, 1), map[string][]byte{aggtest.PartName: []byte("rank 1")})
+	notify("node-1")
+	waitFor(t, "the complete analysis", func() bool {
+		e, _ := r.ix.Capture(id(1))
+		return e.Status == findings.StatusAnalyzed
+	})
+	if got := count.Runs(id(1).String()); got != 2 {
+		t.Fatalf("%d runs, want 2 (partial, then complete)", got)
+	}
 }
