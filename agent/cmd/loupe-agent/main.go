@@ -241,21 +241,31 @@ func cmdDCGM(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("loupe-agent dcgm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	client := clientFlags(fs)
+	// The verb may come before or after the flags.
+	verb := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		verb, args = args[0], args[1:]
+	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if fs.NArg() != 1 || (fs.Arg(0) != "pause" && fs.Arg(0) != "resume") {
+	if verb == "" && fs.NArg() == 1 {
+		verb = fs.Arg(0)
+	} else if fs.NArg() != 0 {
+		verb = ""
+	}
+	if verb != "pause" && verb != "resume" {
 		fmt.Fprintln(stderr, "usage: loupe-agent dcgm pause|resume [--api-addr A] [--token T]")
 		return 2
 	}
 	c, err := client()
 	if err == nil {
-		err = c.PauseProfiling(ctx, fs.Arg(0) == "pause")
+		err = c.PauseProfiling(ctx, verb == "pause")
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "loupe-agent dcgm:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "DCGM profiling %sd\n", fs.Arg(0))
+	fmt.Fprintf(stdout, "DCGM profiling %sd\n", verb)
 	return 0
 }
