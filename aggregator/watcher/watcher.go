@@ -14,6 +14,7 @@ package watcher
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -305,20 +306,8 @@ func (w *Watcher) page(ctx context.Context, cursor string) (string, error) {
 	}
 	w.sweepObjects.Add(len(objs))
 	// Records first: a record read here can make its manifests known.
-	for _, o := range objs {
-		id, rest, err := capture.OfKey(o.Key)
-		if err != nil || rest != findings.RecordName || w.cfg.Index == nil || w.cfg.Index.RecordETag(id) == o.ETag {
-			continue
-		}
-		rec, etag, err := findings.Read(ctx, w.cfg.Store, id)
-		switch {
-		case err == nil:
-			w.cfg.Index.SetRecord(rec, etag)
-		case errors.Is(err, findings.ErrRecord):
-			w.Enqueue(id, time.Time{}) // the runner replaces it
-		case !errors.Is(err, store.ErrNotFound):
-			return "", err
-		}
+	if err := w.readRecords(ctx, objs); err != nil {
+		return "", err
 	}
 	for _, o := range objs {
 		if w.notify(o.Key, o.ETag) {
@@ -326,6 +315,46 @@ func (w *Watcher) page(ctx context.Context, cursor string) (string, error) {
 		}
 	}
 	return next, nil
+}
+
+// recordReaders bounds the findings records read at once while listing.
+const recordReaders = 8
+
+// readRecords loads into the index the findings records among objs that
+// it does not hold in that version.
+func (w *Watcher) readRecords(ctx context.Context, objs []store.ObjectInfo) error {
+	if w.cfg.Index == nil {
+		return nil
+	}
+	var (
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, recordReaders)
+		errMu sync.Mutex
+		first error
+	)
+	for _, o := range objs {
+		id, rest, err := capture.OfKey(o.Key)
+		if err != nil || rest != findings.RecordName || w.cfg.Index.RecordETag(id) == o.ETag {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			rec, etag, err := findings.Read(ctx, w.cfg.Store, id)
+			switch {
+			case err == nil:
+				w.cfg.Index.SetRecord(rec, etag)
+			case errors.Is(err, findings.ErrRecord):
+				w.Enqueue(id, time.Time{}) // the runner replaces it
+			case !errors.Is(err, store.ErrNotFound):
+				errMu.Lock()
+				first = cmp.Or(first, err)
+				errMu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return first
 }
 
 func (w *Watcher) readCursor(ctx context.Context) (cursorRecord, string, error) {

@@ -16,6 +16,7 @@ import (
 	"github.com/loupe-dev/loupe/aggregator/runner"
 	"github.com/loupe-dev/loupe/aggregator/watcher"
 	"github.com/loupe-dev/loupe/analyzers"
+	"github.com/loupe-dev/loupe/traces"
 	"github.com/loupe-dev/loupe/traces/store"
 	"github.com/loupe-dev/loupe/traces/store/miniotest"
 )
@@ -258,4 +259,34 @@ func TestPartialAfterTimeout(t *testing.T) {
 	if got := count.Runs(id(1).String()); got != 2 {
 		t.Fatalf("%d runs, want 2 (partial, then complete)", got)
 	}
+}
+
+// BenchmarkRebuild measures the start-up listing that rebuilds the index
+// of a directory store holding 200 analyzed captures.
+func BenchmarkRebuild(b *testing.B) {
+	st, err := store.NewDir(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	const captures = 200
+	for n := range captures {
+		m := aggtest.Put(b, st, aggtest.Manifest("job1", id(n).Capture, "node-0", 1, 0), nil)
+		key := traces.KeyOf(m).Object(traces.ManifestName)
+		rec := &findings.Record{Capture: id(n), Manifests: []string{key}, AnalyzerVersions: map[string]string{"count": "1"},
+			Findings: []traces.Finding{{ID: "f", Analyzer: "count", Severity: traces.SeverityInfo}}}
+		if _, err := findings.Write(context.Background(), st, rec, ""); err != nil {
+			b.Fatal(err)
+		}
+	}
+	count := aggtest.NewCounter("count", "1")
+	for b.Loop() {
+		r := newReplica(st, "bench", count, -1)
+		if err := r.w.Rebuild(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		if r.w.Queued() != 0 || !r.ix.Done(id(captures-1)) {
+			b.Fatalf("rebuild queued %d captures", r.w.Queued())
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/captures, "µs/capture")
 }
