@@ -487,3 +487,43 @@ func TestKinetoKernelMix(t *testing.T) {
 		t.Errorf("no tensor-underuse finding for a rank with 70%% of its GEMM time in SIMT kernels")
 	}
 }
+
+// FuzzKinetoAnalyze feeds arbitrary traces to the whole Kineto pass: it must
+// never panic, and what it measures must add up.
+func FuzzKinetoAnalyze(f *testing.F) {
+	for _, evs := range [][]kev{rank0Events(), pathologicalEvents(), healthyEvents()[:20], manyKernels(3)} {
+		var b bytes.Buffer
+		data, _ := json.Marshal(map[string]any{"traceEvents": evs, "distributedInfo": map[string]any{"rank": 1}})
+		b.Write(data)
+		f.Add(b.Bytes())
+	}
+	f.Add([]byte(`{"traceEvents":[{"cat":"kernel","name":"k","ts":5,"dur":-3,"args":{"stream":1,"correlation":1}},{"cat":"cuda_runtime","name":"cudaGraphLaunch","ts":9,"dur":1,"args":{"correlation":1}}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		opts := DefaultKinetoOptions()
+		opts.Limits.MaxBytes = 1 << 20
+		opts.SortChunk, opts.PendingLimit = 1024, 16
+		r, err := analyzeKineto(context.Background(), bytes.NewReader(data), opts)
+		if err != nil {
+			return
+		}
+		b := r.Temporal
+		if b.Idle < 0 || b.Compute < 0 || b.Communication < 0 || b.Memory < 0 || b.Other < 0 ||
+			b.Idle+b.Compute+b.NonCompute != b.Span || b.Communication+b.Memory+b.Other != b.NonCompute {
+			t.Fatalf("temporal breakdown does not add up: %+v", b)
+		}
+		if r.Overlap.Overlapped > r.Overlap.Communication || r.Overlap.Communication > b.Span {
+			t.Fatalf("overlap %+v over span %v", r.Overlap, b.Span)
+		}
+		l := r.Launch
+		if l.ShortKernels > l.Launches || l.DelayOutliers > l.Launches || l.MaxDelay < 0 {
+			t.Fatalf("launch stats %+v", l)
+		}
+		var kernels int64
+		for _, k := range r.Kernels {
+			kernels += k.Count
+		}
+		if kernels != r.GPUEvents {
+			t.Fatalf("%d kernels in the breakdown, %d GPU events", kernels, r.GPUEvents)
+		}
+	})
+}
