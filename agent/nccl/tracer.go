@@ -105,10 +105,10 @@ type Tracer struct {
 
 	wallOffset atomic.Int64 // Unix ns minus CLOCK_MONOTONIC ns
 
-	opEvents     map[bpfnccl.Op]*metrics.Counter
-	lostEvents   *metrics.Counter
-	subDropped   *metrics.Counter
-	attachedPIDs atomic.Int64
+	opEvents   map[bpfnccl.Op]*metrics.Counter
+	lostEvents *metrics.Counter
+	subDropped *metrics.Counter
+	attached   *metrics.Gauge
 
 	// scanMu guards the attach side and is held for a whole scan; the event
 	// path never takes it, so reading /proc never stalls event delivery.
@@ -197,7 +197,7 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Tracer, error) {
 	for _, op := range bpfnccl.Ops() {
 		t.opEvents[op] = set.GetOrCreateCounter(fmt.Sprintf(`loupe_nccl_events_total{op=%q}`, op))
 	}
-	set.GetOrCreateGauge("loupe_nccl_attached_processes", func() float64 { return float64(t.attachedPIDs.Load()) })
+	t.attached = set.GetOrCreateGauge("loupe_nccl_attached_processes", nil)
 	t.syncClock()
 	return t, nil
 }
@@ -209,7 +209,7 @@ func (t *Tracer) Run(ctx context.Context) error {
 	t.mu.Lock()
 	if t.running || t.closed {
 		t.mu.Unlock()
-		return errors.New("nccl tracer: Run called twice")
+		return errors.New("nccl tracer: Run called twice, or after Close")
 	}
 	t.running = true
 	t.mu.Unlock()
@@ -260,7 +260,7 @@ func (t *Tracer) Close() error {
 		close(ch)
 		delete(t.subs, id)
 	}
-	t.attachedPIDs.Store(0)
+	t.attached.Set(0)
 	return t.objs.Close()
 }
 
@@ -465,7 +465,7 @@ func (t *Tracer) scan(now time.Time) {
 			n++
 		}
 	}
-	t.attachedPIDs.Store(n)
+	t.attached.Set(float64(n))
 }
 
 func (t *Tracer) scanProcLocked(pid int, p *procState, now time.Time) {

@@ -1,0 +1,37 @@
+//go:build !amd64
+
+package nccl
+
+import (
+	"errors"
+
+	"github.com/cilium/ebpf"
+)
+
+// Objects are the programs and maps loaded into the kernel; on this
+// architecture there are none.
+type Objects struct {
+	Probes []Probe
+}
+
+// errArch says why nothing loads here: the probes read arguments with the
+// x86-64 calling convention.
+var errArch = errors.New("NCCL uprobes support x86-64 only; set nccl.enabled: false on this architecture")
+
+// Load fails: the NCCL probes are built for x86-64 only.
+func Load(int) (*Objects, error) { return nil, errArch }
+
+// Return is nil here.
+func (o *Objects) Return() *ebpf.Program { return nil }
+
+// Events is nil here.
+func (o *Objects) Events() *ebpf.Map { return nil }
+
+// Lost fails here.
+func (o *Objects) Lost() (uint64, error) { return 0, errArch }
+
+// ForgetPIDs does nothing here.
+func (o *Objects) ForgetPIDs(map[uint32]bool) error { return nil }
+
+// Close does nothing here.
+func (o *Objects) Close() error { return nil }
