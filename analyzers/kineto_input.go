@@ -182,10 +182,9 @@ func kinetoRanks(pass *Pass) (ranks []*KinetoRank, unread, err error) {
 			}
 			close(e.done)
 		} else {
-			select {
-			case <-e.done:
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
+			// Give up the CPU slot while another analyzer reads the traces.
+			if err := pass.wait(e.done); err != nil {
+				return nil, nil, err
 			}
 			if errors.Is(e.err, context.Canceled) || errors.Is(e.err, context.DeadlineExceeded) {
 				if ctx.Err() != nil {

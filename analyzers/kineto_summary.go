@@ -12,6 +12,21 @@ import (
 	"github.com/loupe-dev/loupe/analyzers/kineto"
 )
 
+// How a Kineto trace is measured, in bounded memory.
+//
+// Each trace is read once, streaming (package kineto). Host calls and GPU
+// events are paired by correlation id in two maps bounded by PendingLimit
+// (matched entries leave at once; the oldest unmatched ones are given up
+// when full). Each GPU event then becomes a 48-byte record. Kineto's output
+// is sorted per track but not globally (CUPTI buffers are written out in no
+// time order), so rather than trusting a reorder window the records are
+// sorted: in memory up to SortChunk records, beyond that as sorted runs
+// spilled to TempDir and merged. Last, one sweep in start order measures
+// everything: the union of each kernel class (a heap of running events'
+// ends), per-stream gaps, launch delays and per-name statistics. Memory per
+// trace is about SortChunk x 48 bytes (6 MiB by default) plus the two maps,
+// whatever the trace's size; traces are read GOMAXPROCS at a time.
+
 // KinetoOptions say how Kineto traces are read and judged. The defaults
 // (DefaultKinetoOptions) are HTA's, so that the numbers agree with
 // HolisticTraceAnalysis on the same folder.
@@ -67,6 +82,7 @@ func DefaultKinetoOptions() KinetoOptions {
 const (
 	kinetoMaxNames   = 1 << 16 // distinct GPU event names; the rest pool as "(other names)"
 	kinetoMaxStreams = 1 << 12
+	kinetoMaxSteps   = 1 << 16
 	// kinetoMaxDuration drops events longer than 7 days, as HTA does
 	// (CUPTI timestamp overflows).
 	kinetoMaxDuration = 7 * 24 * int64(time.Hour)
@@ -242,9 +258,8 @@ type rankBuilder struct {
 	pending  fifoMap[[]kOp]
 	sorter   opSorter
 	err      error
-	firstSt  int64
-	stepSeen int // distinct step numbers seen, counting up to 2
-	lastStep int64
+	steps    map[int64]struct{} // distinct ProfilerStep numbers, at most kinetoMaxSteps
+	lastStep int64              // start of the latest ProfilerStep
 }
 
 // analyzeKineto reads one trace and measures it.
@@ -258,6 +273,7 @@ func analyzeKineto(ctx context.Context, r io.Reader, opts KinetoOptions) (*Kinet
 		opts:   opts,
 		out:    &KinetoRank{Rank: -1, WorldSize: -1},
 		names:  make(map[string]uint32),
+		steps:  make(map[int64]struct{}),
 		sorter: opSorter{chunk: max(opts.SortChunk, 1024), tempDir: opts.TempDir},
 	}
 	defer b.sorter.close()
@@ -340,16 +356,12 @@ func (b *rankBuilder) event(ev *kineto.Event) {
 		return
 	}
 	if n, ok := profilerStep(ev.Name); ok && (string(ev.Cat) == "user_annotation" || string(ev.Cat) == "cpu_op") {
-		switch {
-		case b.stepSeen == 0:
-			b.firstSt, b.stepSeen, b.lastStep = n, 1, ev.Ts
-		case n != b.firstSt:
-			b.stepSeen = 2
-		}
-		if b.stepSeen > 0 && ev.Ts > b.lastStep {
+		if len(b.steps) == 0 || ev.Ts > b.lastStep {
 			b.lastStep = ev.Ts
 		}
-		b.out.Steps = max(b.out.Steps, b.stepSeen)
+		if len(b.steps) < kinetoMaxSteps {
+			b.steps[n] = struct{}{}
+		}
 	}
 	if !ev.HasCorrelation {
 		return
@@ -434,15 +446,16 @@ func (b *rankBuilder) finish() error {
 		return b.err
 	}
 	out := b.out
-	filter := !b.opts.IncludeLastStep && b.stepSeen >= 2
+	out.Steps = len(b.steps)
+	filter := !b.opts.IncludeLastStep && out.Steps >= 2
 	lastStep := b.lastStep
 	if b.opts.HTARounding {
 		lastStep = ceilDiv(lastStep, 1000) * 1000
 	}
 	switch {
-	case b.stepSeen == 0:
+	case out.Steps == 0:
 		out.Notes = append(out.Notes, "no ProfilerStep markers: all GPU events kept (as HTA does)")
-	case b.stepSeen == 1:
+	case out.Steps == 1:
 		out.Notes = append(out.Notes, "a single ProfilerStep: all GPU events kept (as HTA does)")
 	}
 
