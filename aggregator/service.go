@@ -123,6 +123,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	hs.Shutdown(sctx)
 	wg.Wait()
+	s.log.Info("aggregator stopped")
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

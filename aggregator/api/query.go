@@ -30,6 +30,7 @@ var (
 // errParam is a bad query parameter: the handler answers 400.
 type errParam struct{ msg string }
 
+// Error is the message the client gets.
 func (e errParam) Error() string { return e.msg }
 
 func badParam(format string, args ...any) error { return errParam{fmt.Sprintf(format, args...)} }

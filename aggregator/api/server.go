@@ -129,6 +129,7 @@ type statusWriter struct {
 	code int
 }
 
+// WriteHeader records the status code for the request metrics.
 func (w *statusWriter) WriteHeader(code int) {
 	w.code = code
 	w.ResponseWriter.WriteHeader(code)

@@ -76,6 +76,7 @@ type HeldError struct {
 	Expires time.Time
 }
 
+// Error says who holds the lease and until when.
 func (e *HeldError) Error() string {
 	return fmt.Sprintf("lease %s held by %s until %s", e.Key, e.Owner, e.Expires.UTC().Format(time.RFC3339))
 }
