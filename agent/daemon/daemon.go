@@ -467,26 +467,55 @@ func (d *Daemon) ncclSteps(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case now := <-t.C:
-			found := nccl.DetectIterations(d.nccl.Events(now.Add(-d.cfg.NCCL.StepLookback), now))
-			byPID := map[int32][]traces.Step{}
-			for _, s := range found {
-				byPID[s.PID] = append(byPID[s.PID], s)
+			d.feedNCCLSteps(now)
+		}
+	}
+}
+
+// feedNCCLSteps searches the recent NCCL calls for iterations. A process
+// that also posts markers (or runs Kineto) keeps its job and rank, so the
+// tracker files the NCCL steps beside the preferred ones instead of
+// inventing a second job; otherwise the job comes from the environment, or
+// is the default job.
+func (d *Daemon) feedNCCLSteps(now time.Time) {
+	d.fileNCCLSteps(d.nccl.Events(now.Add(-d.cfg.NCCL.StepLookback), now))
+}
+
+func (d *Daemon) fileNCCLSteps(events []traces.NCCLEvent) {
+	found := nccl.DetectIterations(events)
+	if len(found) == 0 {
+		return
+	}
+	type owner struct {
+		job, run string
+		rank     int
+	}
+	known := map[int32]owner{}
+	for _, st := range d.tracker.Stats("") {
+		if st.PID > 0 && st.Source != traces.StepSourceNCCL {
+			known[int32(st.PID)] = owner{st.Job, st.Run, st.Rank}
+		}
+	}
+	byPID := map[int32][]traces.Step{}
+	for _, s := range found {
+		byPID[s.PID] = append(byPID[s.PID], s)
+	}
+	for pid, ss := range byPID {
+		o, ok := known[pid]
+		if !ok {
+			info := d.processInfo(int(pid))
+			o = owner{jobName(info), d.runOf(int(pid), ""), info.Rank}
+			if o.job == "" {
+				o.job = d.cfg.DefaultJob
 			}
-			for pid, ss := range byPID {
-				info := d.processInfo(int(pid))
-				job, run := info.Job, d.runOf(int(pid), "")
-				if job == "" {
-					job = keyComponent(fmt.Sprintf("pid%d", pid), d.cfg.DefaultJob)
-				}
-				for i := range ss {
-					if ss[i].Rank < 0 {
-						ss[i].Rank = int32(info.Rank)
-					}
-				}
-				if err := d.tracker.AddSteps(job, run, ss); err != nil {
-					d.log.Debug("nccl steps", "pid", pid, "err", err)
-				}
+		}
+		for i := range ss {
+			if ok || ss[i].Rank < 0 {
+				ss[i].Rank = int32(o.rank)
 			}
+		}
+		if err := d.tracker.AddSteps(o.job, o.run, ss); err != nil {
+			d.log.Debug("nccl steps", "pid", pid, "err", err)
 		}
 	}
 }

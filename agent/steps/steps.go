@@ -207,6 +207,16 @@ func (t *Tracker) AddSteps(job, run string, steps []traces.Step) error {
 	return nil
 }
 
+// AddKinetoSteps is the hook for Kineto's iteration events (ProfilerStep#N
+// spans of a trace): it files them as the kineto source, which ranks below
+// markers and above NCCL periodicity.
+func (t *Tracker) AddKinetoSteps(job, run string, steps []traces.Step) error {
+	for i := range steps {
+		steps[i].Source = traces.StepSourceKineto
+	}
+	return t.AddSteps(job, run, steps)
+}
+
 func (t *Tracker) addStep(src int, job, run string, s traces.Step) error {
 	t.mu.Lock()
 	st, err := t.stateLocked(job, int(s.Rank), run, int(s.PID))
