@@ -540,7 +540,7 @@ func (t *Tracer) attachLocked(pid int, m mapping) (*attachment, error) {
 			return nil, fmt.Errorf("uprobe %s in %s: %w", pr.Symbol, path, err)
 		}
 		a.links = append(a.links, l)
-		r, err := ex.Uretprobe(pr.Symbol, t.objs.Return(), nil)
+		r, err := ex.Uretprobe(pr.Symbol, pr.Return, nil)
 		if err != nil {
 			closeLinks(a.links)
 			return nil, fmt.Errorf("uretprobe %s in %s: %w", pr.Symbol, path, err)

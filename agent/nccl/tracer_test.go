@@ -459,7 +459,8 @@ func sameID(t *testing.T, ev traces.NCCLEvent, known uint64) uint64 {
 
 // A copy of the library inside a Python wheel's directory, loaded with
 // dlopen after start, is found and traced; ncclCommInitAll's communicators
-// get their ranks.
+// get their ranks, and the group calls it makes inside are reported without
+// losing the outer call.
 func TestTracerWheelDlopen(t *testing.T) {
 	s := buildStandIn(t)
 	dir := t.TempDir()
@@ -484,11 +485,22 @@ func TestTracerWheelDlopen(t *testing.T) {
 	pid := p.cmd.Process.Pid
 	waitFor(t, "the tracer to find the wheel's library", func() bool { return tracedPIDs(tr)[pid] == wheel })
 	touch(t, filepath.Join(dir, "go"))
-	events := collect(t, ch, ndev+iters*(ndev+2))
+	// ncclCommInitAll's own nested group calls, then the loop's.
+	events := collect(t, ch, ndev+2+iters*(ndev+2))
 
 	var id uint64
+	var initStart, initEnd int64
 	seen := map[int32]int{}
 	for _, ev := range events {
+		if ev.Op == "CommInitAll" {
+			initStart, initEnd = ev.TimeNs, ev.TimeNs+ev.DurationNs
+		}
+	}
+	nested := 0
+	for _, ev := range events {
+		if (ev.Op == "GroupStart" || ev.Op == "GroupEnd") && ev.TimeNs > initStart && ev.TimeNs < initEnd {
+			nested++
+		}
 		if int(ev.PID) != pid {
 			t.Fatalf("event from pid %d, want %d", ev.PID, pid)
 		}
@@ -509,6 +521,9 @@ func TestTracerWheelDlopen(t *testing.T) {
 	}
 	if len(seen) != ndev {
 		t.Fatalf("ranks initialised: %v, want 0..%d", seen, ndev-1)
+	}
+	if nested != 2 {
+		t.Fatalf("%d group calls inside ncclCommInitAll, want 2", nested)
 	}
 	comms := tr.Comms()
 	if len(comms) != ndev {

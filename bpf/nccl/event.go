@@ -123,11 +123,13 @@ func ParseEvent(b []byte, ev *Event) error {
 	return nil
 }
 
-// Probe is one NCCL function and the program that handles its entry.
+// Probe is one NCCL function and the programs for its entry (uprobe) and
+// its return (uretprobe).
 type Probe struct {
 	Symbol  string
 	Op      Op
 	Program *ebpf.Program
+	Return  *ebpf.Program
 }
 
 // DefaultRingBytes is the default size of the event ring buffer: about

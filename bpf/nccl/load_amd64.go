@@ -14,8 +14,7 @@ import (
 // Objects are the programs and maps loaded into the kernel.
 type Objects struct {
 	objs ncclObjects
-	// Probes lists the entry program of every probed function; every one of
-	// them also needs Return as its uretprobe.
+	// Probes lists every probed function with its programs.
 	Probes []Probe
 }
 
@@ -55,26 +54,23 @@ func Load(ringBytes int) (*Objects, error) {
 	}
 	p := &o.objs.ncclPrograms
 	o.Probes = []Probe{
-		{"ncclCommInitRank", OpCommInitRank, p.CommInitRank},
-		{"ncclCommInitRankConfig", OpCommInitRankConfig, p.CommInitRankConfig},
-		{"ncclCommInitAll", OpCommInitAll, p.CommInitAll},
-		{"ncclAllReduce", OpAllReduce, p.AllReduce},
-		{"ncclAllGather", OpAllGather, p.AllGather},
-		{"ncclReduceScatter", OpReduceScatter, p.ReduceScatter},
-		{"ncclBroadcast", OpBroadcast, p.Broadcast},
-		{"ncclReduce", OpReduce, p.Reduce},
+		{"ncclCommInitRank", OpCommInitRank, p.CommInitRank, p.CommInitRankRet},
+		{"ncclCommInitRankConfig", OpCommInitRankConfig, p.CommInitRankConfig, p.CommInitRankConfigRet},
+		{"ncclCommInitAll", OpCommInitAll, p.CommInitAll, p.CommInitAllRet},
+		{"ncclAllReduce", OpAllReduce, p.AllReduce, p.AllReduceRet},
+		{"ncclAllGather", OpAllGather, p.AllGather, p.AllGatherRet},
+		{"ncclReduceScatter", OpReduceScatter, p.ReduceScatter, p.ReduceScatterRet},
+		{"ncclBroadcast", OpBroadcast, p.Broadcast, p.BroadcastRet},
+		{"ncclReduce", OpReduce, p.Reduce, p.ReduceRet},
 		// NCCL spells this one with a lower-case "to".
-		{"ncclAlltoAll", OpAllToAll, p.AllToAll},
-		{"ncclSend", OpSend, p.Send},
-		{"ncclRecv", OpRecv, p.Recv},
-		{"ncclGroupStart", OpGroupStart, p.GroupStart},
-		{"ncclGroupEnd", OpGroupEnd, p.GroupEnd},
+		{"ncclAlltoAll", OpAllToAll, p.AllToAll, p.AllToAllRet},
+		{"ncclSend", OpSend, p.Send, p.SendRet},
+		{"ncclRecv", OpRecv, p.Recv, p.RecvRet},
+		{"ncclGroupStart", OpGroupStart, p.GroupStart, p.GroupStartRet},
+		{"ncclGroupEnd", OpGroupEnd, p.GroupEnd, p.GroupEndRet},
 	}
 	return o, nil
 }
-
-// Return is the uretprobe program shared by every probed function.
-func (o *Objects) Return() *ebpf.Program { return o.objs.NcclReturn }
 
 // Events is the ring buffer of Event records.
 func (o *Objects) Events() *ebpf.Map { return o.objs.ncclMaps.Events }

@@ -68,8 +68,8 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("%d probes, want %d", len(o.Probes), len(Ops()))
 	}
 	for _, p := range o.Probes {
-		if p.Program == nil {
-			t.Errorf("%s has no program", p.Symbol)
+		if p.Program == nil || p.Return == nil {
+			t.Errorf("%s lacks a program", p.Symbol)
 		}
 	}
 	if n, err := o.Lost(); err != nil || n != 0 {

@@ -21,9 +21,6 @@ var errArch = errors.New("NCCL uprobes support x86-64 only; set nccl.enabled: fa
 // Load fails: the NCCL probes are built for x86-64 only.
 func Load(int) (*Objects, error) { return nil, errArch }
 
-// Return is nil here.
-func (o *Objects) Return() *ebpf.Program { return nil }
-
 // Events is nil here.
 func (o *Objects) Events() *ebpf.Map { return nil }
 

@@ -3,8 +3,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
 // Uprobes on libnccl's host API. One entry program per NCCL function reads
-// that function's arguments (x86-64 System V calling convention); one generic
-// return program finishes the call (duration, result, the communicator handle
+// that function's arguments (x86-64 System V calling convention); its return
+// program finishes the call (duration, result, the communicator handle
 // written by the init functions) and sends a fixed-size record to user space
 // through a ring buffer.
 
@@ -63,7 +63,14 @@ struct event {
 	__u32 _pad;
 };
 
-// A call between its entry and its return, keyed by pid_tgid.
+// A call between its entry and its return. Keyed by thread and op, because
+// NCCL calls its own API: ncclCommInitAll runs ncclGroupStart/End inside.
+struct inflight_key {
+	__u64 pid_tgid;
+	__u32 op;
+	__u32 _pad;
+};
+
 struct inflight {
 	struct event ev;
 	__u64 out; // ncclComm_t* out-parameter of the init functions
@@ -91,7 +98,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__type(key, struct inflight_key);
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
@@ -141,9 +148,9 @@ static __always_inline void begin(struct inflight *in, __u32 op)
 
 static __always_inline int save(struct inflight *in)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	struct inflight_key key = { .pid_tgid = bpf_get_current_pid_tgid(), .op = in->ev.op };
 
-	bpf_map_update_elem(&inflight, &id, in, BPF_ANY);
+	bpf_map_update_elem(&inflight, &key, in, BPF_ANY);
 	return 0;
 }
 
@@ -356,12 +363,12 @@ static __always_inline void register_comm(__u32 pid, __u64 comm, __u64 comm_id, 
 	bpf_map_update_elem(&comms, &key, &ci, BPF_ANY);
 }
 
-// The return of every probed function.
-SEC("uretprobe/nccl")
-int nccl_return(struct pt_regs *ctx)
+// The return of a probed function: one program per function (so that a
+// nested call's return finds its own entry), sharing this body.
+static __always_inline int finish(struct pt_regs *ctx, __u32 op)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct inflight *in = bpf_map_lookup_elem(&inflight, &id);
+	struct inflight_key key = { .pid_tgid = bpf_get_current_pid_tgid(), .op = op };
+	struct inflight *in = bpf_map_lookup_elem(&inflight, &key);
 	struct event ev;
 
 	if (!in)
@@ -370,7 +377,7 @@ int nccl_return(struct pt_regs *ctx)
 	ev.duration_ns = bpf_ktime_get_ns() - ev.time_ns;
 	ev.result = (__s32)PT_REGS_RC(ctx);
 
-	switch (ev.op) {
+	switch (op) {
 	case OP_COMM_INIT_RANK:
 	case OP_COMM_INIT_RANK_CONFIG:
 		// *comm is written by the call, so it is read on return.
@@ -390,10 +397,31 @@ int nccl_return(struct pt_regs *ctx)
 				register_comm(ev.pid, ev.comm, ev.comm_id, ev.rank, ev.nranks);
 			emit(&ev);
 		}
-		bpf_map_delete_elem(&inflight, &id);
+		bpf_map_delete_elem(&inflight, &key);
 		return 0;
 	}
 	emit(&ev);
-	bpf_map_delete_elem(&inflight, &id);
+	bpf_map_delete_elem(&inflight, &key);
 	return 0;
 }
+
+#define RETURN_PROBE(name, op)                \
+	SEC("uretprobe")                      \
+	int name##_ret(struct pt_regs *ctx)   \
+	{                                     \
+		return finish(ctx, op);       \
+	}
+
+RETURN_PROBE(comm_init_rank, OP_COMM_INIT_RANK)
+RETURN_PROBE(comm_init_rank_config, OP_COMM_INIT_RANK_CONFIG)
+RETURN_PROBE(comm_init_all, OP_COMM_INIT_ALL)
+RETURN_PROBE(all_reduce, OP_ALL_REDUCE)
+RETURN_PROBE(all_gather, OP_ALL_GATHER)
+RETURN_PROBE(reduce_scatter, OP_REDUCE_SCATTER)
+RETURN_PROBE(broadcast, OP_BROADCAST)
+RETURN_PROBE(reduce, OP_REDUCE)
+RETURN_PROBE(all_to_all, OP_ALL_TO_ALL)
+RETURN_PROBE(send, OP_SEND)
+RETURN_PROBE(recv, OP_RECV)
+RETURN_PROBE(group_start, OP_GROUP_START)
+RETURN_PROBE(group_end, OP_GROUP_END)

@@ -55,6 +55,13 @@ type ncclInflight struct {
 	Out uint64
 }
 
+type ncclInflightKey struct {
+	_       structs.HostLayout
+	PidTgid uint64
+	Op      uint32
+	Pad     uint32
+}
+
 type ncclNcclOp uint32
 
 const (
@@ -77,26 +84,38 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ncclMapComms               = "comms"
-	ncclMapEvents              = "events"
-	ncclMapInflight            = "inflight"
-	ncclMapLost                = "lost"
-	ncclProgAllGather          = "all_gather"
-	ncclProgAllReduce          = "all_reduce"
-	ncclProgAllToAll           = "all_to_all"
-	ncclProgBroadcast          = "broadcast"
-	ncclProgCommInitAll        = "comm_init_all"
-	ncclProgCommInitRank       = "comm_init_rank"
-	ncclProgCommInitRankConfig = "comm_init_rank_config"
-	ncclProgGroupEnd           = "group_end"
-	ncclProgGroupStart         = "group_start"
-	ncclProgNcclReturn         = "nccl_return"
-	ncclProgRecv               = "recv"
-	ncclProgReduce             = "reduce"
-	ncclProgReduceScatter      = "reduce_scatter"
-	ncclProgSend               = "send"
-	ncclVarUnusedEvent         = "unused_event"
-	ncclVarUnusedOp            = "unused_op"
+	ncclMapComms                  = "comms"
+	ncclMapEvents                 = "events"
+	ncclMapInflight               = "inflight"
+	ncclMapLost                   = "lost"
+	ncclProgAllGather             = "all_gather"
+	ncclProgAllGatherRet          = "all_gather_ret"
+	ncclProgAllReduce             = "all_reduce"
+	ncclProgAllReduceRet          = "all_reduce_ret"
+	ncclProgAllToAll              = "all_to_all"
+	ncclProgAllToAllRet           = "all_to_all_ret"
+	ncclProgBroadcast             = "broadcast"
+	ncclProgBroadcastRet          = "broadcast_ret"
+	ncclProgCommInitAll           = "comm_init_all"
+	ncclProgCommInitAllRet        = "comm_init_all_ret"
+	ncclProgCommInitRank          = "comm_init_rank"
+	ncclProgCommInitRankConfig    = "comm_init_rank_config"
+	ncclProgCommInitRankConfigRet = "comm_init_rank_config_ret"
+	ncclProgCommInitRankRet       = "comm_init_rank_ret"
+	ncclProgGroupEnd              = "group_end"
+	ncclProgGroupEndRet           = "group_end_ret"
+	ncclProgGroupStart            = "group_start"
+	ncclProgGroupStartRet         = "group_start_ret"
+	ncclProgRecv                  = "recv"
+	ncclProgRecvRet               = "recv_ret"
+	ncclProgReduce                = "reduce"
+	ncclProgReduceRet             = "reduce_ret"
+	ncclProgReduceScatter         = "reduce_scatter"
+	ncclProgReduceScatterRet      = "reduce_scatter_ret"
+	ncclProgSend                  = "send"
+	ncclProgSendRet               = "send_ret"
+	ncclVarUnusedEvent            = "unused_event"
+	ncclVarUnusedOp               = "unused_op"
 )
 
 // loadNccl returns the embedded CollectionSpec for nccl.
@@ -141,20 +160,32 @@ type ncclSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ncclProgramSpecs struct {
-	AllGather          *ebpf.ProgramSpec `ebpf:"all_gather"`
-	AllReduce          *ebpf.ProgramSpec `ebpf:"all_reduce"`
-	AllToAll           *ebpf.ProgramSpec `ebpf:"all_to_all"`
-	Broadcast          *ebpf.ProgramSpec `ebpf:"broadcast"`
-	CommInitAll        *ebpf.ProgramSpec `ebpf:"comm_init_all"`
-	CommInitRank       *ebpf.ProgramSpec `ebpf:"comm_init_rank"`
-	CommInitRankConfig *ebpf.ProgramSpec `ebpf:"comm_init_rank_config"`
-	GroupEnd           *ebpf.ProgramSpec `ebpf:"group_end"`
-	GroupStart         *ebpf.ProgramSpec `ebpf:"group_start"`
-	NcclReturn         *ebpf.ProgramSpec `ebpf:"nccl_return"`
-	Recv               *ebpf.ProgramSpec `ebpf:"recv"`
-	Reduce             *ebpf.ProgramSpec `ebpf:"reduce"`
-	ReduceScatter      *ebpf.ProgramSpec `ebpf:"reduce_scatter"`
-	Send               *ebpf.ProgramSpec `ebpf:"send"`
+	AllGather             *ebpf.ProgramSpec `ebpf:"all_gather"`
+	AllGatherRet          *ebpf.ProgramSpec `ebpf:"all_gather_ret"`
+	AllReduce             *ebpf.ProgramSpec `ebpf:"all_reduce"`
+	AllReduceRet          *ebpf.ProgramSpec `ebpf:"all_reduce_ret"`
+	AllToAll              *ebpf.ProgramSpec `ebpf:"all_to_all"`
+	AllToAllRet           *ebpf.ProgramSpec `ebpf:"all_to_all_ret"`
+	Broadcast             *ebpf.ProgramSpec `ebpf:"broadcast"`
+	BroadcastRet          *ebpf.ProgramSpec `ebpf:"broadcast_ret"`
+	CommInitAll           *ebpf.ProgramSpec `ebpf:"comm_init_all"`
+	CommInitAllRet        *ebpf.ProgramSpec `ebpf:"comm_init_all_ret"`
+	CommInitRank          *ebpf.ProgramSpec `ebpf:"comm_init_rank"`
+	CommInitRankConfig    *ebpf.ProgramSpec `ebpf:"comm_init_rank_config"`
+	CommInitRankConfigRet *ebpf.ProgramSpec `ebpf:"comm_init_rank_config_ret"`
+	CommInitRankRet       *ebpf.ProgramSpec `ebpf:"comm_init_rank_ret"`
+	GroupEnd              *ebpf.ProgramSpec `ebpf:"group_end"`
+	GroupEndRet           *ebpf.ProgramSpec `ebpf:"group_end_ret"`
+	GroupStart            *ebpf.ProgramSpec `ebpf:"group_start"`
+	GroupStartRet         *ebpf.ProgramSpec `ebpf:"group_start_ret"`
+	Recv                  *ebpf.ProgramSpec `ebpf:"recv"`
+	RecvRet               *ebpf.ProgramSpec `ebpf:"recv_ret"`
+	Reduce                *ebpf.ProgramSpec `ebpf:"reduce"`
+	ReduceRet             *ebpf.ProgramSpec `ebpf:"reduce_ret"`
+	ReduceScatter         *ebpf.ProgramSpec `ebpf:"reduce_scatter"`
+	ReduceScatterRet      *ebpf.ProgramSpec `ebpf:"reduce_scatter_ret"`
+	Send                  *ebpf.ProgramSpec `ebpf:"send"`
+	SendRet               *ebpf.ProgramSpec `ebpf:"send_ret"`
 }
 
 // ncclMapSpecs contains maps before they are loaded into the kernel.
@@ -222,38 +253,62 @@ type ncclVariables struct {
 //
 // It can be passed to loadNcclObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ncclPrograms struct {
-	AllGather          *ebpf.Program `ebpf:"all_gather"`
-	AllReduce          *ebpf.Program `ebpf:"all_reduce"`
-	AllToAll           *ebpf.Program `ebpf:"all_to_all"`
-	Broadcast          *ebpf.Program `ebpf:"broadcast"`
-	CommInitAll        *ebpf.Program `ebpf:"comm_init_all"`
-	CommInitRank       *ebpf.Program `ebpf:"comm_init_rank"`
-	CommInitRankConfig *ebpf.Program `ebpf:"comm_init_rank_config"`
-	GroupEnd           *ebpf.Program `ebpf:"group_end"`
-	GroupStart         *ebpf.Program `ebpf:"group_start"`
-	NcclReturn         *ebpf.Program `ebpf:"nccl_return"`
-	Recv               *ebpf.Program `ebpf:"recv"`
-	Reduce             *ebpf.Program `ebpf:"reduce"`
-	ReduceScatter      *ebpf.Program `ebpf:"reduce_scatter"`
-	Send               *ebpf.Program `ebpf:"send"`
+	AllGather             *ebpf.Program `ebpf:"all_gather"`
+	AllGatherRet          *ebpf.Program `ebpf:"all_gather_ret"`
+	AllReduce             *ebpf.Program `ebpf:"all_reduce"`
+	AllReduceRet          *ebpf.Program `ebpf:"all_reduce_ret"`
+	AllToAll              *ebpf.Program `ebpf:"all_to_all"`
+	AllToAllRet           *ebpf.Program `ebpf:"all_to_all_ret"`
+	Broadcast             *ebpf.Program `ebpf:"broadcast"`
+	BroadcastRet          *ebpf.Program `ebpf:"broadcast_ret"`
+	CommInitAll           *ebpf.Program `ebpf:"comm_init_all"`
+	CommInitAllRet        *ebpf.Program `ebpf:"comm_init_all_ret"`
+	CommInitRank          *ebpf.Program `ebpf:"comm_init_rank"`
+	CommInitRankConfig    *ebpf.Program `ebpf:"comm_init_rank_config"`
+	CommInitRankConfigRet *ebpf.Program `ebpf:"comm_init_rank_config_ret"`
+	CommInitRankRet       *ebpf.Program `ebpf:"comm_init_rank_ret"`
+	GroupEnd              *ebpf.Program `ebpf:"group_end"`
+	GroupEndRet           *ebpf.Program `ebpf:"group_end_ret"`
+	GroupStart            *ebpf.Program `ebpf:"group_start"`
+	GroupStartRet         *ebpf.Program `ebpf:"group_start_ret"`
+	Recv                  *ebpf.Program `ebpf:"recv"`
+	RecvRet               *ebpf.Program `ebpf:"recv_ret"`
+	Reduce                *ebpf.Program `ebpf:"reduce"`
+	ReduceRet             *ebpf.Program `ebpf:"reduce_ret"`
+	ReduceScatter         *ebpf.Program `ebpf:"reduce_scatter"`
+	ReduceScatterRet      *ebpf.Program `ebpf:"reduce_scatter_ret"`
+	Send                  *ebpf.Program `ebpf:"send"`
+	SendRet               *ebpf.Program `ebpf:"send_ret"`
 }
 
 func (p *ncclPrograms) Close() error {
 	return _NcclClose(
 		p.AllGather,
+		p.AllGatherRet,
 		p.AllReduce,
+		p.AllReduceRet,
 		p.AllToAll,
+		p.AllToAllRet,
 		p.Broadcast,
+		p.BroadcastRet,
 		p.CommInitAll,
+		p.CommInitAllRet,
 		p.CommInitRank,
 		p.CommInitRankConfig,
+		p.CommInitRankConfigRet,
+		p.CommInitRankRet,
 		p.GroupEnd,
+		p.GroupEndRet,
 		p.GroupStart,
-		p.NcclReturn,
+		p.GroupStartRet,
 		p.Recv,
+		p.RecvRet,
 		p.Reduce,
+		p.ReduceRet,
 		p.ReduceScatter,
+		p.ReduceScatterRet,
 		p.Send,
+		p.SendRet,
 	)
 }
 

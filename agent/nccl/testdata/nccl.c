@@ -87,16 +87,20 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId c
 	return init_rank(comm, nranks, &commId, rank);
 }
 
+/* Like NCCL's own, this wraps the per-device inits in a group through the
+ * public ncclGroupStart/ncclGroupEnd: probes must survive nested API calls. */
 ncclResult_t ncclCommInitAll(ncclComm_t *comm, int ndev, const int *devlist)
 {
 	ncclUniqueId id;
+	ncclResult_t r = ncclSuccess;
 	(void)devlist;
-	if (ncclGetUniqueId(&id) != ncclSuccess)
+	if (ncclGetUniqueId(&id) != ncclSuccess || ncclGroupStart() != ncclSuccess)
 		return ncclInvalidArgument;
-	for (int i = 0; i < ndev; i++)
-		if (init_rank(&comm[i], ndev, &id, i) != ncclSuccess)
-			return ncclInvalidArgument;
-	return ncclSuccess;
+	for (int i = 0; i < ndev && r == ncclSuccess; i++)
+		r = init_rank(&comm[i], ndev, &id, i);
+	if (ncclGroupEnd() != ncclSuccess)
+		return ncclInvalidArgument;
+	return r;
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm)
