@@ -89,7 +89,7 @@ func New(ctx context.Context, cfg Config, list []*analyzers.Analyzer, log *slog.
 		Logger: log, Metrics: set,
 	})
 	srv := api.New(api.Config{
-		Index: ix, Store: st, Events: w, EventToken: token, Ready: w.Ready, Queued: w.Queued,
+		Index: ix, Store: st, Analyzers: list, Events: w, EventToken: token, Ready: w.Ready, Queued: w.Queued,
 		MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
 	})
 	return &Service{Store: st, Index: ix, Runner: run, Watcher: w, API: srv, Metrics: set, cfg: cfg, log: log}, nil

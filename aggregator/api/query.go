@@ -152,6 +152,40 @@ func (s *Server) findingsQuery(r *http.Request) (*FindingsResponse, error) {
 	return &FindingsResponse{Total: total, Findings: list}, nil
 }
 
+func (s *Server) finding(w http.ResponseWriter, r *http.Request) {
+	if _, err := query(r); err != nil {
+		s.answer(w, r, nil, err)
+		return
+	}
+	id := r.PathValue("id")
+	f, ok := s.cfg.Index.Finding(id)
+	if !ok {
+		s.answer(w, r, nil, fmt.Errorf("finding %q: %w (IDs change when an analyzer's version does)", id, store.ErrNotFound))
+		return
+	}
+	s.answer(w, r, f, nil)
+}
+
+// AnalyzerInfo describes one analyzer in GET /api/v1/analyzers.
+type AnalyzerInfo struct {
+	Name     string   `json:"name"`
+	Version  string   `json:"version"`
+	Doc      string   `json:"doc"`
+	Requires []string `json:"requires"`
+}
+
+func (s *Server) analyzers(w http.ResponseWriter, r *http.Request) {
+	if _, err := query(r); err != nil {
+		s.answer(w, r, nil, err)
+		return
+	}
+	list := make([]AnalyzerInfo, 0, len(s.cfg.Analyzers))
+	for _, a := range s.cfg.Analyzers {
+		list = append(list, AnalyzerInfo{Name: a.Name, Version: a.Version, Doc: a.Doc, Requires: a.Requires})
+	}
+	s.answer(w, r, map[string]any{"analyzers": list}, nil)
+}
+
 // CapturesResponse is the body of GET /api/v1/captures.
 type CapturesResponse struct {
 	Total    int              `json:"total"`

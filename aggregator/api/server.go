@@ -5,6 +5,8 @@
 //
 //	POST /api/v1/s3-events                        S3 event notifications (bearer token)
 //	GET  /api/v1/findings?cluster=&job=&run=&capture=&host=&analyzer=&severity=&limit=
+//	GET  /api/v1/findings/{id}                    one finding
+//	GET  /api/v1/analyzers                        the analyzers this build runs
 //	GET  /api/v1/captures?cluster=&job=&run=&status=&limit=
 //	GET  /api/v1/captures/{cluster}/{job}/{run}/{capture}           manifests and findings
 //	GET  /api/v1/captures/{cluster}/{job}/{run}/{capture}/trace?host=  Chrome/Perfetto trace
@@ -28,6 +30,7 @@ import (
 
 	"github.com/loupe-dev/loupe/aggregator/findings"
 	"github.com/loupe-dev/loupe/aggregator/watcher"
+	"github.com/loupe-dev/loupe/analyzers"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -43,6 +46,8 @@ type EventSink interface {
 type Config struct {
 	Index *findings.Index
 	Store store.Store
+	// Analyzers are the analyzers this build runs, for /api/v1/analyzers.
+	Analyzers []*analyzers.Analyzer
 	// Events receives webhook notifications; without it the endpoint
 	// answers 503.
 	Events EventSink
@@ -81,6 +86,8 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger}
 	s.route("POST /api/v1/s3-events", "s3-events", s.events)
 	s.route("GET /api/v1/findings", "findings", s.findings)
+	s.route("GET /api/v1/findings/{id}", "finding", s.finding)
+	s.route("GET /api/v1/analyzers", "analyzers", s.analyzers)
 	s.route("GET /api/v1/captures", "captures", s.captures)
 	s.route("GET /api/v1/captures/{cluster}/{job}/{run}/{capture}", "capture", s.capture)
 	s.route("GET /api/v1/captures/{cluster}/{job}/{run}/{capture}/trace", "trace", s.trace)

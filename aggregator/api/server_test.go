@@ -19,6 +19,7 @@ import (
 	"github.com/loupe-dev/loupe/aggregator/runner"
 	"github.com/loupe-dev/loupe/aggregator/watcher"
 	"github.com/loupe-dev/loupe/analyzers"
+	"github.com/loupe-dev/loupe/traces"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -59,7 +60,7 @@ func newFixture(t *testing.T) *fixture {
 		}
 	}
 	ev := &sink{}
-	a := api.New(api.Config{Index: ix, Store: st, Events: ev, EventToken: "s3cret", Logger: quiet})
+	a := api.New(api.Config{Index: ix, Store: st, Analyzers: list, Events: ev, EventToken: "s3cret", Logger: quiet})
 	srv := httptest.NewServer(a)
 	t.Cleanup(srv.Close)
 	return &fixture{srv: srv, api: a, events: ev}
@@ -139,6 +140,17 @@ func TestFindings(t *testing.T) {
 		{"analyzer=count", 2},
 		{"analyzer=nccl-straggler", 0},
 		{"limit=1", 2},
+	}
+	var one traces.Finding
+	if code, body := f.get(t, "/api/v1/findings/"+all.Findings[1].ID, &one); code != http.StatusOK || one.ID != all.Findings[1].ID {
+		t.Fatalf("finding by ID: %d %s", code, body)
+	}
+	if code, _ := f.get(t, "/api/v1/findings/0000", nil); code != http.StatusNotFound {
+		t.Fatalf("unknown finding: %d", code)
+	}
+	var an struct{ Analyzers []api.AnalyzerInfo }
+	if f.get(t, "/api/v1/analyzers", &an); len(an.Analyzers) != 1 || an.Analyzers[0].Name != "count" || an.Analyzers[0].Version != "1" {
+		t.Fatalf("analyzers: %+v", an)
 	}
 	for _, tt := range tests {
 		var got api.FindingsResponse

@@ -298,4 +298,21 @@ func (ix *Index) Findings(q Query) (list []traces.Finding, total int) {
 	return list, total
 }
 
+// Finding returns the finding with that ID.
+func (ix *Index) Finding(id string) (traces.Finding, bool) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	for _, e := range ix.captures {
+		if e.record == nil {
+			continue
+		}
+		for _, f := range e.record.Findings {
+			if f.ID == id {
+				return f, true
+			}
+		}
+	}
+	return traces.Finding{}, false
+}
+
 func match(want, got string) bool { return want == "" || want == got }
