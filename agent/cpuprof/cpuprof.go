@@ -61,14 +61,14 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// stackEntries sizes each stack map so that the distinct stacks of one drain
-// interval fill at most an eighth of its buckets, keeping hash collisions
-// (lost samples) rare, within 2048 and 16384 entries (2 to 16 MiB).
+// stackEntries sizes each stacks map to twice the stacks (user and kernel)
+// that one drain interval can bring if every sample is distinct, within
+// 1024 and 16384 entries (about 1.1 to 18 MiB per map).
 func stackEntries(hz, cpus int, drain time.Duration) uint32 {
-	perDrain := float64(hz*cpus) * drain.Seconds() * 2 // user and kernel stacks
-	n := uint64(perDrain*8) | 1
+	perDrain := float64(hz*cpus) * drain.Seconds() * 2
+	n := uint64(perDrain*2) | 1
 	n = 1 << bits.Len64(n-1)
-	return uint32(min(max(n, 2048), 16384))
+	return uint32(min(max(n, 1024), 16384))
 }
 
 // Profiler samples CPU stacks with eBPF. Create it with New, run it with Run.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strconv"
@@ -76,12 +77,12 @@ func testProgram(t testing.TB, name string) string {
 	case "goburn-stripped":
 		cmd = exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-ldflags=-s -w", "-o", out, "testdata/goburn/main.go")
 	case "cburn":
-		cmd = exec.Command(requireTool(t, "gcc"), "-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-o", out, "testdata/cburn.c")
+		cmd = exec.Command(requireTool(t, "gcc"), "-O0", "-fno-omit-frame-pointer", "-o", out, "testdata/cburn.c")
 	case "cburn-stripped":
 		// -rdynamic puts burn_c into .dynsym, which strip keeps.
-		cmd = exec.Command(requireTool(t, "gcc"), "-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-rdynamic", "-s", "-o", out, "testdata/cburn.c")
+		cmd = exec.Command(requireTool(t, "gcc"), "-O0", "-fno-omit-frame-pointer", "-rdynamic", "-s", "-o", out, "testdata/cburn.c")
 	case "cppburn":
-		cmd = exec.Command(requireTool(t, "g++"), "-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-o", out, "testdata/cppburn.cc")
+		cmd = exec.Command(requireTool(t, "g++"), "-O0", "-fno-omit-frame-pointer", "-o", out, "testdata/cppburn.cc")
 	case "cburn-nofp":
 		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cburn.c")
 	default:
@@ -184,33 +185,49 @@ func frameNames(s *profile.Sample) []string {
 	return names
 }
 
-// userTop returns a matcher: fn is among the first n user frames.
-func userTop(prof *profile.Profile, fn string, n int) func([]string) bool {
+// calledFrom returns a matcher: fn is among the top frames (after kernel
+// frames of an interrupt), called from caller.
+func calledFrom(fn, caller string) func([]string) bool {
 	return func(names []string) bool {
-		return slices.Contains(names[:min(n, len(names))], fn)
+		for i := 0; i < min(5, len(names)-1); i++ {
+			if names[i] == fn {
+				return names[i+1] == caller
+			}
+		}
+		return false
 	}
 }
 
+// minSamples is the fewest samples a 3 s capture at 99 Hz of a spinning
+// process must give, even on a machine so loaded that the process gets
+// only a twentieth of a CPU.
+const minSamples = 15
+
 func TestBurnFunctionOnTop(t *testing.T) {
 	requireRoot(t)
+	// GCC 12 drops the frame pointer of leaf functions whatever the flags
+	// at -O1 and above, which would hide their callers: the C test
+	// programs are built with -O0.
 	for _, tc := range []struct {
-		program, fn string
+		program, fn, caller string
 	}{
-		{"goburn", "main.burnGo"},
-		{"goburn-stripped", "main.burnGo"}, // named from .gopclntab
-		{"cburn", "burn_c"},
-		{"cburn-stripped", "burn_c"},       // named from .dynsym
-		{"cppburn", "loupe::Burner::burn"}, // demangled
+		// Go keeps no frame pointer in frameless leaf functions either,
+		// so burnGo's caller is skipped: the stack goes on at runtime.main.
+		{"goburn", "main.burnGo", "runtime.main"},
+		{"goburn-stripped", "main.burnGo", "runtime.main"}, // named from .gopclntab
+		{"cburn", "burn_c", "main"},
+		{"cburn-stripped", "burn_c", "main"},       // named from .dynsym
+		{"cppburn", "loupe::Burner::burn", "main"}, // demangled
 	} {
 		t.Run(tc.program, func(t *testing.T) {
 			cmd, _ := start(t, testProgram(t, tc.program), "burn")
-			prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 2*time.Second)
-			total, matched := pidSamples(prof, cmd.Process.Pid, userTop(prof, tc.fn, 2))
-			if total < 20 {
-				t.Fatalf("%d samples of %s over 2 s at 99 Hz, want >= 20", total, tc.program)
+			prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 3*time.Second)
+			total, matched := pidSamples(prof, cmd.Process.Pid, calledFrom(tc.fn, tc.caller))
+			if total < minSamples {
+				t.Fatalf("%d samples of %s over 3 s at 99 Hz, want >= %d", total, tc.program, minSamples)
 			}
 			if share := float64(matched) / float64(total); share < 0.9 {
-				t.Errorf("%s in the top 2 frames of %.0f%% of %d samples, want >= 90%%\n%s", tc.fn, 100*share, total, top(prof))
+				t.Errorf("%s (called from %s) on top in %.0f%% of %d samples, want >= 90%%\n%s", tc.fn, tc.caller, 100*share, total, top(prof))
 			}
 			for _, c := range prof.Comments {
 				if strings.HasPrefix(c, "truncated stacks") {
@@ -242,10 +259,21 @@ func TestPIDFilter(t *testing.T) {
 	requireRoot(t)
 	a, _ := start(t, testProgram(t, "cburn"), "burn")
 	b, _ := start(t, testProgram(t, "goburn"), "burn")
-	prof := capture(t, Config{Hz: 99}, []int{a.Process.Pid}, 2*time.Second)
+	labeler := func(pid int) map[string]string {
+		return map[string]string{"container": fmt.Sprintf("c-%d", pid), "job": "train", "rank": "3", "empty": ""}
+	}
+	prof := capture(t, Config{Hz: 99, Labeler: labeler}, []int{a.Process.Pid}, 2*time.Second)
 	pids := map[string]int64{}
 	for _, s := range prof.Sample {
 		pids[s.Label["pid"][0]] += s.Value[0]
+		want := map[string][]string{
+			"pid": {strconv.Itoa(a.Process.Pid)}, "comm": {"cburn"},
+			"container": {fmt.Sprintf("c-%d", a.Process.Pid)}, "job": {"train"}, "rank": {"3"},
+		}
+		if !reflect.DeepEqual(s.Label, want) {
+			t.Errorf("sample labels %v, want %v", s.Label, want)
+			break
+		}
 	}
 	if len(pids) != 1 || pids[strconv.Itoa(a.Process.Pid)] == 0 {
 		t.Fatalf("profile of pid %d holds samples of pids %v", a.Process.Pid, pids)
@@ -263,17 +291,18 @@ func TestPIDFilter(t *testing.T) {
 func TestKernelFrames(t *testing.T) {
 	requireRoot(t)
 	cmd, _ := start(t, testProgram(t, "cburn"), "sys")
-	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 2*time.Second)
+	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 3*time.Second)
 	inRead := func(names []string) bool {
-		return slices.Contains(names, "vfs_read") && slices.Contains(names, "read_zero") && slices.Contains(names, "main")
+		// libc's read keeps no frame pointer, so read_dev_zero is skipped.
+		return slices.Contains(names, "vfs_read") && slices.Contains(names, "read") && slices.Contains(names, "main")
 	}
 	total, matched := pidSamples(prof, cmd.Process.Pid, inRead)
-	if total < 20 {
-		t.Fatalf("%d samples, want >= 20", total)
+	if total < minSamples {
+		t.Fatalf("%d samples, want >= %d", total, minSamples)
 	}
 	// The loop spends nearly all its time clearing buffers in the kernel.
 	if share := float64(matched) / float64(total); share < 0.5 {
-		t.Errorf("vfs_read (kernel) under read_zero and main (user) in %.0f%% of %d samples, want >= 50%%\n%s", 100*share, total, top(prof))
+		t.Errorf("vfs_read (kernel) under read and main (user) in %.0f%% of %d samples, want >= 50%%\n%s", 100*share, total, top(prof))
 	}
 	for _, loc := range prof.Location {
 		if loc.Mapping.File == kernelObject && loc.Address < 0xffff000000000000 {
@@ -297,12 +326,12 @@ func TestPerfMapFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(path) })
-	prof := capture(t, Config{Hz: 99}, []int{pid}, 2*time.Second)
+	prof := capture(t, Config{Hz: 99}, []int{pid}, 3*time.Second)
 	total, matched := pidSamples(prof, pid, func(names []string) bool {
 		return len(names) >= 2 && names[0] == "py::jit_burn_loop:/app/train.py" && names[1] == "main"
 	})
-	if total < 20 {
-		t.Fatalf("%d samples, want >= 20", total)
+	if total < minSamples {
+		t.Fatalf("%d samples, want >= %d", total, minSamples)
 	}
 	if share := float64(matched) / float64(total); share < 0.9 {
 		t.Errorf("perf-map frame on top (called from main) in %.0f%% of %d samples, want >= 90%%\n%s", 100*share, total, top(prof))
@@ -312,7 +341,7 @@ func TestPerfMapFrame(t *testing.T) {
 func TestTruncatedStacksReported(t *testing.T) {
 	requireRoot(t)
 	cmd, _ := start(t, testProgram(t, "cburn-nofp"), "burn")
-	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 2*time.Second)
+	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid}, 3*time.Second)
 	want := fmt.Sprintf("truncated stacks: pid %d (cburn-nofp)", cmd.Process.Pid)
 	for _, c := range prof.Comments {
 		if strings.HasPrefix(c, want) {
@@ -360,7 +389,7 @@ func TestNoLostSamples(t *testing.T) {
 			t.Errorf("lost samples: %s", line)
 		}
 	}
-	if !strings.Contains(out.String(), `loupe_cpuprof_lost_samples_total{reason="stack_collision"} 0`) {
+	if !strings.Contains(out.String(), `loupe_cpuprof_lost_samples_total{reason="stack_map_full"} 0`) {
 		t.Errorf("lost-sample metrics missing:\n%s", out.String())
 	}
 	n, _ := pidSamples(prof, pid, func([]string) bool { return false })
@@ -457,11 +486,11 @@ while True:
 	if !strings.Contains(string(b), "py::burn_py:") {
 		t.Fatalf("%s -X perf wrote no perf map entry for burn_py: %v", py, err)
 	}
-	prof := capture(t, Config{Hz: 99}, []int{pid}, 2*time.Second)
+	prof := capture(t, Config{Hz: 99}, []int{pid}, 3*time.Second)
 	total, inInterp := pidSamples(prof, pid, func(names []string) bool {
 		return len(names) > 0 && names[0] != ""
 	})
-	if total < 20 || float64(inInterp) < 0.8*float64(total) {
+	if total < minSamples || float64(inInterp) < 0.8*float64(total) {
 		t.Errorf("%d of %d samples have a named leaf frame, want >= 80%%\n%s", inInterp, total, top(prof))
 	}
 	want := fmt.Sprintf("truncated stacks: pid %d (", pid)

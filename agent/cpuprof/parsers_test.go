@@ -169,7 +169,7 @@ func TestStackEntries(t *testing.T) {
 	for _, tc := range []struct {
 		hz, cpus int
 		want     uint32
-	}{{19, 2, 2048}, {99, 2, 4096}, {99, 8, 16384}, {999, 256, 16384}} {
+	}{{19, 2, 1024}, {99, 2, 1024}, {99, 8, 4096}, {999, 256, 16384}} {
 		if got := stackEntries(tc.hz, tc.cpus, time.Second); got != tc.want {
 			t.Errorf("stackEntries(%d Hz, %d CPUs) = %d, want %d", tc.hz, tc.cpus, got, tc.want)
 		}

@@ -51,14 +51,14 @@ const (
 )
 
 // truncationNotes returns one profile comment per process whose user stacks
-// mostly stop before a thread entry point, and logs each process once.
+// mostly stop before a thread entry point, and logs them in one line.
 func (w *Window) truncationNotes() []string {
 	pids := make([]uint32, 0, len(w.procs))
 	for pid := range w.procs {
 		pids = append(pids, pid)
 	}
 	sort.Slice(pids, func(i, j int) bool { return pids[i] < pids[j] })
-	var notes []string
+	var notes, procs []string
 	for _, pid := range pids {
 		ps := w.procs[pid]
 		if ps.samples < truncatedMinSamples || float64(ps.truncated) < truncatedShare*float64(ps.samples) {
@@ -66,16 +66,21 @@ func (w *Window) truncationNotes() []string {
 		}
 		share := 100 * float64(ps.truncated) / float64(ps.samples)
 		where := mostCommon(ps.stopsIn)
-		note := fmt.Sprintf("truncated stacks: pid %d (%s): %.0f%% of %d user stacks stop in %s before reaching a thread entry point; "+
+		notes = append(notes, fmt.Sprintf("truncated stacks: pid %d (%s): %.0f%% of %d user stacks stop in %s before reaching a thread entry point; "+
 			"the code was likely built without frame pointers, so callers are missing. Rebuild with -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer "+
 			"(C/C++, Rust: -C force-frame-pointers=yes); for Python 3.12+ use an interpreter built with frame pointers and PYTHONPERFSUPPORT=1",
-			pid, ps.comm, share, ps.samples, where)
-		notes = append(notes, note)
-		if !ps.loggedTrun {
-			ps.loggedTrun = true
-			w.p.logger.Warn("cpuprof: truncated stacks (no frame pointers?)", "pid", pid, "comm", ps.comm,
-				"share", fmt.Sprintf("%.0f%%", share), "stops_in", where)
+			pid, ps.comm, share, ps.samples, where))
+		procs = append(procs, fmt.Sprintf("%d (%s, %.0f%%, in %s)", pid, ps.comm, share, where))
+	}
+	if len(procs) > 0 {
+		const show = 10
+		more := ""
+		if len(procs) > show {
+			more = fmt.Sprintf(" and %d more", len(procs)-show)
+			procs = procs[:show]
 		}
+		w.p.logger.Warn("cpuprof: truncated stacks (built without frame pointers?); see the profile's comments",
+			"processes", strings.Join(procs, ", ")+more)
 	}
 	return notes
 }

@@ -117,7 +117,7 @@ func TestUnprivilegedClearError(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), `loupe_cpuprof_lost_samples_total{reason="stack_collision"} 0`) {
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `loupe_cpuprof_lost_samples_total{reason="stack_map_full"} 0`) {
 		t.Errorf("/metrics: %d\n%s", resp.StatusCode, body)
 	}
 }

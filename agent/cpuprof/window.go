@@ -34,12 +34,11 @@ type sampleKey struct {
 
 // procStats is what a window knows about one process.
 type procStats struct {
-	labels     map[string]string
-	samples    uint64            // samples whose user stack could be judged
-	truncated  uint64            // of those, stacks that reach no entry point
-	stopsIn    map[string]uint64 // truncated stacks by the object of their outermost frame
-	comm       string
-	loggedTrun bool
+	labels    map[string]string
+	samples   uint64            // samples whose user stack could be judged
+	truncated uint64            // of those, stacks that reach no entry point
+	stopsIn   map[string]uint64 // truncated stacks by the object of their outermost frame
+	comm      string
 }
 
 func newWindow(p *Profiler, pids []int) *Window {

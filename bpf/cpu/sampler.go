@@ -21,15 +21,14 @@ const MaxStackDepth = 127
 
 // Lost reasons, indexes of the lost map (enum lost_reason in C).
 const (
-	LostStackCollision = iota // another stack owns the stack map bucket (-EEXIST)
-	LostStackFull             // the stack map is full (-ENOMEM)
-	LostCountsFull            // the counts map is full
-	LostOther                 // any other helper error
+	LostStackFull  = iota // the stacks map is full
+	LostCountsFull        // the counts map is full
+	LostStackError        // bpf_get_stack failed
 	lostReasons
 )
 
 // LostReasonNames are the metric label values for the lost reasons, by index.
-var LostReasonNames = [lostReasons]string{"stack_collision", "stack_map_full", "counts_map_full", "other"}
+var LostReasonNames = [lostReasons]string{"stack_map_full", "counts_map_full", "stack_error"}
 
 // Lost holds cumulative dropped-sample counts since Load, by reason.
 type Lost [lostReasons]uint64
@@ -41,9 +40,8 @@ const settle = 2 * time.Millisecond
 
 // Options sizes the sampler's maps.
 type Options struct {
-	// StackEntries is the capacity of each of the two stack maps (rounded
-	// up to a power of two by the kernel); 0 means 4096. Each entry takes
-	// MaxStackDepth*8 bytes of kernel memory.
+	// StackEntries is the capacity of each of the two stacks maps; 0
+	// means 4096. Each entry takes about 1.1 KiB of kernel memory.
 	StackEntries uint32
 	// CountEntries is the capacity of each of the two counts maps; 0 means 16384.
 	CountEntries uint32
@@ -257,32 +255,32 @@ func (s *Sampler) Drain(visit func(Sample)) (Lost, error) {
 	if err := it.Err(); err != nil {
 		return Lost{}, fmt.Errorf("reading CPU sample counts: %w", err)
 	}
-	cache := map[int32][]uint64{}
-	stack := func(id int32) []uint64 {
-		if id < 0 {
+	cache := map[uint64][]uint64{}
+	stack := func(hash uint64) []uint64 {
+		if hash == 0 {
 			return nil
 		}
-		if st, ok := cache[id]; ok {
+		if st, ok := cache[hash]; ok {
 			return st
 		}
 		var raw [MaxStackDepth]uint64
 		var st []uint64
-		if err := stacks.Lookup(uint32(id), &raw); err == nil {
+		if err := stacks.Lookup(hash, &raw); err == nil {
 			n := 0
 			for n < len(raw) && raw[n] != 0 {
 				n++
 			}
 			st = append([]uint64(nil), raw[:n]...)
 		}
-		cache[id] = st
+		cache[hash] = st
 		return st
 	}
 	for i, k := range keys {
 		visit(Sample{
 			PID:    k.Tgid,
 			Comm:   commString(k.Comm),
-			User:   stack(k.UserStackId),
-			Kernel: stack(k.KernelStackId),
+			User:   stack(k.UserStack),
+			Kernel: stack(k.KernelStack),
 			Count:  vals[i],
 		})
 	}
@@ -291,24 +289,20 @@ func (s *Sampler) Drain(visit func(Sample)) (Lost, error) {
 			return Lost{}, fmt.Errorf("clearing CPU sample counts: %w", err)
 		}
 	}
-	// Collect every stack id first: deleting while walking restarts the
-	// kernel's walk from bucket 0.
-	var ids []uint32
-	var id uint32
-	var prev any
-	for {
-		if err := stacks.NextKey(prev, &id); err != nil {
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				break
-			}
-			return Lost{}, fmt.Errorf("listing CPU sampler stacks: %w", err)
-		}
-		ids = append(ids, id)
-		cur := id
-		prev = &cur
+	// Collect every key first: the kernel restarts a walk whose current
+	// key was deleted.
+	var hashes []uint64
+	var hash uint64
+	var discard [MaxStackDepth]uint64
+	sit := stacks.Iterate()
+	for sit.Next(&hash, &discard) {
+		hashes = append(hashes, hash)
 	}
-	for _, id := range ids {
-		if err := stacks.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := sit.Err(); err != nil {
+		return Lost{}, fmt.Errorf("listing CPU sampler stacks: %w", err)
+	}
+	for _, h := range hashes {
+		if err := stacks.Delete(h); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return Lost{}, fmt.Errorf("clearing CPU sampler stacks: %w", err)
 		}
 	}

@@ -14,11 +14,17 @@ import (
 )
 
 type SamplerSampleKey struct {
-	_             structs.HostLayout
-	Tgid          uint32
-	UserStackId   int32
-	KernelStackId int32
-	Comm          [16]int8
+	_           structs.HostLayout
+	Tgid        uint32
+	Pad         uint32
+	UserStack   uint64
+	KernelStack uint64
+	Comm        [16]int8
+}
+
+type SamplerStack struct {
+	_   structs.HostLayout
+	Ips [127]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -29,6 +35,7 @@ const (
 	SamplerMapCounts1    = "counts1"
 	SamplerMapLost       = "lost"
 	SamplerMapPids       = "pids"
+	SamplerMapScratch    = "scratch"
 	SamplerMapStacks0    = "stacks0"
 	SamplerMapStacks1    = "stacks1"
 	SamplerProgSample    = "sample"
@@ -90,6 +97,7 @@ type SamplerMapSpecs struct {
 	Counts1 *ebpf.MapSpec `ebpf:"counts1"`
 	Lost    *ebpf.MapSpec `ebpf:"lost"`
 	Pids    *ebpf.MapSpec `ebpf:"pids"`
+	Scratch *ebpf.MapSpec `ebpf:"scratch"`
 	Stacks0 *ebpf.MapSpec `ebpf:"stacks0"`
 	Stacks1 *ebpf.MapSpec `ebpf:"stacks1"`
 }
@@ -127,6 +135,7 @@ type SamplerMaps struct {
 	Counts1 *ebpf.Map `ebpf:"counts1"`
 	Lost    *ebpf.Map `ebpf:"lost"`
 	Pids    *ebpf.Map `ebpf:"pids"`
+	Scratch *ebpf.Map `ebpf:"scratch"`
 	Stacks0 *ebpf.Map `ebpf:"stacks0"`
 	Stacks1 *ebpf.Map `ebpf:"stacks1"`
 }
@@ -137,6 +146,7 @@ func (m *SamplerMaps) Close() error {
 		m.Counts1,
 		m.Lost,
 		m.Pids,
+		m.Scratch,
 		m.Stacks0,
 		m.Stacks1,
 	)

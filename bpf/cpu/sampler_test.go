@@ -140,8 +140,8 @@ func TestLostCounted(t *testing.T) {
 		opts   Options
 		reason int
 	}{
-		// One bucket: the second distinct stack collides.
-		{"stack collision", Options{StackEntries: 1}, LostStackCollision},
+		// One stack: the second distinct stack finds the map full.
+		{"stacks full", Options{StackEntries: 1}, LostStackFull},
 		// One counts entry: the second distinct (process, stack) key finds the map full.
 		{"counts full", Options{CountEntries: 1}, LostCountsFull},
 	} {

@@ -19,7 +19,7 @@ __attribute__((noinline)) void burn_c(void)
 		sink += i * i;
 }
 
-__attribute__((noinline)) void read_zero(int fd)
+__attribute__((noinline)) void read_dev_zero(int fd)
 {
 	static char buf[1 << 16];
 	if (read(fd, buf, sizeof buf) < 0)
@@ -37,7 +37,7 @@ int main(int argc, char **argv)
 		if (fd < 0)
 			return 1;
 		for (;;)
-			read_zero(fd);
+			read_dev_zero(fd);
 	}
 	if (!strcmp(mode, "jit")) {
 		// push rbp; mov rbp, rsp; loop: inc rax; jmp loop
