@@ -5,6 +5,12 @@
 // The server binary is $LOUPE_MINIO_BIN, else <repo>/.cache/bin/minio, else
 // minio on PATH. Without one, a test fails under CI=true and skips otherwise,
 // naming the command that installs it.
+//
+//	srv := miniotest.Start(t)
+//	st, err := store.Open(ctx, srv.URL("some/prefix")) // or srv.Store(t)
+//	...
+//	srv.Stop()    // an outage; the data folder is kept
+//	srv.Restart() // same port, same data
 package miniotest
 
 import (
