@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,7 +58,22 @@ func NewDir(root string) (Store, error) {
 	if err := os.MkdirAll(d.tmp, 0o755); err != nil {
 		return nil, fmt.Errorf("store directory %q: %v; create it or point --store at a writable directory", abs, err)
 	}
+	d.removeStaleTemps()
 	return d, nil
+}
+
+// staleTemp is the age after which a temp file is taken to be left over by
+// a crashed writer; another process sharing the store may still be writing
+// younger ones.
+const staleTemp = 24 * time.Hour
+
+func (d *dirStore) removeStaleTemps() {
+	ents, _ := os.ReadDir(d.tmp)
+	for _, e := range ents {
+		if info, err := e.Info(); err == nil && strings.HasPrefix(e.Name(), "put-") && time.Since(info.ModTime()) > staleTemp {
+			os.Remove(filepath.Join(d.tmp, e.Name()))
+		}
+	}
 }
 
 func (d *dirStore) String() string { return "file://" + d.root }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseURL(t *testing.T) {
@@ -149,10 +150,23 @@ func TestOpenCredentials(t *testing.T) {
 	}
 }
 
-func TestDirRejectsReserved(t *testing.T) {
-	st, err := NewDir(t.TempDir())
+func TestDirRejectsReservedAndCleansTemps(t *testing.T) {
+	root := t.TempDir()
+	tmp := filepath.Join(root, ".loupe-tmp")
+	os.MkdirAll(tmp, 0o755)
+	old, young := filepath.Join(tmp, "put-old"), filepath.Join(tmp, "put-young")
+	os.WriteFile(old, []byte("x"), 0o644)
+	os.WriteFile(young, []byte("x"), 0o644)
+	os.Chtimes(old, time.Now().Add(-48*time.Hour), time.Now().Add(-48*time.Hour))
+	st, err := NewDir(root)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("a day-old temp file left by a crash was not removed: %v", err)
+	}
+	if _, err := os.Stat(young); err != nil {
+		t.Errorf("a recent temp file (maybe another writer's) was removed: %v", err)
 	}
 	if _, err := st.Put(context.Background(), ".loupe-tmp/lock", strings.NewReader("x"), 1, PutOptions{}); !errors.Is(err, ErrInvalidKey) {
 		t.Errorf("Put into the reserved folder: %v", err)
