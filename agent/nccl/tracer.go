@@ -109,6 +109,8 @@ type Tracer struct {
 	lostEvents *metrics.Counter
 	subDropped *metrics.Counter
 	attached   *metrics.Gauge
+	// kernelComms is the size of the probes' communicator table.
+	kernelComms *metrics.Gauge
 
 	// scanMu guards the attach side and is held for a whole scan; the event
 	// path never takes it, so reading /proc never stalls event delivery.
@@ -198,6 +200,7 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Tracer, error) {
 		t.opEvents[op] = set.GetOrCreateCounter(fmt.Sprintf(`loupe_nccl_events_total{op=%q}`, op))
 	}
 	t.attached = set.GetOrCreateGauge("loupe_nccl_attached_processes", nil)
+	t.kernelComms = set.GetOrCreateGauge("loupe_nccl_tracked_communicators", nil)
 	t.syncClock()
 	return t, nil
 }
@@ -233,6 +236,9 @@ func (t *Tracer) Run(ctx context.Context) error {
 		t.scan(time.Now())
 		if n, err := t.objs.Lost(); err == nil {
 			t.lostEvents.Set(n)
+		}
+		if n, err := t.objs.CommCount(); err == nil {
+			t.kernelComms.Set(float64(n))
 		}
 		select {
 		case <-ctx.Done():
@@ -527,6 +533,7 @@ func (t *Tracer) attachLocked(pid int, m mapping) (*attachment, error) {
 	}
 	a := &attachment{path: path, pids: map[int]bool{}}
 	var missing []string
+	reporting := 0 // functions that send records
 	for _, pr := range t.objs.Probes {
 		l, err := ex.Uprobe(pr.Symbol, pr.Program, nil)
 		if errors.Is(err, link.ErrNoSymbol) {
@@ -540,17 +547,22 @@ func (t *Tracer) attachLocked(pid int, m mapping) (*attachment, error) {
 			return nil, fmt.Errorf("uprobe %s in %s: %w", pr.Symbol, path, err)
 		}
 		a.links = append(a.links, l)
+		if pr.Return == nil {
+			continue
+		}
 		r, err := ex.Uretprobe(pr.Symbol, pr.Return, nil)
 		if err != nil {
 			closeLinks(a.links)
 			return nil, fmt.Errorf("uretprobe %s in %s: %w", pr.Symbol, path, err)
 		}
 		a.links = append(a.links, r)
+		reporting++
 	}
-	if len(a.links) == 0 {
+	if reporting == 0 {
+		closeLinks(a.links)
 		return nil, fmt.Errorf("%s exports none of the NCCL functions: not NCCL, or stripped", path)
 	}
-	t.log.Info("attached NCCL uprobes", "library", path, "functions", len(a.links)/2, "missing", missing)
+	t.log.Info("attached NCCL uprobes", "library", path, "functions", reporting, "missing", missing)
 	return a, nil
 }
 

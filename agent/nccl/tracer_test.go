@@ -343,6 +343,12 @@ func TestTracerRanks(t *testing.T) {
 		t.Errorf("Events() kept %d events, want %d", len(got), len(events))
 	}
 
+	// ncclCommDestroy (called before the programs wait to exit) drops the
+	// kernel's state of the communicators.
+	waitFor(t, "ncclCommDestroy to forget the communicators", func() bool {
+		return strings.Contains(metricsText(set), "loupe_nccl_tracked_communicators 0")
+	})
+
 	// Exit: the processes drop out, the probes go, the state is forgotten.
 	touch(t, filepath.Join(dir, "exit"))
 	for _, p := range procs {

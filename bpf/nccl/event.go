@@ -124,7 +124,8 @@ func ParseEvent(b []byte, ev *Event) error {
 }
 
 // Probe is one NCCL function and the programs for its entry (uprobe) and
-// its return (uretprobe).
+// its return (uretprobe). Op and Return are zero for functions that only
+// maintain state (ncclCommDestroy, ncclCommAbort).
 type Probe struct {
 	Symbol  string
 	Op      Op

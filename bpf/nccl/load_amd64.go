@@ -68,6 +68,9 @@ func Load(ringBytes int) (*Objects, error) {
 		{"ncclRecv", OpRecv, p.Recv, p.RecvRet},
 		{"ncclGroupStart", OpGroupStart, p.GroupStart, p.GroupStartRet},
 		{"ncclGroupEnd", OpGroupEnd, p.GroupEnd, p.GroupEndRet},
+		// Entry only: they drop the communicator's state and send nothing.
+		{"ncclCommDestroy", 0, p.CommDestroy, nil},
+		{"ncclCommAbort", 0, p.CommDestroy, nil},
 	}
 	return o, nil
 }
@@ -112,6 +115,23 @@ func (o *Objects) ForgetPIDs(gone map[uint32]bool) error {
 		}
 	}
 	return nil
+}
+
+// CommCount is how many communicators the probes track, over all processes.
+func (o *Objects) CommCount() (int, error) {
+	var (
+		key ncclCommKey
+		val ncclCommInfo
+		n   int
+	)
+	it := o.objs.ncclMaps.Comms.Iterate()
+	for it.Next(&key, &val) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("counting NCCL communicators: %w", err)
+	}
+	return n, nil
 }
 
 // Close unloads the programs and maps.

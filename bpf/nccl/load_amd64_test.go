@@ -64,12 +64,16 @@ func TestLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer o.Close()
-	if len(o.Probes) != len(Ops()) {
-		t.Fatalf("%d probes, want %d", len(o.Probes), len(Ops()))
-	}
+	ops := map[Op]bool{}
 	for _, p := range o.Probes {
-		if p.Program == nil || p.Return == nil {
-			t.Errorf("%s lacks a program", p.Symbol)
+		if p.Program == nil || (p.Op != 0) != (p.Return != nil) {
+			t.Errorf("%s: entry %v, return %v", p.Symbol, p.Program, p.Return)
+		}
+		ops[p.Op] = true
+	}
+	for _, op := range Ops() {
+		if !ops[op] {
+			t.Errorf("no probe reports %v", op)
 		}
 	}
 	if n, err := o.Lost(); err != nil || n != 0 {

@@ -27,6 +27,9 @@ func (o *Objects) Events() *ebpf.Map { return nil }
 // Lost fails here.
 func (o *Objects) Lost() (uint64, error) { return 0, errArch }
 
+// CommCount fails here.
+func (o *Objects) CommCount() (int, error) { return 0, errArch }
+
 // ForgetPIDs does nothing here.
 func (o *Objects) ForgetPIDs(map[uint32]bool) error { return nil }
 

@@ -38,6 +38,9 @@ enum nccl_op {
 };
 
 #define NCCL_UNIQUE_ID_BYTES 128
+// ncclResult_t of a non-blocking init that goes on in the background: the
+// handle is valid already.
+#define NCCL_IN_PROGRESS 7
 // ncclCommInitAll creates one communicator per device of one process; more
 // than this many devices in a single call are not reported.
 #define MAX_INIT_ALL 64
@@ -317,6 +320,18 @@ int recv(struct pt_regs *ctx)
 			 (__s32)PT_REGS_PARM3(ctx), -1, (__s32)PT_REGS_PARM4(ctx));
 }
 
+// ncclCommDestroy(comm) and ncclCommAbort(comm): forget the communicator,
+// so that a later one allocated at the same address (by ncclCommSplit,
+// which is not probed) does not inherit its id and rank. No record is sent.
+SEC("uprobe/ncclCommDestroy")
+int comm_destroy(struct pt_regs *ctx)
+{
+	struct comm_key key = { .pid = bpf_get_current_pid_tgid() >> 32, .comm = PT_REGS_PARM1(ctx) };
+
+	bpf_map_delete_elem(&comms, &key);
+	return 0;
+}
+
 SEC("uprobe/ncclGroupStart")
 int group_start(struct pt_regs *ctx)
 {
@@ -382,7 +397,7 @@ static __always_inline int finish(struct pt_regs *ctx, __u32 op)
 	case OP_COMM_INIT_RANK_CONFIG:
 		// *comm is written by the call, so it is read on return.
 		bpf_probe_read_user(&ev.comm, sizeof(ev.comm), (void *)in->out);
-		if (ev.result == 0 && ev.comm)
+		if ((ev.result == 0 || ev.result == NCCL_IN_PROGRESS) && ev.comm)
 			register_comm(ev.pid, ev.comm, ev.comm_id, ev.rank, ev.nranks);
 		break;
 	case OP_COMM_INIT_ALL:
@@ -393,7 +408,7 @@ static __always_inline int finish(struct pt_regs *ctx, __u32 op)
 			ev.rank = i;
 			ev.comm = 0;
 			bpf_probe_read_user(&ev.comm, sizeof(ev.comm), (void *)(in->out + 8 * i));
-			if (ev.result == 0 && ev.comm)
+			if ((ev.result == 0 || ev.result == NCCL_IN_PROGRESS) && ev.comm)
 				register_comm(ev.pid, ev.comm, ev.comm_id, ev.rank, ev.nranks);
 			emit(&ev);
 		}

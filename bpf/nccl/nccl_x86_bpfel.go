@@ -96,6 +96,7 @@ const (
 	ncclProgAllToAllRet           = "all_to_all_ret"
 	ncclProgBroadcast             = "broadcast"
 	ncclProgBroadcastRet          = "broadcast_ret"
+	ncclProgCommDestroy           = "comm_destroy"
 	ncclProgCommInitAll           = "comm_init_all"
 	ncclProgCommInitAllRet        = "comm_init_all_ret"
 	ncclProgCommInitRank          = "comm_init_rank"
@@ -168,6 +169,7 @@ type ncclProgramSpecs struct {
 	AllToAllRet           *ebpf.ProgramSpec `ebpf:"all_to_all_ret"`
 	Broadcast             *ebpf.ProgramSpec `ebpf:"broadcast"`
 	BroadcastRet          *ebpf.ProgramSpec `ebpf:"broadcast_ret"`
+	CommDestroy           *ebpf.ProgramSpec `ebpf:"comm_destroy"`
 	CommInitAll           *ebpf.ProgramSpec `ebpf:"comm_init_all"`
 	CommInitAllRet        *ebpf.ProgramSpec `ebpf:"comm_init_all_ret"`
 	CommInitRank          *ebpf.ProgramSpec `ebpf:"comm_init_rank"`
@@ -261,6 +263,7 @@ type ncclPrograms struct {
 	AllToAllRet           *ebpf.Program `ebpf:"all_to_all_ret"`
 	Broadcast             *ebpf.Program `ebpf:"broadcast"`
 	BroadcastRet          *ebpf.Program `ebpf:"broadcast_ret"`
+	CommDestroy           *ebpf.Program `ebpf:"comm_destroy"`
 	CommInitAll           *ebpf.Program `ebpf:"comm_init_all"`
 	CommInitAllRet        *ebpf.Program `ebpf:"comm_init_all_ret"`
 	CommInitRank          *ebpf.Program `ebpf:"comm_init_rank"`
@@ -291,6 +294,7 @@ func (p *ncclPrograms) Close() error {
 		p.AllToAllRet,
 		p.Broadcast,
 		p.BroadcastRet,
+		p.CommDestroy,
 		p.CommInitAll,
 		p.CommInitAllRet,
 		p.CommInitRank,
