@@ -21,7 +21,9 @@ type profiler interface {
 	pause(paused bool) error
 }
 
-// profFields are the watched DCGM fields, in the order they are stored.
+// profFields are the watched DCGM fields: the profiling fields in the
+// order they are stored, then the GPU's UUID, which maps DCGM's GPU ids to
+// NVML's devices without a per-GPU attribute and topology query.
 var profFields = []dcgm.Short{
 	dcgm.DCGM_FI_PROF_GR_ENGINE_ACTIVE,
 	dcgm.DCGM_FI_PROF_SM_ACTIVE,
@@ -35,7 +37,10 @@ var profFields = []dcgm.Short{
 	dcgm.DCGM_FI_PROF_PCIE_RX_BYTES,
 	dcgm.DCGM_FI_PROF_NVLINK_TX_BYTES,
 	dcgm.DCGM_FI_PROF_NVLINK_RX_BYTES,
+	dcgm.DCGM_FI_DEV_UUID,
 }
+
+const nProf = 12 // profiling fields at the start of profFields
 
 // dcgmProfiler reads the profiling fields from a DCGM host engine (embedded
 // in the agent or standalone). Values are polled at the fields interval by
@@ -44,10 +49,10 @@ type dcgmProfiler struct {
 	cleanup  func()
 	fg       dcgm.FieldHandle
 	interval time.Duration
-	gpuIDs   map[string]uint // UUID -> DCGM GPU id
+	ids      []uint // DCGM GPU ids
 
 	mu     sync.Mutex
-	vals   map[uint]*[12]float64 // DCGM GPU id -> latest values; nil entry = blank
+	vals   map[string]*[nProf]float64 // GPU UUID -> latest values; nil = blank
 	paused bool
 }
 
@@ -71,24 +76,19 @@ func openDCGM(cfg DCGMConfig) (*dcgmProfiler, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &dcgmProfiler{cleanup: cleanup, interval: cfg.FieldsInterval, gpuIDs: map[string]uint{}, vals: map[uint]*[12]float64{}}
-	ids, err := dcgm.GetSupportedDevices()
+	p := &dcgmProfiler{cleanup: cleanup, interval: cfg.FieldsInterval, vals: map[string]*[nProf]float64{}}
+	p.ids, err = dcgm.GetSupportedDevices()
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("listing DCGM devices: %w", err)
 	}
-	for _, id := range ids {
-		info, err := dcgm.GetDeviceInfo(id)
-		if err != nil {
-			continue
-		}
-		p.gpuIDs[info.UUID] = id
+	if len(p.ids) == 0 {
+		p.close()
+		return nil, errors.New("DCGM supports none of the GPUs")
 	}
-	if len(ids) > 0 {
-		if _, err := dcgm.GetSupportedMetricGroups(ids[0]); err != nil {
-			p.close()
-			return nil, fmt.Errorf("DCGM profiling module not available (needs a datacenter GPU and the profiling module; is another profiler holding the counters?): %w", err)
-		}
+	if _, err := dcgm.GetSupportedMetricGroups(p.ids[0]); err != nil {
+		p.close()
+		return nil, fmt.Errorf("DCGM profiling module not available (needs a datacenter GPU and the profiling module; is another profiler holding the counters?): %w", err)
 	}
 	p.fg, err = dcgm.FieldGroupCreate(fmt.Sprintf("loupe-prof-%d", time.Now().UnixNano()), profFields)
 	if err != nil {
@@ -121,19 +121,21 @@ func (p *dcgmProfiler) run(ctx context.Context, errs func(error)) {
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
 	for {
-		for _, id := range p.gpuIDs {
+		for _, id := range p.ids {
 			vals, err := dcgm.GetLatestValuesForFields(id, profFields)
 			if err != nil {
 				errs(fmt.Errorf("dcgm gpu %d: %w", id, err))
 				continue
 			}
-			var out [12]float64
+			if len(vals) != len(profFields) {
+				errs(fmt.Errorf("dcgm gpu %d: %d values for %d fields", id, len(vals), len(profFields)))
+				continue
+			}
+			uuid := vals[nProf].String()
+			var out [nProf]float64
 			blank := false
-			for i, v := range vals {
-				if i >= len(out) {
-					break
-				}
-				f, ok := dcgmValue(v)
+			for i := range out {
+				f, ok := dcgmValue(vals[i])
 				if !ok {
 					blank = true
 					break
@@ -142,9 +144,9 @@ func (p *dcgmProfiler) run(ctx context.Context, errs func(error)) {
 			}
 			p.mu.Lock()
 			if blank {
-				p.vals[id] = nil
+				p.vals[uuid] = nil
 			} else {
-				p.vals[id] = &out
+				p.vals[uuid] = &out
 			}
 			p.mu.Unlock()
 		}
@@ -178,12 +180,8 @@ func dcgmValue(v dcgm.FieldValue_v1) (float64, bool) {
 }
 
 func (p *dcgmProfiler) fill(d *device, s *traces.GPUSample) bool {
-	id, ok := p.gpuIDs[d.info.UUID]
-	if !ok {
-		return false
-	}
 	p.mu.Lock()
-	v := p.vals[id]
+	v := p.vals[d.info.UUID]
 	p.mu.Unlock()
 	if v == nil {
 		return false
