@@ -51,6 +51,10 @@ type KinetoOptions struct {
 	// IncludeMemoryLaunches counts cudaMemcpyAsync and cudaMemsetAsync in
 	// the launch statistics, as HTA does by default.
 	IncludeMemoryLaunches bool
+	// HTALaunchAPIsOnly counts only the kernel launches HTA recognises
+	// (cudaLaunchKernel, cudaLaunchKernelExC), to compare with HTA; by
+	// default cuLaunchKernel, cuLaunchKernelEx and cudaGraphLaunch count too.
+	HTALaunchAPIsOnly bool
 	// SortChunk is how many GPU events (48 bytes each) are sorted in memory
 	// before a sorted run is spilled to TempDir.
 	SortChunk int
@@ -321,6 +325,9 @@ func clampInt(v int64) int {
 }
 
 func (b *rankBuilder) launchCounted(a LaunchAPI) bool {
+	if b.opts.HTALaunchAPIsOnly && a.kernelLaunch() {
+		return a == APICudaLaunchKernel || a == APICudaLaunchKernelExC
+	}
 	return a.kernelLaunch() || b.opts.IncludeMemoryLaunches && (a == APICudaMemcpyAsync || a == APICudaMemsetAsync)
 }
 

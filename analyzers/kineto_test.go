@@ -527,3 +527,50 @@ func FuzzKinetoAnalyze(f *testing.F) {
 		}
 	})
 }
+
+// TestKinetoMatchesHTA checks Loupe against numbers HolisticTraceAnalysis
+// (facebookresearch/HolisticTraceAnalysis at f4d0062, pandas 1.5.3) printed
+// for these exact files, one folder per rank: get_temporal_breakdown,
+// get_comm_comp_overlap, get_idle_time_breakdown, get_cuda_kernel_launch_stats
+// and get_gpu_kernel_breakdown. HTA's launch statistics ignore
+// cuLaunchKernel, cuLaunchKernelEx and cudaGraphLaunch, which Loupe counts
+// unless told HTALaunchAPIsOnly, as here.
+func TestKinetoMatchesHTA(t *testing.T) {
+	type hta struct {
+		idle, compute, nonCompute, span float64 // us
+		overlapPctg                     float64
+		stream7                         [3]float64 // host wait, kernel wait, other
+		launches, short, delayOutliers  int64
+		maxDelay                        float64
+	}
+	for _, tc := range []struct {
+		rank   int
+		events []kev
+		want   hta
+	}{
+		{0, rank0Events(), hta{161, 158, 101, 420, 53.08, [3]float64{104, 18, 100}, 5, 0, 0, 43}},
+		{1, healthyEvents(), hta{44, 5000, 5, 5049, 99.0, [3]float64{0, 49, 0}, 51, 0, 1, 495}},
+		{2, pathologicalEvents(), hta{1975, 100, 500, 2575, 0, [3]float64{1805, 0, 0}, 21, 20, 0, 90}},
+	} {
+		dir := t.TempDir()
+		writeKineto(t, filepath.Join(dir, "trace.json"), tc.rank, tc.events)
+		in, err := KinetoFolderInput(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := DefaultKinetoOptions()
+		opts.HTALaunchAPIsOnly = true
+		rs, err := KinetoSummaries(context.Background(), in, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := rs[0]
+		b := r.Temporal
+		got := hta{micros(b.Idle), micros(b.Compute), micros(b.NonCompute), micros(b.Span), roundPct(r.Overlap.Ratio()),
+			[3]float64{micros(r.Streams[0].HostWait), micros(r.Streams[0].KernelWait), micros(r.Streams[0].Other)},
+			r.Launch.Launches, r.Launch.ShortKernels, r.Launch.DelayOutliers, micros(r.Launch.MaxDelay)}
+		if got != tc.want {
+			t.Errorf("rank %d:\n got %+v\nHTA %+v", tc.rank, got, tc.want)
+		}
+	}
+}
