@@ -3,6 +3,7 @@ package nccl
 import (
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/loupe-dev/loupe/traces"
 )
@@ -49,7 +50,7 @@ const bigGapFactor = 8
 // process whose calls never repeat three times yields no steps.
 func DetectIterations(events []traces.NCCLEvent) []traces.Step {
 	isInit := func(op string) bool {
-		return op == "CommInitRank" || op == "CommInitRankConfig" || op == "CommInitAll"
+		return strings.HasPrefix(op, "CommInit")
 	}
 	n := map[int32]int{}
 	for _, ev := range events {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -250,14 +251,14 @@ func TestTracerRanks(t *testing.T) {
 	}
 	touch(t, filepath.Join(dir, "go"))
 
-	const perRank = 2 + iters*(7+4)
+	const perRank = 3 + iters*(7+4)
 	events := collect(t, ch, nranks*perRank)
 	ended := time.Now()
 
 	// While the processes live, their communicators are known.
 	comms := tr.Comms()
-	if len(comms) != 2*nranks {
-		t.Fatalf("Comms() = %+v, want %d", comms, 2*nranks)
+	if len(comms) != 3*nranks {
+		t.Fatalf("Comms() = %+v, want %d", comms, 3*nranks)
 	}
 
 	byPID := map[int32][]traces.NCCLEvent{}
@@ -276,14 +277,14 @@ func TestTracerRanks(t *testing.T) {
 			t.Errorf("%s took %d ns; the stand-in spins 5 us", ev.Op, ev.DurationNs)
 		}
 	}
-	var id0, id1 uint64
+	var ids [3]uint64
 	for pid, evs := range byPID {
-		rank := pidRank[pid]
-		id0, id1 = checkRank(t, evs, rank, nranks, iters, id0, id1)
+		ids = checkRank(t, evs, pidRank[pid], nranks, iters, ids)
 	}
+	id0 := ids[0]
 	for _, c := range comms {
-		if c.Rank != pidRank[c.PID] || c.NRanks != nranks || (c.CommID != id0 && c.CommID != id1) {
-			t.Errorf("comm %+v: want rank %d of %d in comm %x or %x", c, pidRank[c.PID], nranks, id0, id1)
+		if c.Rank != pidRank[c.PID] || c.NRanks != nranks || !slices.Contains(ids[:], c.CommID) {
+			t.Errorf("comm %+v: want rank %d of %d in one of %x", c, pidRank[c.PID], nranks, ids)
 		}
 		if c.CommID == id0 && c.Collectives != 7*iters {
 			t.Errorf("comm %+v: want %d collectives", c, 7*iters)
@@ -381,20 +382,21 @@ func TestTracerRanks(t *testing.T) {
 }
 
 // checkRank checks one rank's calls against what ncclrank issues, and
-// that the communicator ids agree with the other ranks' (id0, id1; 0 when
-// not yet known).
-func checkRank(t *testing.T, evs []traces.NCCLEvent, rank, nranks int32, iters int, id0, id1 uint64) (uint64, uint64) {
+// that the ids of the communicators made by ncclCommInitRank, ...Config and
+// ...Scalable agree with the other ranks' (0 when not yet known).
+func checkRank(t *testing.T, evs []traces.NCCLEvent, rank, nranks int32, iters int, ids [3]uint64) [3]uint64 {
 	t.Helper()
 	for _, ev := range evs {
-		switch ev.Op {
-		case "CommInitRank":
-			id0 = sameID(t, ev, id0)
-		case "CommInitRankConfig":
-			id1 = sameID(t, ev, id1)
+		if i := slices.Index([]string{"CommInitRank", "CommInitRankConfig", "CommInitRankScalable"}, ev.Op); i >= 0 {
+			if ev.Rank != rank || ev.NRanks != nranks {
+				t.Fatalf("init %+v, want rank %d of %d", ev, rank, nranks)
+			}
+			ids[i] = sameID(t, ev, ids[i])
 		}
 	}
-	if id0 == 0 || id1 == 0 || id0 == id1 {
-		t.Fatalf("rank %d: communicator ids %x and %x", rank, id0, id1)
+	id0, id1 := ids[0], ids[1]
+	if id0 == 0 || id1 == 0 || ids[2] == 0 || id0 == id1 || id1 == ids[2] || id0 == ids[2] {
+		t.Fatalf("rank %d: communicator ids %x", rank, ids)
 	}
 	type want struct {
 		op       string
@@ -452,7 +454,7 @@ func checkRank(t *testing.T, evs []traces.NCCLEvent, rank, nranks int32, iters i
 			t.Fatalf("group call %+v", ev)
 		}
 	}
-	return id0, id1
+	return ids
 }
 
 func sameID(t *testing.T, ev traces.NCCLEvent, known uint64) uint64 {

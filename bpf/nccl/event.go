@@ -32,22 +32,25 @@ const (
 	OpRecv               Op = 11
 	OpGroupStart         Op = 12
 	OpGroupEnd           Op = 13
+	// OpCommInitRankScalable is ncclCommInitRankScalable (NCCL >= 2.23).
+	OpCommInitRankScalable Op = 14
 )
 
 var opNames = [...]string{
-	OpCommInitRank:       "CommInitRank",
-	OpCommInitRankConfig: "CommInitRankConfig",
-	OpCommInitAll:        "CommInitAll",
-	OpAllReduce:          "AllReduce",
-	OpAllGather:          "AllGather",
-	OpReduceScatter:      "ReduceScatter",
-	OpBroadcast:          "Broadcast",
-	OpReduce:             "Reduce",
-	OpAllToAll:           "AllToAll",
-	OpSend:               "Send",
-	OpRecv:               "Recv",
-	OpGroupStart:         "GroupStart",
-	OpGroupEnd:           "GroupEnd",
+	OpCommInitRank:         "CommInitRank",
+	OpCommInitRankConfig:   "CommInitRankConfig",
+	OpCommInitAll:          "CommInitAll",
+	OpAllReduce:            "AllReduce",
+	OpAllGather:            "AllGather",
+	OpReduceScatter:        "ReduceScatter",
+	OpBroadcast:            "Broadcast",
+	OpReduce:               "Reduce",
+	OpAllToAll:             "AllToAll",
+	OpSend:                 "Send",
+	OpRecv:                 "Recv",
+	OpGroupStart:           "GroupStart",
+	OpGroupEnd:             "GroupEnd",
+	OpCommInitRankScalable: "CommInitRankScalable",
 }
 
 // String is the NCCL function name without its "nccl" prefix, as stored in
@@ -62,14 +65,16 @@ func (o Op) String() string {
 // Ops lists every probed function's Op, in code order.
 func Ops() []Op {
 	ops := make([]Op, 0, len(opNames)-1)
-	for o := OpCommInitRank; o <= OpGroupEnd; o++ {
+	for o := OpCommInitRank; o <= OpCommInitRankScalable; o++ {
 		ops = append(ops, o)
 	}
 	return ops
 }
 
 // IsInit reports whether o creates communicators.
-func (o Op) IsInit() bool { return o >= OpCommInitRank && o <= OpCommInitAll }
+func (o Op) IsInit() bool {
+	return o >= OpCommInitRank && o <= OpCommInitAll || o == OpCommInitRankScalable
+}
 
 // IsCollective reports whether o is a collective on one communicator.
 func (o Op) IsCollective() bool { return o >= OpAllReduce && o <= OpAllToAll }

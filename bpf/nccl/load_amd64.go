@@ -56,6 +56,7 @@ func Load(ringBytes int) (*Objects, error) {
 	o.Probes = []Probe{
 		{"ncclCommInitRank", OpCommInitRank, p.CommInitRank, p.CommInitRankRet},
 		{"ncclCommInitRankConfig", OpCommInitRankConfig, p.CommInitRankConfig, p.CommInitRankConfigRet},
+		{"ncclCommInitRankScalable", OpCommInitRankScalable, p.CommInitRankScalable, p.CommInitRankScalableRet},
 		{"ncclCommInitAll", OpCommInitAll, p.CommInitAll, p.CommInitAllRet},
 		{"ncclAllReduce", OpAllReduce, p.AllReduce, p.AllReduceRet},
 		{"ncclAllGather", OpAllGather, p.AllGather, p.AllGatherRet},

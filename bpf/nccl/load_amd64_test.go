@@ -39,7 +39,7 @@ func TestOpsMatchObject(t *testing.T) {
 		OpAllGather: ncclNcclOpOP_ALL_GATHER, OpReduceScatter: ncclNcclOpOP_REDUCE_SCATTER,
 		OpBroadcast: ncclNcclOpOP_BROADCAST, OpReduce: ncclNcclOpOP_REDUCE, OpAllToAll: ncclNcclOpOP_ALL_TO_ALL,
 		OpSend: ncclNcclOpOP_SEND, OpRecv: ncclNcclOpOP_RECV, OpGroupStart: ncclNcclOpOP_GROUP_START,
-		OpGroupEnd: ncclNcclOpOP_GROUP_END,
+		OpGroupEnd: ncclNcclOpOP_GROUP_END, OpCommInitRankScalable: ncclNcclOpOP_COMM_INIT_RANK_SCALABLE,
 	}
 	if len(gen) != len(Ops()) {
 		t.Fatalf("%d ops in Go, %d in the object", len(Ops()), len(gen))

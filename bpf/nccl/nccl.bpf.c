@@ -35,6 +35,7 @@ enum nccl_op {
 	OP_RECV = 11,
 	OP_GROUP_START = 12,
 	OP_GROUP_END = 13,
+	OP_COMM_INIT_RANK_SCALABLE = 14,
 };
 
 #define NCCL_UNIQUE_ID_BYTES 128
@@ -239,6 +240,24 @@ int comm_init_rank_config(struct pt_regs *ctx)
 	return init_rank(ctx, OP_COMM_INIT_RANK_CONFIG);
 }
 
+// ncclCommInitRankScalable(ncclComm_t* newcomm, int nranks, int myrank,
+// int nId, ncclUniqueId* commIds, ncclConfig_t* config): every rank passes
+// the same ids in the same order, so the first one identifies the
+// communicator.
+SEC("uprobe/ncclCommInitRankScalable")
+int comm_init_rank_scalable(struct pt_regs *ctx)
+{
+	struct inflight in = {};
+
+	begin(&in, OP_COMM_INIT_RANK_SCALABLE);
+	in.out = PT_REGS_PARM1(ctx);
+	in.ev.nranks = (__s32)PT_REGS_PARM2(ctx);
+	in.ev.rank = (__s32)PT_REGS_PARM3(ctx);
+	if ((__s32)PT_REGS_PARM4(ctx) > 0)
+		in.ev.comm_id = hash_unique_id((void *)PT_REGS_PARM5(ctx));
+	return save(&in);
+}
+
 // ncclCommInitAll(ncclComm_t* comm, int ndev, const int* devlist): one
 // process owns every rank; the communicator id is made from the process and
 // the call time, which is unique and shared by the ranks of this call.
@@ -395,6 +414,7 @@ static __always_inline int finish(struct pt_regs *ctx, __u32 op)
 	switch (op) {
 	case OP_COMM_INIT_RANK:
 	case OP_COMM_INIT_RANK_CONFIG:
+	case OP_COMM_INIT_RANK_SCALABLE:
 		// *comm is written by the call, so it is read on return.
 		bpf_probe_read_user(&ev.comm, sizeof(ev.comm), (void *)in->out);
 		if ((ev.result == 0 || ev.result == NCCL_IN_PROGRESS) && ev.comm)
@@ -429,6 +449,7 @@ static __always_inline int finish(struct pt_regs *ctx, __u32 op)
 
 RETURN_PROBE(comm_init_rank, OP_COMM_INIT_RANK)
 RETURN_PROBE(comm_init_rank_config, OP_COMM_INIT_RANK_CONFIG)
+RETURN_PROBE(comm_init_rank_scalable, OP_COMM_INIT_RANK_SCALABLE)
 RETURN_PROBE(comm_init_all, OP_COMM_INIT_ALL)
 RETURN_PROBE(all_reduce, OP_ALL_REDUCE)
 RETURN_PROBE(all_gather, OP_ALL_GATHER)

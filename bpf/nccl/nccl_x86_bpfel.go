@@ -65,58 +65,61 @@ type ncclInflightKey struct {
 type ncclNcclOp uint32
 
 const (
-	ncclNcclOpOP_COMM_INIT_RANK        ncclNcclOp = 1
-	ncclNcclOpOP_COMM_INIT_RANK_CONFIG ncclNcclOp = 2
-	ncclNcclOpOP_COMM_INIT_ALL         ncclNcclOp = 3
-	ncclNcclOpOP_ALL_REDUCE            ncclNcclOp = 4
-	ncclNcclOpOP_ALL_GATHER            ncclNcclOp = 5
-	ncclNcclOpOP_REDUCE_SCATTER        ncclNcclOp = 6
-	ncclNcclOpOP_BROADCAST             ncclNcclOp = 7
-	ncclNcclOpOP_REDUCE                ncclNcclOp = 8
-	ncclNcclOpOP_ALL_TO_ALL            ncclNcclOp = 9
-	ncclNcclOpOP_SEND                  ncclNcclOp = 10
-	ncclNcclOpOP_RECV                  ncclNcclOp = 11
-	ncclNcclOpOP_GROUP_START           ncclNcclOp = 12
-	ncclNcclOpOP_GROUP_END             ncclNcclOp = 13
+	ncclNcclOpOP_COMM_INIT_RANK          ncclNcclOp = 1
+	ncclNcclOpOP_COMM_INIT_RANK_CONFIG   ncclNcclOp = 2
+	ncclNcclOpOP_COMM_INIT_ALL           ncclNcclOp = 3
+	ncclNcclOpOP_ALL_REDUCE              ncclNcclOp = 4
+	ncclNcclOpOP_ALL_GATHER              ncclNcclOp = 5
+	ncclNcclOpOP_REDUCE_SCATTER          ncclNcclOp = 6
+	ncclNcclOpOP_BROADCAST               ncclNcclOp = 7
+	ncclNcclOpOP_REDUCE                  ncclNcclOp = 8
+	ncclNcclOpOP_ALL_TO_ALL              ncclNcclOp = 9
+	ncclNcclOpOP_SEND                    ncclNcclOp = 10
+	ncclNcclOpOP_RECV                    ncclNcclOp = 11
+	ncclNcclOpOP_GROUP_START             ncclNcclOp = 12
+	ncclNcclOpOP_GROUP_END               ncclNcclOp = 13
+	ncclNcclOpOP_COMM_INIT_RANK_SCALABLE ncclNcclOp = 14
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ncclMapComms                  = "comms"
-	ncclMapEvents                 = "events"
-	ncclMapInflight               = "inflight"
-	ncclMapLost                   = "lost"
-	ncclProgAllGather             = "all_gather"
-	ncclProgAllGatherRet          = "all_gather_ret"
-	ncclProgAllReduce             = "all_reduce"
-	ncclProgAllReduceRet          = "all_reduce_ret"
-	ncclProgAllToAll              = "all_to_all"
-	ncclProgAllToAllRet           = "all_to_all_ret"
-	ncclProgBroadcast             = "broadcast"
-	ncclProgBroadcastRet          = "broadcast_ret"
-	ncclProgCommDestroy           = "comm_destroy"
-	ncclProgCommInitAll           = "comm_init_all"
-	ncclProgCommInitAllRet        = "comm_init_all_ret"
-	ncclProgCommInitRank          = "comm_init_rank"
-	ncclProgCommInitRankConfig    = "comm_init_rank_config"
-	ncclProgCommInitRankConfigRet = "comm_init_rank_config_ret"
-	ncclProgCommInitRankRet       = "comm_init_rank_ret"
-	ncclProgGroupEnd              = "group_end"
-	ncclProgGroupEndRet           = "group_end_ret"
-	ncclProgGroupStart            = "group_start"
-	ncclProgGroupStartRet         = "group_start_ret"
-	ncclProgRecv                  = "recv"
-	ncclProgRecvRet               = "recv_ret"
-	ncclProgReduce                = "reduce"
-	ncclProgReduceRet             = "reduce_ret"
-	ncclProgReduceScatter         = "reduce_scatter"
-	ncclProgReduceScatterRet      = "reduce_scatter_ret"
-	ncclProgSend                  = "send"
-	ncclProgSendRet               = "send_ret"
-	ncclVarUnusedEvent            = "unused_event"
-	ncclVarUnusedOp               = "unused_op"
+	ncclMapComms                    = "comms"
+	ncclMapEvents                   = "events"
+	ncclMapInflight                 = "inflight"
+	ncclMapLost                     = "lost"
+	ncclProgAllGather               = "all_gather"
+	ncclProgAllGatherRet            = "all_gather_ret"
+	ncclProgAllReduce               = "all_reduce"
+	ncclProgAllReduceRet            = "all_reduce_ret"
+	ncclProgAllToAll                = "all_to_all"
+	ncclProgAllToAllRet             = "all_to_all_ret"
+	ncclProgBroadcast               = "broadcast"
+	ncclProgBroadcastRet            = "broadcast_ret"
+	ncclProgCommDestroy             = "comm_destroy"
+	ncclProgCommInitAll             = "comm_init_all"
+	ncclProgCommInitAllRet          = "comm_init_all_ret"
+	ncclProgCommInitRank            = "comm_init_rank"
+	ncclProgCommInitRankConfig      = "comm_init_rank_config"
+	ncclProgCommInitRankConfigRet   = "comm_init_rank_config_ret"
+	ncclProgCommInitRankRet         = "comm_init_rank_ret"
+	ncclProgCommInitRankScalable    = "comm_init_rank_scalable"
+	ncclProgCommInitRankScalableRet = "comm_init_rank_scalable_ret"
+	ncclProgGroupEnd                = "group_end"
+	ncclProgGroupEndRet             = "group_end_ret"
+	ncclProgGroupStart              = "group_start"
+	ncclProgGroupStartRet           = "group_start_ret"
+	ncclProgRecv                    = "recv"
+	ncclProgRecvRet                 = "recv_ret"
+	ncclProgReduce                  = "reduce"
+	ncclProgReduceRet               = "reduce_ret"
+	ncclProgReduceScatter           = "reduce_scatter"
+	ncclProgReduceScatterRet        = "reduce_scatter_ret"
+	ncclProgSend                    = "send"
+	ncclProgSendRet                 = "send_ret"
+	ncclVarUnusedEvent              = "unused_event"
+	ncclVarUnusedOp                 = "unused_op"
 )
 
 // loadNccl returns the embedded CollectionSpec for nccl.
@@ -161,33 +164,35 @@ type ncclSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ncclProgramSpecs struct {
-	AllGather             *ebpf.ProgramSpec `ebpf:"all_gather"`
-	AllGatherRet          *ebpf.ProgramSpec `ebpf:"all_gather_ret"`
-	AllReduce             *ebpf.ProgramSpec `ebpf:"all_reduce"`
-	AllReduceRet          *ebpf.ProgramSpec `ebpf:"all_reduce_ret"`
-	AllToAll              *ebpf.ProgramSpec `ebpf:"all_to_all"`
-	AllToAllRet           *ebpf.ProgramSpec `ebpf:"all_to_all_ret"`
-	Broadcast             *ebpf.ProgramSpec `ebpf:"broadcast"`
-	BroadcastRet          *ebpf.ProgramSpec `ebpf:"broadcast_ret"`
-	CommDestroy           *ebpf.ProgramSpec `ebpf:"comm_destroy"`
-	CommInitAll           *ebpf.ProgramSpec `ebpf:"comm_init_all"`
-	CommInitAllRet        *ebpf.ProgramSpec `ebpf:"comm_init_all_ret"`
-	CommInitRank          *ebpf.ProgramSpec `ebpf:"comm_init_rank"`
-	CommInitRankConfig    *ebpf.ProgramSpec `ebpf:"comm_init_rank_config"`
-	CommInitRankConfigRet *ebpf.ProgramSpec `ebpf:"comm_init_rank_config_ret"`
-	CommInitRankRet       *ebpf.ProgramSpec `ebpf:"comm_init_rank_ret"`
-	GroupEnd              *ebpf.ProgramSpec `ebpf:"group_end"`
-	GroupEndRet           *ebpf.ProgramSpec `ebpf:"group_end_ret"`
-	GroupStart            *ebpf.ProgramSpec `ebpf:"group_start"`
-	GroupStartRet         *ebpf.ProgramSpec `ebpf:"group_start_ret"`
-	Recv                  *ebpf.ProgramSpec `ebpf:"recv"`
-	RecvRet               *ebpf.ProgramSpec `ebpf:"recv_ret"`
-	Reduce                *ebpf.ProgramSpec `ebpf:"reduce"`
-	ReduceRet             *ebpf.ProgramSpec `ebpf:"reduce_ret"`
-	ReduceScatter         *ebpf.ProgramSpec `ebpf:"reduce_scatter"`
-	ReduceScatterRet      *ebpf.ProgramSpec `ebpf:"reduce_scatter_ret"`
-	Send                  *ebpf.ProgramSpec `ebpf:"send"`
-	SendRet               *ebpf.ProgramSpec `ebpf:"send_ret"`
+	AllGather               *ebpf.ProgramSpec `ebpf:"all_gather"`
+	AllGatherRet            *ebpf.ProgramSpec `ebpf:"all_gather_ret"`
+	AllReduce               *ebpf.ProgramSpec `ebpf:"all_reduce"`
+	AllReduceRet            *ebpf.ProgramSpec `ebpf:"all_reduce_ret"`
+	AllToAll                *ebpf.ProgramSpec `ebpf:"all_to_all"`
+	AllToAllRet             *ebpf.ProgramSpec `ebpf:"all_to_all_ret"`
+	Broadcast               *ebpf.ProgramSpec `ebpf:"broadcast"`
+	BroadcastRet            *ebpf.ProgramSpec `ebpf:"broadcast_ret"`
+	CommDestroy             *ebpf.ProgramSpec `ebpf:"comm_destroy"`
+	CommInitAll             *ebpf.ProgramSpec `ebpf:"comm_init_all"`
+	CommInitAllRet          *ebpf.ProgramSpec `ebpf:"comm_init_all_ret"`
+	CommInitRank            *ebpf.ProgramSpec `ebpf:"comm_init_rank"`
+	CommInitRankConfig      *ebpf.ProgramSpec `ebpf:"comm_init_rank_config"`
+	CommInitRankConfigRet   *ebpf.ProgramSpec `ebpf:"comm_init_rank_config_ret"`
+	CommInitRankRet         *ebpf.ProgramSpec `ebpf:"comm_init_rank_ret"`
+	CommInitRankScalable    *ebpf.ProgramSpec `ebpf:"comm_init_rank_scalable"`
+	CommInitRankScalableRet *ebpf.ProgramSpec `ebpf:"comm_init_rank_scalable_ret"`
+	GroupEnd                *ebpf.ProgramSpec `ebpf:"group_end"`
+	GroupEndRet             *ebpf.ProgramSpec `ebpf:"group_end_ret"`
+	GroupStart              *ebpf.ProgramSpec `ebpf:"group_start"`
+	GroupStartRet           *ebpf.ProgramSpec `ebpf:"group_start_ret"`
+	Recv                    *ebpf.ProgramSpec `ebpf:"recv"`
+	RecvRet                 *ebpf.ProgramSpec `ebpf:"recv_ret"`
+	Reduce                  *ebpf.ProgramSpec `ebpf:"reduce"`
+	ReduceRet               *ebpf.ProgramSpec `ebpf:"reduce_ret"`
+	ReduceScatter           *ebpf.ProgramSpec `ebpf:"reduce_scatter"`
+	ReduceScatterRet        *ebpf.ProgramSpec `ebpf:"reduce_scatter_ret"`
+	Send                    *ebpf.ProgramSpec `ebpf:"send"`
+	SendRet                 *ebpf.ProgramSpec `ebpf:"send_ret"`
 }
 
 // ncclMapSpecs contains maps before they are loaded into the kernel.
@@ -255,33 +260,35 @@ type ncclVariables struct {
 //
 // It can be passed to loadNcclObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ncclPrograms struct {
-	AllGather             *ebpf.Program `ebpf:"all_gather"`
-	AllGatherRet          *ebpf.Program `ebpf:"all_gather_ret"`
-	AllReduce             *ebpf.Program `ebpf:"all_reduce"`
-	AllReduceRet          *ebpf.Program `ebpf:"all_reduce_ret"`
-	AllToAll              *ebpf.Program `ebpf:"all_to_all"`
-	AllToAllRet           *ebpf.Program `ebpf:"all_to_all_ret"`
-	Broadcast             *ebpf.Program `ebpf:"broadcast"`
-	BroadcastRet          *ebpf.Program `ebpf:"broadcast_ret"`
-	CommDestroy           *ebpf.Program `ebpf:"comm_destroy"`
-	CommInitAll           *ebpf.Program `ebpf:"comm_init_all"`
-	CommInitAllRet        *ebpf.Program `ebpf:"comm_init_all_ret"`
-	CommInitRank          *ebpf.Program `ebpf:"comm_init_rank"`
-	CommInitRankConfig    *ebpf.Program `ebpf:"comm_init_rank_config"`
-	CommInitRankConfigRet *ebpf.Program `ebpf:"comm_init_rank_config_ret"`
-	CommInitRankRet       *ebpf.Program `ebpf:"comm_init_rank_ret"`
-	GroupEnd              *ebpf.Program `ebpf:"group_end"`
-	GroupEndRet           *ebpf.Program `ebpf:"group_end_ret"`
-	GroupStart            *ebpf.Program `ebpf:"group_start"`
-	GroupStartRet         *ebpf.Program `ebpf:"group_start_ret"`
-	Recv                  *ebpf.Program `ebpf:"recv"`
-	RecvRet               *ebpf.Program `ebpf:"recv_ret"`
-	Reduce                *ebpf.Program `ebpf:"reduce"`
-	ReduceRet             *ebpf.Program `ebpf:"reduce_ret"`
-	ReduceScatter         *ebpf.Program `ebpf:"reduce_scatter"`
-	ReduceScatterRet      *ebpf.Program `ebpf:"reduce_scatter_ret"`
-	Send                  *ebpf.Program `ebpf:"send"`
-	SendRet               *ebpf.Program `ebpf:"send_ret"`
+	AllGather               *ebpf.Program `ebpf:"all_gather"`
+	AllGatherRet            *ebpf.Program `ebpf:"all_gather_ret"`
+	AllReduce               *ebpf.Program `ebpf:"all_reduce"`
+	AllReduceRet            *ebpf.Program `ebpf:"all_reduce_ret"`
+	AllToAll                *ebpf.Program `ebpf:"all_to_all"`
+	AllToAllRet             *ebpf.Program `ebpf:"all_to_all_ret"`
+	Broadcast               *ebpf.Program `ebpf:"broadcast"`
+	BroadcastRet            *ebpf.Program `ebpf:"broadcast_ret"`
+	CommDestroy             *ebpf.Program `ebpf:"comm_destroy"`
+	CommInitAll             *ebpf.Program `ebpf:"comm_init_all"`
+	CommInitAllRet          *ebpf.Program `ebpf:"comm_init_all_ret"`
+	CommInitRank            *ebpf.Program `ebpf:"comm_init_rank"`
+	CommInitRankConfig      *ebpf.Program `ebpf:"comm_init_rank_config"`
+	CommInitRankConfigRet   *ebpf.Program `ebpf:"comm_init_rank_config_ret"`
+	CommInitRankRet         *ebpf.Program `ebpf:"comm_init_rank_ret"`
+	CommInitRankScalable    *ebpf.Program `ebpf:"comm_init_rank_scalable"`
+	CommInitRankScalableRet *ebpf.Program `ebpf:"comm_init_rank_scalable_ret"`
+	GroupEnd                *ebpf.Program `ebpf:"group_end"`
+	GroupEndRet             *ebpf.Program `ebpf:"group_end_ret"`
+	GroupStart              *ebpf.Program `ebpf:"group_start"`
+	GroupStartRet           *ebpf.Program `ebpf:"group_start_ret"`
+	Recv                    *ebpf.Program `ebpf:"recv"`
+	RecvRet                 *ebpf.Program `ebpf:"recv_ret"`
+	Reduce                  *ebpf.Program `ebpf:"reduce"`
+	ReduceRet               *ebpf.Program `ebpf:"reduce_ret"`
+	ReduceScatter           *ebpf.Program `ebpf:"reduce_scatter"`
+	ReduceScatterRet        *ebpf.Program `ebpf:"reduce_scatter_ret"`
+	Send                    *ebpf.Program `ebpf:"send"`
+	SendRet                 *ebpf.Program `ebpf:"send_ret"`
 }
 
 func (p *ncclPrograms) Close() error {
@@ -301,6 +308,8 @@ func (p *ncclPrograms) Close() error {
 		p.CommInitRankConfig,
 		p.CommInitRankConfigRet,
 		p.CommInitRankRet,
+		p.CommInitRankScalable,
+		p.CommInitRankScalableRet,
 		p.GroupEnd,
 		p.GroupEndRet,
 		p.GroupStart,

@@ -87,6 +87,14 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId c
 	return init_rank(comm, nranks, &commId, rank);
 }
 
+ncclResult_t ncclCommInitRankScalable(ncclComm_t *newcomm, int nranks, int myrank, int nId,
+				      ncclUniqueId *commIds, ncclConfig_t *config)
+{
+	if (nId < 1 || commIds == NULL || (config != NULL && config->size < sizeof(size_t)))
+		return ncclInvalidArgument;
+	return init_rank(newcomm, nranks, &commIds[0], myrank);
+}
+
 /* Like NCCL's own, this wraps the per-device inits in a group through the
  * public ncclGroupStart/ncclGroupEnd: probes must survive nested API calls. */
 ncclResult_t ncclCommInitAll(ncclComm_t *comm, int ndev, const int *devlist)

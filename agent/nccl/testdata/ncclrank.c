@@ -4,7 +4,8 @@
  * PyTorch does with the copy inside its wheel.
  *
  *   ncclrank ranks DIR RANK NRANKS ITERS SLOWRANK SLOW_US
- *       one rank of NRANKS (one process each); rank 0 writes the unique ids
+ *       one rank of NRANKS (one process each) with three communicators, one
+ *       from each init function that takes unique ids; rank 0 writes the ids
  *       to DIR, ranks meet at a barrier in a shared file after every
  *       iteration (the stand-in for a stream synchronize); SLOWRANK sleeps
  *       SLOW_US before every collective.
@@ -35,7 +36,8 @@
 #include "nccl.h"
 
 #define NCCL_FUNCS(X)                                                                               \
-	X(ncclGetUniqueId) X(ncclCommInitRank) X(ncclCommInitRankConfig) X(ncclCommInitAll)            \
+	X(ncclGetUniqueId) X(ncclCommInitRank) X(ncclCommInitRankConfig) X(ncclCommInitRankScalable)   \
+	X(ncclCommInitAll)                                                                             \
 	X(ncclCommDestroy) X(ncclAllReduce) X(ncclAllGather) X(ncclReduceScatter) X(ncclBroadcast)     \
 	X(ncclReduce) X(ncclAlltoAll) X(ncclSend) X(ncclRecv) X(ncclGroupStart) X(ncclGroupEnd)
 
@@ -181,22 +183,29 @@ static int ranks_main(char **argv)
 	slow_rank = atoi(argv[3]);
 	slow_us = atoi(argv[4]);
 
-	ncclUniqueId id0, id1;
+	ncclUniqueId id0, id1, id2[2];
 	if (rank == 0) {
 		check(p_ncclGetUniqueId(&id0), "GetUniqueId");
 		check(p_ncclGetUniqueId(&id1), "GetUniqueId");
+		check(p_ncclGetUniqueId(&id2[0]), "GetUniqueId");
+		check(p_ncclGetUniqueId(&id2[1]), "GetUniqueId");
+		write_id("id2a", &id2[0]);
+		write_id("id2b", &id2[1]);
 		write_id("id1", &id1);
 		write_id("id0", &id0);
 	} else {
 		read_id("id0", &id0);
 		read_id("id1", &id1);
+		read_id("id2a", &id2[0]);
+		read_id("id2b", &id2[1]);
 	}
 	open_barrier();
 
-	ncclComm_t c0, c1;
+	ncclComm_t c0, c1, c2;
 	ncclConfig_t cfg = { .size = sizeof(cfg), .magic = 0xcafebeef, .version = 22304, .blocking = 1 };
 	check(p_ncclCommInitRank(&c0, nranks, id0, rank), "CommInitRank");
 	check(p_ncclCommInitRankConfig(&c1, nranks, id1, rank, &cfg), "CommInitRankConfig");
+	check(p_ncclCommInitRankScalable(&c2, nranks, rank, 2, id2, &cfg), "CommInitRankScalable");
 	barrier();
 	for (int i = 0; i < iters; i++) {
 		iteration(c0, c1);
@@ -205,6 +214,7 @@ static int ranks_main(char **argv)
 	}
 	p_ncclCommDestroy(c0);
 	p_ncclCommDestroy(c1);
+	p_ncclCommDestroy(c2);
 	return 0;
 }
 
