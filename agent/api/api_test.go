@@ -293,3 +293,13 @@ func TestClient(t *testing.T) {
 		t.Fatalf("no agent: %v", err)
 	}
 }
+
+func BenchmarkDecodeStep(b *testing.B) {
+	body := []byte(`{"job":"train","rank":3,"iteration":17,"pid":4242,"time":1764072000.25}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeStep(bytes.NewReader(body)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

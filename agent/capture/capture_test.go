@@ -3,6 +3,7 @@ package capture
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -432,4 +433,29 @@ func TestIterationWindowFromLateSteps(t *testing.T) {
 	if len(got) < 5 || got[0].Iteration > 10 || got[len(got)-1].Iteration < 14 {
 		t.Errorf("steps %+v", got)
 	}
+}
+
+// BenchmarkWriteBundle writes the bundle of a 20 s window: two GPUs at
+// 100 Hz (4000 rows), steps and a CPU profile, into the spool.
+func BenchmarkWriteBundle(b *testing.B) {
+	sp := &dirSpool{root: b.TempDir()}
+	tr := steps.New(steps.Config{})
+	start := time.Now().Add(-20 * time.Second)
+	for i := range 200 {
+		if err := tr.Mark(steps.Marker{Job: "j", PID: 10, Iteration: int64(i), Time: start.Add(time.Duration(i) * 100 * time.Millisecond)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c := New(Config{Cluster: "c", Host: "h"}, Sources{GPU: &fakeGPU{}, Steps: tr}, sp, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	prof, _ := fakeWindow{}.Stop()
+	end := start.Add(20 * time.Second)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		if _, err := c.write(context.Background(), Request{ID: fmt.Sprintf("b%d", i), Job: "j", Run: "r", Processes: procs}, start, end, prof, nil, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(4000*float64(b.N)/b.Elapsed().Seconds(), "gpu_rows/s")
 }

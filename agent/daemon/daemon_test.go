@@ -191,3 +191,31 @@ func readRows[T any](t *testing.T, dir, name string) []T {
 	}
 	return rows
 }
+
+// BenchmarkPostStep is the cost of one step marker through the real API
+// over loopback HTTP, as a training loop pays it.
+func BenchmarkPostStep(b *testing.B) {
+	dir := b.TempDir()
+	cfg := DefaultConfig()
+	cfg.MetricsAddr, cfg.APIAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Store, cfg.SpoolDir = "file://"+filepath.Join(dir, "store"), filepath.Join(dir, "spool")
+	cfg.CPU.Enabled, cfg.NCCL.Enabled, cfg.Kineto.Enabled = false, false, false
+	cfg.Trigger.Disabled = true
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c := &api.Client{Addr: d.APIAddr()}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := c.Step(ctx, api.StepRequest{Job: "bench", Rank: i % 8, Iteration: int64(i / 8)}); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
