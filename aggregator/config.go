@@ -39,6 +39,9 @@ type Config struct {
 	Workers int `yaml:"workers" help:"captures analyzed at once by this replica"`
 	// SweepInterval is the pause between listing steps (negative: off).
 	SweepInterval time.Duration `yaml:"sweep_interval" help:"pause between store listing steps that catch missed notifications (negative: off)"`
+	// IndexRefresh is how often the whole store is listed again to rebuild
+	// the in-memory index (0: only at start).
+	IndexRefresh time.Duration `yaml:"index_refresh" help:"how often to list the whole store again to rebuild the API's index, dropping deleted captures (0: only at start)"`
 	// SweepPages is how many pages of 1000 keys one listing step reads.
 	SweepPages int `yaml:"sweep_pages" help:"pages of 1000 keys one listing step reads"`
 	// MaxPartSize bounds a part the analyzers read, in bytes.
@@ -59,6 +62,7 @@ func DefaultConfig() Config {
 		Workers:          watcher.DefaultWorkers,
 		SweepInterval:    watcher.DefaultSweepInterval,
 		SweepPages:       watcher.DefaultSweepPages,
+		IndexRefresh:     watcher.DefaultIndexRefresh,
 		LogLevel:         "info",
 	}
 }
@@ -80,6 +84,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SweepPages < 1 {
 		errs = append(errs, fmt.Errorf("sweep_pages: %d, want at least 1", c.SweepPages))
+	}
+	if c.IndexRefresh < 0 {
+		errs = append(errs, fmt.Errorf("index_refresh: %v is negative; use 0 to turn it off", c.IndexRefresh))
 	}
 	if c.MaxPartSize < 0 {
 		errs = append(errs, fmt.Errorf("max_part_size: %d is negative", c.MaxPartSize))

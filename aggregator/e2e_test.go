@@ -45,8 +45,15 @@ func TestEndToEndMinIO(t *testing.T) {
 	cfgN.AddFilterSuffix("manifest.json")
 	var nc notification.Configuration
 	nc.AddQueue(cfgN)
-	if err := srv.Client().SetBucketNotification(ctx, srv.Bucket, nc); err != nil {
-		t.Fatalf("configure the bucket's webhook notification: %v", err)
+	// MinIO registers its notification targets in the background after it
+	// reports ready; until then the ARN is unknown.
+	var nerr error
+	waitFor(t, "MinIO to know the webhook target", func() bool {
+		nerr = srv.Client().SetBucketNotification(ctx, srv.Bucket, nc)
+		return nerr == nil || !strings.Contains(nerr.Error(), "ARN does not exist")
+	})
+	if nerr != nil {
+		t.Fatalf("configure the bucket's webhook notification: %v", nerr)
 	}
 
 	count := aggtest.NewCounter("count", "1")

@@ -85,7 +85,7 @@ func New(ctx context.Context, cfg Config, list []*analyzers.Analyzer, log *slog.
 	})
 	w := watcher.New(watcher.Config{
 		Store: st, Processor: run, Index: ix, Bucket: bucket, Prefix: prefix,
-		SweepInterval: cfg.SweepInterval, SweepPages: cfg.SweepPages, Workers: cfg.Workers,
+		SweepInterval: cfg.SweepInterval, SweepPages: cfg.SweepPages, IndexRefresh: cfg.IndexRefresh, Workers: cfg.Workers,
 		Logger: log, Metrics: set,
 	})
 	srv := api.New(api.Config{

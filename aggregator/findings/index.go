@@ -298,6 +298,21 @@ func (ix *Index) Findings(q Query) (list []traces.Finding, total int) {
 	return list, total
 }
 
+// Retain drops the captures for which keep is false (deleted from the
+// store) and returns how many it dropped.
+func (ix *Index) Retain(keep func(capture.ID) bool) int {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	n := 0
+	for id := range ix.captures {
+		if !keep(id) {
+			delete(ix.captures, id)
+			n++
+		}
+	}
+	return n
+}
+
 // Finding returns the finding with that ID.
 func (ix *Index) Finding(id string) (traces.Finding, bool) {
 	ix.mu.RLock()

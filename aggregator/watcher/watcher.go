@@ -44,6 +44,7 @@ const (
 	DefaultSweepPages    = 10
 	DefaultPageSize      = 1000
 	DefaultWorkers       = 2
+	DefaultIndexRefresh  = time.Hour
 )
 
 // Processor analyzes one capture; *runner.Runner is one.
@@ -64,8 +65,11 @@ type Config struct {
 	// of PageSize keys are listed per step. A negative interval disables
 	// the periodic listing (the start-up listing still runs).
 	SweepInterval time.Duration
-	SweepPages    int
-	PageSize      int
+	// IndexRefresh is how often the whole store is listed again to
+	// rebuild the index (dropping deleted captures); 0 disables it.
+	IndexRefresh time.Duration
+	SweepPages   int
+	PageSize     int
 	// Workers analyze that many captures at once.
 	Workers int
 	Logger  *slog.Logger
@@ -230,32 +234,44 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.mu.Lock()
 	w.ready = true
 	w.mu.Unlock()
-	if w.cfg.SweepInterval < 0 {
-		<-ctx.Done()
-		return nil
+	// A nil channel never fires: that timer is off.
+	var sweep, refresh <-chan time.Time
+	if w.cfg.SweepInterval > 0 {
+		t := time.NewTicker(w.cfg.SweepInterval)
+		defer t.Stop()
+		sweep = t.C
 	}
-	t := time.NewTicker(w.cfg.SweepInterval)
-	defer t.Stop()
+	if w.cfg.IndexRefresh > 0 {
+		t := time.NewTicker(w.cfg.IndexRefresh)
+		defer t.Stop()
+		refresh = t.C
+	}
 	for {
+		var err error
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
-			if err := w.Sweep(ctx); err != nil && ctx.Err() == nil {
-				w.sweepErrors.Inc()
-				w.log.Warn("store listing failed; the next step retries", "err", err)
-			}
+		case <-sweep:
+			err = w.Sweep(ctx)
+		case <-refresh:
+			err = w.Rebuild(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
+			w.sweepErrors.Inc()
+			w.log.Warn("store listing failed; the next step retries", "err", err)
 		}
 	}
 }
 
-// Rebuild lists the whole store: findings records go into the index, and
-// captures whose manifests the index does not know are queued.
+// Rebuild lists the whole store: findings records go into the index,
+// captures whose manifests the index does not know are queued, and
+// captures no longer in the store (retention deleted them) leave the index.
 func (w *Watcher) Rebuild(ctx context.Context) error {
 	start := time.Now()
+	seen := map[capture.ID]bool{}
 	cursor := ""
 	for {
-		next, err := w.page(ctx, cursor)
+		next, err := w.page(ctx, cursor, seen)
 		if err != nil {
 			return err
 		}
@@ -264,7 +280,11 @@ func (w *Watcher) Rebuild(ctx context.Context) error {
 		}
 		cursor = next
 	}
-	w.log.Info("store listed", "queued", w.Queued(), "took", time.Since(start).Round(time.Millisecond))
+	dropped := 0
+	if w.cfg.Index != nil {
+		dropped = w.cfg.Index.Retain(func(id capture.ID) bool { return seen[id] })
+	}
+	w.log.Info("store listed", "captures", len(seen), "queued", w.Queued(), "dropped", dropped, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -284,7 +304,7 @@ func (w *Watcher) Sweep(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		next, err := w.page(ctx, cur.After)
+		next, err := w.page(ctx, cur.After, nil)
 		if err != nil {
 			return err
 		}
@@ -298,13 +318,21 @@ func (w *Watcher) Sweep(ctx context.Context) error {
 	return nil
 }
 
-// page lists one page of v1/ after cursor and acts on what it finds.
-func (w *Watcher) page(ctx context.Context, cursor string) (string, error) {
+// page lists one page of v1/ after cursor and acts on what it finds; the
+// captures it holds go into seen, when not nil.
+func (w *Watcher) page(ctx context.Context, cursor string, seen map[capture.ID]bool) (string, error) {
 	objs, next, err := w.cfg.Store.List(ctx, traces.KeyVersion+"/", cursor, w.cfg.PageSize)
 	if err != nil {
 		return "", fmt.Errorf("list %s/ after %q: %w", traces.KeyVersion, cursor, err)
 	}
 	w.sweepObjects.Add(len(objs))
+	if seen != nil {
+		for _, o := range objs {
+			if id, _, err := capture.OfKey(o.Key); err == nil {
+				seen[id] = true
+			}
+		}
+	}
 	// Records first: a record read here can make its manifests known.
 	if err := w.readRecords(ctx, objs); err != nil {
 		return "", err

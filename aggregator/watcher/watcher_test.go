@@ -290,3 +290,32 @@ func BenchmarkRebuild(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/captures, "µs/capture")
 }
+
+// TestRebuildDropsDeleted: a capture that retention deleted from the store
+// leaves the index at the next full listing.
+func TestRebuildDropsDeleted(t *testing.T) {
+	ctx := context.Background()
+	st := dirStore(t)
+	count := aggtest.NewCounter("count", "1")
+	putCapture(t, st, 1, 1)
+	putCapture(t, st, 2, 1)
+	r := newReplica(st, "a", count, -1)
+	r.run(t)
+	waitFor(t, "both captures", func() bool { return r.ix.Done(id(1)) && r.ix.Done(id(2)) })
+	objs, _, err := st.List(ctx, id(1).Prefix(), "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		st.Delete(ctx, o.Key)
+	}
+	if err := r.w.Rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.ix.Capture(id(1)); ok {
+		t.Fatal("deleted capture still in the index")
+	}
+	if !r.ix.Done(id(2)) {
+		t.Fatal("the other capture left the index")
+	}
+}
