@@ -144,10 +144,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Daemon, err e
 	})
 
 	if d.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
-		return nil, fmt.Errorf("metrics address: %w", err)
+		return nil, fmt.Errorf("metrics address: %w (dcgm-exporter uses the same port: stop it, or set --metrics-addr)", err)
 	}
 	if d.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
-		return nil, fmt.Errorf("api address: %w", err)
+		return nil, fmt.Errorf("api address: %w (is another loupe-agent running? set --api-addr)", err)
 	}
 	return d, nil
 }
