@@ -33,6 +33,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -117,9 +118,9 @@ type Tracer struct {
 	scanMu sync.Mutex
 	files  map[fileID]*attachment
 	procs  map[int]*procState
-	// failed holds files whose attach failed, with why; they are not
-	// retried until the agent restarts, so a bad file costs one log line.
-	failed map[fileID]string
+	// failed holds files whose attach failed, until when not to retry, so
+	// that a bad file costs a log line per failRetry, not per scan.
+	failed map[fileID]time.Time
 
 	// mu guards the event side. Lock order: scanMu, then mu.
 	mu        sync.Mutex
@@ -155,6 +156,9 @@ type commKey struct {
 // are loaded early (import torch), and a file already attached is traced in
 // new processes anyway, so late discovery only delays Processes().
 const maxBackoffScans = 30
+
+// failRetry is how long a library whose attach failed is left alone.
+const failRetry = 10 * time.Minute
 
 // New loads the eBPF programs. Without the privileges to do so the error
 // names the missing capabilities.
@@ -193,7 +197,7 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Tracer, error) {
 		procs:      map[int]*procState{},
 		comms:      map[commKey]*Comm{},
 		recent:     newRing(cfg.BufferEvents),
-		failed:     map[fileID]string{},
+		failed:     map[fileID]time.Time{},
 		subs:       map[int]chan traces.NCCLEvent{},
 	}
 	for _, op := range bpfnccl.Ops() {
@@ -301,6 +305,7 @@ func (t *Tracer) read(rd *ringbuf.Reader) {
 				return
 			}
 			t.log.Warn("reading the NCCL ring buffer", "err", err)
+			time.Sleep(pollInterval) // do not spin on a persistent error
 			continue
 		}
 		if err := bpfnccl.ParseEvent(rec.RawSample, &ev); err != nil {
@@ -498,17 +503,25 @@ func (t *Tracer) scanProcLocked(pid int, p *procState, now time.Time) {
 			t.log.Info("process maps a libnccl that was deleted or replaced on disk; not tracing it", "pid", pid, "library", m.Path)
 			continue
 		}
-		if _, bad := t.failed[m.ID]; bad {
+		if now.Before(t.failed[m.ID]) {
 			continue
 		}
 		a := t.files[m.ID]
 		if a == nil {
 			var err error
-			if a, err = t.attachLocked(pid, m); err != nil {
-				t.failed[m.ID] = err.Error()
-				t.log.Warn("cannot trace this libnccl", "pid", pid, "library", m.Path, "err", err)
+			a, err = t.attachLocked(pid, m)
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+				// The process exited before the file could be opened
+				// through it; the next process that maps it will do.
+				t.log.Debug("process gone before attach", "pid", pid, "library", m.Path, "err", err)
 				continue
 			}
+			if err != nil {
+				t.failed[m.ID] = now.Add(failRetry)
+				t.log.Warn("cannot trace this libnccl; will retry", "pid", pid, "library", m.Path, "in", failRetry, "err", err)
+				continue
+			}
+			delete(t.failed, m.ID)
 			t.files[m.ID] = a
 		}
 		a.pids[pid] = true

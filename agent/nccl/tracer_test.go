@@ -26,6 +26,8 @@ import (
 // once per test binary by gcc from testdata.
 type standIn struct {
 	lib    string // libnccl.so.2
+	oldLib string // libnccl.so.2 without the functions older NCCL lacks
+	notLib string // a libnccl.so.2 that is not NCCL at all
 	rank   string // ncclrank, linked against lib
 	rankDL string // ncclrank loading $LOUPE_NCCL_LIB with dlopen
 }
@@ -69,11 +71,21 @@ func buildStandIn(t testing.TB) standIn {
 		src, _ := filepath.Abs("testdata")
 		built = standIn{
 			lib:    filepath.Join(buildDir, "libnccl.so.2"),
+			oldLib: filepath.Join(buildDir, "old/libnccl.so.2"),
+			notLib: filepath.Join(buildDir, "not/libnccl.so.2"),
 			rank:   filepath.Join(buildDir, "ncclrank"),
 			rankDL: filepath.Join(buildDir, "ncclrank-dl"),
 		}
+		for _, d := range []string{"old", "not"} {
+			if buildErr = os.Mkdir(filepath.Join(buildDir, d), 0o755); buildErr != nil {
+				return
+			}
+		}
+		so := []string{"-shared", "-fPIC", "-O2", "-Wl,-soname,libnccl.so.2", "-o"}
 		for _, args := range [][]string{
-			{"-shared", "-fPIC", "-O2", "-Wl,-soname,libnccl.so.2", "-o", built.lib, filepath.Join(src, "nccl.c")},
+			append(so, built.lib, filepath.Join(src, "nccl.c")),
+			append(so, built.oldLib, "-DSTANDIN_OLD_NCCL", filepath.Join(src, "nccl.c")),
+			append(so, built.notLib, filepath.Join(src, "notnccl.c")),
 			{"-O2", "-o", built.rank, filepath.Join(src, "ncclrank.c"), built.lib, "-Wl,-rpath," + buildDir},
 			{"-O2", "-DUSE_DLOPEN", "-o", built.rankDL, filepath.Join(src, "ncclrank.c"), "-ldl"},
 		} {
@@ -128,8 +140,8 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// probeFDs counts this process's perf event and BPF link descriptors: one
-// per attached uprobe, so it shows the kernel side of attach and detach.
+// probeFDs counts this process's perf event descriptors: one per attached
+// uprobe, so it shows the kernel side of attach and detach.
 func probeFDs(t testing.TB) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
@@ -139,7 +151,7 @@ func probeFDs(t testing.TB) int {
 	n := 0
 	for _, e := range ents {
 		target, _ := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
-		if target == "anon_inode:[perf_event]" || target == "anon_inode:bpf_link" {
+		if target == "anon_inode:[perf_event]" {
 			n++
 		}
 	}
@@ -590,4 +602,38 @@ func TestNewUnprivileged(t *testing.T) {
 		!strings.Contains(text, "CAP_BPF") || !strings.Contains(text, "CAP_PERFMON") {
 		t.Fatalf("unprivileged New() did not name the missing capabilities:\n%s", text)
 	}
+}
+
+// A library from an older NCCL that lacks some functions gets the probes it
+// can take; a file that only carries NCCL's name gets none and is not
+// retried on every scan. Any process that maps them will do: here sleep(1)
+// with the library preloaded.
+func TestTracerPartialAndForeignLibraries(t *testing.T) {
+	s := buildStandIn(t)
+	baseFDs := probeFDs(t)
+	tr := startTracer(t, nil)
+
+	old := startProgram(t, []string{"LD_PRELOAD=" + s.oldLib}, "sleep", "30")
+	waitFor(t, "the old library to be traced", func() bool { return tracedPIDs(tr)[old.cmd.Process.Pid] == s.oldLib })
+	// 14 reporting functions less the 2 missing, entry and return, plus
+	// the entry-only ncclCommDestroy and ncclCommAbort.
+	if got, want := probeFDs(t)-baseFDs, 12*2+2; got != want {
+		t.Errorf("%d probes on the old library, want %d", got, want)
+	}
+
+	foreign := startProgram(t, []string{"LD_PRELOAD=" + s.notLib}, "sleep", "30")
+	waitFor(t, "the foreign library to be refused", func() bool {
+		tr.scanMu.Lock()
+		defer tr.scanMu.Unlock()
+		return len(tr.failed) == 1 && tr.procs[foreign.cmd.Process.Pid] != nil
+	})
+	if _, ok := tracedPIDs(tr)[foreign.cmd.Process.Pid]; ok {
+		t.Error("a library without NCCL's functions is listed as traced")
+	}
+
+	for _, p := range []*program{old, foreign} {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+	waitFor(t, "detach", func() bool { return len(tr.Processes()) == 0 && probeFDs(t) == baseFDs })
 }

@@ -1,6 +1,7 @@
 /* A stand-in libnccl.so.2 for tests on machines without GPUs: it exports
  * NCCL's real host API symbols with their real signatures and does no GPU
- * work. Each call checks its arguments the way a caller relies on (so a
+ * work. Built with -DSTANDIN_OLD_NCCL it lacks the functions that older
+ * NCCL releases lack (ncclAlltoAll, ncclCommInitRankScalable). Each call checks its arguments the way a caller relies on (so a
  * probe reading the wrong register would disagree with it) and spends a few
  * microseconds, as a real enqueue does. Build:
  *   gcc -shared -fPIC -O2 -Wl,-soname,libnccl.so.2 -o libnccl.so.2 nccl.c */
@@ -87,6 +88,7 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId c
 	return init_rank(comm, nranks, &commId, rank);
 }
 
+#ifndef STANDIN_OLD_NCCL
 ncclResult_t ncclCommInitRankScalable(ncclComm_t *newcomm, int nranks, int myrank, int nId,
 				      ncclUniqueId *commIds, ncclConfig_t *config)
 {
@@ -94,6 +96,7 @@ ncclResult_t ncclCommInitRankScalable(ncclComm_t *newcomm, int nranks, int myran
 		return ncclInvalidArgument;
 	return init_rank(newcomm, nranks, &commIds[0], myrank);
 }
+#endif
 
 /* Like NCCL's own, this wraps the per-device inits in a group through the
  * public ncclGroupStart/ncclGroupEnd: probes must survive nested API calls. */
@@ -112,6 +115,12 @@ ncclResult_t ncclCommInitAll(ncclComm_t *comm, int ndev, const int *devlist)
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm)
+{
+	free(comm);
+	return ncclSuccess;
+}
+
+ncclResult_t ncclCommAbort(ncclComm_t comm)
 {
 	free(comm);
 	return ncclSuccess;
@@ -168,12 +177,14 @@ ncclResult_t ncclReduce(const void *sendbuff, void *recvbuff, size_t count, nccl
 	return coll(comm, datatype);
 }
 
+#ifndef STANDIN_OLD_NCCL
 ncclResult_t ncclAlltoAll(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
 			  ncclComm_t comm, cudaStream_t stream)
 {
 	(void)sendbuff, (void)recvbuff, (void)count, (void)stream;
 	return coll(comm, datatype);
 }
+#endif
 
 static ncclResult_t p2p(int peer, ncclComm_t comm, ncclDataType_t datatype)
 {
