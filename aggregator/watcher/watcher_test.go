@@ -229,7 +229,7 @@ func TestReplicasOnMinIO(t *testing.T) {
 func TestPartialAfterTimeout(t *testing.T) {
 	st := dirStore(t)
 	count := aggtest.NewCounter("count", "1")
-	r := newReplicaTimeout(st, "a", count, -1, 2*time.Second)
+	r := newReplicaTimeout(st, "a", count, -1, 3*time.Second)
 	r.run(t)
 	waitFor(t, "the index to be ready", r.w.Ready)
 	aggtest.Put(t, st, aggtest.Manifest("job1", id(1).Capture, "node-0", 2, 0), map[string][]byte{aggtest.PartName: []byte("rank 0")})
