@@ -31,7 +31,9 @@ const (
 	topKernelCount = 10
 	topKernelRatio = 0.8
 	othersName     = "others"
-	maxNameInTitle = 96
+	// Templated kernel names run to kilobytes; findings show their start.
+	maxNameInTitle    = 96
+	maxNameInEvidence = 200
 )
 
 func runKinetoKernels(pass *Pass) error {
@@ -51,15 +53,16 @@ func runKinetoKernels(pass *Pass) error {
 				if top == "" && k.Name != othersName {
 					top = k.Name
 				}
+				name := c.String() + ": " + shortName(k.Name, maxNameInEvidence)
 				ev = append(ev,
-					metric(c.String()+": "+k.Name, micros(k.Total), unitMicros),
-					metric(c.String()+": "+k.Name+" [count]", float64(k.Count), unitCount))
+					metric(name, micros(k.Total), unitMicros),
+					metric(name+" [count]", float64(k.Count), unitCount))
 			}
 		}
 		if total == 0 {
 			return
 		}
-		title := fmt.Sprintf("Kernel breakdown, %s: top kernel %s", r.where(), shortName(top))
+		title := fmt.Sprintf("Kernel breakdown, %s: top kernel %s", r.where(), shortName(top, maxNameInTitle))
 		pass.Report(kinetoFinding(r, title, traces.SeverityInfo, 0, ev,
 			"Optimise the kernels at the top first: they bound what any speed-up can gain."))
 	})
@@ -118,9 +121,9 @@ func linearQuantile(sorted []float64, q float64) float64 {
 	return sorted[lo] + (sorted[lo+1]-sorted[lo])*(pos-float64(lo))
 }
 
-func shortName(s string) string {
-	if len(s) > maxNameInTitle {
-		return s[:maxNameInTitle] + "..."
+func shortName(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
 	}
 	return s
 }
