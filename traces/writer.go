@@ -25,6 +25,9 @@ type BundleWriter struct {
 	dir   string
 	m     Manifest
 	names map[string]bool
+	// dirs are the folders parts were renamed into; Commit fsyncs them
+	// before the manifest so that no committed bundle can lose a part.
+	dirs map[string]bool
 }
 
 // NewBundleWriter starts a bundle in dir (created if needed) described by m.
@@ -39,7 +42,7 @@ func NewBundleWriter(dir string, m Manifest) (*BundleWriter, error) {
 	}
 	m.SchemaVersion = SchemaVersion
 	m.Parts = nil
-	return &BundleWriter{dir: dir, m: m, names: map[string]bool{}}, nil
+	return &BundleWriter{dir: dir, m: m, names: map[string]bool{}, dirs: map[string]bool{dir: true}}, nil
 }
 
 // Dir is the directory the bundle is written to.
@@ -75,6 +78,7 @@ func (w *BundleWriter) Create(name, mediaType string) (*PartWriter, error) {
 		return nil, fmt.Errorf("bundle part %q: %w", name, err)
 	}
 	w.names[name] = true
+	w.dirs[filepath.Dir(path)] = true
 	p := &PartWriter{w: w, name: name, mediaType: mediaType, f: f, sum: sha256.New()}
 	p.buf = bufio.NewWriterSize(io.MultiWriter(f, p.sum), 256<<10)
 	return p, nil
@@ -194,6 +198,11 @@ func (w *BundleWriter) Commit() (*Manifest, error) {
 	}
 	if err := w.m.Validate(); err != nil {
 		return nil, fmt.Errorf("commit bundle %s: %w", w.dir, err)
+	}
+	for d := range w.dirs {
+		if err := SyncDir(d); err != nil {
+			return nil, fmt.Errorf("commit bundle %s: %w", w.dir, err)
+		}
 	}
 	data, err := json.MarshalIndent(&w.m, "", "  ")
 	if err != nil {
