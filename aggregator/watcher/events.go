@@ -32,6 +32,9 @@ var ErrEvent = errors.New("invalid S3 event notification")
 // AWS-style senders (versitygw, S3 via a relay) post {"Records": [...]}.
 // Record object keys are URL-encoded, as in AWS's event structure.
 type notification struct {
+	// Event is "s3:TestEvent" in the message AWS sends when notifications
+	// are configured.
+	Event     string   `json:"Event"`
 	EventName string   `json:"EventName"`
 	Key       string   `json:"Key"`
 	Records   []record `json:"Records"`
@@ -51,6 +54,7 @@ type record struct {
 
 // DecodeEvents reads one webhook notification body. It accepts MinIO's
 // webhook format and AWS's event structure, at most MaxEventBody bytes.
+// AWS's test message gives no events and no error.
 func DecodeEvents(r io.Reader) ([]Event, error) {
 	data, err := io.ReadAll(io.LimitReader(r, MaxEventBody+1))
 	if err != nil {
@@ -62,6 +66,9 @@ func DecodeEvents(r io.Reader) ([]Event, error) {
 	var n notification
 	if err := json.Unmarshal(data, &n); err != nil {
 		return nil, fmt.Errorf("%w: not JSON of the S3 event format: %v", ErrEvent, err)
+	}
+	if n.Event == "s3:TestEvent" && len(n.Records) == 0 {
+		return nil, nil
 	}
 	if len(n.Records) > maxRecords {
 		return nil, fmt.Errorf("%w: %d records, at most %d", ErrEvent, len(n.Records), maxRecords)
