@@ -280,9 +280,17 @@ func (s *Server) captureDetail(r *http.Request) (*CaptureResponse, error) {
 	for _, h := range c.Hosts {
 		resp.Manifests = append(resp.Manifests, h.Manifest)
 	}
-	resp.Status = findings.StatusWaiting
-	if e, ok := s.cfg.Index.Capture(id); ok {
+	switch e, ok := s.cfg.Index.Capture(id); {
+	case ok:
 		resp.Status = e.Status
+	case rec != nil && rec.Partial:
+		resp.Status = findings.StatusPartial
+	case rec != nil:
+		resp.Status = findings.StatusAnalyzed
+	case resp.Complete:
+		resp.Status = findings.StatusPending
+	default:
+		resp.Status = findings.StatusWaiting
 	}
 	return resp, nil
 }
