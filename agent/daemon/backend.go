@@ -277,6 +277,22 @@ func (d *Daemon) knownJobs() string {
 	return strings.Join(jobs, ", ")
 }
 
+// jobOf names the job of a process: from its environment, or from the
+// step markers it posts.
+func (d *Daemon) jobOf(pid int) string {
+	if j := jobName(d.processInfo(pid)); j != "" {
+		return j
+	}
+	if d.tracker != nil {
+		for _, st := range d.tracker.Stats("") {
+			if st.PID == pid {
+				return st.Job
+			}
+		}
+	}
+	return ""
+}
+
 // jobName is the key-safe name of a process's job ("" when it has none).
 func jobName(info attribution.Info) string { return keyComponent(info.Job, "") }
 

@@ -244,7 +244,7 @@ func (d *Daemon) startCollectors(own *metrics.Set) {
 		d.setCollector(collKineto, errors.New("disabled by configuration (kineto.enabled)"))
 	} else {
 		kcfg := cfg.Kineto
-		kcfg.JobOf = func(pid int) string { return d.processInfo(pid).Job }
+		kcfg.JobOf = d.jobOf
 		var dcgm kineto.DCGMControl
 		if d.gpu != nil {
 			dcgm = d.gpu

@@ -35,8 +35,14 @@ func (k *kinetoAddon) Open(_ context.Context, w capture.Window) (func(context.Co
 		pids = append(pids, p.PID)
 		rank[p.PID] = p.Rank
 	}
+	// Matched pids name the processes exactly; the job name selects only
+	// when none matched, since Kineto's own job ids are not Loupe's names.
+	job := w.Job
+	if len(pids) > 0 {
+		job = ""
+	}
 	req := kineto.TraceRequest{
-		Job: w.Job, PIDs: pids, LogFile: filepath.Join(k.dir, w.ID, "trace.json"),
+		Job: job, PIDs: pids, LogFile: filepath.Join(k.dir, w.ID, "trace.json"),
 		Iterations: w.Iterations, RoundUp: k.roundup, Duration: w.Duration,
 	}
 	res, err := k.srv.Trace(req)
