@@ -23,10 +23,24 @@
 // spread of their arrival times (see Skew) shows which rank the others wait
 // for: a straggler arrives last, consistently.
 //
+// Numbering: Seq counts a communicator's collectives from 0; Send and Recv
+// are counted apart from them (ranks of a pipeline issue different numbers
+// of them, which must not shift the collectives' numbers); group and init
+// calls have Seq -1. Bytes follows nccl-tests: count x datatype size, times
+// nranks for AllGather, ReduceScatter and AllToAll (the larger buffer).
+// Events reach Subscribe and Events within 50 ms of the call.
+//
 // Limits: x86-64 only (arguments are read with the System V calling
-// convention). A communicator created before the agent attached has Rank -1,
-// CommID 0, and sequence numbers counted from the attach, which do not line
-// up across ranks. NCCL linked statically into another library is not found.
+// convention). A communicator created before the agent attached, or by
+// ncclCommSplit (not probed), has Rank -1, CommID 0, and sequence numbers
+// counted from its first call seen, which do not line up across ranks.
+// ncclCommInitAll's communicators get an id unique to that call, as their
+// ranks all live in one process. NCCL linked statically into another
+// library is not found.
+//
+// Privileges: CAP_BPF and CAP_PERFMON to load and attach, CAP_SYS_PTRACE
+// and the host's PID namespace to read other processes' maps and reach
+// their files through /proc/<pid>/root.
 package nccl
 
 import (
