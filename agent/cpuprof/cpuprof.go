@@ -223,14 +223,14 @@ func (p *Profiler) drainLocked() {
 // stack is a symbolized sample: frames leaf first, kernel frames before
 // user frames, and what the user part says about frame pointers.
 type stack struct {
-	frames    []Frame
+	frames    []frame
 	user      int  // number of user frames (the tail of frames)
 	judged    bool // some user frame is in a known object, so truncation can be told
 	truncated bool // the user stack does not reach a thread entry point
 }
 
 func (p *Profiler) symbolize(s cpu.Sample) stack {
-	st := stack{frames: make([]Frame, 0, len(s.Kernel)+len(s.User)), user: len(s.User)}
+	st := stack{frames: make([]frame, 0, len(s.Kernel)+len(s.User)), user: len(s.User)}
 	for i, pc := range s.Kernel {
 		st.frames = append(st.frames, p.sym.kernelFrame(callSite(pc, i)))
 	}
@@ -266,6 +266,13 @@ func (p *Profiler) StartWindow(pids []int) *Window {
 	w := newWindow(p, pids)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if len(p.windows) == 0 && !p.closed {
+		// Samples taken while the last window was closing are still in
+		// the kernel; they belong to no window.
+		if _, err := p.sampler.Drain(func(cpu.Sample) {}); err != nil {
+			p.logger.Warn("cpuprof: clearing the CPU sampler failed", "err", err)
+		}
+	}
 	p.windows[w] = struct{}{}
 	p.applyFilterLocked()
 	return w

@@ -280,7 +280,7 @@ func TestPIDFilter(t *testing.T) {
 	}
 
 	// Without a filter, both burners (and others) show up.
-	all := capture(t, Config{Hz: 99}, nil, 2*time.Second)
+	all := capture(t, Config{Hz: 99}, nil, 3*time.Second)
 	for _, pid := range []int{a.Process.Pid, b.Process.Pid} {
 		if n, _ := pidSamples(all, pid, func([]string) bool { return false }); n == 0 {
 			t.Errorf("whole-machine profile has no samples of pid %d", pid)

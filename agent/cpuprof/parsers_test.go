@@ -129,14 +129,14 @@ func TestDemangleName(t *testing.T) {
 
 func TestReachesRoot(t *testing.T) {
 	for _, tc := range []struct {
-		frames []Frame
+		frames []frame
 		want   bool
 	}{
-		{[]Frame{{Function: "burn"}, {Function: "main"}, {Object: "/usr/lib/x86_64-linux-gnu/libc.so.6"}}, true},
-		{[]Frame{{Function: "main.work"}, {Function: "runtime.goexit"}}, true},
-		{[]Frame{{Function: "f"}, {Function: "start_thread"}, {Object: unknownObject}}, true},
-		{[]Frame{{Function: "burn", Object: "/app/bin"}}, false},
-		{[]Frame{{Function: "_PyEval_EvalFrameDefault", Object: "/usr/lib/libpython3.12.so"}, {Object: unknownObject}}, false},
+		{[]frame{{Function: "burn"}, {Function: "main"}, {Object: "/usr/lib/x86_64-linux-gnu/libc.so.6"}}, true},
+		{[]frame{{Function: "main.work"}, {Function: "runtime.goexit"}}, true},
+		{[]frame{{Function: "f"}, {Function: "start_thread"}, {Object: unknownObject}}, true},
+		{[]frame{{Function: "burn", Object: "/app/bin"}}, false},
+		{[]frame{{Function: "_PyEval_EvalFrameDefault", Object: "/usr/lib/libpython3.12.so"}, {Object: unknownObject}}, false},
 		{nil, false},
 	} {
 		if got := reachesRoot(tc.frames); got != tc.want {

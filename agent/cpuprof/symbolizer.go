@@ -9,9 +9,9 @@ import (
 	"syscall"
 )
 
-// Frame is one symbolized stack frame. It is comparable, so windows intern
+// frame is one symbolized stack frame. It is comparable, so windows intern
 // frames as pprof locations by value.
-type Frame struct {
+type frame struct {
 	Function string // symbol, demangled; "" when unknown
 	File     string // source file, when known (Go binaries)
 	Line     int
@@ -112,7 +112,7 @@ func (s *symbolizer) readMaps(pid uint32, p *procInfo) {
 }
 
 // user names a user-space address of process pid.
-func (s *symbolizer) user(pid uint32, addr uint64) Frame {
+func (s *symbolizer) user(pid uint32, addr uint64) frame {
 	p := s.proc(pid)
 	i, ok := findMapping(p.maps, addr)
 	if !ok && p.mapsGen != s.gen {
@@ -127,17 +127,17 @@ func (s *symbolizer) user(pid uint32, addr uint64) Frame {
 	switch {
 	case !ok || m.anonymous():
 		if name, ok := s.perfMap(pid, p, addr); ok {
-			return Frame{Function: name, Object: perfMapObject, Address: addr}
+			return frame{Function: name, Object: perfMapObject, Address: addr}
 		}
-		return Frame{Object: unknownObject, Address: addr}
+		return frame{Object: unknownObject, Address: addr}
 	case m.pseudo():
-		return Frame{Function: m.path, Object: m.path, Address: addr}
+		return frame{Function: m.path, Object: m.path, Address: addr}
 	}
 	obj := s.object(pid, p, i)
 	if obj == nil {
-		return Frame{Object: m.path, Address: addr}
+		return frame{Object: m.path, Address: addr}
 	}
-	f := Frame{Object: m.path, BuildID: obj.buildID, Address: addr}
+	f := frame{Object: m.path, BuildID: obj.buildID, Address: addr}
 	vaddr, ok := obj.vaddr(addr - m.start + m.offset)
 	if !ok {
 		return f
@@ -291,9 +291,9 @@ func (s *symbolizer) loadKernel() {
 }
 
 // kernelFrame names a kernel address.
-func (s *symbolizer) kernelFrame(addr uint64) Frame {
+func (s *symbolizer) kernelFrame(addr uint64) frame {
 	s.loadKernel()
-	f := Frame{Object: kernelObject, Address: addr}
+	f := frame{Object: kernelObject, Address: addr}
 	if sym, ok := s.kernel.lookup(addr); ok {
 		f.Function = sym.name
 		if sym.module != "" {

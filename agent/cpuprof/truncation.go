@@ -8,7 +8,7 @@ import (
 
 // rootFunctions are where a complete user stack ends: the entry points of
 // the main thread and of new threads in glibc, musl, the dynamic loader and
-// the Go runtime. Frame-pointer unwinding through code built without frame
+// the Go runtime. frame-pointer unwinding through code built without frame
 // pointers stops early (or wanders into garbage) and reaches none of them.
 var rootFunctions = map[string]bool{
 	"_start": true, "__libc_start_main": true, "__libc_start_call_main": true, "_dl_start_user": true,
@@ -20,7 +20,7 @@ var rootFunctions = map[string]bool{
 // reachesRoot reports whether a user stack contains a thread entry point,
 // or ends in the C library: distributions strip glibc's local symbols, so
 // the frame that called main or a thread function there often has no name.
-func reachesRoot(user []Frame) bool {
+func reachesRoot(user []frame) bool {
 	if len(user) > 0 && cRuntime(user[len(user)-1].Object) {
 		return true
 	}

@@ -20,8 +20,8 @@ type Window struct {
 	start   time.Time
 	stopped bool
 
-	frames  map[Frame]uint64 // interned frames: frame -> location id
-	list    []Frame          // location id - 1 -> frame
+	frames  map[frame]uint64 // interned frames: frame -> location id
+	list    []frame          // location id - 1 -> frame
 	samples map[sampleKey]uint64
 	procs   map[uint32]*procStats
 }
@@ -47,7 +47,7 @@ func newWindow(p *Profiler, pids []int) *Window {
 		all:     len(pids) == 0,
 		pids:    map[uint32]bool{},
 		start:   time.Now(),
-		frames:  map[Frame]uint64{},
+		frames:  map[frame]uint64{},
 		samples: map[sampleKey]uint64{},
 		procs:   map[uint32]*procStats{},
 	}
@@ -152,6 +152,14 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		locs[i] = loc
 	}
 	prof.Location = locs
+	// pprof takes the first mapping for the main binary: put files before
+	// [kernel.kallsyms], [vdso] and the like.
+	sort.SliceStable(prof.Mapping, func(i, j int) bool {
+		return !strings.HasPrefix(prof.Mapping[i].File, "[") && strings.HasPrefix(prof.Mapping[j].File, "[")
+	})
+	for i, m := range prof.Mapping {
+		m.ID = uint64(i + 1)
+	}
 
 	keys := make([]sampleKey, 0, len(w.samples))
 	for k := range w.samples {
