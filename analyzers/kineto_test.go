@@ -5,10 +5,12 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -572,5 +574,51 @@ func TestKinetoMatchesHTA(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("rank %d:\n got %+v\nHTA %+v", tc.rank, got, tc.want)
 		}
+	}
+}
+
+// TestKinetoReadOnce checks that the five Kineto analyzers of a run share
+// one reading of each trace, and that a cancelled reading is not kept.
+func TestKinetoReadOnce(t *testing.T) {
+	dir := t.TempDir()
+	writeKineto(t, filepath.Join(dir, "rank0.json"), 0, rank0Events())
+	writeKineto(t, filepath.Join(dir, "rank1.json.gz"), 1, healthyEvents())
+	in, err := KinetoFolderInput(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	opens := map[string]int{}
+	var cancelOnOpen context.CancelFunc
+	open := in.Hosts[0].Open
+	in.Hosts[0].Open = func(ctx context.Context, name string) (io.ReadCloser, error) {
+		mu.Lock()
+		opens[name]++
+		if cancelOnOpen != nil {
+			cancelOnOpen() // the run is cancelled while it reads
+		}
+		mu.Unlock()
+		return open(ctx, name)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancelOnOpen = cancel
+	if _, err := Run(ctx, in, []*Analyzer{KinetoTemporal, KinetoIdle}); err == nil {
+		t.Error("cancelled run: no error")
+	}
+	mu.Lock()
+	cancelOnOpen, opens = nil, map[string]int{}
+	mu.Unlock()
+	fs, err := Run(context.Background(), in, []*Analyzer{KinetoTemporal, KinetoKernels, KinetoIdle, KinetoLaunch, KinetoOverlap})
+	if err != nil || len(fs) < 4 {
+		t.Fatalf("after a cancelled run: %d findings, %v", len(fs), err)
+	}
+	for name, n := range opens {
+		if n != 1 {
+			t.Errorf("%s opened %d times, want once", name, n)
+		}
+	}
+	if len(opens) != 2 {
+		t.Errorf("opened %v, want both traces", opens)
 	}
 }
