@@ -501,3 +501,70 @@ while True:
 	}
 	t.Errorf("no truncated-stack note for the frame-pointer-less interpreter in %q", prof.Comments)
 }
+
+// TestOverlappingWindows runs two windows on different processes in one
+// profiler, and checks that Run leaves no file descriptor behind.
+func TestOverlappingWindows(t *testing.T) {
+	requireRoot(t)
+	a, _ := start(t, testProgram(t, "cburn"), "burn")
+	b, _ := start(t, testProgram(t, "cppburn"))
+	fds0 := openFDs(t)
+
+	p, err := New(Config{Hz: 99, DrainInterval: 200 * time.Millisecond}, testLogger(t), metrics.NewSet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	wa := p.StartWindow([]int{a.Process.Pid})
+	wb := p.StartWindow([]int{b.Process.Pid})
+	time.Sleep(1500 * time.Millisecond)
+	pa, err := wa.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wa.Stop(); err == nil {
+		t.Error("a second Stop succeeded")
+	}
+	time.Sleep(1500 * time.Millisecond)
+	pb, err := wb.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		prof *profile.Profile
+		pid  int
+	}{{pa, a.Process.Pid}, {pb, b.Process.Pid}} {
+		total, _ := pidSamples(tc.prof, tc.pid, func([]string) bool { return false })
+		if total < 5 {
+			t.Errorf("window on pid %d got %d samples of it", tc.pid, total)
+		}
+		for _, s := range tc.prof.Sample {
+			if s.Label["pid"][0] != strconv.Itoa(tc.pid) {
+				t.Errorf("window on pid %d holds a sample of pid %s", tc.pid, s.Label["pid"][0])
+				break
+			}
+		}
+	}
+	if pb.DurationNanos <= pa.DurationNanos {
+		t.Errorf("window durations %d (first) and %d (second, longer)", pa.DurationNanos, pb.DurationNanos)
+	}
+	if fds := openFDs(t); fds > fds0 {
+		t.Errorf("%d file descriptors open after Run returned, %d before New: perf events or maps left behind", fds, fds0)
+	}
+}
+
+func openFDs(t testing.TB) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
+}

@@ -301,3 +301,29 @@ func FuzzParseKallsyms(f *testing.F) {
 		}
 	})
 }
+
+func TestParseNSpid(t *testing.T) {
+	for _, tc := range []struct {
+		status string
+		want   uint64
+	}{
+		{"Name:\tpython\nNSpid:\t4242\t17\nNSgid:\t1\n", 17},
+		{"NSpid:\t4242\n", 4242},
+		{"Name:\tx\n", 99},
+		{"NSpid:\t\n", 99},
+		{"NSpid:\tjunk\n", 99},
+	} {
+		if got := parseNSpid(tc.status, 99); got != tc.want {
+			t.Errorf("parseNSpid(%q) = %d, want %d", tc.status, got, tc.want)
+		}
+	}
+}
+
+func FuzzParseNSpid(f *testing.F) {
+	f.Add("NSpid:\t4242\t17\n")
+	f.Fuzz(func(t *testing.T, status string) {
+		if parseNSpid(status, 1) == 0 {
+			t.Error("pid 0")
+		}
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -252,12 +253,12 @@ func (s *symbolizer) perfMap(pid uint32, p *procInfo, addr uint64) (string, bool
 		return "", false
 	}
 	p.perfGen = s.gen
-	// /tmp as the process sees it: inside its container, if any.
-	path := filepath.Join(s.procRoot, strconv.Itoa(int(pid)), "root", "tmp", fmt.Sprintf("perf-%d.map", pid))
+	// /tmp as the process sees it, named with its pid as it sees it:
+	// inside its container, if any.
+	dir := filepath.Join(s.procRoot, strconv.Itoa(int(pid)))
+	path := filepath.Join(dir, "root", "tmp", fmt.Sprintf("perf-%d.map", nsPID(dir, pid)))
 	fi, err := os.Stat(path)
 	if err != nil || (fi.Size() == p.perfSize && fi.ModTime().UnixNano() == p.perfMtime) {
-		// Note: inside a container the file is named by the
-		// container's pid, which this lookup does not know.
 		return "", false
 	}
 	b, err := os.ReadFile(path)
@@ -313,4 +314,33 @@ func (s *symbolizer) close() {
 		}
 	}
 	s.byFile, s.byBuildID, s.procs = map[fileKey]*object{}, map[string]*object{}, map[uint32]*procInfo{}
+}
+
+// nsPID returns the process's pid in its own pid namespace (the last
+// NSpid of /proc/<pid>/status), which is what it names its perf map after.
+func nsPID(procDir string, pid uint32) uint64 {
+	b, err := os.ReadFile(filepath.Join(procDir, "status"))
+	if err != nil {
+		return uint64(pid)
+	}
+	return parseNSpid(string(b), uint64(pid))
+}
+
+// parseNSpid finds the innermost pid on the NSpid line of a status file.
+func parseNSpid(status string, fallback uint64) uint64 {
+	for _, line := range strings.Split(status, "\n") {
+		rest, ok := strings.CutPrefix(line, "NSpid:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			break
+		}
+		if n, err := strconv.ParseUint(f[len(f)-1], 10, 32); err == nil && n > 0 {
+			return n
+		}
+		break
+	}
+	return fallback
 }
