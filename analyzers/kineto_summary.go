@@ -84,7 +84,11 @@ func DefaultKinetoOptions() KinetoOptions {
 // Bounds on what one trace may hold, so that hostile input cannot grow the
 // tables without limit.
 const (
-	kinetoMaxNames   = 1 << 16 // distinct GPU event names; the rest pool as "(other names)"
+	kinetoMaxNames     = 1 << 16  // distinct GPU event names; the rest pool as "(other names)"
+	kinetoMaxNameBytes = 32 << 20 // and their total size
+	// kinetoMaxShared bounds the GPU events waiting on one correlation id
+	// (a CUDA graph launch runs many); beyond it they go unmatched.
+	kinetoMaxShared  = 1 << 12
 	kinetoMaxStreams = 1 << 12
 	kinetoMaxSteps   = 1 << 16
 	// kinetoMaxDuration drops events longer than 7 days, as HTA does
@@ -257,6 +261,7 @@ type rankBuilder struct {
 	opts     KinetoOptions
 	out      *KinetoRank
 	names    map[string]uint32
+	nameSize int // bytes held by names
 	stats    []KernelStat
 	cpu      fifoMap[cpuCall]
 	pending  fifoMap[[]kOp]
@@ -397,14 +402,16 @@ func (b *rankBuilder) attach(o kOp, c *cpuCall) kOp {
 func (b *rankBuilder) gpuEvent(ev *kineto.Event) {
 	id, ok := b.names[string(ev.Name)]
 	if !ok {
-		name := string(ev.Name)
-		if len(b.stats) >= kinetoMaxNames {
-			name = otherNames
+		name := otherNames
+		if len(b.stats) < kinetoMaxNames && b.nameSize+len(ev.Name) <= kinetoMaxNameBytes {
+			name = string(ev.Name)
+		} else {
 			id, ok = b.names[name]
 		}
 		if !ok {
 			id = uint32(len(b.stats))
 			b.names[name] = id
+			b.nameSize += len(name)
 			b.stats = append(b.stats, KernelStat{Name: name, Class: ClassifyKernel(name)})
 		}
 	}
@@ -434,7 +441,12 @@ func (b *rankBuilder) gpuEvent(ev *kineto.Event) {
 		return
 	}
 	ops, _ := b.pending.take(ev.Correlation)
-	b.pending.put(ev.Correlation, append(ops, o))
+	if len(ops) < kinetoMaxShared {
+		ops = append(ops, o)
+	} else {
+		b.emit(o)
+	}
+	b.pending.put(ev.Correlation, ops)
 }
 
 func (b *rankBuilder) emit(o kOp) {

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -620,5 +621,41 @@ func TestKinetoReadOnce(t *testing.T) {
 	}
 	if len(opens) != 2 {
 		t.Errorf("opened %v, want both traces", opens)
+	}
+}
+
+// TestKinetoBoundedTables feeds a trace built to grow the name table and a
+// correlation's waiting list without end: both stay bounded, and every
+// event is still counted.
+func TestKinetoBoundedTables(t *testing.T) {
+	var b bytes.Buffer
+	b.WriteString(`{"traceEvents":[`)
+	n := kinetoMaxNames + 100
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		// Every kernel a new name, all on one correlation id no host call has.
+		fmt.Fprintf(&b, `{"ph":"X","cat":"kernel","name":"k%d","ts":%d,"dur":1,"args":{"stream":7,"correlation":42}}`, i, 2*i)
+	}
+	b.WriteString(`]}`)
+	r, err := analyzeKineto(context.Background(), &b, DefaultKinetoOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GPUEvents != int64(n) || len(r.Kernels) != kinetoMaxNames+1 {
+		t.Fatalf("%d GPU events, %d names; want %d, %d", r.GPUEvents, len(r.Kernels), n, kinetoMaxNames+1)
+	}
+	var pooled *KernelStat
+	for i := range r.Kernels {
+		if r.Kernels[i].Name == otherNames {
+			pooled = &r.Kernels[i]
+		}
+	}
+	if pooled == nil || pooled.Count != 100 {
+		t.Errorf("pooled names %+v, want 100 events", pooled)
+	}
+	if r.Temporal.Span != us(float64(2*n-1)) || r.Temporal.Idle != us(float64(n-1)) {
+		t.Errorf("temporal %+v", r.Temporal)
 	}
 }
