@@ -107,9 +107,20 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// start runs a test program until the test ends; it returns the process
-// and, for programs that print one, their first output line.
+// start runs a test program until the test ends.
 func start(t testing.TB, path string, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	return run(t, false, path, args...)
+}
+
+// startJIT runs cburn jit (possibly through a wrapper) until the test ends
+// and returns the "ADDRESS SIZE" line it prints.
+func startJIT(t testing.TB, path string, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	return run(t, true, path, args...)
+}
+
+func run(t testing.TB, firstLine bool, path string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.Command(path, args...)
 	stdout, err := cmd.StdoutPipe()
@@ -124,10 +135,10 @@ func start(t testing.TB, path string, args ...string) (*exec.Cmd, string) {
 		cmd.Wait()
 	})
 	line := ""
-	if len(args) > 0 && args[0] == "jit" {
+	if firstLine {
 		line, err = bufio.NewReader(stdout).ReadString('\n')
 		if err != nil {
-			t.Fatalf("reading the address from %s: %v", path, err)
+			t.Fatalf("reading the first line of %s: %v", path, err)
 		}
 	} else {
 		go io.Copy(io.Discard, stdout)
@@ -313,28 +324,59 @@ func TestKernelFrames(t *testing.T) {
 
 func TestPerfMapFrame(t *testing.T) {
 	requireRoot(t)
-	cmd, line := start(t, testProgram(t, "cburn"), "jit")
-	var addr, size uint64
-	if _, err := fmt.Sscanf(line, "%x %x", &addr, &size); err != nil {
-		t.Fatalf("parsing %q: %v", line, err)
-	}
-	pid := cmd.Process.Pid
-	path := fmt.Sprintf("/proc/%d/root/tmp/perf-%d.map", pid, pid)
-	// Other entries around it, as a JIT writes them.
-	text := fmt.Sprintf("%x 10 py::other:/x.py\n%x %x py::jit_burn_loop:/app/train.py\nnot a line\n%x 20 py::after:/x.py\n", addr-0x100, addr, size, addr+0x100)
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.Remove(path) })
-	prof := capture(t, Config{Hz: 99}, []int{pid}, 3*time.Second)
-	total, matched := pidSamples(prof, pid, func(names []string) bool {
-		return len(names) >= 2 && names[0] == "py::jit_burn_loop:/app/train.py" && names[1] == "main"
-	})
-	if total < minSamples {
-		t.Fatalf("%d samples, want >= %d", total, minSamples)
-	}
-	if share := float64(matched) / float64(total); share < 0.9 {
-		t.Errorf("perf-map frame on top (called from main) in %.0f%% of %d samples, want >= 90%%\n%s", 100*share, total, top(prof))
+	cburn := testProgram(t, "cburn")
+	for _, tc := range []struct {
+		name string
+		// start runs cburn jit and returns its pid on the host, its pid
+		// in its own namespace and its address line.
+		start func(t *testing.T) (hostPID, nsPID int, line string)
+	}{
+		{"host", func(t *testing.T) (int, int, string) {
+			cmd, line := startJIT(t, cburn, "jit")
+			return cmd.Process.Pid, cmd.Process.Pid, line
+		}},
+		{"container", func(t *testing.T) (int, int, string) {
+			// New pid and mount namespaces with a private /tmp, as in a
+			// container: the perf map is /tmp/perf-1.map in there. The
+			// binary, hidden by the new /tmp, runs from an open fd.
+			requireTool(t, "unshare")
+			cmd, line := startJIT(t, "unshare", "--pid", "--fork", "--mount", "--propagation", "private",
+				"sh", "-c", `exec 3<"$0" && mount -t tmpfs tmpfs /tmp && exec /proc/self/fd/3 jit`, cburn)
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				t.Fatalf("finding the process in the new namespace from %q: %v", b, err)
+			}
+			return pid, 1, line
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pid, nsPID, line := tc.start(t)
+			var addr, size uint64
+			if _, err := fmt.Sscanf(line, "%x %x", &addr, &size); err != nil {
+				t.Fatalf("parsing %q: %v", line, err)
+			}
+			path := fmt.Sprintf("/proc/%d/root/tmp/perf-%d.map", pid, nsPID)
+			// Other entries around it, as a JIT writes them.
+			text := fmt.Sprintf("%x 10 py::other:/x.py\n%x %x py::jit_burn_loop:/app/train.py\nnot a line\n%x 20 py::after:/x.py\n", addr-0x100, addr, size, addr+0x100)
+			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Remove(path) })
+			prof := capture(t, Config{Hz: 99}, []int{pid}, 3*time.Second)
+			total, matched := pidSamples(prof, pid, func(names []string) bool {
+				return len(names) >= 2 && names[0] == "py::jit_burn_loop:/app/train.py" && names[1] == "main"
+			})
+			if total < minSamples {
+				t.Fatalf("%d samples, want >= %d", total, minSamples)
+			}
+			if share := float64(matched) / float64(total); share < 0.9 {
+				t.Errorf("perf-map frame on top (called from main) in %.0f%% of %d samples, want >= 90%%\n%s", 100*share, total, top(prof))
+			}
+		})
 	}
 }
 
