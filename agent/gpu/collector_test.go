@@ -170,25 +170,23 @@ func TestCaptureRaisesTheRate(t *testing.T) {
 	from := time.Now()
 	end := c.BeginCapture()
 	end2 := c.BeginCapture() // nested
-	time.Sleep(300 * time.Millisecond)
+	gpu0 := func() int {
+		n := 0
+		for _, s := range c.Samples(from, time.Now()) {
+			if s.GPU == 0 {
+				n++
+			}
+		}
+		return n
+	}
+	// At the steady 1 Hz, 10 samples would take 10 s, past eventually's limit.
+	eventually(t, "10 capture-rate samples", func() bool { return gpu0() >= 10 })
 	end()
 	end() // twice is harmless
 	if got := find(scrape(t, set), "loupe_gpu_sampling_hz", nil); len(got) != 1 || got[0].value != 50 {
 		t.Errorf("with a capture still open, loupe_gpu_sampling_hz = %v, want 50", got)
 	}
-	time.Sleep(200 * time.Millisecond)
 	end2()
-	to := time.Now()
-	var gpu0 []traces.GPUSample
-	for _, s := range c.Samples(from, to) {
-		if s.GPU == 0 {
-			gpu0 = append(gpu0, s)
-		}
-	}
-	// 500 ms at 50 Hz is 25 samples; at the steady 1 Hz it would be 1.
-	if len(gpu0) < 10 {
-		t.Fatalf("gpu 0 has %d samples in a 500 ms capture at 50 Hz, want >= 10", len(gpu0))
-	}
 	eventually(t, "the steady rate again", func() bool {
 		g := find(scrape(t, set), "loupe_gpu_sampling_hz", nil)
 		return len(g) == 1 && g[0].value == 1
@@ -310,12 +308,15 @@ func TestCaptureSkipsBlockingPCIeReads(t *testing.T) {
 	eventually(t, "a few slow rounds", func() bool { return len(d.GetPcieThroughputCalls()) >= 4 })
 	end := c.BeginCapture()
 	before := len(d.GetPcieThroughputCalls())
-	time.Sleep(400 * time.Millisecond) // about 8 slow rounds
+	rounds := len(d.GetComputeRunningProcessesCalls())
+	eventually(t, "5 slow rounds during the capture", func() bool {
+		return len(d.GetComputeRunningProcessesCalls()) >= rounds+5
+	})
 	during := len(d.GetPcieThroughputCalls()) - before
 	end()
 	// A round already under way when the capture began may finish (2 calls).
 	if during > 2 {
-		t.Errorf("%d PCIe throughput reads during a capture, want none", during)
+		t.Errorf("%d PCIe throughput reads in 5 slow rounds of a capture, want none", during)
 	}
 	after := len(d.GetPcieThroughputCalls())
 	eventually(t, "PCIe reads after the capture", func() bool { return len(d.GetPcieThroughputCalls()) > after })

@@ -143,7 +143,7 @@ func (p *dcgmProfiler) run(ctx context.Context, errs func(error)) {
 				out[i] = f
 			}
 			p.mu.Lock()
-			if blank {
+			if blank || p.paused { // a poll that raced a pause keeps nothing
 				p.vals[uuid] = nil
 			} else {
 				p.vals[uuid] = &out

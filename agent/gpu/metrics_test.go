@@ -37,10 +37,17 @@ func TestScrapeHasDCGMExporterNamesAndLabels(t *testing.T) {
 	cfg := testConfig()
 	cfg.Pods = lookup
 	c, set := start(t, cfg, sim.Interface(), sim)
-	eventually(t, "samples with pod labels", func() bool {
-		return len(find(scrape(t, set), "DCGM_FI_DEV_GPU_UTIL", map[string]string{"pod": `trainer-"0"`})) == 2
+	// Wait for a full slow round (memory temperature, PCIe, pods) on every GPU.
+	var all []series
+	eventually(t, "every family on every GPU, with pod labels", func() bool {
+		all = scrape(t, set)
+		for _, name := range dcgmExporterNames {
+			if len(find(all, name, nil)) != 8 {
+				return false
+			}
+		}
+		return len(find(all, "DCGM_FI_DEV_MEMORY_TEMP", map[string]string{"pod": `trainer-"0"`})) == 2
 	})
-	all := scrape(t, set)
 	devs := c.Devices()
 	for _, name := range dcgmExporterNames {
 		got := find(all, name, nil)
