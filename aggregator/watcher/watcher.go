@@ -205,6 +205,11 @@ func (w *Watcher) Enqueue(id capture.ID, due time.Time) {
 		w.pending[id] = due
 	}
 	w.mu.Unlock()
+	w.signal()
+}
+
+// signal wakes one waiting worker, if none is about to wake already.
+func (w *Watcher) signal() {
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -443,17 +448,28 @@ func (w *Watcher) next(ctx context.Context) (capture.ID, bool) {
 			best  capture.ID
 			due   time.Time
 			found bool
+			ready int
 		)
+		now := w.cfg.Now()
 		for id, d := range w.pending {
-			if !w.running[id] && (!found || d.Before(due)) {
+			if w.running[id] {
+				continue
+			}
+			if !d.After(now) {
+				ready++
+			}
+			if !found || d.Before(due) {
 				best, due, found = id, d, true
 			}
 		}
-		now := w.cfg.Now()
 		if found && !due.After(now) {
 			delete(w.pending, best)
 			w.running[best] = true
 			w.mu.Unlock()
+			if ready > 1 {
+				// More is due: pass the wake-up on to another worker.
+				w.signal()
+			}
 			return best, true
 		}
 		wait := time.Hour

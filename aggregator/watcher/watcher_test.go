@@ -319,3 +319,30 @@ func TestRebuildDropsDeleted(t *testing.T) {
 		t.Fatal("the other capture left the index")
 	}
 }
+
+// TestWorkersRunInParallel: captures queued together are analyzed at the
+// same time, one per worker.
+func TestWorkersRunInParallel(t *testing.T) {
+	st := dirStore(t)
+	count := aggtest.NewCounter("count", "1")
+	count.Block = make(chan struct{})
+	count.Started = make(chan string, 3)
+	r := newReplica(st, "a", count, -1) // 4 workers
+	r.run(t)
+	waitFor(t, "the index to be ready", r.w.Ready)
+	time.Sleep(50 * time.Millisecond) // the workers are idle
+	var evs []watcher.Event
+	for n := range 3 {
+		putCapture(t, st, n, 1)
+		evs = append(evs, watcher.Event{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: "pre/" + id(n).Prefix() + "node-0/manifest.json"})
+	}
+	r.w.Accept(evs) // all at once
+	defer close(count.Block)
+	for range 3 {
+		select {
+		case <-count.Started:
+		case <-time.After(10 * time.Second):
+			t.Fatal("captures were not analyzed in parallel: a blocked analysis held up the others")
+		}
+	}
+}
