@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 )
@@ -131,20 +130,10 @@ func gpuUnit(w io.Writer, u, rank int) {
 	}
 }
 
-// synthetic returns a folder of n synthetic traces of size bytes each,
-// written once per test binary.
+// synthetic writes a folder of n synthetic traces of size bytes each.
 func synthetic(b *testing.B, n int, size int64) string {
 	b.Helper()
-	key := fmt.Sprintf("%d-%d", n, size)
-	syntheticMu.Lock()
-	defer syntheticMu.Unlock()
-	if dir, ok := syntheticDirs[key]; ok {
-		return dir
-	}
-	dir, err := os.MkdirTemp("", "loupe-kineto-bench-*")
-	if err != nil {
-		b.Fatal(err)
-	}
+	dir := b.TempDir()
 	for r := range n {
 		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("rank%d.1700000000.pt.trace.json", r)))
 		if err != nil {
@@ -157,14 +146,8 @@ func synthetic(b *testing.B, n int, size int64) string {
 			b.Fatal(err)
 		}
 	}
-	syntheticDirs[key] = dir
 	return dir
 }
-
-var (
-	syntheticMu   sync.Mutex
-	syntheticDirs = map[string]string{}
-)
 
 // heapPeak samples the live heap every few milliseconds until stop.
 func heapPeak() (stop func() uint64) {
@@ -237,12 +220,3 @@ func BenchmarkKinetoTrace1GB(b *testing.B) { benchKinetoFolder(b, 1, 1<<30) }
 
 // BenchmarkKinetoTrace200MB is one trace of 200 MB.
 func BenchmarkKinetoTrace200MB(b *testing.B) { benchKinetoFolder(b, 1, 200<<20) }
-
-// TestMain removes the benchmarks' generated traces.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	for _, dir := range syntheticDirs {
-		os.RemoveAll(dir)
-	}
-	os.Exit(code)
-}

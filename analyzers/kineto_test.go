@@ -436,6 +436,12 @@ func TestClassifyKernel(t *testing.T) {
 			t.Errorf("ClassifyKernel(%q) = %v, want %v", name, got, want)
 		}
 	}
+	for cat, want := range map[string]bool{"kernel": true, "gpu_memcpy": true, "gpu_memset": true,
+		"cuda_sync": false, "gpu_user_annotation": false, "cuda_runtime": false} {
+		if got := isGPUCategory([]byte(cat)); got != want {
+			t.Errorf("isGPUCategory(%q) = %v", cat, got)
+		}
+	}
 	for name, want := range map[string]LaunchAPI{
 		"cudaLaunchKernel": APICudaLaunchKernel, "cudaLaunchKernelExC_v11060": APICudaLaunchKernelExC,
 		"cuLaunchKernel": APICuLaunchKernel, "cuLaunchKernelEx": APICuLaunchKernelEx,
