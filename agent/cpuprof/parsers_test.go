@@ -21,7 +21,7 @@ func TestParseMapsLine(t *testing.T) {
 	}{
 		{
 			line: "55d4c3a00000-55d4c3a22000 r-xp 00002000 08:01 1234                       /usr/bin/foo",
-			want: mapping{start: 0x55d4c3a00000, end: 0x55d4c3a22000, offset: 0x2000, exec: true, inode: 1234, path: "/usr/bin/foo"},
+			want: mapping{start: 0x55d4c3a00000, end: 0x55d4c3a22000, offset: 0x2000, exec: true, path: "/usr/bin/foo"},
 		},
 		{
 			line: "7f00-8f00 rw-p 00000000 00:00 0 ",
@@ -33,7 +33,7 @@ func TestParseMapsLine(t *testing.T) {
 		},
 		{
 			line: "1000-2000 r-xp 00000000 fd:00 77 /opt/my app/lib x.so (deleted)",
-			want: mapping{start: 0x1000, end: 0x2000, exec: true, inode: 77, path: "/opt/my app/lib x.so (deleted)"},
+			want: mapping{start: 0x1000, end: 0x2000, exec: true, path: "/opt/my app/lib x.so (deleted)"},
 		},
 		{line: "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]",
 			want: mapping{start: 0xffffffffff600000, end: 0xffffffffff601000, exec: true, path: "[vsyscall]"}},

@@ -10,7 +10,6 @@ import (
 type mapping struct {
 	start, end, offset uint64
 	exec               bool
-	inode              uint64
 	path               string // "" for anonymous memory
 }
 
@@ -52,7 +51,7 @@ func parseMapsLine(line string) (mapping, error) {
 	m.start, err1 = strconv.ParseUint(lo, 16, 64)
 	m.end, err2 = strconv.ParseUint(hi, 16, 64)
 	m.offset, err3 = strconv.ParseUint(fields[2], 16, 64)
-	m.inode, err4 = strconv.ParseUint(fields[4], 10, 64)
+	_, err4 = strconv.ParseUint(fields[4], 10, 64) // inode: validated, unused
 	if !ok || err1 != nil || err2 != nil || err3 != nil || err4 != nil || m.end < m.start || len(fields[1]) < 3 {
 		return m, fmt.Errorf("malformed maps line %q", line)
 	}
