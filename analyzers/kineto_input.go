@@ -24,8 +24,8 @@ import (
 // KinetoSummaries measures every Kineto trace of the capture (one file per
 // traced process, normally one per rank): one streaming pass per file, files
 // in parallel up to GOMAXPROCS. Traces that cannot be read are left out and
-// named in the returned error; the error is non-nil with no summaries only
-// when none could be read. Summaries are ordered by rank, then host and part.
+// named in the returned error, which comes with the summaries of the others.
+// Summaries are ordered by rank, then host and part.
 func KinetoSummaries(ctx context.Context, in *Input, opts KinetoOptions) ([]*KinetoRank, error) {
 	type job struct {
 		host *Host
