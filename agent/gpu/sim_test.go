@@ -84,15 +84,22 @@ func TestSimulatorMovesLikeTraining(t *testing.T) {
 	g := sim.gpus[0]
 	var minU, maxU, minP, maxP float64 = 100, 0, 1e9, 0
 	var nvlinkSeen, idleSeen bool
-	deadline := time.Now().Add(time.Duration(2 * stepSeconds * float64(time.Second)))
-	for time.Now().Before(deadline) {
-		st := g.refresh()
+	energy := g.energyMJ
+	// Two steps of model time, every 10 ms, without waiting for them.
+	g.mu.Lock()
+	for at := sim.start; at.Before(sim.start.Add(time.Duration(2 * stepSeconds * float64(time.Second)))); at = at.Add(10 * time.Millisecond) {
+		g.advance(at)
+		st := g.st
 		minU, maxU = min(minU, st.util), max(maxU, st.util)
 		minP, maxP = min(minP, st.powerW), max(maxP, st.powerW)
 		nvlinkSeen = nvlinkSeen || st.nvlinkBs > 1e11
 		idleSeen = idleSeen || st.reasons&traces.ClockEventGPUIdle != 0
-		time.Sleep(5 * time.Millisecond)
+		if at.After(sim.start) && g.energyMJ <= energy {
+			t.Fatalf("energy did not grow at %v", at.Sub(sim.start))
+		}
+		energy = g.energyMJ
 	}
+	g.mu.Unlock()
 	// Within two steps: compute near full, the input pipeline near idle,
 	// an all-reduce on NVLink, power following the work.
 	if maxU < 60 || minU > 15 {
@@ -104,10 +111,12 @@ func TestSimulatorMovesLikeTraining(t *testing.T) {
 	if !nvlinkSeen || !idleSeen {
 		t.Errorf("nvlink burst seen %v, idle clocks seen %v; want both in two steps", nvlinkSeen, idleSeen)
 	}
-	e1, _ := g.GetTotalEnergyConsumption()
+	// Readings through NVML move with wall time.
+	g2 := NewSimulator(1, SimOptions{}).gpus[0]
+	e1, _ := g2.GetTotalEnergyConsumption()
 	time.Sleep(20 * time.Millisecond)
-	g.GetUtilizationRates() // starts a new round, as a sample does
-	e2, _ := g.GetTotalEnergyConsumption()
+	g2.GetUtilizationRates() // starts a new round, as a sample does
+	e2, _ := g2.GetTotalEnergyConsumption()
 	if e2 <= e1 {
 		t.Errorf("energy did not grow: %d -> %d mJ", e1, e2)
 	}
