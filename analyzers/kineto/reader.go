@@ -100,10 +100,9 @@ type Reader struct {
 
 // Reader states.
 const (
-	stTop     = iota // between top-level members
-	stEvents         // inside traceEvents, before an element or ']'
-	stArray          // top level is a bare array of events
-	stArrayIn        // inside the bare array, after the first element
+	stTop    = iota // between top-level members
+	stEvents        // inside traceEvents, before an element or ']'
+	stArray         // top level is a bare array of events
 	stDone
 )
 
@@ -180,7 +179,7 @@ func (r *Reader) Next() (*Event, error) {
 		switch r.state {
 		case stDone:
 			return nil, io.EOF
-		case stArray, stArrayIn, stEvents:
+		case stArray, stEvents:
 			if c := s.skipSpace(); c == ']' {
 				s.pos++
 				if r.state == stEvents {
