@@ -8,16 +8,16 @@ import (
 
 // ring keeps the most recent events for capture windows. It grows up to its
 // capacity and then overwrites the oldest, so memory is bounded by
-// capacity x sizeof(traces.NCCLEvent) (about 100 bytes).
+// capacity x 64 bytes.
 type ring struct {
-	buf  []traces.NCCLEvent
+	buf  []record
 	cap  int
 	next int // where the next event goes once buf is full
 }
 
 func newRing(capacity int) *ring { return &ring{cap: capacity} }
 
-func (r *ring) add(ev traces.NCCLEvent) {
+func (r *ring) add(ev record) {
 	if len(r.buf) < r.cap {
 		r.buf = append(r.buf, ev)
 		return
@@ -29,10 +29,10 @@ func (r *ring) add(ev traces.NCCLEvent) {
 // between returns the events with from <= TimeNs < to, oldest first.
 func (r *ring) between(from, to int64) []traces.NCCLEvent {
 	var out []traces.NCCLEvent
-	for _, part := range [2][]traces.NCCLEvent{r.buf[r.next:], r.buf[:r.next]} {
-		for _, ev := range part {
-			if ev.TimeNs >= from && ev.TimeNs < to {
-				out = append(out, ev)
+	for _, part := range [2][]record{r.buf[r.next:], r.buf[:r.next]} {
+		for i := range part {
+			if part[i].timeNs >= from && part[i].timeNs < to {
+				out = append(out, part[i].row())
 			}
 		}
 	}

@@ -2,6 +2,9 @@ package nccl
 
 import (
 	"testing"
+	"unsafe"
+
+	bpfnccl "github.com/loupe-dev/loupe/bpf/nccl"
 
 	"github.com/loupe-dev/loupe/traces"
 )
@@ -24,7 +27,7 @@ func TestRing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRing(tt.cap)
 			for _, ts := range tt.times {
-				r.add(traces.NCCLEvent{TimeNs: ts})
+				r.add(record{timeNs: ts})
 			}
 			got := r.between(tt.from, tt.to)
 			if len(got) != len(tt.want) {
@@ -36,6 +39,29 @@ func TestRing(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestRecordSize(t *testing.T) {
+	if n := unsafe.Sizeof(record{}); n != 64 {
+		t.Fatalf("record is %d bytes; the buffer's memory budget assumes 64", n)
+	}
+}
+
+// A record keeps everything a row needs.
+func TestRecordRow(t *testing.T) {
+	ev := bpfnccl.Event{TimeNs: 1000, DurationNs: 7, Comm: 0xabc, CommID: 42, Count: 2048, Seq: 9, PID: 10, TID: 11,
+		Rank: 2, NRanks: 4, Peer: -1, Datatype: 7, RedOp: 0, Op: bpfnccl.OpReduceScatter}
+	rec := newRecord(&ev, 5)
+	want := traces.NCCLEvent{TimeNs: 1005, DurationNs: 7, PID: 10, TID: 11, Rank: 2, NRanks: 4, CommID: 42,
+		Op: "ReduceScatter", Seq: 9, Count: 2048, Datatype: "float32", Bytes: 2048 * 4 * 4, Peer: -1}
+	if got := rec.row(); got != want {
+		t.Fatalf("row %+v, want %+v", got, want)
+	}
+	ev.Datatype, ev.Op = 1<<20, 300
+	rec = newRecord(&ev, 0)
+	if got := rec.row(); got.Datatype != "type32767" || got.Bytes != 0 || got.Op != "Op(255)" {
+		t.Fatalf("out-of-range values give %+v", got)
 	}
 }
 

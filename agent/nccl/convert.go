@@ -2,6 +2,7 @@ package nccl
 
 import (
 	"fmt"
+	"math"
 
 	bpfnccl "github.com/loupe-dev/loupe/bpf/nccl"
 	"github.com/loupe-dev/loupe/traces"
@@ -46,23 +47,58 @@ func callBytes(op bpfnccl.Op, count uint64, size int64, nranks int32) int64 {
 	return b
 }
 
-// toRow turns a probe record into a Parquet row; wallOffset converts the
-// kernel's CLOCK_MONOTONIC into Unix time.
-func toRow(ev *bpfnccl.Event, wallOffset int64) traces.NCCLEvent {
-	name, size := datatype(ev.Datatype)
+// record is an event as the in-memory buffer keeps it: 64 bytes where the
+// Parquet row takes 104; names and bytes are derived on the way out.
+type record struct {
+	timeNs     int64 // Unix ns
+	durationNs int64
+	commID     uint64
+	count      int64
+	seq        int64
+	pid, tid   int32
+	rank       int32
+	nranks     int32
+	peer       int32
+	datatype   int16 // ncclDataType_t; values beyond int16 saturate (unknown anyway)
+	op         uint8
+}
+
+// newRecord keeps a probe record; wallOffset converts the kernel's
+// CLOCK_MONOTONIC into Unix time.
+func newRecord(ev *bpfnccl.Event, wallOffset int64) record {
+	return record{
+		timeNs:     int64(ev.TimeNs) + wallOffset,
+		durationNs: int64(ev.DurationNs),
+		commID:     ev.CommID,
+		count:      int64(ev.Count),
+		seq:        ev.Seq,
+		pid:        int32(ev.PID),
+		tid:        int32(ev.TID),
+		rank:       ev.Rank,
+		nranks:     ev.NRanks,
+		peer:       ev.Peer,
+		datatype:   int16(min(max(ev.Datatype, math.MinInt16), math.MaxInt16)),
+		op:         uint8(min(ev.Op, math.MaxUint8)),
+	}
+}
+
+// row is the record as a Parquet row.
+func (r *record) row() traces.NCCLEvent {
+	op := bpfnccl.Op(r.op)
+	name, size := datatype(int32(r.datatype))
 	return traces.NCCLEvent{
-		TimeNs:     int64(ev.TimeNs) + wallOffset,
-		DurationNs: int64(ev.DurationNs),
-		PID:        int32(ev.PID),
-		TID:        int32(ev.TID),
-		Rank:       ev.Rank,
-		NRanks:     ev.NRanks,
-		CommID:     ev.CommID,
-		Op:         ev.Op.String(),
-		Seq:        ev.Seq,
-		Count:      int64(ev.Count),
+		TimeNs:     r.timeNs,
+		DurationNs: r.durationNs,
+		PID:        r.pid,
+		TID:        r.tid,
+		Rank:       r.rank,
+		NRanks:     r.nranks,
+		CommID:     r.commID,
+		Op:         op.String(),
+		Seq:        r.seq,
+		Count:      r.count,
 		Datatype:   name,
-		Bytes:      callBytes(ev.Op, ev.Count, size, ev.NRanks),
-		Peer:       ev.Peer,
+		Bytes:      callBytes(op, uint64(r.count), size, r.nranks),
+		Peer:       r.peer,
 	}
 }

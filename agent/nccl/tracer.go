@@ -74,7 +74,7 @@ type Config struct {
 	// libnccl and for processes that exited.
 	ScanInterval time.Duration `yaml:"scan_interval"`
 	// BufferEvents is how many recent events are kept in memory for capture
-	// windows (about 100 bytes each).
+	// windows (64 bytes each).
 	BufferEvents int `yaml:"buffer_events"`
 	// RingBufferBytes is the size of the kernel ring buffer (a power of two).
 	RingBufferBytes int `yaml:"ring_buffer_bytes"`
@@ -331,13 +331,14 @@ func (t *Tracer) read(rd *ringbuf.Reader) {
 }
 
 func (t *Tracer) deliver(ev *bpfnccl.Event) {
-	row := toRow(ev, t.wallOffset.Load())
+	rec := newRecord(ev, t.wallOffset.Load())
+	row := rec.row()
 	if c := t.opEvents[ev.Op]; c != nil {
 		c.Inc()
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.recent.add(row)
+	t.recent.add(rec)
 	if ev.Comm != 0 && (ev.Op.IsInit() || ev.Op.IsCollective() || ev.Op.IsP2P()) {
 		k := commKey{row.PID, ev.Comm}
 		c := t.comms[k]
