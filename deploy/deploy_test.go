@@ -11,9 +11,15 @@ import (
 	"strings"
 	"testing"
 
+	"flag"
+	"io"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/loupe-dev/loupe/agent/daemon"
+	"github.com/loupe-dev/loupe/aggregator"
 )
 
 // need returns the path of a tool the test runs for real. Under CI=true a
@@ -246,6 +252,8 @@ func TestHelmChart(t *testing.T) {
 		t.Error("chart created an S3 secret although existingSecret was given")
 	}
 
+	checkConfigs(t, decodeStrict(t, "helm template (defaults)", rendered))
+
 	// The plain manifests are the chart rendered with its defaults; they must
 	// not drift from it (regenerate with make manifests).
 	committed, err := os.ReadFile("kubernetes/loupe.yaml")
@@ -297,6 +305,32 @@ func TestDockerfilesBuildRealPackages(t *testing.T) {
 		}
 		if strings.Contains(f, "aggregator") && !bytes.Contains(data, []byte("USER 65532")) {
 			t.Errorf("%s must run as a non-root user", f)
+		}
+	}
+}
+
+// checkConfigs loads the configuration files the chart renders with the
+// binaries' own loaders, which reject unknown keys, so the chart cannot
+// carry a key the daemons would refuse at start.
+func checkConfigs(t *testing.T, objs objects) {
+	t.Helper()
+	for _, cm := range objs.configMaps {
+		for name, text := range cm.Data {
+			path := filepath.Join(t.TempDir(), name)
+			os.WriteFile(path, []byte(text), 0o644)
+			var err error
+			switch name {
+			case "agent.yaml":
+				_, err = daemon.Load([]string{"--config", path}, io.Discard)
+			case "aggregator.yaml":
+				_, _, err = aggregator.LoadConfig(flag.NewFlagSet("loupe-aggregator", flag.ContinueOnError), []string{"--config", path})
+			default:
+				t.Errorf("ConfigMap %s has unexpected file %s", cm.Name, name)
+				continue
+			}
+			if err != nil {
+				t.Errorf("ConfigMap %s: %s is refused by its binary: %v", cm.Name, name, err)
+			}
 		}
 	}
 }
