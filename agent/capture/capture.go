@@ -152,6 +152,9 @@ type Status struct {
 	Notes []string `json:"notes,omitempty"`
 }
 
+// shutdownGrace is how long addons may still wait once the agent stops.
+const shutdownGrace = 2 * time.Second
+
 // Errors Submit returns.
 var (
 	ErrBusy      = errors.New("too many captures in progress")
@@ -429,13 +432,19 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 	c.update(j, func(s *Status) { s.State, s.End = StateWriting, end })
 
 	// The window's data is accepted: write it even when the agent is
-	// shutting down, within a bounded time.
+	// shutting down, within a bounded time. Addons that wait for others
+	// (Kineto processes writing traces) get only a short grace on shutdown.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(shutdownGrace, cancel) })
+	defer stop()
 	m, err := c.write(wctx, req, start, end, prof, notes, finishers)
 	if err != nil {
 		c.fail(j, log, err)
 		return
+	}
+	if c.notify != nil {
+		c.notify.Notify()
 	}
 	c.update(j, func(s *Status) {
 		s.State = StateCommitted
@@ -445,9 +454,6 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 		}
 	})
 	log.Info("capture committed", "parts", len(m.Parts), "notes", len(m.Notes), "window", end.Sub(start).Round(time.Millisecond))
-	if c.notify != nil {
-		c.notify.Notify()
-	}
 }
 
 // wait holds the window open. For an iteration window it returns when the

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,9 +95,9 @@ func (s *dirSpool) Commit(id, host string) error {
 }
 func (s *dirSpool) Abort(id, host string) error { return os.RemoveAll(s.path(id, host)) }
 
-type countNotify struct{ n int }
+type countNotify struct{ n atomic.Int32 }
 
-func (c *countNotify) Notify() { c.n++ }
+func (c *countNotify) Notify() { c.n.Add(1) }
 
 type harness struct {
 	c      *Capturer
@@ -211,8 +212,8 @@ func TestTimedCapture(t *testing.T) {
 		t.Fatal(err)
 	}
 	st = h.waitState(t, st.ID)
-	if st.State != StateCommitted || h.notify.n != 1 || len(h.spool.committed) != 1 {
-		t.Fatalf("status %+v, notified %d, committed %v", st, h.notify.n, h.spool.committed)
+	if st.State != StateCommitted || h.notify.n.Load() != 1 || len(h.spool.committed) != 1 {
+		t.Fatalf("status %+v, notified %d, committed %v", st, h.notify.n.Load(), h.spool.committed)
 	}
 	dir := h.spool.committed[0]
 	m := readBundle(t, dir)

@@ -77,7 +77,12 @@ func TestKinetoTraceInCapture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := kinetoPoll(t, conn, to, me, int32(os.Getppid()))
+	// Kineto polls about once a second; the request is installed as soon
+	// as the capture starts.
+	var conf string
+	for deadline := time.Now().Add(5 * time.Second); conf == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		conf = kinetoPoll(t, conn, to, me, int32(os.Getppid()))
+	}
 	var logFile string
 	for line := range strings.SplitSeq(conf, "\n") {
 		if v, ok := strings.CutPrefix(line, "ACTIVITIES_LOG_FILE="); ok {
