@@ -332,7 +332,6 @@ func (t *Tracer) read(rd *ringbuf.Reader) {
 
 func (t *Tracer) deliver(ev *bpfnccl.Event) {
 	rec := newRecord(ev, t.wallOffset.Load())
-	row := rec.row()
 	if c := t.opEvents[ev.Op]; c != nil {
 		c.Inc()
 	}
@@ -340,10 +339,10 @@ func (t *Tracer) deliver(ev *bpfnccl.Event) {
 	defer t.mu.Unlock()
 	t.recent.add(rec)
 	if ev.Comm != 0 && (ev.Op.IsInit() || ev.Op.IsCollective() || ev.Op.IsP2P()) {
-		k := commKey{row.PID, ev.Comm}
+		k := commKey{rec.pid, ev.Comm}
 		c := t.comms[k]
 		if c == nil || ev.Op.IsInit() {
-			c = &Comm{PID: row.PID, Handle: ev.Comm}
+			c = &Comm{PID: rec.pid, Handle: ev.Comm}
 			t.comms[k] = c
 		}
 		c.CommID, c.Rank, c.NRanks = ev.CommID, ev.Rank, ev.NRanks
@@ -351,6 +350,10 @@ func (t *Tracer) deliver(ev *bpfnccl.Event) {
 			c.Collectives = ev.Seq + 1
 		}
 	}
+	if len(t.subs) == 0 {
+		return
+	}
+	row := rec.row()
 	for _, ch := range t.subs {
 		select {
 		case ch <- row:
