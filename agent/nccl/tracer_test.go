@@ -19,6 +19,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	bpfnccl "github.com/loupe-dev/loupe/bpf/nccl"
 	"github.com/loupe-dev/loupe/traces"
 )
 
@@ -636,4 +637,48 @@ func TestTracerPartialAndForeignLibraries(t *testing.T) {
 		p.cmd.Wait()
 	}
 	waitFor(t, "detach", func() bool { return len(tr.Processes()) == 0 && probeFDs(t) == baseFDs })
+}
+
+// Subscribers get every event until the channel is full, then lose (and
+// count) the rest rather than stall the tracer; cancel and Close end them.
+func TestSubscribe(t *testing.T) {
+	need(t, os.Geteuid() == 0, "New loads eBPF and needs root")
+	set := metrics.NewSet()
+	tr, err := New(DefaultConfig(), slog.New(slog.NewTextHandler(io.Discard, nil)), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, cancelSmall := tr.Subscribe(2)
+	big, _ := tr.Subscribe(10)
+	gone, cancelGone := tr.Subscribe(10)
+	cancelGone()
+	cancelGone() // twice is harmless
+	if _, open := <-gone; open {
+		t.Fatal("cancelled channel still open")
+	}
+	for i := range 5 {
+		tr.deliver(&bpfnccl.Event{Op: bpfnccl.OpAllReduce, Seq: int64(i), Datatype: 7, Count: 1})
+	}
+	if len(small) != 2 || len(big) != 5 {
+		t.Fatalf("small holds %d, big %d; want 2 and 5", len(small), len(big))
+	}
+	if ev := <-big; ev.Op != "AllReduce" || ev.Seq != 0 || ev.Bytes != 4 {
+		t.Fatalf("first event %+v", ev)
+	}
+	if !strings.Contains(metricsText(set), "loupe_nccl_subscriber_dropped_events_total 3") {
+		t.Fatalf("drops not counted:\n%s", metricsText(set))
+	}
+	cancelSmall()
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range big {
+	}
+	late, _ := tr.Subscribe(1)
+	if _, open := <-late; open {
+		t.Fatal("Subscribe after Close gave an open channel")
+	}
+	if err := tr.Run(context.Background()); err == nil {
+		t.Fatal("Run after Close succeeded")
+	}
 }
