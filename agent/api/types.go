@@ -115,17 +115,16 @@ type Collector struct {
 
 // StatusReply answers GET /v1/status.
 type StatusReply struct {
-	Version    string            `json:"version"`
-	Host       string            `json:"host"`
-	Cluster    string            `json:"cluster"`
-	Started    time.Time         `json:"started"`
-	Simulated  bool              `json:"simulated,omitempty"`
-	GPUs       []traces.GPUInfo  `json:"gpus"`
-	Collectors []Collector       `json:"collectors"`
-	Jobs       []steps.Stats     `json:"jobs"`
-	Captures   []capture.Status  `json:"captures"`
-	Processes  []traces.Process  `json:"processes,omitempty"`
-	Extra      map[string]string `json:"extra,omitempty"`
+	Version    string           `json:"version"`
+	Host       string           `json:"host"`
+	Cluster    string           `json:"cluster"`
+	Started    time.Time        `json:"started"`
+	Simulated  bool             `json:"simulated,omitempty"`
+	GPUs       []traces.GPUInfo `json:"gpus"`
+	Collectors []Collector      `json:"collectors"`
+	Jobs       []steps.Stats    `json:"jobs"`
+	Captures   []capture.Status `json:"captures"`
+	Processes  []traces.Process `json:"processes,omitempty"`
 }
 
 // Error is an API error: an HTTP status and a message for the user.

@@ -102,6 +102,13 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Daemon, err e
 		return nil, err
 	}
 	cfg = d.cfg
+	// Bind first: a busy port should fail before any eBPF is loaded.
+	if d.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+		return nil, fmt.Errorf("metrics address: %w (dcgm-exporter uses the same port: stop it, or set --metrics-addr)", err)
+	}
+	if d.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+		return nil, fmt.Errorf("api address: %w (is another loupe-agent running? set --api-addr)", err)
+	}
 
 	own := d.newSet()
 	own.NewGauge(fmt.Sprintf(`loupe_agent_info{version=%q,host=%q,cluster=%q}`, Version, cfg.Host, cfg.Cluster), func() float64 { return 1 })
@@ -143,12 +150,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Daemon, err e
 		return float64(n)
 	})
 
-	if d.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
-		return nil, fmt.Errorf("metrics address: %w (dcgm-exporter uses the same port: stop it, or set --metrics-addr)", err)
-	}
-	if d.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
-		return nil, fmt.Errorf("api address: %w (is another loupe-agent running? set --api-addr)", err)
-	}
 	return d, nil
 }
 
