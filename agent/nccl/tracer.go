@@ -196,6 +196,10 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Tracer, error) {
 	if set == nil {
 		set = metrics.NewSet()
 	}
+	if n := cfg.RingBufferBytes; n < os.Getpagesize() || n&(n-1) != 0 {
+		return nil, fmt.Errorf("nccl.ring_buffer_bytes is %d: it must be a power of two of at least %d (default %d)",
+			n, os.Getpagesize(), def.RingBufferBytes)
+	}
 	objs, err := bpfnccl.Load(cfg.RingBufferBytes)
 	if err != nil {
 		return nil, fmt.Errorf("nccl tracer: %w", err)

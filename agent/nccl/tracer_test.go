@@ -682,3 +682,11 @@ func TestSubscribe(t *testing.T) {
 		t.Fatal("Run after Close succeeded")
 	}
 }
+
+func TestNewBadConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.RingBufferBytes = 3 << 20
+	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "nccl.ring_buffer_bytes") {
+		t.Fatalf("New with a 3 MiB ring buffer: %v", err)
+	}
+}
