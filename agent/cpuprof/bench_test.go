@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"reflect"
 	"runtime"
 	"syscall"
 	"testing"
@@ -64,6 +66,9 @@ func BenchmarkOverhead(b *testing.B) {
 			if err := <-done; err != nil {
 				b.Fatal(err)
 			}
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "MiB-heap")
 			b.ReportMetric(100*cpu.Seconds()/wall.Seconds(), "%core")
 			b.ReportMetric(float64(samples)/wall.Seconds(), "samples/s")
 			b.ReportMetric(0, "ns/op")
@@ -78,4 +83,21 @@ func selfCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkSymbolize measures naming one user frame of a running process
+// through the caches (maps, object, symbol), the per-frame cost of a drain.
+func BenchmarkSymbolize(b *testing.B) {
+	s := newSymbolizer("/proc", slog.New(slog.DiscardHandler))
+	defer s.close()
+	s.beginDrain()
+	pc := uint64(reflect.ValueOf(symbolizeMe).Pointer())
+	pid := uint32(os.Getpid())
+	if f := s.user(pid, pc); f.Function == "" {
+		b.Fatalf("%#x not symbolized", pc)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.user(pid, pc)
+	}
 }
