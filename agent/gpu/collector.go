@@ -39,6 +39,8 @@ type Collector struct {
 	wake     chan struct{}
 	running  atomic.Bool
 
+	scrapeSize atomic.Int64 // bytes of the last per-GPU exposition
+
 	onNVMLError func(error)
 }
 

@@ -128,6 +128,7 @@ func (c *Collector) writeGPUMetrics(w io.Writer) {
 		snaps = append(snaps, x)
 	}
 	var b bytes.Buffer
+	b.Grow(int(c.scrapeSize.Load())) // about the size of the last scrape
 	for _, m := range gpuMetrics {
 		header := false
 		for i := range snaps {
@@ -152,6 +153,7 @@ func (c *Collector) writeGPUMetrics(w io.Writer) {
 			writeLine(&b, "loupe_gpu_lost", snaps[i].labels, v)
 		}
 	}
+	c.scrapeSize.Store(int64(b.Len()))
 	_, _ = w.Write(b.Bytes())
 }
 
