@@ -61,6 +61,7 @@ func TestReasons(t *testing.T) {
 		"libdcgm.so.4 not found": "libdcgm_not_found",
 		"DCGM profiling module not available (...): Profiling module not loaded":         "profiling_module_unavailable",
 		"error connecting to nv-hostengine: Host engine connection invalid/disconnected": "hostengine_unreachable",
+		"DCGM supports none of the GPUs":                                                 "no_supported_gpu",
 		"error initializing DCGM: something":                                             "init_failed",
 	}
 	for msg, want := range dc {

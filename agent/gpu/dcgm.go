@@ -243,6 +243,8 @@ func dcgmReason(err error) string {
 		return "libdcgm_not_found"
 	case strings.Contains(msg, "profiling"):
 		return "profiling_module_unavailable"
+	case strings.Contains(msg, "none of the GPUs"):
+		return "no_supported_gpu"
 	case strings.Contains(msg, "connect"):
 		return "hostengine_unreachable"
 	default:
@@ -250,4 +252,5 @@ func dcgmReason(err error) string {
 	}
 }
 
+// errNoDCGM is what PauseProfiling answers on a host without DCGM.
 var errNoDCGM = errors.New("DCGM profiling is not available on this host")
