@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,4 +201,83 @@ func squeeze(s string) string {
 		s = strings.ReplaceAll(s, "  ", " ")
 	}
 	return s
+}
+
+// Run as an unprivileged user, the agent cannot load eBPF: it says so once
+// per collector, naming what is missing, and serves /metrics all the same.
+func TestUnprivilegedAgent(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TestUnprivilegedAgent runs as root and drops to nobody; run the tests as root in CI")
+		}
+		t.Skip("needs root to drop privileges")
+	}
+	dir, err := os.MkdirTemp("", "loupe-unpriv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o777)
+	bin := filepath.Join(dir, "loupe-agent")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--metrics-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0",
+		"--store", "file://"+filepath.Join(dir, "store"), "--spool-dir", filepath.Join(dir, "spool"),
+		"--kineto.enabled=false", "--host", "h1", "--attribution.pod-resources-socket", filepath.Join(dir, "none.sock"))
+	cmd.Env = append(os.Environ(), "LOUPE_AGENT_TEST_MAIN=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := bufio.NewScanner(stderr)
+	var log strings.Builder
+	metricsAddr := ""
+	for metricsAddr == "" && lines.Scan() {
+		fmt.Fprintln(&log, lines.Text())
+		if _, after, ok := strings.Cut(lines.Text(), "loupe-agent running"); ok {
+			_, a, _ := strings.Cut(after, " metrics=")
+			metricsAddr, _, _ = strings.Cut(a, " ")
+		}
+	}
+	if metricsAddr == "" {
+		cmd.Wait()
+		t.Fatalf("agent did not start:\n%s", log.String())
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`loupe_collector_up{collector="cpu"} 0`, `loupe_collector_up{collector="nccl"} 0`, "\nloupe_gpu_devices 0\n"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	for lines.Scan() {
+		fmt.Fprintln(&log, lines.Text())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("exit: %v", err)
+	}
+	out := log.String()
+	for _, want := range []string{"cpu profiler off", "nccl tracer off"} {
+		if n := strings.Count(out, want); n != 1 {
+			t.Errorf("%q logged %d times, want once:\n%s", want, n, out)
+		}
+	}
+	if !strings.Contains(out, "CAP_BPF") {
+		t.Errorf("no line names the missing capability:\n%s", out)
+	}
 }
