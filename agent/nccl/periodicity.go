@@ -43,6 +43,10 @@ const bigGapFactor = 8
 //     flag except on the first call, so a stray pause inside an iteration
 //     does not hide its start.
 //
+// When a process's calls on several communicators interleave differently
+// from one iteration to the next, the same search runs on the calls of its
+// busiest communicator alone.
+//
 // A step runs from one boundary's call to the next one's, so the last
 // iteration is reported once the next one starts. Iteration numbers count
 // from 0 within events; they are not the job's own step numbers. Rank is
@@ -81,7 +85,19 @@ func DetectIterations(events []traces.NCCLEvent) []traces.Step {
 			slices.SortStableFunc(evs, byTime)
 		}
 		starts := boundaries(evs)
-		rank := busiestRank(evs)
+		id, rank, ok := busiestComm(evs)
+		if len(starts) < 2 && ok {
+			// Calls on several communicators (from several threads or
+			// streams) may interleave differently from one iteration to
+			// the next; the busiest communicator alone may still repeat.
+			var own []traces.NCCLEvent
+			for _, ev := range evs {
+				if ev.CommID == id && ev.Rank == rank {
+					own = append(own, ev)
+				}
+			}
+			evs, starts = own, boundaries(own)
+		}
 		for i := 0; i+1 < len(starts); i++ {
 			out = append(out, traces.Step{
 				Rank:      rank,
@@ -268,8 +284,9 @@ func median(v []int64) int64 {
 	return v[len(v)/2]
 }
 
-// busiestRank is the rank of the communicator with the most calls.
-func busiestRank(evs []traces.NCCLEvent) int32 {
+// busiestComm is the communicator with the most calls, as (CommID, rank);
+// ok is false when no call names a communicator.
+func busiestComm(evs []traces.NCCLEvent) (id uint64, rank int32, ok bool) {
 	type comm struct {
 		id   uint64
 		rank int32
@@ -291,7 +308,7 @@ func busiestRank(evs []traces.NCCLEvent) int32 {
 		return keys[i].id < keys[j].id
 	})
 	if len(keys) == 0 {
-		return -1
+		return 0, -1, false
 	}
-	return keys[0].rank
+	return keys[0].id, keys[0].rank, true
 }

@@ -144,6 +144,45 @@ func TestDetectIterationsTolerates(t *testing.T) {
 			}
 		}
 	})
+	t.Run("communicators interleaving differently", func(t *testing.T) {
+		// Per iteration, three calls on comm 1 and two on comm 2 in an
+		// order that changes: only comm 1's own calls repeat.
+		rng := rand.New(rand.NewPCG(7, 8))
+		var evs []traces.NCCLEvent
+		var starts []int64
+		now := int64(1e12)
+		a := []traces.NCCLEvent{{Op: "AllGather", CommID: 1, Count: 10}, {Op: "AllGather", CommID: 1, Count: 20},
+			{Op: "ReduceScatter", CommID: 1, Count: 10}}
+		b := []traces.NCCLEvent{{Op: "AllReduce", CommID: 2, Count: 5}, {Op: "AllReduce", CommID: 2, Count: 6}}
+		orders := [][]traces.NCCLEvent{
+			{b[0], a[0], a[1], b[1], a[2]},
+			{a[0], b[0], a[1], a[2], b[1]},
+			{a[0], a[1], b[0], b[1], a[2]},
+			{b[0], b[1], a[0], a[1], a[2]},
+		}
+		for i := range 16 {
+			calls := orders[(i*i+i/3)%len(orders)]
+			now += 40 * ms
+			starts = append(starts, now)
+			for j, c := range calls {
+				if j > 0 {
+					now += ms + rng.Int64N(ms/4)
+				}
+				c.TimeNs, c.PID, c.Rank, c.NRanks = now, 9, int32(c.CommID)-1, 4
+				evs = append(evs, c)
+			}
+		}
+		steps := DetectIterations(evs)
+		if len(steps) != 15 {
+			t.Fatalf("%d steps, want 15", len(steps))
+		}
+		for i, s := range steps {
+			// Each step starts at comm 1's first call of iteration i.
+			if s.StartNs < starts[i] || s.StartNs >= starts[i+1] || s.Rank != 0 {
+				t.Fatalf("step %d = %+v, want rank 0 starting in [%d, %d)", i, s, starts[i], starts[i+1])
+			}
+		}
+	})
 	t.Run("window cut mid-iteration", func(t *testing.T) {
 		evs, starts := loop(1, 0, nil, body, 0, 10, nil)
 		steps := DetectIterations(evs[2:]) // starts inside iteration 0
