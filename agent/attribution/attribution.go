@@ -158,6 +158,24 @@ func (r *Resolver) Process(pid int) (Info, error) {
 	return info, nil
 }
 
+// ProcessOn is Process for a process known to run on the given GPUs (from
+// NVML's process list): when its environment names no GPU the pod map
+// knows, such as with the device plugin's volume-mount or CDI strategies,
+// the pod that holds one of these GPUs is taken.
+func (r *Resolver) ProcessOn(pid int, gpuUUIDs ...string) (Info, error) {
+	info, err := r.Process(pid)
+	if err != nil || info.Pod != "" {
+		return info, err
+	}
+	for _, g := range gpuUUIDs {
+		if p, ok := r.lookup(g); ok {
+			info.Pod, info.Namespace, info.Container = p.pod, p.namespace, p.container
+			break
+		}
+	}
+	return info, nil
+}
+
 // GPU names the pod, namespace and container that were allocated the GPU
 // with this UUID, from the cache; empty strings when none is known.
 func (r *Resolver) GPU(uuid string) (pod, namespace, container string) {

@@ -79,6 +79,13 @@ func TestProcessFromFakeProc(t *testing.T) {
 			}
 		})
 	}
+	// Without NVIDIA_VISIBLE_DEVICES, the GPU NVML saw the process on names the pod.
+	if info, err := r.ProcessOn(101, "GPU-none", "GPU-bbbb"); err != nil || info.Pod != "trainer-0" || info.Rank != 3 {
+		t.Errorf("ProcessOn(101) = %+v, %v; want pod trainer-0, rank 3", info, err)
+	}
+	if info, _ := r.ProcessOn(102, "GPU-none"); info.Pod != "" {
+		t.Errorf("ProcessOn(102) on an unknown GPU got pod %q", info.Pod)
+	}
 	if _, err := r.Process(999); err == nil || !strings.Contains(err.Error(), "process 999") {
 		t.Errorf("missing process: err = %v, want one naming process 999", err)
 	}
