@@ -1,0 +1,180 @@
+// The job page: one capture of a job run. A rank x iteration step-time
+// heatmap (a straggler is a hot row), step-time and kernel-duration
+// histograms, NCCL arrival skew per rank, the findings ranked by impact, a
+// CPU flame graph per rank and the Chrome/Perfetto trace download.
+import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, severityBadge, ready, rampColors } from "./common.js";
+import { drawFlame } from "./flame.js";
+import { findingsTable } from "./findings-table.js";
+
+const main = document.getElementById("main");
+const [, , cluster, job, run] = location.pathname.split("/").map(decodeURIComponent);
+const params = new URLSearchParams(location.search);
+
+// A rank whose median step time is this much above the job's is called out.
+const HOT = 1.15;
+
+async function load() {
+  const q = params.get("capture") ? `?capture=${encodeURIComponent(params.get("capture"))}` : "";
+  const v = await fetchJSON(`/api/v1/views/jobs/${encodeURIComponent(cluster)}/${encodeURIComponent(job)}/${encodeURIComponent(run)}${q}`);
+  draw(v);
+}
+
+function chartBox(id, height) {
+  return el("div", { id, class: "chart", style: `height:${height}px` });
+}
+
+function header(v) {
+  const picker = el("select", { id: "capture", onchange: (e) => { location.href = jobURL(cluster, job, run, e.target.value); } },
+    v.captures.map((c) => el("option", { value: c.capture, selected: c.capture === v.id.capture },
+      `${c.capture} (${c.status}, ${c.findings} findings${c.simulated ? ", simulated" : ""})`)));
+  const downloads = el("div", { id: "downloads" }, "Chrome/Perfetto trace: ",
+    v.trace ? el("a", { href: v.trace, download: "", id: "trace-all" }, "whole capture") : el("span", { class: "muted" }, "too many hosts for one file;"),
+    " · per host: ", v.hosts.map((h, i) => [i ? ", " : "", el("a", { href: h.trace, download: "", class: "trace-host" }, h.host)]),
+    el("span", { class: "muted" }, " (open in ui.perfetto.dev)"));
+  return [
+    el("h1", {}, `Job ${cluster}/${job}/${run}`),
+    v.simulated ? simBanner("this capture's data") : "",
+    el("div", { class: "controls" },
+      el("label", {}, "Capture ", picker),
+      el("span", { class: `badge ${v.status === "partial" ? "partial" : "info"}`, id: "status" }, v.status),
+      v.missing_ranks?.length ? el("span", { class: "error" }, `missing ranks: ${v.missing_ranks.join(", ")}`) : "",
+      el("span", { class: "muted" }, `${new Date(v.start).toISOString()} → ${new Date(v.end).toISOString()}, world size ${v.world_size}, ${v.hosts.length} hosts`)),
+    el("div", { class: "card" }, downloads),
+    v.notes?.length ? el("details", { class: "card" }, el("summary", {}, `${v.notes.length} notes about gaps in the capture`), el("ul", {}, v.notes.map((n) => el("li", {}, n)))) : "",
+  ];
+}
+
+function stepHeatmap(v, box) {
+  const s = v.steps, nr = s.ranks.length, nc = s.iterations.length;
+  const data = [];
+  let lo = Infinity, hi = -Infinity;
+  for (let i = 0; i < nr; i++) {
+    for (let j = 0; j < nc; j++) {
+      const ms = s.ms[i * nc + j];
+      if (ms === null) continue;
+      data.push([j, i, ms]);
+      lo = Math.min(lo, ms); hi = Math.max(hi, ms);
+    }
+  }
+  const chart = echarts.init(box);
+  chart.setOption({
+    animation: false,
+    tooltip: {
+      formatter: (p) => `rank ${s.ranks[p.value[1]]}, iteration ${s.iterations[p.value[0]]}<br>step <b>${fmt(p.value[2], 2)} ms</b>` +
+        `<br>rank median ${fmt(s.rank_median_ms[p.value[1]], 2)} ms, job median ${fmt(s.job_median_ms, 2)} ms`,
+    },
+    grid: { left: 70, right: 110, top: 10, bottom: 40 },
+    xAxis: { type: "category", name: "iteration", nameLocation: "middle", nameGap: 26, data: s.iterations.map(String) },
+    yAxis: { type: "category", inverse: true, data: s.ranks.map((r) => `rank ${r}`) },
+    visualMap: { type: "continuous", min: lo, max: hi, inRange: { color: rampColors }, right: 10, top: "middle", text: [`${fmt(hi, 1)} ms`, `${fmt(lo, 1)} ms`], calculable: true },
+    series: [{ type: "heatmap", data, progressive: 0 }],
+  });
+  return chart;
+}
+
+function histogram(box, h, xname, fmtEdge) {
+  const chart = echarts.init(box);
+  const labels = h.counts.map((_, i) => `${fmtEdge(h.edges[i])}–${fmtEdge(h.edges[i + 1])}`);
+  chart.setOption({
+    animation: false,
+    tooltip: { trigger: "axis" },
+    grid: { left: 60, right: 20, top: 20, bottom: 60 },
+    xAxis: { type: "category", data: labels, name: xname, nameLocation: "middle", nameGap: 44, axisLabel: { rotate: 30, fontSize: 10 } },
+    yAxis: { type: "value", name: "count" },
+    series: [{ type: "bar", data: h.counts, barCategoryGap: "5%", itemStyle: { color: "#5c6bc0" } }],
+  });
+  return chart;
+}
+
+function skewChart(box, rows) {
+  const chart = echarts.init(box);
+  chart.setOption({
+    animation: false,
+    tooltip: {
+      trigger: "axis",
+      formatter: (ps) => {
+        const r = rows[ps[0].dataIndex];
+        return `rank ${r.rank} on ${r.host}<br>${r.collectives} collectives, last at ${fmt(r.last_share * 100, 0)}%<br>` +
+          `lateness p50 ${fmt(r.p50_ms, 2)} ms, p95 ${fmt(r.p95_ms, 2)} ms, max ${fmt(r.max_ms, 2)} ms`;
+      },
+    },
+    legend: { top: 0 },
+    grid: { left: 60, right: 20, top: 30, bottom: 40 },
+    xAxis: { type: "category", name: "rank", nameLocation: "middle", nameGap: 26, data: rows.map((r) => String(r.rank)) },
+    yAxis: { type: "value", name: "ms after first arrival" },
+    series: [
+      { name: "p50", type: "bar", data: rows.map((r) => r.p50_ms), itemStyle: { color: "#26a69a" } },
+      { name: "p95", type: "bar", data: rows.map((r) => r.p95_ms), itemStyle: { color: "#ef6c00" } },
+    ],
+  });
+  return chart;
+}
+
+function draw(v) {
+  const s = v.steps;
+  const hot = s.ranks.map((r, i) => ({ rank: r, median: s.rank_median_ms[i] }))
+    .filter((x) => x.median !== null && s.job_median_ms && x.median > HOT * s.job_median_ms)
+    .sort((a, b) => b.median - a.median);
+  const stepBox = chartBox("steps", Math.max(160, Math.min(900, s.ranks.length * 22 + 60)));
+  const stepHist = chartBox("step-hist", 280), kernHist = chartBox("kernel-hist", 280), skewBox = chartBox("nccl-skew", 300);
+  const flameBox = el("div", { id: "flame-box" });
+  main.replaceChildren(...header(v),
+    el("h2", {}, "Step time by rank and iteration", v.simulated ? " " : "", v.simulated ? el("span", { class: "badge sim" }, "simulated") : ""),
+    el("div", { class: "card" },
+      s.ranks.length ? stepBox : el("p", { class: "muted" }, "No steps in this capture (steps.parquet is missing or empty)."),
+      el("p", { id: "hot-ranks" }, hot.length
+        ? ["Slow ranks (median step more than 15% above the job's ", fmt(s.job_median_ms, 2), " ms): ",
+          hot.map((x, i) => [i ? ", " : "", el("b", { "data-rank": x.rank }, `rank ${x.rank}`), ` ${fmt(x.median, 2)} ms (+${fmt((x.median / s.job_median_ms - 1) * 100, 0)}%)`])]
+        : el("span", { class: "muted" }, "No rank stands out.")),
+      s.truncated ? el("p", { class: "muted" }, "Showing the last iterations only.") : ""),
+    el("div", { class: "grid2" },
+      el("div", { class: "card" }, el("h2", {}, "Step-time histogram"), s.histogram.counts.length ? stepHist : el("p", { class: "muted" }, "No steps.")),
+      el("div", { class: "card" }, el("h2", {}, "Kernel-duration histogram"),
+        v.kernels.histogram.counts.length ? [kernHist, el("p", { class: "muted" }, `Kernel launches from ${v.kernels.ranks} Kineto traces, each kernel counted at its mean duration.`)]
+          : el("p", { class: "muted", id: "no-kineto" }, "No Kineto trace in this capture (ask for one with loupe-agent capture; PyTorch traces on demand)."))),
+    el("div", { class: "card" }, el("h2", {}, "NCCL arrival skew per rank"),
+      v.nccl_skew.length ? skewBox : el("p", { class: "muted" }, "No complete NCCL collectives in this capture."),
+      el("p", { class: "muted" }, "How long after the first rank each rank called the same collective; a straggler arrives late and makes everyone else wait.")),
+    el("h2", {}, `Findings (${v.findings_total}), most costly first`),
+    findingsTable(v.findings, { showJob: false }),
+    el("h2", {}, "CPU flame graph"), flameBox);
+
+  const charts = {};
+  if (s.ranks.length) charts.steps = stepHeatmap(v, stepBox);
+  if (s.histogram.counts.length) charts.stepHist = histogram(stepHist, s.histogram, "step time (ms)", (x) => fmt(x, 1));
+  if (v.kernels.histogram.counts.length) charts.kernelHist = histogram(kernHist, v.kernels.histogram, "kernel duration (µs)", (x) => fmt(x, x < 10 ? 1 : 0));
+  if (v.nccl_skew.length) charts.skew = skewChart(skewBox, v.nccl_skew);
+  flamePicker(v, flameBox);
+  loupe.job = { view: v, hotRanks: hot.map((x) => x.rank), charts };
+  ready("job");
+}
+
+function flamePicker(v, box) {
+  const choices = [];
+  for (const h of v.hosts) {
+    if (!h.profile) continue;
+    for (const r of h.ranks) choices.push({ label: `rank ${r} (${h.host})`, q: `rank=${r}` });
+    choices.push({ label: `whole host ${h.host}`, q: `host=${encodeURIComponent(h.host)}` });
+  }
+  if (!choices.length) {
+    box.append(el("p", { class: "muted" }, "No CPU profile (cpu.pb.gz) in this capture."));
+    return;
+  }
+  const area = el("div", { id: "flame", class: "chart", style: "height:420px" });
+  const status = el("span", { class: "muted" });
+  const show = async (q) => {
+    status.textContent = "loading…";
+    try {
+      const fg = await fetchJSON(`/api/v1/views/flamegraph/${v.id.cluster}/${v.id.job}/${v.id.run}/${v.id.capture}?${q}`);
+      status.textContent = `${fmt(fg.total, 0)} ${fg.unit} total${fg.note ? "; " + fg.note : ""}${fg.simulated ? " · SIMULATED GPUs on this host" : ""}`;
+      loupe.flame = drawFlame(area, fg);
+    } catch (err) {
+      status.textContent = String(err.message || err);
+    }
+  };
+  const sel = el("select", { id: "flame-rank", onchange: (e) => show(e.target.value) }, choices.map((c) => el("option", { value: c.q }, c.label)));
+  box.append(el("div", { class: "card" }, el("div", { class: "controls" }, el("label", {}, "Profile of ", sel), status), area));
+  show(choices[0].q);
+}
+
+load().catch((err) => showError(main, err));
