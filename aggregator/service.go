@@ -29,8 +29,10 @@ import (
 	"github.com/loupe-dev/loupe/aggregator/findings"
 	"github.com/loupe-dev/loupe/aggregator/lease"
 	"github.com/loupe-dev/loupe/aggregator/runner"
+	"github.com/loupe-dev/loupe/aggregator/views"
 	"github.com/loupe-dev/loupe/aggregator/watcher"
 	"github.com/loupe-dev/loupe/analyzers"
+	"github.com/loupe-dev/loupe/dashboards"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -92,6 +94,8 @@ func New(ctx context.Context, cfg Config, list []*analyzers.Analyzer, log *slog.
 		Index: ix, Store: st, Analyzers: list, Events: w, EventToken: token, Ready: w.Ready, Queued: w.Queued,
 		MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
 	})
+	srv.Handle(api.ViewsPrefix, views.New(views.Config{Store: st, Index: ix, MaxPartSize: cfg.MaxPartSize, Logger: log}))
+	srv.Handle("/", dashboards.Handler())
 	return &Service{Store: st, Index: ix, Runner: run, Watcher: w, API: srv, Metrics: set, cfg: cfg, log: log}, nil
 }
 

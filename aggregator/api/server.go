@@ -37,6 +37,10 @@ import (
 // Prefix is the path prefix this package owns.
 const Prefix = "/api/v1/"
 
+// ViewsPrefix is the part of Prefix left to the web UI's view models
+// (package aggregator/views), mounted with Handle.
+const ViewsPrefix = Prefix + "views/"
+
 // EventSink takes decoded S3 notifications; *watcher.Watcher is one.
 type EventSink interface {
 	Accept([]watcher.Event) int
@@ -104,14 +108,14 @@ func New(cfg Config) *Server {
 }
 
 // Handle mounts h at pattern (http.ServeMux syntax) beside the API, for
-// the web UI. Patterns under /api/v1/, /metrics and /healthz belong to the
-// API and panic, as conflicting ServeMux patterns do.
+// the web UI. Patterns under /api/v1/ (except ViewsPrefix), /metrics and
+// /healthz belong to the API and panic, as conflicting ServeMux patterns do.
 func (s *Server) Handle(pattern string, h http.Handler) {
 	_, path, _ := strings.Cut(pattern, " ")
 	if path == "" {
 		path = pattern
 	}
-	if strings.HasPrefix(path, Prefix) || path == "/metrics" || path == "/healthz" {
+	if strings.HasPrefix(path, Prefix) && !strings.HasPrefix(path, ViewsPrefix) || path == "/metrics" || path == "/healthz" {
 		panic(fmt.Sprintf("api: pattern %q is reserved for the aggregator API", pattern))
 	}
 	s.mux.Handle(pattern, h)
