@@ -11,6 +11,7 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -86,12 +87,21 @@ type Window struct {
 // Sources are the collectors a capture reads; nil ones are left out and
 // Missing says why, one note per collector ("cpu profile: ...").
 type Sources struct {
-	GPU     GPUSource
-	CPU     CPUSource
-	NCCL    NCCLSource
-	Steps   *steps.Tracker
-	Addons  []Addon
+	GPU    GPUSource
+	CPU    CPUSource
+	NCCL   NCCLSource
+	Steps  *steps.Tracker
+	Addons []Addon
+	// Events are further sources of events.jsonl records (log tailer,
+	// latency series), written with the GPU events.
+	Events  []EventSource
 	Missing []string
+}
+
+// EventSource is a collector of events.jsonl records (logtail.Tailer,
+// logtail.Ring).
+type EventSource interface {
+	Events(from, to time.Time) []traces.Event
 }
 
 // Config tunes a Capturer.
@@ -519,11 +529,19 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	if m.WorldSize == 0 && len(m.Ranks) > 0 {
 		bw.Note("world size unknown: no process of the job said WORLD_SIZE; the aggregator cannot tell when every rank has reported")
 	}
+	var events []traces.Event
 	if c.src.GPU != nil {
 		if err := traces.WriteTable(bw, traces.PartGPUSamples, c.src.GPU.Samples(start, end)); err != nil {
 			return nil, err
 		}
-		if err := bw.WriteEvents(c.src.GPU.Events(start, end)); err != nil {
+		events = c.src.GPU.Events(start, end)
+	}
+	for _, s := range c.src.Events {
+		events = append(events, attributeEvents(s.Events(start, end), req.Processes)...)
+	}
+	if c.src.GPU != nil || len(events) > 0 {
+		slices.SortStableFunc(events, func(a, b traces.Event) int { return cmp.Compare(a.TimeNs, b.TimeNs) })
+		if err := bw.WriteEvents(events); err != nil {
 			return nil, err
 		}
 	}
@@ -617,4 +635,48 @@ func filterNCCL(evs []traces.NCCLEvent, pids []int) []traces.NCCLEvent {
 // the millisecond, unique enough on one host and readable in a listing.
 func NewID(t time.Time) string {
 	return "od-" + t.UTC().Format("20060102T150405.000Z")
+}
+
+// attributeEvents ties events from container logs (Attrs pod, namespace)
+// to the capture's processes: when the capture's processes run in pods,
+// events of other pods are left out, and an event of a pod whose processes
+// share one rank gets that rank (and the pid, when the pod has one
+// process). Events of plain log files are kept as they are.
+func attributeEvents(evs []traces.Event, procs []traces.Process) []traces.Event {
+	type place struct{ rank, pid, n int }
+	pods := map[string]*place{}
+	for _, p := range procs {
+		if p.Pod == "" {
+			continue
+		}
+		k := p.Namespace + "/" + p.Pod
+		pl := pods[k]
+		if pl == nil {
+			pl = &place{rank: p.Rank, pid: p.PID}
+			pods[k] = pl
+		} else if pl.rank != p.Rank {
+			pl.rank = -1
+		}
+		pl.n++
+	}
+	out := evs[:0]
+	for _, e := range evs {
+		pod := e.Attrs["pod"]
+		if pod == "" || len(pods) == 0 {
+			out = append(out, e)
+			continue
+		}
+		pl := pods[e.Attrs["namespace"]+"/"+pod]
+		if pl == nil {
+			continue
+		}
+		if e.Rank < 0 {
+			e.Rank = pl.rank
+		}
+		if e.PID == 0 && pl.n == 1 {
+			e.PID = pl.pid
+		}
+		out = append(out, e)
+	}
+	return out
 }
