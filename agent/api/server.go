@@ -45,6 +45,7 @@ func Handler(b Backend, token string, logger *slog.Logger) http.Handler {
 		{"POST", "/v1/dcgm/pause", s.dcgm(true)},
 		{"POST", "/v1/dcgm/resume", s.dcgm(false)},
 		{"GET", "/v1/status", s.status},
+		{"POST", "/v1/latency", s.postLatency},
 	}
 	allowed := map[string][]string{}
 	for _, r := range routes {

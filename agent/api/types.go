@@ -8,6 +8,7 @@
 //	GET  /v1/captures     captures taken or in progress; /v1/captures/{id} one of them
 //	POST /v1/dcgm/pause   pause DCGM profiling (so Nsight can use the counters); /v1/dcgm/resume
 //	GET  /v1/status       agent, collectors, jobs
+//	POST /v1/latency      {"job","rank"?,"values":[{"time"?,"seconds"}]}   request latencies (inference warm-up)
 //
 // Every request carries "Authorization: Bearer TOKEN" when the agent has a
 // token; an agent listening on anything but loopback refuses to start
