@@ -18,6 +18,7 @@ import (
 	"github.com/loupe-dev/loupe/agent/cpuprof"
 	"github.com/loupe-dev/loupe/agent/gpu"
 	"github.com/loupe-dev/loupe/agent/kineto"
+	"github.com/loupe-dev/loupe/agent/logtail"
 	"github.com/loupe-dev/loupe/agent/nccl"
 	"github.com/loupe-dev/loupe/agent/steps"
 	"github.com/loupe-dev/loupe/agent/trigger"
@@ -65,6 +66,7 @@ type Config struct {
 	NCCL        NCCLConfig         `yaml:"nccl"`
 	Kineto      kineto.Config      `yaml:"kineto"`
 	Attribution attribution.Config `yaml:"attribution"`
+	Logs        logtail.Config     `yaml:"logs"`
 }
 
 // CaptureConfig bounds captures.
@@ -128,6 +130,7 @@ func DefaultConfig() Config {
 		NCCL:        NCCLConfig{Config: nccl.DefaultConfig(), StepInterval: 5 * time.Second, StepLookback: time.Minute},
 		Kineto:      kineto.DefaultConfig(),
 		Attribution: attribution.DefaultConfig(),
+		Logs:        logtail.DefaultConfig(),
 	}
 }
 

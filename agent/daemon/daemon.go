@@ -31,6 +31,7 @@ import (
 	"github.com/loupe-dev/loupe/agent/cpuprof"
 	"github.com/loupe-dev/loupe/agent/gpu"
 	"github.com/loupe-dev/loupe/agent/kineto"
+	"github.com/loupe-dev/loupe/agent/logtail"
 	"github.com/loupe-dev/loupe/agent/nccl"
 	"github.com/loupe-dev/loupe/agent/spool"
 	"github.com/loupe-dev/loupe/agent/steps"
@@ -51,7 +52,11 @@ const (
 	collNCCL        = "nccl"
 	collKineto      = "kineto"
 	collAttribution = "attribution"
+	collLogs        = "logs"
 )
+
+// maxLatencyPoints bounds the latency values kept for captures.
+const maxLatencyPoints = 100000
 
 // Daemon is one running agent. New opens everything; Run serves until its
 // context ends.
@@ -71,6 +76,8 @@ type Daemon struct {
 	cpu      *cpuprof.Profiler
 	nccl     *nccl.Tracer
 	kineto   *kineto.Server
+	logs     *logtail.Tailer
+	latency  *logtail.Ring // POST /v1/latency values, as events
 	tracker  *steps.Tracker
 	trigger  *trigger.Trigger
 	capturer *capture.Capturer
@@ -258,8 +265,18 @@ func (d *Daemon) startCollectors(own *metrics.Set) {
 		}
 	}
 
+	d.latency = logtail.NewRing(maxLatencyPoints, own.NewCounter(`loupe_latency_points_dropped_total`))
+	if len(cfg.Logs.Files) == 0 {
+		d.setCollector(collLogs, errors.New("no log files configured (logs.files)"))
+	} else if err := cfg.Logs.Validate(); err != nil {
+		d.down(collLogs, "log tailer off", err)
+	} else {
+		d.logs = logtail.New(cfg.Logs, d.log.With("component", "logs"), d.newSet())
+		d.setCollector(collLogs, nil)
+	}
+
 	up := d.newSet()
-	for _, c := range []string{collGPU, collCPU, collNCCL, collKineto, collAttribution} {
+	for _, c := range []string{collGPU, collCPU, collNCCL, collKineto, collAttribution, collLogs} {
 		up.NewGauge(fmt.Sprintf(`loupe_collector_up{collector=%q}`, c), func() float64 {
 			if d.collector(c).Up {
 				return 1
@@ -305,7 +322,10 @@ func (d *Daemon) collector(name string) api.Collector {
 // sources hands the running collectors to the capturer, with a note for
 // each one that is missing.
 func (d *Daemon) sources() capture.Sources {
-	src := capture.Sources{Steps: d.tracker}
+	src := capture.Sources{Steps: d.tracker, Events: []capture.EventSource{d.latency}}
+	if d.logs != nil {
+		src.Events = append(src.Events, d.logs)
+	}
 	if d.gpu != nil && len(d.gpu.Devices()) > 0 {
 		src.GPU = d.gpu
 	}
@@ -382,6 +402,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.kineto != nil {
 		run(collKineto, d.kineto.Run)
+	}
+	if d.logs != nil {
+		run(collLogs, func(ctx context.Context) error { d.logs.Run(ctx); return nil })
 	}
 	run("capture", d.capturer.Run)
 	run("upload", d.uploader.Run)

@@ -1,0 +1,81 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/loupe-dev/loupe/agent/api"
+	"github.com/loupe-dev/loupe/traces"
+)
+
+// Log lines and latency values that arrive during a capture's window are in
+// its events.jsonl; older log history is not.
+func TestLogsAndLatencyInCapture(t *testing.T) {
+	cfg := testConfig(t)
+	logs := t.TempDir()
+	app := filepath.Join(logs, "consumer.log")
+	if err := os.WriteFile(app, []byte("RuntimeError: CUDA error: old history\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Logs.Files = []string{filepath.Join(logs, "*.log")}
+	cfg.Logs.PollInterval = 10 * time.Millisecond
+	d := start(t, cfg)
+	c := &api.Client{Addr: d.APIAddr()}
+	ctx := context.Background()
+	if err := c.Step(ctx, api.StepRequest{Job: "infer", Rank: 0, PID: os.Getpid(), Iteration: 1}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.Capture(ctx, api.CaptureRequest{Job: "infer", Duration: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	f, err := os.OpenFile(app, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("[Consumer clientId=c1, groupId=infer] (Re-)joining group\nRuntimeError: CUDA error: in the window\n")
+	f.Close()
+	now := time.Now()
+	err = c.Latency(ctx, api.LatencyRequest{Job: "infer", Rank: 0, Values: []api.LatencyPoint{
+		{Time: now, Seconds: 0.5}, {Time: now.Add(time.Millisecond), Seconds: 0.25},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	m, dir := waitBundle(t, cfg, "infer", "default", rep.ID)
+	if _, ok := m.Part(traces.PartEvents); !ok {
+		t.Fatalf("no %s in %+v (notes %q)", traces.PartEvents, m.Parts, m.Notes)
+	}
+	ef, err := os.Open(filepath.Join(dir, traces.PartEvents))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ef.Close()
+	kinds := map[string]int{}
+	var last int64
+	err = traces.ReadEvents(ef, func(e traces.Event) error {
+		kinds[e.Kind]++
+		if e.Kind == traces.EventCUDAError && e.Attrs["error"] != "in the window" {
+			t.Errorf("unexpected CUDA event %+v", e)
+		}
+		if e.Kind == traces.EventLatency && (e.Rank != 0 || e.Attrs["job"] != "infer" || e.Attrs["value_seconds"] == "") {
+			t.Errorf("latency event %+v", e)
+		}
+		if e.TimeNs < last {
+			t.Errorf("events out of time order at %+v", e)
+		}
+		last = e.TimeNs
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kinds[traces.EventCUDAError] != 1 || kinds[traces.EventRebalance] != 1 || kinds[traces.EventLatency] != 2 {
+		t.Errorf("event kinds %v, want 1 cuda_error, 1 rebalance, 2 latency", kinds)
+	}
+}
