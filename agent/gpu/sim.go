@@ -24,6 +24,10 @@ type SimOptions struct {
 	// threshold, so they report thermal clock event reasons and low SM
 	// clocks, and do less work per second.
 	ThrottledGPUs []int `yaml:"throttled_gpus"`
+	// StarvedGPUs wait for input most of every step, as behind a data
+	// loader that cannot keep up: they idle (low utilization and SM
+	// activity) for about two thirds of each step.
+	StarvedGPUs []int `yaml:"starved_gpus"`
 	// LostGPUs answer ERROR_GPU_IS_LOST to every call from their time on.
 	LostGPUs []SimEvent `yaml:"lost_gpus"`
 	// XIDs are delivered through the NVML event set at their time.
@@ -77,6 +81,7 @@ func NewSimulator(n int, opts SimOptions) *Simulator {
 			// Ranks do not start their steps at the same instant.
 			offset:   float64(i) * 0.013,
 			hot:      slices.Contains(opts.ThrottledGPUs, i),
+			starved:  slices.Contains(opts.StarvedGPUs, i),
 			energyMJ: 4.2e9 + float64(i)*3.1e7,
 		}
 		// The job is already running when the simulation starts, so the
@@ -122,10 +127,11 @@ const (
 // reading is asked for, at most once per millisecond.
 type simGPU struct {
 	*server.Device
-	sim    *Simulator
-	idx    int
-	offset float64
-	hot    bool
+	sim     *Simulator
+	idx     int
+	offset  float64
+	hot     bool
+	starved bool
 
 	mu       sync.Mutex
 	rng      *rand.Rand
@@ -205,15 +211,19 @@ func (g *simGPU) advance(now time.Time) {
 	// The job: steps of compute, all-reduce and input; every 60 s a 3 s
 	// checkpoint during which the GPUs idle.
 	phase := math.Mod(t/stepSeconds+g.offset, 1)
+	compute, comm := 0.68, 0.9
+	if g.starved {
+		compute, comm = 0.25, 0.33 // the rest of the step waits for input
+	}
 	switch {
 	case math.Mod(t, 60) >= 57:
 		st.util, st.powerW = 1, 110
-	case phase < 0.68: // forward and backward
+	case phase < compute: // forward and backward
 		st.util, st.powerW = 97+noise(2), 650+noise(25)
 		st.smActive, st.occ, st.tensor, st.dram = 0.88, 0.41, 0.63, 0.52
 		st.fp16, st.fp32 = 0.09, 0.04
 		st.memUtil = 38 + noise(4)
-	case phase < 0.9: // gradient all-reduce
+	case phase < comm: // gradient all-reduce
 		st.util, st.powerW = 42+noise(4), 330+noise(20)
 		st.smActive, st.occ, st.tensor, st.dram = 0.3, 0.12, 0.01, 0.24
 		st.memUtil = 21 + noise(3)

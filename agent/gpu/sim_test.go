@@ -148,3 +148,29 @@ func TestSimulatedProfilingPause(t *testing.T) {
 		return len(s) > 0 && s[len(s)-1].ProfValid
 	})
 }
+
+// A starved GPU idles (as the input-bound analyzer counts idle: SM active
+// under 0.1) for most of every step; a fed one computes most of it.
+func TestSimulatorStarvedGPU(t *testing.T) {
+	sim := NewSimulator(2, SimOptions{StarvedGPUs: []int{1}})
+	idleShare := func(g *simGPU) float64 {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		idle, n := 0, 0
+		// Ten steps of model time, every 10 ms, before the checkpoint pause.
+		for at := sim.start; at.Before(sim.start.Add(time.Duration(10 * stepSeconds * float64(time.Second)))); at = at.Add(10 * time.Millisecond) {
+			g.advance(at)
+			if g.st.smActive < 0.1 {
+				idle++
+			}
+			n++
+		}
+		return float64(idle) / float64(n)
+	}
+	if got := idleShare(sim.gpus[1]); got < 0.6 || got > 0.75 {
+		t.Errorf("starved GPU idles %.2f of the time, want about two thirds", got)
+	}
+	if got := idleShare(sim.gpus[0]); got > 0.15 {
+		t.Errorf("fed GPU idles %.2f of the time, want about a tenth", got)
+	}
+}
