@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/format"
 )
 
 // Parquet parts are decoded column by column rather than through
@@ -44,8 +45,7 @@ type column struct {
 	name   string
 	field  field
 	pages  parquet.Pages
-	page   parquet.Page
-	values parquet.ValueReader
+	values parquet.ValueReader // of the current page
 	buf    []parquet.Value
 	intern map[string]string // dictionary strings, stored once
 }
@@ -69,13 +69,14 @@ func (c *column) next(n int) error {
 			if err != nil {
 				return fmt.Errorf("column %q: %w", c.name, err)
 			}
-			c.page, c.values = p, p.Values()
+			c.values = p.Values()
 		}
 		k, err := c.values.ReadValues(c.buf[got:n])
 		got += k
 		if err == io.EOF {
-			parquet.Release(c.page)
-			c.page, c.values = nil, nil
+			// The page is not handed back to parquet-go's buffer pool: byte
+			// array values in c.buf still point into it until stored.
+			c.values = nil
 			continue
 		}
 		if err != nil {
@@ -174,6 +175,9 @@ func scanColumns[T any](r io.ReaderAt, size int64, buf []T, hint func(rows int64
 	if err != nil {
 		return fmt.Errorf("%w: %v", errCorrupt, err)
 	}
+	if err := checkMetadata(f); err != nil {
+		return err
+	}
 	if hint != nil {
 		if err := hint(f.NumRows()); err != nil {
 			return err
@@ -201,9 +205,6 @@ func scanColumns[T any](r io.ReaderAt, size int64, buf []T, hint func(rows int64
 		err := func() error {
 			defer func() {
 				for _, c := range cols {
-					if c.page != nil {
-						parquet.Release(c.page)
-					}
 					c.pages.Close()
 					clear(c.buf) // drop references into the pages
 					buf := c.buf[:0]
@@ -231,6 +232,33 @@ func scanColumns[T any](r io.ReaderAt, size int64, buf []T, hint func(rows int64
 		}()
 		if err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// maxChunkBytes bounds one decoded column chunk.
+const maxChunkBytes = 512 << 20
+
+// checkMetadata refuses files whose metadata would make the decoder
+// allocate without bound: codecs other than the four common ones (parquet-go's
+// LZ4 codec doubles its buffer until a corrupt block decodes, which is
+// never) and column chunks that claim to decode to more than maxChunkBytes.
+func checkMetadata(f *parquet.File) error {
+	for i, rg := range f.Metadata().RowGroups {
+		if rg.NumRows < 0 {
+			return fmt.Errorf("%w: row group %d has %d rows", errCorrupt, i, rg.NumRows)
+		}
+		for _, c := range rg.Columns {
+			md := c.MetaData
+			switch md.Codec {
+			case format.Uncompressed, format.Snappy, format.Gzip, format.Zstd:
+			default:
+				return fmt.Errorf("%w: column %v uses codec %v; write Parquet with zstd, snappy or gzip", errCorrupt, md.PathInSchema, md.Codec)
+			}
+			if md.TotalUncompressedSize < 0 || md.TotalUncompressedSize > maxChunkBytes {
+				return fmt.Errorf("%w: column %v claims %d bytes decoded, limit %d", errCorrupt, md.PathInSchema, md.TotalUncompressedSize, maxChunkBytes)
+			}
 		}
 	}
 	return nil

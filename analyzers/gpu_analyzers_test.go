@@ -191,3 +191,40 @@ func TestJobWideFindingGroupsTargets(t *testing.T) {
 		t.Errorf("impact %+v, want %v GPU-s of 40", f.Impact, want)
 	}
 }
+
+// Kernel names from Kineto traces (through KernelMixSource) flag a rank
+// whose matmuls miss the tensor cores, and corroborate a GPU DCGM flagged.
+func TestTensorUnderuseKernelMix(t *testing.T) {
+	prev := KernelMixSource
+	defer func() { KernelMixSource = prev }()
+	in := writeCapture(t, "", hostBundle{name: "h1", ranks: []int{4, 5}, samples: series(2, 100, func(i int, s *traces.GPUSample) {
+		if s.GPU == 0 {
+			s.SMActive, s.TensorActive, s.FP32Active, s.FP16Active = 0.7, 0.01, 0.5, 0
+		}
+	})})
+	KernelMixSource = func(pass *Pass) ([]KernelMix, error) {
+		h := &pass.Input.Hosts[0]
+		return []KernelMix{
+			{Host: h, Rank: 4, Total: 10, Matmul: 8, MatmulTensorCore: 0},   // corroborates GPU 0
+			{Host: h, Rank: 5, Total: 10, Matmul: 6, MatmulTensorCore: 1},   // only Kineto sees it
+			{Host: h, Rank: 6, Total: 10, Matmul: 6, MatmulTensorCore: 5.5}, // tensor cores in use
+		}, nil
+	}
+	fs := run(t, TensorUnderuse, in)
+	if len(fs) != 1 {
+		t.Fatalf("want 1 finding, got %+v", fs)
+	}
+	f := fs[0]
+	check(t, f, map[string]float64{
+		"targets_affected":                             2,
+		"h1 gpu 0 rank 4: tensor_active_mean":          0.01,
+		"h1 gpu 0 rank 4: matmul_kernel_share":         0.8,
+		"h1 gpu 1 rank 5: matmul_kernel_share":         0.6,
+		"h1 gpu 1 rank 5: matmul_kernel_seconds":       6,
+		"h1 gpu 1 rank 5: tensor_core_share_of_matmul": 1.0 / 6,
+	})
+	// DCGM: 10 s x 0.5 FP x 0.5; Kineto: 5 non-tensor-core matmul seconds x 0.5.
+	if want := 2.5 + 2.5; !near(f.Impact.GPUSeconds, want) || f.Scope.Host != "h1" || f.Scope.GPU != -1 {
+		t.Errorf("impact %+v scope %+v, want %v GPU-s on host h1", f.Impact, f.Scope, want)
+	}
+}

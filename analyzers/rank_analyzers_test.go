@@ -167,7 +167,8 @@ func TestHWFaults(t *testing.T) {
 }
 
 // cpuProfile builds a pprof CPU profile: for each rank, loading samples with
-// a DataLoader stack and the rest with a training stack, labelled by pid.
+// a DataLoader stack and the rest with a training stack, labelled by pid; a
+// negative rank's samples carry no label.
 func cpuProfile(samples map[int][2]int) *profile.Profile {
 	fn := func(id uint64, name, file string) *profile.Function {
 		return &profile.Function{ID: id, Name: name, SystemName: name, Filename: file}
@@ -189,7 +190,10 @@ func cpuProfile(samples map[int][2]int) *profile.Profile {
 		Mapping: []*profile.Mapping{libjpeg}, Function: fns, Location: []*profile.Location{loadLoc, iterLoc, gemmLoc, launchLoc},
 	}
 	for rank, n := range samples {
-		lbl := map[string][]int64{"pid": {int64(pid(rank))}}
+		var lbl map[string][]int64
+		if rank >= 0 {
+			lbl = map[string][]int64{"pid": {int64(pid(rank))}}
+		}
 		p.Sample = append(p.Sample,
 			&profile.Sample{Location: []*profile.Location{loadLoc, iterLoc}, Value: []int64{int64(n[0]), int64(n[0]) * 52631578}, NumLabel: lbl},
 			&profile.Sample{Location: []*profile.Location{launchLoc, gemmLoc}, Value: []int64{int64(n[1]), int64(n[1]) * 52631578}, NumLabel: lbl})
@@ -213,6 +217,8 @@ func TestInputBound(t *testing.T) {
 		{"GPU idle, CPU not loading data", idle, map[int][2]int{0: {10, 90}, 1: {5, 95}}, false},
 		{"CPU loading data, GPU busy", nil, map[int][2]int{0: {60, 40}, 1: {60, 40}}, false},
 		{"too few CPU samples", idle, map[int][2]int{0: {6, 4}, 1: {6, 4}}, false},
+		// Without labels the host is judged as a whole, for each of its ranks.
+		{"unlabelled samples", idle, map[int][2]int{-1: {60, 40}}, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
