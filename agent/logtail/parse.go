@@ -88,20 +88,23 @@ func (p *Parser) Feed(raw []byte, readAt time.Time, out []traces.Event) []traces
 		rec.text = b.String()
 		delete(p.partial, rec.stream)
 	}
-	when := rec.time
-	if when.IsZero() {
-		when = readAt
+	if rec.time.IsZero() {
+		return p.Line(rec.text, readAt, out)
 	}
-	return p.Line(rec.text, when, out)
+	// The runtime's timestamp has a zone and the runtime's clock: it wins
+	// over one the program printed.
+	return p.parse(rec.text, rec.time, false, out)
 }
 
 // Line parses one complete line of program output. fallback is used when
 // the line has no timestamp of its own.
 func (p *Parser) Line(text string, fallback time.Time, out []traces.Event) []traces.Event {
-	rank := -1
-	text, rank = stripRankPrefix(text)
-	when := fallback
-	if t, ok := leadingTime(text, fallback); ok {
+	return p.parse(text, fallback, true, out)
+}
+
+func (p *Parser) parse(text string, when time.Time, sniff bool, out []traces.Event) []traces.Event {
+	text, rank := stripRankPrefix(text)
+	if t, ok := leadingTime(text, when); ok && sniff {
 		when = t
 	}
 	n := len(out)

@@ -117,12 +117,18 @@ func TestTailerPodAttribution(t *testing.T) {
 
 func TestTailerRunStops(t *testing.T) {
 	dir := t.TempDir()
-	tl := New(Config{Files: []string{filepath.Join(dir, "*.log")}, PollInterval: 5 * time.Millisecond}, nil, nil)
+	appendFile(t, filepath.Join(dir, "a.log"), "history\n")
+	set := metrics.NewSet()
+	tl := New(Config{Files: []string{filepath.Join(dir, "*.log")}, PollInterval: 5 * time.Millisecond}, nil, set)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { tl.Run(ctx); close(done) }()
-	appendFile(t, filepath.Join(dir, "a.log"), cudaLine)
+	// Files present at the first poll are read from their end: wait for it.
 	deadline := time.Now().Add(10 * time.Second)
+	for set.GetOrCreateGauge(`loupe_logtail_files`, nil).Get() != 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	appendFile(t, filepath.Join(dir, "a.log"), cudaLine)
 	for len(all(tl)) == 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
