@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +25,13 @@ func TestLogsAndLatencyInCapture(t *testing.T) {
 	cfg.Logs.PollInterval = 10 * time.Millisecond
 	d := start(t, cfg)
 	c := &api.Client{Addr: d.APIAddr()}
+	// The tailer reads files present at its first poll from their end.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(get(t, "http://"+d.MetricsAddr()+"/metrics"), "loupe_logtail_files 1"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the log tailer never found the file")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	ctx := context.Background()
 	if err := c.Step(ctx, api.StepRequest{Job: "infer", Rank: 0, PID: os.Getpid(), Iteration: 1}); err != nil {
 		t.Fatal(err)
