@@ -28,7 +28,8 @@ function controls(data) {
   const metric = el("select", { id: "metric", onchange: (e) => { params.set("metric", e.target.value); location.search = params; } },
     data.metrics.map((m) => el("option", { value: m.name, selected: m.name === data.metric.name }, m.label)));
   const bucket = el("select", { id: "bucket", onchange: (e) => { if (e.target.value) params.set("bucket", e.target.value); else params.delete("bucket"); location.search = params; } },
-    ["", "1s", "10s", "1m", "5m", "15m", "1h"].map((b) => el("option", { value: b, selected: (params.get("bucket") || "") === b }, b || "auto")));
+    [...new Set(["", "1s", "5s", "10s", "1m", "5m", "15m", "1h", params.get("bucket") || ""])].map((b) =>
+      el("option", { value: b, selected: (params.get("bucket") || "") === b }, b || "auto")));
   return el("div", { class: "controls" },
     el("label", {}, "Colour by ", metric),
     el("label", {}, "Bucket ", bucket),

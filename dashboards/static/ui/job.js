@@ -166,7 +166,8 @@ function flamePicker(v, box) {
     status.textContent = "loading…";
     try {
       const fg = await fetchJSON(`/api/v1/views/flamegraph/${v.id.cluster}/${v.id.job}/${v.id.run}/${v.id.capture}?${q}`);
-      status.textContent = `${fmt(fg.total, 0)} ${fg.unit} total${fg.note ? "; " + fg.note : ""}${fg.simulated ? " · SIMULATED GPUs on this host" : ""}`;
+      const total = fg.unit === "nanoseconds" ? `${fmt(fg.total / 1e9, 2)} s of CPU time` : `${fmt(fg.total, 0)} ${fg.unit}`;
+      status.textContent = `${total} on ${fg.host}${fg.rank >= 0 ? ", rank " + fg.rank : ""}${fg.note ? "; " + fg.note : ""}${fg.simulated ? " · SIMULATED GPUs on this host" : ""}`;
       loupe.flame = drawFlame(area, fg);
     } catch (err) {
       status.textContent = String(err.message || err);
