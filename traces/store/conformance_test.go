@@ -15,6 +15,7 @@ import (
 
 	"github.com/loupe-dev/loupe/traces/store"
 	"github.com/loupe-dev/loupe/traces/store/miniotest"
+	"github.com/loupe-dev/loupe/traces/store/versitygwtest"
 )
 
 // behaviours is the one table of Store behaviours every implementation must
@@ -211,35 +212,50 @@ var behaviours = []struct {
 	}},
 }
 
+// server is an S3 server a test harness started (miniotest, versitygwtest).
+type server interface{ URL(prefix string) string }
+
 func TestConformance(t *testing.T) {
-	stores := map[string]func(t *testing.T) store.Store{
-		"dir": func(t *testing.T) store.Store {
-			st, err := store.Open(ctx, "file://"+t.TempDir())
+	impls := []struct {
+		name string
+		// open prepares the implementation and returns how to open a
+		// fresh, empty store for one behaviour.
+		open func(t *testing.T) func(t *testing.T) store.Store
+	}{
+		{"dir", func(*testing.T) func(*testing.T) store.Store {
+			return func(t *testing.T) store.Store {
+				st, err := store.Open(ctx, "file://"+t.TempDir())
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st
+			}
+		}},
+		{"s3", s3Stores(func(t testing.TB) server { return miniotest.Start(t) })},
+		{"versitygw", s3Stores(func(t testing.TB) server { return versitygwtest.Start(t) })},
+	}
+	for _, impl := range impls {
+		t.Run(impl.name, func(t *testing.T) {
+			open := impl.open(t)
+			for _, b := range behaviours {
+				t.Run(b.name, func(t *testing.T) { b.run(t, open(t)) })
+			}
+		})
+	}
+}
+
+// s3Stores starts one server and gives each behaviour its own prefix on it,
+// with the smallest part size S3 allows so the multipart case stays small.
+func s3Stores(start func(t testing.TB) server) func(t *testing.T) func(t *testing.T) store.Store {
+	return func(t *testing.T) func(t *testing.T) store.Store {
+		srv := start(t)
+		return func(t *testing.T) store.Store {
+			st, err := store.Open(ctx, srv.URL("conf/"+strings.ReplaceAll(t.Name(), "/", "-"))+"&part_size_mib=5")
 			if err != nil {
 				t.Fatal(err)
 			}
 			return st
-		},
-	}
-	var srv *miniotest.Server
-	stores["s3"] = func(t *testing.T) store.Store {
-		// Each behaviour gets its own prefix on the one server.
-		// The smallest part size S3 allows keeps the multipart case small.
-		st, err := store.Open(ctx, srv.URL("conf/"+strings.ReplaceAll(t.Name(), "/", "-"))+"&part_size_mib=5")
-		if err != nil {
-			t.Fatal(err)
 		}
-		return st
-	}
-	for _, impl := range []string{"dir", "s3"} {
-		t.Run(impl, func(t *testing.T) {
-			if impl == "s3" {
-				srv = miniotest.Start(t)
-			}
-			for _, b := range behaviours {
-				t.Run(b.name, func(t *testing.T) { b.run(t, stores[impl](t)) })
-			}
-		})
 	}
 }
 

@@ -6,6 +6,23 @@
 //	s3://BUCKET/PREFIX?endpoint=HOST:PORT&secure=false&region=R
 //
 // Keys are slash-separated; see traces.Key for the layout Loupe uses.
+//
+// Conditional puts (PutOptions.IfNoneMatch and IfMatch) are what the
+// aggregator's leases and first-writer-wins manifests rest on, so an S3
+// server must enforce If-None-Match: * and If-Match on PUT atomically. The
+// conformance suite checks both, with racing writers, against:
+//
+//   - MinIO (the version miniotest pins): supported.
+//   - versitygw v1.8.0, posix backend (versitygwtest): supported; answers
+//     412 PreconditionFailed, and 404 for If-Match on a missing object. It
+//     is atomic across several gateways on one shared file system only with
+//     its object lock files, which are on by default: do not run it with
+//     --disable-object-lock-file.
+//   - AWS S3: supported since August 2024 (If-None-Match) and November 2024
+//     (If-Match); not run by the tests here.
+//
+// A server that ignores these headers would let two aggregators hold one
+// lease; do not point Loupe at one.
 package store
 
 import (
