@@ -10,7 +10,6 @@ import (
 	"unsafe"
 
 	"github.com/parquet-go/parquet-go"
-	"github.com/parquet-go/parquet-go/format"
 )
 
 // Parquet parts are decoded column by column rather than through
@@ -171,11 +170,14 @@ func scanColumns[T any](r io.ReaderAt, size int64, buf []T, hint func(rows int64
 			err = fmt.Errorf("%w: decoder failed: %v", errCorrupt, p)
 		}
 	}()
+	if err := checkFooter(r, size); err != nil {
+		return err
+	}
 	f, err := parquet.OpenFile(r, size, parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true))
 	if err != nil {
 		return fmt.Errorf("%w: %v", errCorrupt, err)
 	}
-	if err := checkMetadata(f); err != nil {
+	if err := checkChunks(r, size, f.Metadata()); err != nil {
 		return err
 	}
 	if hint != nil {
@@ -232,33 +234,6 @@ func scanColumns[T any](r io.ReaderAt, size int64, buf []T, hint func(rows int64
 		}()
 		if err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-// maxChunkBytes bounds one decoded column chunk.
-const maxChunkBytes = 512 << 20
-
-// checkMetadata refuses files whose metadata would make the decoder
-// allocate without bound: codecs other than the four common ones (parquet-go's
-// LZ4 codec doubles its buffer until a corrupt block decodes, which is
-// never) and column chunks that claim to decode to more than maxChunkBytes.
-func checkMetadata(f *parquet.File) error {
-	for i, rg := range f.Metadata().RowGroups {
-		if rg.NumRows < 0 {
-			return fmt.Errorf("%w: row group %d has %d rows", errCorrupt, i, rg.NumRows)
-		}
-		for _, c := range rg.Columns {
-			md := c.MetaData
-			switch md.Codec {
-			case format.Uncompressed, format.Snappy, format.Gzip, format.Zstd:
-			default:
-				return fmt.Errorf("%w: column %v uses codec %v; write Parquet with zstd, snappy or gzip", errCorrupt, md.PathInSchema, md.Codec)
-			}
-			if md.TotalUncompressedSize < 0 || md.TotalUncompressedSize > maxChunkBytes {
-				return fmt.Errorf("%w: column %v claims %d bytes decoded, limit %d", errCorrupt, md.PathInSchema, md.TotalUncompressedSize, maxChunkBytes)
-			}
 		}
 	}
 	return nil
