@@ -7,6 +7,7 @@ import (
 	"os"
 	"reflect"
 	"runtime"
+	"runtime/pprof"
 	"syscall"
 	"testing"
 	"time"
@@ -58,6 +59,13 @@ func BenchmarkOverhead(b *testing.B) {
 			b.StopTimer()
 			cpu, wall := selfCPU(b)-cpu0, time.Since(wall0)
 			samples := set.GetOrCreateCounter("loupe_cpuprof_samples_total").Get() - samples0
+			// Live heap with the caches full and the window open.
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if path := os.Getenv("LOUPE_BENCH_HEAPPROFILE"); path != "" {
+				writeHeapProfile(b, path)
+			}
 
 			if _, err := w.Stop(); err != nil {
 				b.Fatal(err)
@@ -66,9 +74,7 @@ func BenchmarkOverhead(b *testing.B) {
 			if err := <-done; err != nil {
 				b.Fatal(err)
 			}
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "MiB-heap")
+			b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "MiB-heap")
 			b.ReportMetric(100*cpu.Seconds()/wall.Seconds(), "%core")
 			b.ReportMetric(float64(samples)/wall.Seconds(), "samples/s")
 			b.ReportMetric(0, "ns/op")
@@ -99,5 +105,16 @@ func BenchmarkSymbolize(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		s.user(pid, pc)
+	}
+}
+
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
 	}
 }

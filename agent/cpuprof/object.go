@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"debug/elf"
-	"debug/gosym"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -28,7 +27,8 @@ type object struct {
 	syms    []elfSym
 	strtabs [2]strtab // .symtab's and .dynsym's string tables
 	names   map[elfSym]string
-	gotab   *gosym.Table // Go binaries: pclntab, kept even when stripped
+	gofuncs *goFuncs       // stripped Go binaries
+	gonames map[int]string // names read from gofuncs, by function index
 	lastUse uint64
 }
 
@@ -81,12 +81,14 @@ func openObject(f readerAtCloser, path string) (*object, error) {
 		return o.syms[i].table < o.syms[j].table
 	})
 	o.syms = dedupSyms(o.syms)
-	// A stripped Go binary keeps its pclntab. Decoding it costs tens of
-	// milliseconds per binary, so it is used only when .symtab is gone;
-	// then frames also get file and line.
+	// A stripped Go binary keeps its pclntab.
 	if sec := ef.Section(".gopclntab"); sec != nil && !o.hasSymtab() {
-		if tab, err := goTable(ef, sec); err == nil {
-			o.gotab = tab
+		var text uint64
+		if t := ef.Section(".text"); t != nil {
+			text = t.Addr
+		}
+		if g, err := openGoFuncs(f, sec, ef.ByteOrder, text); err == nil {
+			o.gofuncs, o.gonames = g, map[int]string{}
 		}
 	}
 	return o, nil
@@ -147,42 +149,6 @@ func (o *object) readSymbols(ef *elf.File, name string, table uint8) error {
 	}
 }
 
-// goTable builds the Go symbol table from .gopclntab. debug/gosym trusts
-// its input, and a damaged binary must not take the agent down.
-func goTable(ef *elf.File, pcln *elf.Section) (tab *gosym.Table, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			tab, err = nil, fmt.Errorf("malformed .gopclntab: %v", r)
-		}
-	}()
-	data, err := pcln.Data()
-	if err != nil {
-		return nil, err
-	}
-	var text uint64
-	if sec := ef.Section(".text"); sec != nil {
-		text = sec.Addr
-	}
-	// Go 1.18+ records runtime.text in the pclntab header (magic, 2 pad
-	// bytes, min instruction size, pointer size, nfunc, nfiles, textStart);
-	// it differs from .text when external linking puts C code first.
-	if len(data) >= 8 && (data[7] == 4 || data[7] == 8) && ef.ByteOrder.Uint32(data) >= 0xfffffff0 {
-		ptr := int(data[7])
-		if off := 8 + 2*ptr; len(data) >= off+ptr {
-			var start uint64
-			if ptr == 8 {
-				start = ef.ByteOrder.Uint64(data[off:])
-			} else {
-				start = uint64(ef.ByteOrder.Uint32(data[off:]))
-			}
-			if start != 0 { // 0: relocated at run time (PIE); keep .text
-				text = start
-			}
-		}
-	}
-	return gosym.NewTable(nil, gosym.NewLineTable(data, text))
-}
-
 // vaddr converts a file offset to the ELF virtual address it is loaded at.
 func (o *object) vaddr(fileOff uint64) (uint64, bool) {
 	for _, p := range o.loads {
@@ -194,47 +160,36 @@ func (o *object) vaddr(fileOff uint64) (uint64, bool) {
 }
 
 // symbolize names the ELF virtual address pc.
-func (o *object) symbolize(pc uint64) (fn, file string, line int, ok bool) {
-	if fn, file, line, ok := o.goLine(pc); ok {
-		return fn, file, line, true
+func (o *object) symbolize(pc uint64) (string, bool) {
+	if o.gofuncs != nil {
+		if i, ok := o.gofuncs.lookup(pc); ok {
+			name, ok := o.gonames[i]
+			if !ok {
+				name, _ = o.gofuncs.name(i)
+				o.gonames[i] = name
+			}
+			return name, name != ""
+		}
 	}
 	i := sort.Search(len(o.syms), func(i int) bool { return o.syms[i].addr > pc })
 	if i == 0 {
-		return "", "", 0, false
+		return "", false
 	}
 	s := o.syms[i-1]
 	if s.size > 0 && pc >= s.addr+uint64(s.size) {
-		return "", "", 0, false
+		return "", false
 	}
 	if s.size == 0 && !o.sameSection(s.addr, pc) {
 		// A size-less symbol such as _init or _fini does not cover
 		// the sections after it (the PLT, or nothing at all).
-		return "", "", 0, false
+		return "", false
 	}
 	name, ok := o.names[s]
 	if !ok {
 		name = demangleName(o.readName(s))
 		o.names[s] = name
 	}
-	return name, "", 0, name != ""
-}
-
-// goLine looks pc up in the Go line table, which debug/gosym decodes
-// lazily; a table that turns out to be damaged is dropped.
-func (o *object) goLine(pc uint64) (fn, file string, line int, ok bool) {
-	if o.gotab == nil {
-		return "", "", 0, false
-	}
-	defer func() {
-		if recover() != nil {
-			o.gotab, ok = nil, false
-		}
-	}()
-	file, line, f := o.gotab.PCToLine(pc)
-	if f == nil {
-		return "", "", 0, false
-	}
-	return f.Name, file, line, true
+	return name, name != ""
 }
 
 func (o *object) sameSection(a, b uint64) bool {

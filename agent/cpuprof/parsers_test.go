@@ -3,6 +3,7 @@ package cpuprof
 import (
 	"bytes"
 	"debug/elf"
+	"debug/gosym"
 	"io"
 	"log/slog"
 	"os"
@@ -219,11 +220,11 @@ func TestBuildIDAndSymbolsOfCBinary(t *testing.T) {
 	if len(o.buildID) != 40 {
 		t.Errorf("build id %q, want 20 bytes in hex", o.buildID)
 	}
-	fn, _, _, ok := o.symbolize(syms[i].Value + 3)
+	fn, ok := o.symbolize(syms[i].Value + 3)
 	if !ok || fn != "loupe::Burner::burn" {
 		t.Errorf("symbolize(burn+3) = %q, %v", fn, ok)
 	}
-	if fn, _, _, ok := o.symbolize(syms[i].Value + syms[i].Size + 0x100000); ok {
+	if fn, ok := o.symbolize(syms[i].Value + syms[i].Size + 0x100000); ok {
 		t.Errorf("address past every function named %q", fn)
 	}
 }
@@ -326,4 +327,53 @@ func FuzzParseNSpid(f *testing.F) {
 			t.Error("pid 0")
 		}
 	})
+}
+
+// TestGoFuncsMatchGosym checks the compact pclntab reader against
+// debug/gosym on every function of a stripped Go binary.
+func TestGoFuncsMatchGosym(t *testing.T) {
+	path := testProgram(t, "goburn-stripped")
+	ef, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ef.Close()
+	if _, err := ef.Symbols(); err == nil {
+		t.Fatal("test binary is not stripped")
+	}
+	data, err := ef.Section(".gopclntab").Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, ef.Section(".text").Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := openObject(f, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.close()
+	if o.gofuncs == nil {
+		t.Fatal("no Go function table read from .gopclntab")
+	}
+	found := false
+	for _, fn := range tab.Funcs {
+		for _, pc := range []uint64{fn.Entry, fn.End - 1} {
+			if got, ok := o.symbolize(pc); !ok || got != fn.Name {
+				t.Fatalf("symbolize(%#x) = %q, %v; debug/gosym says %s", pc, got, ok, fn.Name)
+			}
+		}
+		found = found || fn.Name == "main.burnGo"
+	}
+	if !found || len(tab.Funcs) < 100 {
+		t.Errorf("checked %d functions, main.burnGo among them: %v", len(tab.Funcs), found)
+	}
+	if got, ok := o.symbolize(tab.Funcs[len(tab.Funcs)-1].End + 0x10000); ok {
+		t.Errorf("address past the Go text named %q", got)
+	}
 }

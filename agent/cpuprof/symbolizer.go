@@ -14,8 +14,6 @@ import (
 // frames as pprof locations by value.
 type frame struct {
 	Function string // symbol, demangled; "" when unknown
-	File     string // source file, when known (Go binaries)
-	Line     int
 	Object   string // the mapped file, [kernel.kallsyms], [perf-map], [vdso], [unknown]
 	BuildID  string
 	// Address is the ELF virtual address for file-backed code (the same in
@@ -144,7 +142,7 @@ func (s *symbolizer) user(pid uint32, addr uint64) frame {
 		return f
 	}
 	f.Address = vaddr
-	f.Function, f.File, f.Line, _ = obj.symbolize(vaddr)
+	f.Function, _ = obj.symbolize(vaddr)
 	return f
 }
 

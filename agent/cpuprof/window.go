@@ -125,8 +125,7 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 
 	type objKey struct{ file, buildID string }
 	mappings := map[objKey]*profile.Mapping{}
-	type fnKey struct{ name, file string }
-	funcs := map[fnKey]*profile.Function{}
+	funcs := map[string]*profile.Function{}
 	locs := make([]*profile.Location, len(w.list))
 	for i, f := range w.list {
 		m, ok := mappings[objKey{f.Object, f.BuildID}]
@@ -138,16 +137,13 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		loc := &profile.Location{ID: uint64(i + 1), Mapping: m, Address: f.Address}
 		if f.Function != "" {
 			m.HasFunctions = true
-			fn, ok := funcs[fnKey{f.Function, f.File}]
+			fn, ok := funcs[f.Function]
 			if !ok {
-				fn = &profile.Function{ID: uint64(len(prof.Function) + 1), Name: f.Function, SystemName: f.Function, Filename: f.File}
-				funcs[fnKey{f.Function, f.File}] = fn
+				fn = &profile.Function{ID: uint64(len(prof.Function) + 1), Name: f.Function, SystemName: f.Function}
+				funcs[f.Function] = fn
 				prof.Function = append(prof.Function, fn)
 			}
-			if f.File != "" {
-				m.HasFilenames, m.HasLineNumbers = true, true
-			}
-			loc.Line = []profile.Line{{Function: fn, Line: int64(f.Line)}}
+			loc.Line = []profile.Line{{Function: fn}}
 		}
 		locs[i] = loc
 	}

@@ -146,18 +146,19 @@ func Load(opts Options) (*Sampler, error) {
 	return s, nil
 }
 
-// Attach opens a software CPU-clock perf event sampling at hz on each of cpus
-// and attaches the program to it.
+// Attach opens a software CPU-clock perf event sampling hz times per
+// second of CPU time on each of cpus, and attaches the program to it.
 func (s *Sampler) Attach(hz int, cpus []int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, cpu := range cpus {
+		// A fixed period of CPU-clock nanoseconds rather than frequency
+		// mode: each sample then stands for exactly 1/hz s of CPU time.
 		attr := unix.PerfEventAttr{
 			Type:   unix.PERF_TYPE_SOFTWARE,
 			Config: unix.PERF_COUNT_SW_CPU_CLOCK,
 			Size:   uint32(unsafe.Sizeof(unix.PerfEventAttr{})),
-			Sample: uint64(hz),
-			Bits:   unix.PerfBitFreq,
+			Sample: uint64(time.Second) / uint64(hz),
 		}
 		fd, err := unix.PerfEventOpen(&attr, -1, cpu, -1, unix.PERF_FLAG_FD_CLOEXEC)
 		if err != nil {

@@ -187,9 +187,6 @@ func TestLostCounted(t *testing.T) {
 			if lost[tc.reason] == 0 {
 				t.Errorf("no %s drops counted (lost %v, %d samples kept)", LostReasonNames[tc.reason], lost, kept)
 			}
-			if kept == 0 {
-				t.Error("no sample kept at all")
-			}
 		})
 	}
 }
