@@ -17,4 +17,6 @@ var All = []*Analyzer{
 	KinetoIdle,
 	KinetoLaunch,
 	KinetoOverlap,
+	Warmup,
+	Rebalance,
 }
