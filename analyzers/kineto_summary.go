@@ -120,6 +120,8 @@ type KinetoRank struct {
 	Overlap  CommOverlap   `json:"overlap"`
 	// Kernels are per-name statistics, longest total first.
 	Kernels []KernelStat `json:"kernels"`
+	// Warmup counts compile, JIT, CUDA-graph capture and autotune events.
+	Warmup WarmupEvents `json:"warmup"`
 	// Notes say where the analysis had to approximate.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -358,6 +360,7 @@ func ceilDiv(a, b int64) int64 { return -floorDiv(-a, b) }
 
 func (b *rankBuilder) event(ev *kineto.Event) {
 	b.out.Events++
+	b.out.Warmup.count(ev)
 	// HTA keeps only events with a category and a duration.
 	if !ev.HasCat || !ev.HasDur || !ev.HasTs || string(ev.Cat) == "Trace" ||
 		ev.Dur > kinetoMaxDuration || ev.Ts > math.MaxInt64-kinetoMaxDuration || ev.Ts < -math.MaxInt64/2 {
