@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -163,8 +164,14 @@ func (s *s3Store) object(key string) (string, error) {
 	return s.base + key, nil
 }
 
+// maxConditionalUnknownSize bounds what a conditional put of unknown size
+// reads into memory to learn its size.
+const maxConditionalUnknownSize = streamPartSize
+
 // Put implements Store. Conditional puts map to If-None-Match: * and
-// If-Match: "etag", which MinIO and AWS S3 both enforce atomically.
+// If-Match: "etag" and always go in a single PUT, where every server checks
+// them (the package doc says why); a single PUT needs the size, so a
+// conditional put of unknown size reads its body into memory first.
 func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64, opts PutOptions) (ObjectInfo, error) {
 	obj, err := s.object(key)
 	if err != nil {
@@ -182,6 +189,19 @@ func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	}
 	if opts.IfMatch != "" {
 		po.SetMatchETag(strings.Trim(opts.IfMatch, `"`))
+	}
+	if opts.IfNoneMatch || opts.IfMatch != "" {
+		po.DisableMultipart = true
+		if size < 0 {
+			body, err := io.ReadAll(io.LimitReader(r, maxConditionalUnknownSize+1))
+			if err != nil {
+				return ObjectInfo{}, fmt.Errorf("put %s: reading the body: %w", key, err)
+			}
+			if len(body) > maxConditionalUnknownSize {
+				return ObjectInfo{}, fmt.Errorf("put %s: a conditional put of unknown size may be at most %d bytes; pass the size", key, maxConditionalUnknownSize)
+			}
+			r, size = bytes.NewReader(body), int64(len(body))
+		}
 	}
 	info, err := s.c.PutObject(ctx, s.cfg.Bucket, obj, r, size, po)
 	if err != nil {

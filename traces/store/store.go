@@ -21,6 +21,10 @@
 //   - AWS S3: supported since August 2024 (If-None-Match) and November 2024
 //     (If-Match); not run by the tests here.
 //
+// The S3 store sends every conditional object in a single PUT (so at most
+// 5 GiB on AWS S3): AWS S3 and versitygw check conditions only on PUT and
+// CompleteMultipartUpload, and minio-go sends them on CreateMultipartUpload
+// instead, so a multipart conditional put would silently overwrite there.
 // A server that ignores these headers would let two aggregators hold one
 // lease; do not point Loupe at one.
 package store
