@@ -44,7 +44,12 @@ type column struct {
 	name   string
 	field  field
 	pages  parquet.Pages
-	values parquet.ValueReader // of the current page
+	page   parquet.Page
+	values parquet.ValueReader // of page
+	// read are pages finished in this batch: byte array values in buf
+	// still point into them, so they go back to parquet-go's buffer pool
+	// only once the batch is stored.
+	read   []parquet.Page
 	buf    []parquet.Value
 	intern map[string]string // dictionary strings, stored once
 }
@@ -68,14 +73,13 @@ func (c *column) next(n int) error {
 			if err != nil {
 				return fmt.Errorf("column %q: %w", c.name, err)
 			}
-			c.values = p.Values()
+			c.page, c.values = p, p.Values()
 		}
 		k, err := c.values.ReadValues(c.buf[got:n])
 		got += k
 		if err == io.EOF {
-			// The page is not handed back to parquet-go's buffer pool: byte
-			// array values in c.buf still point into it until stored.
-			c.values = nil
+			c.read = append(c.read, c.page)
+			c.page, c.values = nil, nil
 			continue
 		}
 		if err != nil {
@@ -83,6 +87,15 @@ func (c *column) next(n int) error {
 		}
 	}
 	return nil
+}
+
+// release hands the pages finished in the last batch back to parquet-go.
+func (c *column) release() {
+	for _, p := range c.read {
+		parquet.Release(p)
+	}
+	clear(c.read)
+	c.read = c.read[:0]
 }
 
 // store writes c.buf into the field of each row.
@@ -207,6 +220,10 @@ func scanColumns[T any](r io.ReaderAt, size int64, buf []T, hint func(rows int64
 		err := func() error {
 			defer func() {
 				for _, c := range cols {
+					c.release()
+					if c.page != nil {
+						parquet.Release(c.page)
+					}
 					c.pages.Close()
 					clear(c.buf) // drop references into the pages
 					buf := c.buf[:0]
@@ -222,6 +239,7 @@ func scanColumns[T any](r io.ReaderAt, size int64, buf []T, hint func(rows int64
 						return fmt.Errorf("%w: %v", errCorrupt, err)
 					}
 					store(c, rows)
+					c.release()
 				}
 				inFn = true
 				if err := fn(rows); err != nil {
