@@ -198,6 +198,35 @@ func flagSet(cfg *Config, stderr io.Writer) (*flag.FlagSet, *string) {
 
 var durationType = reflect.TypeFor[time.Duration]()
 
+// flagDocs explain the keys users reach for first; --help shows every key.
+var flagDocs = map[string]string{
+	"metrics_addr":             "serve /metrics and /healthz here",
+	"api_addr":                 "serve the control API here; a token is required unless it is loopback",
+	"api_token":                "bearer token of the control API (prefer api_token_file)",
+	"api_token_file":           "read the API bearer token from this file",
+	"store":                    "where captures go: file:///DIR or s3://BUCKET/PREFIX?endpoint=HOST:PORT&secure=false",
+	"spool_dir":                "captures wait here until uploaded",
+	"spool_max_bytes":          "cap on the spool; oldest captures go first (0: no cap)",
+	"simulate_gpus":            "run N simulated GPUs (demo, tests)",
+	"cluster":                  "cluster name in object keys",
+	"host":                     "host name in object keys (default: the host name)",
+	"default_job":              "job name for processes that belong to no known job",
+	"default_run":              "run name when neither TORCHELASTIC_RUN_ID nor the markers name one",
+	"log_level":                "debug, info, warn or error",
+	"log_format":               "text or json",
+	"trigger.disabled":         "no automatic captures",
+	"trigger.at_iteration":     "first iteration at which an automatic capture may be decided",
+	"trigger.window":           "steps over which step time must have settled",
+	"trigger.max_cv":           "settled: coefficient of variation of step time below this",
+	"trigger.max_trend":        "settled: step time drifts by less than this share across the window",
+	"trigger.iterations":       "iterations an automatic capture covers",
+	"trigger.roundup":          "captures start at the next multiple of this iteration",
+	"trigger.max_per_run":      "automatic captures per job run (negative: unlimited)",
+	"trigger.cooldown":         "least time between automatic captures of a job run",
+	"capture.default_duration": "window of an on-demand capture that names no duration or iterations",
+	"capture.max_duration":     "longest timed window accepted",
+}
+
 // bindFlags registers a flag for every YAML key of the struct v, named by
 // its dotted path with underscores as dashes.
 func bindFlags(fs *flag.FlagSet, v reflect.Value, prefix string) {
@@ -231,7 +260,11 @@ func bindFlags(fs *flag.FlagSet, v reflect.Value, prefix string) {
 		if val == nil {
 			continue // funcs and interfaces are set by the daemon, not by users
 		}
-		fs.Var(val, strings.ReplaceAll(key, "_", "-"), fmt.Sprintf("YAML key %s, a `%s`", key, kindName(fv)))
+		usage := fmt.Sprintf("YAML key %s (`%s`)", key, kindName(fv))
+		if doc := flagDocs[key]; doc != "" {
+			usage = fmt.Sprintf("%s (`%s`; YAML key %s)", doc, kindName(fv), key)
+		}
+		fs.Var(val, strings.ReplaceAll(key, "_", "-"), usage)
 	}
 }
 
