@@ -44,6 +44,9 @@ func TestEndToEnd(t *testing.T) {
 	cfg.GPU.Sim.PIDs = []int{os.Getpid()}
 	cfg.CPU.Enabled, cfg.NCCL.Enabled, cfg.Kineto.Enabled = true, true, true
 	cfg.Trigger = trigger.Config{AtIteration: 30, Window: 10, MaxCV: 0.1, Iterations: 10, Roundup: 10}
+	// NCCL programs of other tests on this machine must not become jobs
+	// that the trigger captures too.
+	cfg.NCCL.StepInterval = time.Hour
 	d := start(t, cfg)
 	c := &api.Client{Addr: d.APIAddr()}
 	ctx := context.Background()
