@@ -32,7 +32,8 @@ Every rank calls a collective with the same (comm_id, seq); the call's entry
 time on each rank (nccl_events.parquet, all hosts) is its arrival. For every
 collective that all nranks of its communicator reached inside the window, the
 skew is last minus first arrival, and every rank waits last - own arrival for
-the last one: that waiting is charged to the rank that came last. A rank is a
+the last one (in a partial capture, collectives all present ranks reached
+count): that waiting is charged to the rank that came last. A rank is a
 straggler when it arrives last at >= 20% (and >= 3/nranks) of at least 5
 collectives. Severity is the waiting it causes as a share of the window's
 GPU time: >= 2% warning, >= 10% critical, else info. Host clocks must be
@@ -104,10 +105,17 @@ func runNCCLStraggler(pass *Pass) error {
 	}
 	var skews []float64
 	var nranks int32
+	// A collective counts when every rank of its communicator reached it;
+	// in a partial capture, every rank present (the most any collective of
+	// the communicator saw). Others were cut off by the window's edges.
+	present := map[uint64]int32{}
+	for k, c := range colls {
+		present[k.comm] = max(present[k.comm], c.n)
+	}
 	complete := map[uint64]int{} // communicator -> complete collectives
 	for k, c := range colls {
-		if c.n < 2 || c.n != c.nranks {
-			continue // cut off by the window edge or a missing host
+		if c.n < 2 || c.n != c.nranks && !(pass.Input.Partial && c.n == present[k.comm]) {
+			continue
 		}
 		complete[k.comm]++
 		nranks = max(nranks, c.nranks)

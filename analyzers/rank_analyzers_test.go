@@ -62,6 +62,26 @@ func TestNCCLStraggler(t *testing.T) {
 			t.Errorf("severity %s impact %+v, want warning, %v GPU-s", f.Severity, f.Impact, wait)
 		}
 	})
+	t.Run("partial capture without rank 3", func(t *testing.T) {
+		late := func(r, seq int) float64 {
+			if r == 2 {
+				return 20
+			}
+			return 0
+		}
+		in := writeCapture(t, "",
+			hostBundle{name: "h1", ranks: []int{0, 1}, nccl: collectives([]int{0, 1}, 20, 4, late)},
+			hostBundle{name: "h2", ranks: []int{2}, nccl: collectives([]int{2}, 20, 4, late)})
+		if fs := run(t, NCCLStraggler, in); len(fs) != 0 {
+			t.Fatalf("a complete capture's collectives are never complete without rank 3, got %+v", fs)
+		}
+		in.Partial, in.MissingRanks = true, []int{3}
+		fs := run(t, NCCLStraggler, in)
+		if len(fs) != 1 || !fs[0].Partial || fs[0].Scope.Rank != 2 {
+			t.Fatalf("want a partial finding on rank 2, got %+v", fs)
+		}
+		check(t, fs[0], map[string]float64{"collectives_complete": 20, "arrived_last": 20, "others_waiting": 20 * 0.040})
+	})
 	t.Run("lateness rotates", func(t *testing.T) {
 		fs := run(t, NCCLStraggler, capture(func(r, seq int) float64 {
 			if seq%4 == r {
