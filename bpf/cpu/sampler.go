@@ -74,6 +74,7 @@ type PermissionError struct {
 	Err     error    // the underlying error, if any
 }
 
+// Error names the missing capabilities and how to grant them.
 func (e *PermissionError) Error() string {
 	msg := fmt.Sprintf("eBPF CPU sampling needs %s (or CAP_SYS_ADMIN); this process lacks them: grant them to the agent (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add) or run it as root", strings.Join(e.Missing, " and "))
 	if e.Err != nil {
@@ -82,6 +83,7 @@ func (e *PermissionError) Error() string {
 	return msg
 }
 
+// Unwrap returns the underlying error.
 func (e *PermissionError) Unwrap() error { return e.Err }
 
 // MissingCapabilities lists the capabilities, of CAP_BPF and CAP_PERFMON,
