@@ -30,10 +30,10 @@ var NCCLStraggler = &Analyzer{
 
 Every rank calls a collective with the same (comm_id, seq); the call's entry
 time on each rank (nccl_events.parquet, all hosts) is its arrival. For every
-collective that all nranks of its communicator reached inside the window, the
-skew is last minus first arrival, and every rank waits last - own arrival for
-the last one (in a partial capture, collectives all present ranks reached
-count): that waiting is charged to the rank that came last. A rank is a
+collective that all nranks of its communicator reached inside the window (in
+a partial capture, all ranks present), the skew is last minus first arrival,
+and every rank waits last - own arrival for the last one: that waiting is
+charged to the rank that came last. A rank is a
 straggler when it arrives last at >= 20% (and >= 3/nranks) of at least 5
 collectives. Severity is the waiting it causes as a share of the window's
 GPU time: >= 2% warning, >= 10% critical, else info. Host clocks must be
