@@ -75,7 +75,7 @@ func (b backend) Capture(_ context.Context, req api.CaptureRequest) (api.Capture
 	if len(req.PIDs) > 0 {
 		var missing []int
 		for _, pid := range req.PIDs {
-			info, err := d.attr.Process(pid)
+			info, err := d.attribute(pid)
 			if err != nil {
 				missing = append(missing, pid)
 				continue
@@ -217,7 +217,7 @@ func (d *Daemon) jobProcesses(job string) []traces.Process {
 func (d *Daemon) processes(pids []int, keep func(attribution.Info) bool) []traces.Process {
 	var out []traces.Process
 	for _, pid := range pids {
-		info, err := d.attr.Process(pid)
+		info, err := d.attribute(pid)
 		if err != nil || !keep(info) {
 			continue
 		}
@@ -250,8 +250,22 @@ func (d *Daemon) process(info attribution.Info) traces.Process {
 	return p
 }
 
+// attribute describes a live process; for a GPU process, the GPUs NVML saw
+// it on also name its pod when its environment does not.
+func (d *Daemon) attribute(pid int) (attribution.Info, error) {
+	var uuids []string
+	if d.gpu != nil {
+		for _, g := range d.gpu.Processes() {
+			if g.PID == pid {
+				uuids = append(uuids, g.UUID)
+			}
+		}
+	}
+	return d.attr.ProcessOn(pid, uuids...)
+}
+
 func (d *Daemon) processInfo(pid int) attribution.Info {
-	info, err := d.attr.Process(pid)
+	info, err := d.attribute(pid)
 	if err != nil {
 		return attribution.Info{PID: pid, Rank: -1, LocalRank: -1, WorldSize: -1}
 	}
