@@ -37,8 +37,15 @@ const batch = 4096
 // scanColumns decodes the named columns of a flat Parquet table, row group
 // by row group and batch by batch, and calls fn with one slice of values per
 // name (all of the same length). Only the named columns are decoded, which
-// is what keeps a view of one metric cheap on a 40-column table.
-func scanColumns(data []byte, names []string, fn func(cols [][]parquet.Value) error) error {
+// is what keeps a view of one metric cheap on a 40-column table. A part the
+// Parquet decoder chokes on (it panics on some corrupt inputs) is an error,
+// never a crash of the aggregator.
+func scanColumns(data []byte, names []string, fn func(cols [][]parquet.Value) error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("corrupt parquet table: %v", p)
+		}
+	}()
 	f, err := parquet.OpenFile(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
 		return fmt.Errorf("open parquet table: %w", err)

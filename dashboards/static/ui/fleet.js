@@ -105,7 +105,7 @@ function draw(data) {
     },
     visualMap: {
       type: "continuous", min: 0, max: vmax, calculable: false, seriesIndex: [],
-      inRange: { color: rampColors }, right: 10, top: "middle", text: [`${fmt(vmax, 0)} ${data.metric.unit}`, "0"],
+      inRange: { color: rampColors }, right: 10, top: TOP, text: [`${fmt(vmax, 0)} ${data.metric.unit}`, "0"],
     },
     series: [{ type: "scatter", data: [], silent: true }],
     graphic: [{ id: "cells", type: "image", left: LEFT, top: TOP, silent: true, style: { image: scaled, width: gridW, height: gridH } }],
