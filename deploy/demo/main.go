@@ -724,7 +724,9 @@ func writeYAML(path string, v any) error {
 	return os.WriteFile(path, data, 0o600)
 }
 
-func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', -1, 64) }
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', -1, 64)
+}
 
 func randHex(n int) string {
 	b := make([]byte, n)
