@@ -249,6 +249,7 @@ func TestPagesInChromium(t *testing.T) {
 			Impacts   []string
 			TraceJSON int
 			Hosts     int
+			Kernels   []int
 		}
 		j := eval[job](t, ctx, `(async () => {
 			const o = echarts.getInstanceByDom(document.getElementById("steps")).getOption();
@@ -258,7 +259,8 @@ func TestPagesInChromium(t *testing.T) {
 			return { cells: o.series[0].data, ranks: o.yAxis[0].data, hot: window.__loupe.job.hotRanks,
 				hotText: document.getElementById("hot-ranks").textContent, skew: skew.series[0].data,
 				findings: rows.map((r) => r.textContent), impacts: rows.map((r) => r.children[3].textContent),
-				traceJSON: trace.traceEvents.length, hosts: document.querySelectorAll("a.trace-host").length };
+				traceJSON: trace.traceEvents.length, hosts: document.querySelectorAll("a.trace-host").length,
+				kernels: echarts.getInstanceByDom(document.getElementById("kernel-hist")).getOption().series[0].data };
 		})()`)
 		world := trainHosts * gpusPerHost
 		if len(j.Ranks) != world || len(j.Cells) != world*iterations {
@@ -286,6 +288,13 @@ func TestPagesInChromium(t *testing.T) {
 		}
 		if !slices.ContainsFunc(j.Findings, func(s string) bool { return strings.Contains(s, "rank 5") && strings.Contains(s, "nccl-straggler") }) {
 			t.Errorf("no nccl-straggler finding about rank 5 in the table: %q", j.Findings)
+		}
+		launches := 0
+		for _, n := range j.Kernels {
+			launches += n
+		}
+		if launches != 10 {
+			t.Errorf("kernel-duration histogram %v: want the 10 kernel launches of rank 0's Kineto trace", j.Kernels)
 		}
 		if j.TraceJSON == 0 || j.Hosts != trainHosts {
 			t.Errorf("trace download: %d events, %d host links", j.TraceJSON, j.Hosts)

@@ -1,10 +1,14 @@
 package views_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -85,6 +89,11 @@ func bundle(t testing.TB, root string, m traces.Manifest, gpu []traces.GPUSample
 			t.Fatal(err)
 		}
 	}
+	if slices.Contains(m.Ranks, 0) {
+		if err := w.WritePart("kineto/rank0-1000.json.gz", traces.MediaKineto, bytes.NewReader(kinetoTrace(t))); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := w.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +114,43 @@ func manifest(job, host string, world int, ranks []int, sim bool) traces.Manifes
 		m.GPUs = append(m.GPUs, gi)
 	}
 	return m
+}
+
+// Kernels of rank 0's Kineto trace: per profiler step, four GEMMs of
+// 100 us and one ReLU of 10 us.
+const (
+	gemmKernel = "void gemm_kernel<float>(Params)"
+	reluKernel = "void relu_kernel()"
+)
+
+// kinetoTrace is a gzipped torch.profiler trace of rank 0 with three
+// profiler steps (HTA, and so Loupe, leaves the last step's kernels out).
+func kinetoTrace(t testing.TB) []byte {
+	var evs []map[string]any
+	for n := 1; n <= 3; n++ {
+		base := float64((n - 1) * 1000)
+		evs = append(evs, map[string]any{"ph": "X", "cat": "user_annotation", "name": fmt.Sprintf("ProfilerStep#%d", n), "pid": 100, "tid": 100, "ts": base, "dur": 1000})
+		for k := range 5 {
+			corr := n*100 + k
+			ts := base + 10 + float64(k*150)
+			name, d := gemmKernel, 100.0
+			if k == 4 {
+				name, d = reluKernel, 10
+			}
+			evs = append(evs,
+				map[string]any{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 100, "tid": 100, "ts": ts, "dur": 5, "args": map[string]any{"correlation": corr}},
+				map[string]any{"ph": "X", "cat": "kernel", "name": name, "pid": 0, "tid": 7, "ts": ts + 20, "dur": d, "args": map[string]any{"stream": 7, "device": 0, "correlation": corr}})
+		}
+	}
+	data, err := json.Marshal(map[string]any{"schemaVersion": 1, "distributedInfo": map[string]any{"backend": "nccl", "rank": 0, "world_size": 16}, "traceEvents": evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var z bytes.Buffer
+	gz := gzip.NewWriter(&z)
+	gz.Write(data)
+	gz.Close()
+	return z.Bytes()
 }
 
 // stepMsOf is rank r's step time at iteration i: rank 5 is slow.

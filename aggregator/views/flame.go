@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/google/pprof/profile"
 
@@ -28,6 +29,8 @@ type FlameNode struct {
 	Name     string       `json:"name"`
 	Value    int64        `json:"value"`
 	Children []*FlameNode `json:"children,omitempty"`
+	// byName finds a callee while the tree is built; prune drops it.
+	byName map[string]*FlameNode
 }
 
 // FlameGraph is the body of GET /api/v1/views/flamegraph/...: the CPU
@@ -180,12 +183,14 @@ func buildFlame(p *profile.Profile, m *traces.Manifest, rank int) *FlameGraph {
 
 // child returns n's callee of that name, adding it when new.
 func (n *FlameNode) child(name string) *FlameNode {
-	for _, c := range n.Children {
-		if c.Name == name {
-			return c
-		}
+	if c := n.byName[name]; c != nil {
+		return c
+	}
+	if n.byName == nil {
+		n.byName = map[string]*FlameNode{}
 	}
 	c := &FlameNode{Name: name}
+	n.byName[name] = c
 	n.Children = append(n.Children, c)
 	return c
 }
@@ -193,16 +198,9 @@ func (n *FlameNode) child(name string) *FlameNode {
 // prune drops callees below min and orders the rest by name, as flame
 // graphs do (so that the same stacks sit in the same place across ranks).
 func (n *FlameNode) prune(min int64) {
+	n.byName = nil
 	n.Children = slices.DeleteFunc(n.Children, func(c *FlameNode) bool { return c.Value < min || c.Value == 0 })
-	slices.SortFunc(n.Children, func(a, b *FlameNode) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(n.Children, func(a, b *FlameNode) int { return strings.Compare(a.Name, b.Name) })
 	for _, c := range n.Children {
 		c.prune(min)
 	}

@@ -26,7 +26,7 @@ import (
 const (
 	// MaxStepCells bounds ranks x iterations of the step heatmap; a capture
 	// with more keeps its last iterations.
-	MaxStepCells = 1 << 21
+	MaxStepCells = 1 << 18
 	// maxTraceHosts is the most hosts the whole-capture trace export takes
 	// (the API's own bound); larger captures offer per-host downloads.
 	maxTraceHosts = 16

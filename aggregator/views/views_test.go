@@ -218,11 +218,32 @@ func TestJob(t *testing.T) {
 	if v.Trace != "/api/v1/captures/c1/"+trainJob+"/r1/cap-1/trace" || !strings.HasSuffix(v.Hosts[1].Trace, "?host=node-2") || !v.Hosts[0].Profile {
 		t.Errorf("downloads %q %+v", v.Trace, v.Hosts)
 	}
-	if len(v.Kernels.Histogram.Counts) != 0 {
-		t.Errorf("kernel histogram without Kineto traces: %+v", v.Kernels)
+	// Rank 0's Kineto trace: two profiler steps count (the last is left
+	// out), each with four 100 us GEMMs and one 10 us ReLU.
+	k := v.Kernels
+	var launches int64
+	for _, c := range k.Histogram.Counts {
+		launches += c
+	}
+	if k.Ranks != 1 || len(k.Top) != 2 || k.Top[0].Name != gemmKernel || k.Top[0].Count != 8 || k.Top[0].MeanUs != 100 ||
+		k.Top[1].Name != reluKernel || k.Top[1].MeanUs != 10 || launches != 10 {
+		t.Errorf("kernels %+v, %d launches in the histogram", k, launches)
+	}
+	for i, c := range k.Histogram.Counts {
+		lo, hi := float64(k.Histogram.Edges[i]), float64(k.Histogram.Edges[i+1])
+		want := int64(0)
+		if lo <= 100 && 100 < hi {
+			want += 8
+		}
+		if lo <= 10 && 10 < hi {
+			want += 2
+		}
+		if c != want {
+			t.Errorf("kernel histogram bin [%v, %v): %d, want %d", lo, hi, c, want)
+		}
 	}
 	var sim views.JobView
-	if get(t, srv.URL+"/api/v1/views/jobs/c1/"+inferJob+"/r1?capture=cap-1", &sim); !sim.Simulated || !sim.Hosts[0].Simulated || len(sim.Steps.Ranks) != 0 {
+	if get(t, srv.URL+"/api/v1/views/jobs/c1/"+inferJob+"/r1?capture=cap-1", &sim); !sim.Simulated || !sim.Hosts[0].Simulated || len(sim.Steps.Ranks) != 0 || len(sim.Kernels.Histogram.Counts) != 0 {
 		t.Errorf("simulated job %+v", sim)
 	}
 }
