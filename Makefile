@@ -6,10 +6,11 @@ export GONOSUMDB := github.com/NVIDIA/go-dcgm
 CACHE_BIN := $(CURDIR)/.cache/bin
 MINIO_VERSION      := v0.0.0-20260212201848-7aac2a2c5b7c
 HELM_VERSION       := v3.22.0
-export LOUPE_MINIO_BIN := $(CACHE_BIN)/minio
-export LOUPE_HELM_BIN  := $(CACHE_BIN)/helm
+export LOUPE_MINIO_BIN     := $(CACHE_BIN)/minio
+export LOUPE_VERSITYGW_BIN := $(CACHE_BIN)/versitygw
+export LOUPE_HELM_BIN      := $(CACHE_BIN)/helm
 
-.PHONY: help build test bench generate lint tools minio helm fmt manifests
+.PHONY: help build test bench generate lint tools minio versitygw helm fmt manifests
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,7 +21,7 @@ build: ## build loupe-agent and loupe-aggregator into bin/
 test: tools ## run every test (as root: real eBPF; real MinIO; headless Chromium)
 	$(GO) test -count=1 -timeout 25m ./...
 
-bench: minio ## run the benchmarks
+bench: tools ## run the benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 60m ./...
 
 generate: ## regenerate the eBPF bindings (needs clang, libbpf-dev, bpftool)
@@ -33,9 +34,10 @@ lint: ## gofmt and go vet
 fmt: ## gofmt every Go file
 	gofmt -w $$(git ls-files '*.go')
 
-tools: minio helm ## build the servers and tools the tests use (MinIO, helm)
+tools: minio versitygw helm ## build the servers and tools the tests use (MinIO, versitygw, helm)
 
 minio: $(CACHE_BIN)/minio
+versitygw: $(CACHE_BIN)/versitygw
 helm: $(CACHE_BIN)/helm
 
 manifests: helm ## render deploy/kubernetes/loupe.yaml from the Helm chart
@@ -48,3 +50,7 @@ $(CACHE_BIN)/minio:
 $(CACHE_BIN)/helm:
 	@echo "building helm $(HELM_VERSION) into $(CACHE_BIN) (a few minutes, once)"
 	GOBIN=$(CACHE_BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+$(CACHE_BIN)/versitygw:
+	@echo "building versitygw $(VERSITYGW_VERSION) into $(CACHE_BIN) (about 2.5 minutes, once)"
+	GOBIN=$(CACHE_BIN) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
