@@ -134,13 +134,8 @@ func (s *Server) findingsQuery(r *http.Request) (*FindingsResponse, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if v := q.Get("severity"); v != "" {
-		for _, sev := range strings.Split(v, ",") {
-			if !slices.Contains(severities, sev) {
-				return nil, badParam("parameter severity=%q: %q is not one of %s (give several separated by commas)", v, sev, strings.Join(severities, ", "))
-			}
-			fq.Severities = append(fq.Severities, sev)
-		}
+	if fq.Severities, err = severityParam(q); err != nil {
+		return nil, err
 	}
 	if fq.Limit, err = limit(q); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@
 //	GET  /api/v1/findings?cluster=&job=&run=&capture=&host=&analyzer=&severity=&limit=
 //	GET  /api/v1/findings/{id}                    one finding
 //	GET  /api/v1/analyzers                        the analyzers this build runs
+//	GET  /api/v1/incidents?cluster=&job=&severity=&limit=   incidents (triage), most severe first
 //	GET  /api/v1/captures?cluster=&job=&run=&status=&limit=
 //	GET  /api/v1/captures/{cluster}/{job}/{run}/{capture}           manifests and findings
 //	GET  /api/v1/captures/{cluster}/{job}/{run}/{capture}/trace?host=  Chrome/Perfetto trace
@@ -64,6 +65,9 @@ type Config struct {
 	Ready func() bool
 	// Queued reports the captures waiting for analysis, for /healthz.
 	Queued func() int
+	// Incidents answers GET /api/v1/incidents; without it the endpoint is
+	// not served.
+	Incidents IncidentSource
 	// MaxPartSize bounds a part read for a trace export (0: traces default).
 	MaxPartSize int64
 	Logger      *slog.Logger
@@ -95,6 +99,9 @@ func New(cfg Config) *Server {
 	s.route("GET /api/v1/captures", "captures", s.captures)
 	s.route("GET /api/v1/captures/{cluster}/{job}/{run}/{capture}", "capture", s.capture)
 	s.route("GET /api/v1/captures/{cluster}/{job}/{run}/{capture}/trace", "trace", s.trace)
+	if cfg.Incidents != nil {
+		s.route("GET /api/v1/incidents", "incidents", s.incidents)
+	}
 	s.route("/api/v1/", "unknown", func(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, "no API endpoint %s %s; see the aggregator's README for /api/v1/ endpoints", r.Method, r.URL.Path)
 	})
