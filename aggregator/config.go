@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/loupe-dev/loupe/aggregator/alerts"
 	"github.com/loupe-dev/loupe/aggregator/runner"
 	"github.com/loupe-dev/loupe/aggregator/watcher"
 )
@@ -50,6 +51,31 @@ type Config struct {
 	Replica string `yaml:"replica" help:"name of this replica in leases and findings records (default HOSTNAME-PID)"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level" help:"log level: debug, info, warn, error"`
+
+	// OwnersFile maps jobs, hosts, code paths and stack frames to teams and
+	// their alert channels (triage).
+	OwnersFile string `yaml:"owners_file" help:"owners file (YAML teams and rules) that assigns incidents to teams; empty: no owners"`
+	// OllamaURL turns on incident summaries by a local LLM through Ollama.
+	OllamaURL     string        `yaml:"ollama_url" help:"Ollama base URL (e.g. http://127.0.0.1:11434) for optional LLM incident summaries; empty: off"`
+	OllamaModel   string        `yaml:"ollama_model" help:"Ollama model for incident summaries (e.g. llama3.2)"`
+	OllamaTimeout time.Duration `yaml:"ollama_timeout" help:"time limit of one LLM summary; triage goes on without it after that"`
+	// Webhooks are the alert targets.
+	Webhooks []alerts.Target `yaml:"webhooks" help:"alert targets, a YAML or JSON list of {name, kind: slack|webhook, url, secret_env, min_severity, owners}"`
+	// DashboardURL is the aggregator's external URL, for links in alerts.
+	DashboardURL     string        `yaml:"dashboard_url" help:"external base URL of this aggregator, for links in alerts"`
+	AlertMinInterval time.Duration `yaml:"alert_min_interval" help:"least time between two alerts of a changed incident to one target, unless its severity rose"`
+	AlertMaxAttempts int           `yaml:"alert_max_attempts" help:"attempts per alert before a dead-letter record is written"`
+	AlertBackoffBase time.Duration `yaml:"alert_backoff_base" help:"first retry delay of a failed alert (exponential, full jitter)"`
+	AlertBackoffMax  time.Duration `yaml:"alert_backoff_max" help:"longest retry delay of a failed alert"`
+	AlertTimeout     time.Duration `yaml:"alert_timeout" help:"time limit of one alert request"`
+}
+
+// Alerts is the alert configuration.
+func (c *Config) Alerts() alerts.Config {
+	return alerts.Config{
+		Targets: c.Webhooks, DashboardURL: c.DashboardURL, MinInterval: c.AlertMinInterval, MaxAttempts: c.AlertMaxAttempts,
+		BackoffBase: c.AlertBackoffBase, BackoffMax: c.AlertBackoffMax, Timeout: c.AlertTimeout,
+	}
 }
 
 // DefaultConfig returns the defaults.
@@ -64,6 +90,12 @@ func DefaultConfig() Config {
 		SweepPages:       watcher.DefaultSweepPages,
 		IndexRefresh:     watcher.DefaultIndexRefresh,
 		LogLevel:         "info",
+		OllamaTimeout:    30 * time.Second,
+		AlertMinInterval: alerts.DefaultConfig().MinInterval,
+		AlertMaxAttempts: alerts.DefaultConfig().MaxAttempts,
+		AlertBackoffBase: alerts.DefaultConfig().BackoffBase,
+		AlertBackoffMax:  alerts.DefaultConfig().BackoffMax,
+		AlertTimeout:     alerts.DefaultConfig().Timeout,
 	}
 }
 
@@ -90,6 +122,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPartSize < 0 {
 		errs = append(errs, fmt.Errorf("max_part_size: %d is negative", c.MaxPartSize))
+	}
+	if c.OllamaURL != "" && c.OllamaModel == "" {
+		errs = append(errs, fmt.Errorf("ollama_model: empty while ollama_url is %q; name a model Ollama has pulled (ollama list)", c.OllamaURL))
+	}
+	if c.AlertMaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("alert_max_attempts: %d, want at least 1", c.AlertMaxAttempts))
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
@@ -181,6 +219,17 @@ func bind(fs *flag.FlagSet, c *Config) {
 				n, err := strconv.ParseInt(s, 10, 64)
 				*p = n
 				return err
+			})
+		case *[]alerts.Target:
+			fs.Func(name, help, func(s string) error {
+				dec := yaml.NewDecoder(strings.NewReader(s))
+				dec.KnownFields(true)
+				var v []alerts.Target
+				if err := dec.Decode(&v); err != nil {
+					return fmt.Errorf("want a YAML or JSON list of targets: %w", err)
+				}
+				*p = v
+				return nil
 			})
 		default:
 			panic(fmt.Sprintf("config key %s has unsupported type %T", name, p))

@@ -25,13 +25,16 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/loupe-dev/loupe/aggregator/alerts"
 	"github.com/loupe-dev/loupe/aggregator/api"
 	"github.com/loupe-dev/loupe/aggregator/findings"
+	"github.com/loupe-dev/loupe/aggregator/incidents"
 	"github.com/loupe-dev/loupe/aggregator/lease"
 	"github.com/loupe-dev/loupe/aggregator/runner"
 	"github.com/loupe-dev/loupe/aggregator/views"
 	"github.com/loupe-dev/loupe/aggregator/watcher"
 	"github.com/loupe-dev/loupe/analyzers"
+	"github.com/loupe-dev/loupe/analyzers/triage"
 	"github.com/loupe-dev/loupe/dashboards"
 	"github.com/loupe-dev/loupe/traces/store"
 )
@@ -42,6 +45,8 @@ type Service struct {
 	Index   *findings.Index
 	Runner  *runner.Runner
 	Watcher *watcher.Watcher
+	// Incidents triages every analysis, stores and alerts its incidents.
+	Incidents *incidents.Manager
 	// API is the HTTP handler; mount the web UI on it with API.Handle.
 	API     *api.Server
 	Metrics *metrics.Set
@@ -90,13 +95,41 @@ func New(ctx context.Context, cfg Config, list []*analyzers.Analyzer, log *slog.
 		SweepInterval: cfg.SweepInterval, SweepPages: cfg.SweepPages, IndexRefresh: cfg.IndexRefresh, Workers: cfg.Workers,
 		Logger: log, Metrics: set,
 	})
+	inc, err := newIncidents(cfg, st, ix, log, set)
+	if err != nil {
+		return nil, err
+	}
+	run.OnCommit(inc.OnCommit)
 	srv := api.New(api.Config{
 		Index: ix, Store: st, Analyzers: list, Events: w, EventToken: token, Ready: w.Ready, Queued: w.Queued,
-		MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
+		Incidents: inc, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
 	})
 	srv.Handle(api.ViewsPrefix, views.New(views.Config{Store: st, Index: ix, MaxPartSize: cfg.MaxPartSize, Logger: log}))
 	srv.Handle("/", dashboards.Handler())
-	return &Service{Store: st, Index: ix, Runner: run, Watcher: w, API: srv, Metrics: set, cfg: cfg, log: log}, nil
+	return &Service{Store: st, Index: ix, Runner: run, Watcher: w, Incidents: inc, API: srv, Metrics: set, cfg: cfg, log: log}, nil
+}
+
+// newIncidents builds triage (owners file, optional Ollama summaries) and
+// alert delivery from cfg.
+func newIncidents(cfg Config, st store.Store, ix *findings.Index, log *slog.Logger, set *metrics.Set) (*incidents.Manager, error) {
+	tcfg := triage.DefaultConfig()
+	if cfg.OwnersFile != "" {
+		owners, err := triage.LoadOwners(cfg.OwnersFile)
+		if err != nil {
+			return nil, fmt.Errorf("owners_file: %w", err)
+		}
+		tcfg.Owners = owners
+	}
+	if cfg.OllamaURL != "" {
+		tcfg.Summarizer = &triage.Ollama{URL: cfg.OllamaURL, Model: cfg.OllamaModel, Timeout: cfg.OllamaTimeout}
+	}
+	notifier, err := alerts.New(cfg.Alerts(), st, log, set)
+	if err != nil {
+		return nil, fmt.Errorf("webhooks: %w", err)
+	}
+	return incidents.New(incidents.Config{
+		Store: st, Index: ix, Triage: tcfg, Notifier: notifier, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
+	}), nil
 }
 
 // Run listens on the configured address and serves until ctx ends.
@@ -116,6 +149,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("aggregator serving", "addr", ln.Addr().String(), "store", s.cfg.Store)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.Watcher.Run(ctx) })
+	wg.Go(func() { s.Incidents.Run(ctx) })
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	var err error
