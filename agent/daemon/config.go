@@ -121,7 +121,7 @@ func DefaultConfig() Config {
 		Steps:       steps.DefaultConfig(),
 		Trigger:     trigger.DefaultConfig(),
 		Capture: CaptureConfig{
-			DefaultDuration: 30 * time.Second, MaxDuration: 10 * time.Minute,
+			DefaultDuration: 30 * time.Second, MaxDuration: 5 * time.Minute,
 			MaxConcurrent: 4, StartTimeout: 15 * time.Minute,
 		},
 		Upload:      UploadConfig{Interval: 30 * time.Second, BackoffBase: time.Second, BackoffMax: 2 * time.Minute},

@@ -198,6 +198,11 @@ func (d *Daemon) prepareConfig() error {
 	if c.Capture.DefaultDuration <= 0 || c.Capture.DefaultDuration > c.Capture.MaxDuration {
 		return fmt.Errorf("capture.default_duration %v must be positive and at most capture.max_duration %v", c.Capture.DefaultDuration, c.Capture.MaxDuration)
 	}
+	// A window's GPU samples come from the rings, which keep ring_seconds:
+	// a longer window would silently lose its start.
+	if ring := time.Duration(c.GPU.RingSeconds) * time.Second; c.Capture.MaxDuration > ring {
+		return fmt.Errorf("capture.max_duration %v is longer than the GPU sample history gpu.ring_seconds (%v): raise gpu.ring_seconds or lower capture.max_duration", c.Capture.MaxDuration, ring)
+	}
 	return nil
 }
 

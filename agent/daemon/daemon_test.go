@@ -147,6 +147,7 @@ func TestBadConfigRefused(t *testing.T) {
 		{func(c *Config) { c.Capture.DefaultDuration = time.Hour }, "default_duration"},
 		{func(c *Config) { c.APITokenFile = "/nonexistent/token" }, "api token file"},
 		{func(c *Config) { c.GPU.CaptureHz = 1000 }, "capture_hz"},
+		{func(c *Config) { c.Capture.MaxDuration = time.Hour }, "gpu.ring_seconds"},
 	} {
 		cfg := testConfig(t)
 		tc.mod(&cfg)
