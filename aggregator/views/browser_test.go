@@ -241,6 +241,7 @@ func TestPagesInChromium(t *testing.T) {
 		load(t, ctx, base+"/jobs/c1/"+trainJob+"/r1?capture=cap-1", "job")
 		type job struct {
 			Cells     [][3]float64
+			Bright    []int
 			Ranks     []string
 			Hot       []int
 			HotText   string
@@ -252,11 +253,18 @@ func TestPagesInChromium(t *testing.T) {
 			Kernels   []int
 		}
 		j := eval[job](t, ctx, `(async () => {
-			const o = echarts.getInstanceByDom(document.getElementById("steps")).getOption();
+			const h = window.__loupe.job.charts.steps, o = h.chart.getOption(), s = window.__loupe.job.view.steps;
+			const canvas = document.querySelector("#steps canvas"), c2 = canvas.getContext("2d"), dpr = window.devicePixelRatio;
+			const cells = [], bright = [];
+			for (let r = 0; r < s.ranks.length; r++) {
+				for (let c = 0; c < s.iterations.length; c++) if (h.value(r, c) !== null) cells.push([c, r, h.value(r, c)]);
+				const px = c2.getImageData(Math.round((h.left + 10.5 * h.gridW / s.iterations.length) * dpr), Math.round((h.top + (r + 0.5) * h.rowPx) * dpr), 1, 1).data;
+				bright.push(px[0] + px[1] + px[2]);
+			}
 			const skew = echarts.getInstanceByDom(document.getElementById("nccl-skew")).getOption();
 			const rows = [...document.querySelectorAll("table.findings tbody tr")];
 			const trace = await (await fetch(document.getElementById("trace-all").href)).json();
-			return { cells: o.series[0].data, ranks: o.yAxis[0].data, hot: window.__loupe.job.hotRanks,
+			return { cells, bright, ranks: o.yAxis[0].data, hot: window.__loupe.job.hotRanks,
 				hotText: document.getElementById("hot-ranks").textContent, skew: skew.series[0].data,
 				findings: rows.map((r) => r.textContent), impacts: rows.map((r) => r.children[3].textContent),
 				traceJSON: trace.traceEvents.length, hosts: document.querySelectorAll("a.trace-host").length,
@@ -279,6 +287,10 @@ func TestPagesInChromium(t *testing.T) {
 		others := (slices.Max(slices.Delete(slices.Clone(sum), hottest, hottest+1)))
 		if j.Ranks[hottest] != fmt.Sprintf("rank %d", straggler) || sum[hottest] < 1.4*others {
 			t.Errorf("hottest row %q (sum %.0f ms vs next %.0f): want rank %d to stand out", j.Ranks[hottest], sum[hottest], others, straggler)
+		}
+		// As drawn: the straggler's row is the brightest on the canvas.
+		if b := slices.Index(j.Bright, slices.Max(j.Bright)); len(j.Bright) != world || b != straggler || slices.Contains(slices.Delete(slices.Clone(j.Bright), b, b+1), j.Bright[b]) {
+			t.Errorf("drawn row brightness %v: want row %d alone the brightest", j.Bright, straggler)
 		}
 		if !slices.Equal(j.Hot, []int{straggler}) || !strings.Contains(j.HotText, "rank 5") {
 			t.Errorf("called-out ranks %v %q", j.Hot, j.HotText)

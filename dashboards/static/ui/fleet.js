@@ -1,14 +1,10 @@
 // The fleet page: a heatmap of every GPU (rows, grouped by job) over time
-// (columns), coloured by one metric. ECharts draws the axes and the colour
-// scale; the cells are painted into one image (a pixel per cell, scaled
-// without smoothing), which keeps a thousand GPUs over an hour (368,640
-// cells) well under a second where one ECharts rectangle per cell takes
-// several. Hover shows a cell's values; a click opens the row's job.
-import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, ready, ramp, rampColors } from "./common.js";
+// (columns), coloured by one metric, so idle dead zones stand out. Hover
+// shows a cell's values; a click opens the row's job.
+import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, ready } from "./common.js";
+import { rasterHeatmap } from "./heatmap.js";
 
-const LEFT = 230, RIGHT = 110, TOP = 16, BOTTOM = 56;
 const main = document.getElementById("main");
-const tip = document.getElementById("tip");
 const params = new URLSearchParams(location.search);
 
 function label(row) {
@@ -61,88 +57,31 @@ function draw(data) {
     ready("fleet");
     return;
   }
-  const rowPx = Math.max(3, Math.min(18, Math.floor(640 / nrows)));
-  const gridH = rowPx * nrows;
-  box.style.height = `${gridH + TOP + BOTTOM}px`;
-  const chart = echarts.init(box, null, { renderer: "canvas" });
-  const gridW = box.clientWidth - LEFT - RIGHT;
-
-  // One pixel per cell, then scaled to the grid without smoothing.
-  const cells = document.createElement("canvas");
-  cells.width = ncols; cells.height = nrows;
-  const cctx = cells.getContext("2d");
-  const img = cctx.createImageData(ncols, nrows);
-  const px = img.data;
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i], o = i * 4;
-    if (v === null) { px[o] = 236; px[o + 1] = 238; px[o + 2] = 241; px[o + 3] = 255; continue; }
-    const [r, g, b] = ramp(v / vmax);
-    px[o] = r; px[o + 1] = g; px[o + 2] = b; px[o + 3] = 255;
-  }
-  cctx.putImageData(img, 0, 0);
-  const scaled = document.createElement("canvas");
-  scaled.width = gridW; scaled.height = gridH;
-  const sctx = scaled.getContext("2d");
-  sctx.imageSmoothingEnabled = false;
-  sctx.drawImage(cells, 0, 0, gridW, gridH);
-  // A white line between jobs.
-  sctx.fillStyle = "#fff";
-  for (const j of data.jobs.slice(1)) sctx.fillRect(0, j.first_row * rowPx - 1, gridW, 2);
-
   const firstRows = new Set(data.jobs.map((j) => j.first_row));
-  chart.setOption({
-    animation: false,
-    grid: { left: LEFT, right: RIGHT, top: TOP, height: gridH },
+  const hm = rasterHeatmap(box, {
+    rows: rows.map(label), cols: ncols, values, min: 0, max: vmax, unit: data.metric.unit, left: 230,
     xAxis: { type: "time", min: data.from_ms, max: data.from_ms + ncols * data.bucket_s * 1000, axisLabel: { hideOverlap: true } },
-    yAxis: {
-      type: "category", inverse: true, data: rows.map(label),
-      axisTick: { show: false },
-      axisLabel: {
-        fontSize: Math.min(12, Math.max(8, rowPx - 2)),
-        formatter: (v, i) => (firstRows.has(i) ? `{job|${data.jobs[rows[i].job].job}} ${v}` : v),
-        rich: { job: { fontWeight: "bold", color: "#1565c0" } },
-      },
+    labelFormatter: (v, i) => (firstRows.has(i) ? `{group|${data.jobs[rows[i].job].job}} ${v}` : v),
+    separators: data.jobs.map((j) => j.first_row),
+    tooltip: (r, c) => {
+      const row = rows[r], job = data.jobs[row.job], v = values[r * ncols + c];
+      const t0 = new Date(data.from_ms + c * data.bucket_s * 1000).toISOString().slice(11, 19);
+      return [
+        [el("b", {}, `${job.cluster}/${job.job}/${job.run}`), row.simulated ? " [SIMULATED]" : ""],
+        `${row.host} gpu${row.gpu} ${row.model || ""}`,
+        el("span", { class: "muted" }, row.uuid || ""),
+        [`${t0} +${data.bucket_s}s: ${data.metric.label} `, el("b", {}, v === null ? "no data" : `${fmt(v)} ${data.metric.unit}`)],
+      ];
     },
-    visualMap: {
-      type: "continuous", min: 0, max: vmax, calculable: false, seriesIndex: [],
-      inRange: { color: rampColors }, right: 10, top: TOP, text: [`${fmt(vmax, 0)} ${data.metric.unit}`, "0"],
+    onClick: (r) => {
+      const job = data.jobs[rows[r].job];
+      location.href = jobURL(job.cluster, job.job, job.run, job.capture);
     },
-    series: [{ type: "scatter", data: [], silent: true }],
-    graphic: [{ id: "cells", type: "image", left: LEFT, top: TOP, silent: true, style: { image: scaled, width: gridW, height: gridH } }],
-  });
-
-  const cellAt = (x, y) => {
-    const c = Math.floor(((x - LEFT) / gridW) * ncols), r = Math.floor((y - TOP) / rowPx);
-    return c >= 0 && c < ncols && r >= 0 && r < nrows ? [r, c] : null;
-  };
-  const zr = chart.getZr();
-  zr.on("mousemove", (e) => {
-    const rc = cellAt(e.offsetX, e.offsetY);
-    if (!rc) { tip.style.display = "none"; zr.setCursorStyle("default"); return; }
-    const [r, c] = rc, row = rows[r], job = data.jobs[row.job], v = values[r * ncols + c];
-    const t0 = new Date(data.from_ms + c * data.bucket_s * 1000).toISOString().slice(11, 19);
-    tip.replaceChildren(
-      el("div", {}, el("b", {}, `${job.cluster}/${job.job}/${job.run}`), row.simulated ? " [SIMULATED]" : ""),
-      el("div", {}, `${row.host} gpu${row.gpu} ${row.model || ""}`),
-      el("div", { class: "muted" }, row.uuid || ""),
-      el("div", {}, `${t0} +${data.bucket_s}s: ${data.metric.label} `, el("b", {}, v === null ? "no data" : `${fmt(v)} ${data.metric.unit}`)));
-    tip.style.display = "block";
-    tip.style.left = `${e.event.clientX + 14}px`;
-    tip.style.top = `${e.event.clientY + 10}px`;
-    zr.setCursorStyle("pointer");
-  });
-  zr.on("mouseout", () => { tip.style.display = "none"; });
-  zr.on("click", (e) => {
-    const rc = cellAt(e.offsetX, e.offsetY);
-    if (!rc) return;
-    const job = data.jobs[rows[rc[0]].job];
-    location.href = jobURL(job.cluster, job.job, job.run, job.capture);
   });
 
   loupe.fleet = {
     rows: nrows, columns: ncols, rowLabels: rows.map(label), jobs: data.jobs, metric: data.metric.name,
-    simulated: data.simulated, value: (r, c) => values[r * ncols + c], cellAt, rowPx, gridW,
-    chart,
+    simulated: data.simulated, value: hm.value, cellAt: hm.cellAt, rowPx: hm.rowPx, gridW: hm.gridW, left: hm.left, top: hm.top,
   };
   ready("fleet");
 }

@@ -2,7 +2,8 @@
 // heatmap (a straggler is a hot row), step-time and kernel-duration
 // histograms, NCCL arrival skew per rank, the findings ranked by impact, a
 // CPU flame graph per rank and the Chrome/Perfetto trace download.
-import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, severityBadge, ready, rampColors } from "./common.js";
+import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, ready } from "./common.js";
+import { rasterHeatmap } from "./heatmap.js";
 import { drawFlame } from "./flame.js";
 import { findingsTable } from "./findings-table.js";
 
@@ -44,32 +45,21 @@ function header(v) {
   ];
 }
 
-function stepHeatmap(v, box) {
-  const s = v.steps, nr = s.ranks.length, nc = s.iterations.length;
-  const data = [];
+function stepHeatmap(v, box, hot) {
+  const s = v.steps, hotSet = new Set(hot.map((x) => x.rank));
   let lo = Infinity, hi = -Infinity;
-  for (let i = 0; i < nr; i++) {
-    for (let j = 0; j < nc; j++) {
-      const ms = s.ms[i * nc + j];
-      if (ms === null) continue;
-      data.push([j, i, ms]);
-      lo = Math.min(lo, ms); hi = Math.max(hi, ms);
-    }
-  }
-  const chart = echarts.init(box);
-  chart.setOption({
-    animation: false,
-    tooltip: {
-      formatter: (p) => `rank ${s.ranks[p.value[1]]}, iteration ${s.iterations[p.value[0]]}<br>step <b>${fmt(p.value[2], 2)} ms</b>` +
-        `<br>rank median ${fmt(s.rank_median_ms[p.value[1]], 2)} ms, job median ${fmt(s.job_median_ms, 2)} ms`,
-    },
-    grid: { left: 70, right: 110, top: 10, bottom: 40 },
-    xAxis: { type: "category", name: "iteration", nameLocation: "middle", nameGap: 26, data: s.iterations.map(String) },
-    yAxis: { type: "category", inverse: true, data: s.ranks.map((r) => `rank ${r}`) },
-    visualMap: { type: "continuous", min: lo, max: hi, inRange: { color: rampColors }, right: 10, top: "middle", text: [`${fmt(hi, 1)} ms`, `${fmt(lo, 1)} ms`], calculable: true },
-    series: [{ type: "heatmap", data, progressive: 0 }],
+  for (const ms of s.ms) if (ms !== null) { lo = Math.min(lo, ms); hi = Math.max(hi, ms); }
+  return rasterHeatmap(box, {
+    rows: s.ranks.map((r) => `rank ${r}`), cols: s.iterations.length, values: s.ms, min: lo, max: hi, unit: "ms",
+    left: 80, maxRowPx: 20,
+    xAxis: { type: "category", name: "iteration", nameLocation: "middle", nameGap: 26, data: s.iterations.map(String), axisTick: { show: false } },
+    labelFormatter: (label, i) => (hotSet.has(s.ranks[i]) ? `{group|${label}}` : label),
+    tooltip: (r, c) => [
+      `rank ${s.ranks[r]}, iteration ${s.iterations[c]}`,
+      ["step ", el("b", {}, s.ms[r * s.iterations.length + c] === null ? "missing" : `${fmt(s.ms[r * s.iterations.length + c], 2)} ms`)],
+      `rank median ${fmt(s.rank_median_ms[r], 2)} ms, job median ${fmt(s.job_median_ms, 2)} ms`,
+    ],
   });
-  return chart;
 }
 
 function histogram(box, h, xname, fmtEdge) {
@@ -115,7 +105,7 @@ function draw(v) {
   const hot = s.ranks.map((r, i) => ({ rank: r, median: s.rank_median_ms[i] }))
     .filter((x) => x.median !== null && s.job_median_ms && x.median > HOT * s.job_median_ms)
     .sort((a, b) => b.median - a.median);
-  const stepBox = chartBox("steps", Math.max(160, Math.min(900, s.ranks.length * 22 + 60)));
+  const stepBox = el("div", { id: "steps", style: "width:100%" });
   const stepHist = chartBox("step-hist", 280), kernHist = chartBox("kernel-hist", 280), skewBox = chartBox("nccl-skew", 300);
   const flameBox = el("div", { id: "flame-box" });
   main.replaceChildren(...header(v),
@@ -140,7 +130,7 @@ function draw(v) {
     el("h2", {}, "CPU flame graph"), flameBox);
 
   const charts = {};
-  if (s.ranks.length) charts.steps = stepHeatmap(v, stepBox);
+  if (s.ranks.length) charts.steps = stepHeatmap(v, stepBox, hot);
   if (s.histogram.counts.length) charts.stepHist = histogram(stepHist, s.histogram, "step time (ms)", (x) => fmt(x, 1));
   if (v.kernels.histogram.counts.length) charts.kernelHist = histogram(kernHist, v.kernels.histogram, "kernel duration (µs)", (x) => fmt(x, x < 10 ? 1 : 0));
   if (v.nccl_skew.length) charts.skew = skewChart(skewBox, v.nccl_skew);
