@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"debug/elf"
 	"debug/gosym"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"os"
@@ -242,6 +243,10 @@ func FuzzOpenObject(f *testing.F) {
 	if b, err := os.ReadFile("/bin/true"); err == nil {
 		f.Add(b)
 	}
+	// A stripped Go binary, for the .gopclntab reader.
+	if b, err := os.ReadFile(testProgram(f, "goburn-stripped")); err == nil {
+		f.Add(b)
+	}
 	f.Add([]byte("\x7fELF\x02\x01\x01"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		o, err := openObject(nopCloser{bytes.NewReader(data)}, "fuzz")
@@ -376,4 +381,81 @@ func TestGoFuncsMatchGosym(t *testing.T) {
 	if got, ok := o.symbolize(tab.Funcs[len(tab.Funcs)-1].End + 0x10000); ok {
 		t.Errorf("address past the Go text named %q", got)
 	}
+}
+
+// makePclntab builds a Go 1.20 .gopclntab holding functions with the
+// given names, each 0x10 bytes long from textStart.
+func makePclntab(textStart uint64, names []string) []byte {
+	le := binary.LittleEndian
+	var nametab []byte
+	nameOffs := make([]uint32, len(names))
+	for i, n := range names {
+		nameOffs[i] = uint32(len(nametab))
+		nametab = append(append(nametab, n...), 0)
+	}
+	const hdr = 8 + 8*8
+	nfunc := len(names)
+	funcsAt := hdr + len(nametab)
+	funcRecs := 8*nfunc + 4 // functab, then the _func records
+	b := make([]byte, funcsAt+funcRecs+8*nfunc)
+	le.PutUint32(b, go120magic)
+	b[6], b[7] = 1, 8
+	for i, w := range []uint64{uint64(nfunc), 0, textStart, hdr, 0, 0, 0, uint64(funcsAt)} {
+		le.PutUint64(b[8+8*i:], w)
+	}
+	copy(b[hdr:], nametab)
+	for i := range nfunc {
+		rec := funcRecs + 8*i
+		le.PutUint32(b[funcsAt+8*i:], uint32(0x10*i))
+		le.PutUint32(b[funcsAt+8*i+4:], uint32(rec))
+		le.PutUint32(b[funcsAt+rec:], uint32(0x10*i))
+		le.PutUint32(b[funcsAt+rec+4:], nameOffs[i])
+	}
+	le.PutUint32(b[funcsAt+8*nfunc:], uint32(0x10*nfunc))
+	return b
+}
+
+func pclntabSection(data []byte) *elf.Section {
+	return &elf.Section{SectionHeader: elf.SectionHeader{Name: ".gopclntab", Size: uint64(len(data))}}
+}
+
+func TestGoFuncs(t *testing.T) {
+	data := makePclntab(0x401000, []string{"runtime.main", "main.main", "main.burnGo"})
+	g, err := openGoFuncs(bytes.NewReader(data), pclntabSection(data), binary.LittleEndian, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		pc   uint64
+		want string
+	}{{0x400fff, ""}, {0x401000, "runtime.main"}, {0x40100f, "runtime.main"}, {0x401010, "main.main"}, {0x40102f, "main.burnGo"}, {0x401030, ""}} {
+		got := ""
+		if i, ok := g.lookup(tc.pc); ok {
+			if got, err = g.name(i); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got != tc.want {
+			t.Errorf("pc %#x: %q, want %q", tc.pc, got, tc.want)
+		}
+	}
+	bad := append([]byte(nil), data...)
+	binary.LittleEndian.PutUint32(bad, 0xfffffffa) // Go 1.16
+	if _, err := openGoFuncs(bytes.NewReader(bad), pclntabSection(bad), binary.LittleEndian, 0); err == nil || !strings.Contains(err.Error(), "1.18") {
+		t.Errorf("Go 1.16 table: %v", err)
+	}
+}
+
+func FuzzGoFuncs(f *testing.F) {
+	f.Add(makePclntab(0x401000, []string{"a", "main.b"}), uint64(0x401008))
+	f.Add(makePclntab(0, []string{"x"}), uint64(0x1000))
+	f.Fuzz(func(t *testing.T, data []byte, pc uint64) {
+		g, err := openGoFuncs(bytes.NewReader(data), pclntabSection(data), binary.LittleEndian, 0x1000)
+		if err != nil {
+			return
+		}
+		if i, ok := g.lookup(pc); ok {
+			g.name(i)
+		}
+	})
 }
