@@ -47,7 +47,8 @@ type Service struct {
 	Watcher *watcher.Watcher
 	// Incidents triages every analysis, stores and alerts its incidents.
 	Incidents *incidents.Manager
-	// API is the HTTP handler; mount the web UI on it with API.Handle.
+	// API is the HTTP handler: the API, the web UI (package dashboards) at /
+	// and its view models (package views) under /api/v1/views/.
 	API     *api.Server
 	Metrics *metrics.Set
 	cfg     Config
