@@ -249,7 +249,7 @@ func (d *demo) up(ctx context.Context) error {
 	defer cancel()
 	found := make(chan struct{})
 	wg.Go(func() {
-		w.run(wctx, time.Second, func() { close(found) })
+		w.run(wctx, 500*time.Millisecond, func() { close(found) })
 	})
 	if !o.ebpf {
 		wg.Go(func() { d.captureOnDemand(wctx) })
@@ -566,7 +566,9 @@ func (d *demo) startAgent(ctx context.Context, pids []int) error {
 		"store": d.storeTo, "spool_dir": filepath.Join(d.runDir, "spool"),
 		"simulate_gpus": o.ranks, "cluster": "demo", "host": "demo-gpu-node-1",
 		"trigger": map[string]any{
-			"disabled": !o.ebpf, "at_iteration": o.triggerAt, "window": 20, "max_cv": 0.25, "max_trend": 0.2,
+			"disabled": !o.ebpf, "at_iteration": o.triggerAt, "window": 20,
+			// Loose: a shared 2-core CI machine makes sleeps jitter.
+			"max_cv": 0.5, "max_trend": 0.5,
 			"iterations": o.captureIterations, "roundup": 10, "max_per_run": 1,
 		},
 		"upload": map[string]any{"interval": "1s"},

@@ -56,8 +56,11 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc.verified++
 	rc.mu.Unlock()
 	inc := a.Incident
-	rc.print("ALERT (signature verified) [%s] %s: %s; impact %.3f GPU-hours; dashboard %s",
-		inc.Severity, inc.Title, inc.Summary, inc.ImpactGPUHours, a.Links["dashboard"])
+	text := inc.Title
+	if inc.Summary != "" && inc.Summary != inc.Title {
+		text += ": " + inc.Summary
+	}
+	rc.print("ALERT (signature verified) [%s] %s; impact %.1f GPU-seconds; %s", inc.Severity, text, inc.ImpactGPUHours*3600, a.Links["dashboard"])
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -117,6 +117,9 @@ func (w *watcher) poll(ctx context.Context) error {
 			}
 		}
 		w.print("%s: [%s] %s: %s (%s)%s", label, f.Severity, f.Analyzer, f.Title, scope(f.Scope), simulated(f.Simulated))
+		if strings.HasPrefix(label, "FOUND") {
+			w.print("    what to do: %s", firstSentence(f.Recommendation))
+		}
 	}
 	return nil
 }
@@ -185,4 +188,12 @@ func simulated(b bool) string {
 		return " [simulated]"
 	}
 	return ""
+}
+
+// firstSentence keeps a recommendation's first sentence.
+func firstSentence(s string) string {
+	if i := strings.Index(s, ". "); i >= 0 {
+		return s[:i+1]
+	}
+	return s
 }
