@@ -47,8 +47,9 @@ func BenchmarkOverhead(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- p.Run(ctx) }()
+			waitAttached(b, p, done)
 			w := p.StartWindow(tc.pids)
-			time.Sleep(1500 * time.Millisecond) // attached, first drain done: caches warm
+			time.Sleep(1500 * time.Millisecond) // first drain done: caches warm
 
 			samples0 := set.GetOrCreateCounter("loupe_cpuprof_samples_total").Get()
 			cpu0, wall0 := selfCPU(b), time.Now()

@@ -76,8 +76,10 @@ type Profiler struct {
 	cfg     Config
 	logger  *slog.Logger
 	sampler *cpu.Sampler
-	samples *metrics.Counter
-	lost    [len(cpu.LostReasonNames)]*metrics.Counter
+	// attached is closed once Run has attached the sampler to the CPUs.
+	attached chan struct{}
+	samples  *metrics.Counter
+	lost     [len(cpu.LostReasonNames)]*metrics.Counter
 
 	mu       sync.Mutex // guards everything below, and serializes drains
 	sym      *symbolizer
@@ -103,11 +105,12 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Profiler, error) {
 		set = metrics.NewSet()
 	}
 	p := &Profiler{
-		cfg:     cfg,
-		logger:  logger,
-		samples: set.GetOrCreateCounter("loupe_cpuprof_samples_total"),
-		sym:     newSymbolizer("/proc", logger),
-		windows: map[*Window]struct{}{},
+		cfg:      cfg,
+		logger:   logger,
+		samples:  set.GetOrCreateCounter("loupe_cpuprof_samples_total"),
+		sym:      newSymbolizer("/proc", logger),
+		windows:  map[*Window]struct{}{},
+		attached: make(chan struct{}),
 	}
 	for i, reason := range cpu.LostReasonNames {
 		p.lost[i] = set.GetOrCreateCounter(fmt.Sprintf("loupe_cpuprof_lost_samples_total{reason=%q}", reason))
@@ -146,6 +149,7 @@ func (p *Profiler) Run(ctx context.Context) error {
 	if err := p.sampler.Attach(p.cfg.Hz, cpus); err != nil {
 		return fmt.Errorf("cpuprof: %w", err)
 	}
+	close(p.attached)
 	p.logger.Info("cpuprof: CPU sampler attached", "cpus", len(cpus), "hz", p.cfg.Hz)
 	t := time.NewTicker(p.cfg.DrainInterval)
 	defer t.Stop()

@@ -178,6 +178,7 @@ func capture(t testing.TB, cfg Config, pids []int, watch ...int) *profile.Profil
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
 	w := p.StartWindow(pids)
+	waitAttached(t, p, done)
 	waitCPU(t, watch...)
 	prof, err := w.Stop()
 	if err != nil {
@@ -191,6 +192,16 @@ func capture(t testing.TB, cfg Config, pids []int, watch ...int) *profile.Profil
 		t.Fatalf("invalid profile: %v", err)
 	}
 	return prof
+}
+
+// waitAttached waits until Run has attached the sampler.
+func waitAttached(t testing.TB, p *Profiler, done chan error) {
+	t.Helper()
+	select {
+	case <-p.attached:
+	case err := <-done:
+		t.Fatalf("Run returned before attaching: %v", err)
+	}
 }
 
 // waitCPU waits until each process has used cpuWanted of CPU time, at most
@@ -439,7 +450,7 @@ func TestNoLostSamples(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	time.Sleep(200 * time.Millisecond) // attached
+	waitAttached(t, p, done)
 	w := p.StartWindow(nil)
 	cpu0 := cpuTime(t, pid)
 	time.Sleep(10 * time.Second)
@@ -587,6 +598,7 @@ func TestOverlappingWindows(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
+	waitAttached(t, p, done)
 	wa := p.StartWindow([]int{a.Process.Pid})
 	wb := p.StartWindow([]int{b.Process.Pid})
 	waitCPU(t, a.Process.Pid, b.Process.Pid)
