@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/parquet-go/parquet-go"
-
 	"github.com/loupe-dev/loupe/aggregator/findings"
 	"github.com/loupe-dev/loupe/traces"
 )
@@ -271,13 +269,14 @@ func binGPUSamples(m *traces.Manifest, data []byte) (*gpuBins, error) {
 	slot := map[int32]int{}
 	var sums [][]float64
 	var counts [][]uint16
-	err := scanColumns(data, names, func(cols [][]parquet.Value) error {
-		for i := range cols[0] {
-			s := integer(cols[0][i])/1e9 - start
+	err := scanColumns(data, names, func(cols []*column) error {
+		times, gpus, prof := cols[0], cols[1], cols[2]
+		for i := range times.Len() {
+			s := times.Int(i)/1e9 - start
 			if s < 0 || s >= b.secs {
 				continue // outside the announced window
 			}
-			gpu := int32(integer(cols[1][i]))
+			gpu := int32(gpus.Int(i))
 			g, ok := slot[gpu]
 			if !ok {
 				if len(slot) == maxBundleGPUs {
@@ -291,13 +290,13 @@ func binGPUSamples(m *traces.Manifest, data []byte) (*gpuBins, error) {
 					counts = append(counts, make([]uint16, b.secs))
 				}
 			}
-			prof := cols[2][i].Boolean()
+			valid := prof.Bool(i)
 			for m, mt := range Metrics {
-				if mt.prof && !prof {
+				if mt.prof && !valid {
 					continue
 				}
 				k := g*len(Metrics) + m
-				sums[k][s] += num(cols[3+m][i]) * mt.scale
+				sums[k][s] += cols[3+m].Float(i) * mt.scale
 				if counts[k][s] < math.MaxUint16 {
 					counts[k][s]++
 				}

@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/parquet-go/parquet-go"
-
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/findings"
 	"github.com/loupe-dev/loupe/analyzers"
@@ -251,7 +249,7 @@ func (h *Handler) computeJob(ctx context.Context, c *capture.Capture) (*JobView,
 }
 
 // scanPart runs scanColumns over a host's part, if the bundle has it.
-func (h *Handler) scanPart(ctx context.Context, m *traces.Manifest, name string, cols []string, fn func(cols [][]parquet.Value) error) error {
+func (h *Handler) scanPart(ctx context.Context, m *traces.Manifest, name string, cols []string, fn func(cols []*column) error) error {
 	data, err := h.readPart(ctx, m, name)
 	if err != nil || data == nil {
 		return err
@@ -273,15 +271,15 @@ type stepAcc struct {
 	source string
 }
 
-func (a *stepAcc) add(cols [][]parquet.Value) error {
-	for i := range cols[0] {
-		d := float64(integer(cols[3][i])-integer(cols[2][i])) / 1e6
+func (a *stepAcc) add(cols []*column) error {
+	for i := range cols[0].Len() {
+		d := float64(cols[3].Int(i)-cols[2].Int(i)) / 1e6
 		if d < 0 {
 			continue
 		}
-		a.cells[stepKey{int32(integer(cols[0][i])), integer(cols[1][i])}] = d
+		a.cells[stepKey{int32(cols[0].Int(i)), cols[1].Int(i)}] = d
 		if a.source == "" {
-			a.source = string(cols[4][i].ByteArray())
+			a.source = string(cols[4].Bytes(i))
 		}
 	}
 	return nil
@@ -344,19 +342,19 @@ type skewAcc struct {
 // number; point-to-point and group calls do not line up across ranks.
 var collectiveOps = map[string]bool{"AllReduce": true, "AllGather": true, "ReduceScatter": true, "Broadcast": true, "Reduce": true, "AllToAll": true}
 
-func (a *skewAcc) add(cols [][]parquet.Value) error {
-	for i := range cols[0] {
-		if !collectiveOps[string(cols[4][i].ByteArray())] {
+func (a *skewAcc) add(cols []*column) error {
+	for i := range cols[0].Len() {
+		if !collectiveOps[string(cols[4].Bytes(i))] {
 			continue
 		}
-		k := collKey{uint64(integer(cols[3][i])), integer(cols[5][i])}
+		k := collKey{uint64(cols[3].Int(i)), cols[5].Int(i)}
 		c := a.colls[k]
 		if c == nil {
-			c = &collArrivals{nranks: int32(integer(cols[2][i]))}
+			c = &collArrivals{nranks: int32(cols[2].Int(i))}
 			a.colls[k] = c
 		}
-		c.ranks = append(c.ranks, int32(integer(cols[1][i])))
-		c.times = append(c.times, integer(cols[0][i]))
+		c.ranks = append(c.ranks, int32(cols[1].Int(i)))
+		c.times = append(c.times, cols[0].Int(i))
 	}
 	return nil
 }
