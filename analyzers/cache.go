@@ -2,6 +2,7 @@ package analyzers
 
 import (
 	"errors"
+	"maps"
 	"sync"
 	"unsafe"
 )
@@ -12,19 +13,24 @@ import (
 // a host decodes its table while the others wait for that decode (giving up
 // their CPU slot meanwhile), which keeps them close together. Memory is
 // bounded by a budget, whatever the capture's size: the least recently used
-// tables are dropped beyond it, and a table larger than a quarter of the
-// budget is never cached; each analyzer then streams it itself.
+// tables are dropped beyond it, and a table larger than a third of the
+// budget is never cached; each analyzer then streams it itself. Readers move
+// through the hosts together (Pass.yield), so a few hosts' tables in the
+// cache are enough for all of them to share each decode.
 type tableCache struct {
 	budget int64
 
 	mu      sync.Mutex
 	entries map[cacheKey]*cacheEntry
+	readers map[string]map[*Pass]bool // part -> the passes that will read it
 	used    int64
 	clock   uint64
 }
 
-// DefaultCacheBudget is the memory the runner spends on shared tables.
-const DefaultCacheBudget = 32 << 20
+// DefaultCacheBudget is the memory the runner spends on shared tables: a
+// host's 60 s of GPU samples at 100 Hz (8 GPUs, about 10 MiB decoded) and
+// more fit in a third of it.
+const DefaultCacheBudget = 64 << 20
 
 type cacheKey struct {
 	host int
@@ -38,13 +44,72 @@ type cacheEntry struct {
 	big     bool // too large to cache
 	err     error
 	lastUse uint64
+	// pending are the readers registered for the part when the entry was
+	// made that have not read it yet; the entry is dropped when the last of
+	// them has, so the cache holds only the hosts between the slowest
+	// reader and the fastest.
+	pending map[*Pass]bool
 }
 
 // errTooBig stops decoding a table that will not be cached.
 var errTooBig = errors.New("table too large to cache")
 
 func newTableCache(budget int64) *tableCache {
-	return &tableCache{budget: budget, entries: map[cacheKey]*cacheEntry{}}
+	return &tableCache{budget: budget, entries: map[cacheKey]*cacheEntry{}, readers: map[string]map[*Pass]bool{}}
+}
+
+// join registers p as a reader of part, so that entries made from now on
+// wait for p to read them (or to leave).
+func (c *tableCache) join(p *Pass, part string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.readers[part] == nil {
+		c.readers[part] = map[*Pass]bool{}
+	}
+	c.readers[part][p] = true
+}
+
+// leave ends p's reading of part: entries stop waiting for p.
+func (c *tableCache) leave(p *Pass, part string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.leaveLocked(p, part)
+}
+
+// leaveAll ends p's reading of every part.
+func (c *tableCache) leaveAll(p *Pass) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for part := range c.readers {
+		c.leaveLocked(p, part)
+	}
+}
+
+func (c *tableCache) leaveLocked(p *Pass, part string) {
+	if !c.readers[part][p] {
+		return
+	}
+	delete(c.readers[part], p)
+	for k, e := range c.entries {
+		if k.part == part {
+			c.read(k, e, p)
+		}
+	}
+}
+
+// read records that p has read entry e (c.mu held), dropping e when no
+// reader is left to read it.
+func (c *tableCache) read(k cacheKey, e *cacheEntry, p *Pass) {
+	delete(e.pending, p)
+	select {
+	case <-e.ready:
+	default:
+		return // its filler reads it once filled
+	}
+	if len(e.pending) == 0 && c.entries[k] == e {
+		delete(c.entries, k)
+		c.used -= e.size
+	}
 }
 
 // cachedRows returns host i's table from the cache, decoding it if this is
@@ -56,7 +121,7 @@ func cachedRows[T any](pass *Pass, i int, part string) (rows []T, ok bool, err e
 	c.mu.Lock()
 	e := c.entries[k]
 	if e == nil {
-		e = &cacheEntry{ready: make(chan struct{})}
+		e = &cacheEntry{ready: make(chan struct{}), pending: maps.Clone(c.readers[part])}
 		c.entries[k] = e
 		c.mu.Unlock()
 		fill[T](pass, e, i, part)
@@ -69,11 +134,13 @@ func cachedRows[T any](pass *Pass, i int, part string) (rows []T, ok bool, err e
 	c.mu.Lock()
 	c.clock++
 	e.lastUse = c.clock
+	c.read(k, e, pass)
 	c.mu.Unlock()
 	if e.big || e.err != nil {
 		return nil, false, e.err
 	}
 	return e.rows.([]T), true, nil
+
 }
 
 // fill decodes host i's table into e and publishes it; waiters are
@@ -98,7 +165,7 @@ func fill[T any](pass *Pass, e *cacheEntry, i int, part string) {
 		}
 		close(e.ready)
 	}()
-	rows, err = decodeAll[T](pass, &pass.Input.Hosts[i], part, c.budget/4/rowSize)
+	rows, err = decodeAll[T](pass, &pass.Input.Hosts[i], part, c.budget/3/rowSize)
 }
 
 // evict drops the least recently used decoded tables, other than keep,

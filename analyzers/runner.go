@@ -85,9 +85,16 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 			slog.InfoContext(ctx, "analyzer skipped", "analyzer", a.Name, "capture", base.Capture, "reason", missing)
 			continue
 		}
+		// Registered before any analyzer starts, so that tables decoded by
+		// the first analyzers wait in the cache for the later ones.
+		pass := &Pass{Context: ctx, Analyzer: a, Input: in, cache: cache, slots: slots}
+		for _, part := range a.Requires {
+			cache.join(pass, part)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer cache.leaveAll(pass)
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
@@ -96,7 +103,7 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 			}
 			defer func() { <-slots }()
 			start := time.Now()
-			fs, err := runOne(&Pass{Context: ctx, Analyzer: a, Input: in, cache: cache, slots: slots})
+			fs, err := runOne(pass)
 			runs[i].Duration = time.Since(start)
 			if err != nil {
 				runs[i].Status, runs[i].Reason = StatusFailed, err.Error()

@@ -16,7 +16,7 @@ import (
 )
 
 // Size of the benchmark job: 128 hosts x 8 GPUs = 1024 ranks, a 60 s window
-// at 10 Hz, 1000 collectives per rank, a step a second.
+// at 10 Hz, 1000 collectives per rank, a step a second (per 60 s window).
 const (
 	benchHosts       = 128
 	benchGPUs        = 8
@@ -25,19 +25,21 @@ const (
 	benchSteps       = 60
 )
 
-// benchJob writes the benchmark job under dir. Some anti-patterns are
-// planted so the analyzers report, as they would on a real fleet: a slow
-// rank, a throttled GPU, an XID, a data-loading-bound host.
-func benchJob(b *testing.B, dir string) *Input {
+// benchJob writes a benchmark job of nHosts hosts and a window of the
+// given seconds under dir, with collectives and steps in proportion. Some
+// anti-patterns are planted so the analyzers report, as they would on a
+// real fleet: a slow rank, a throttled GPU, an XID.
+func benchJob(b *testing.B, dir string, nHosts, seconds int) *Input {
 	rng := rand.New(rand.NewPCG(1, 2))
-	hosts := make([]hostBundle, benchHosts)
+	nSamples, nColl, nSteps := seconds*benchSamples/60, seconds*benchCollectives/60, seconds*benchSteps/60
+	hosts := make([]hostBundle, nHosts)
 	for hi := range hosts {
 		ranks := make([]int, benchGPUs)
 		for g := range ranks {
 			ranks[g] = hi*benchGPUs + g
 		}
-		hb := hostBundle{name: fmt.Sprintf("node-%03d", hi), ranks: ranks, seconds: 60}
-		hb.samples = series(benchGPUs, benchSamples, func(i int, s *traces.GPUSample) {
+		hb := hostBundle{name: fmt.Sprintf("node-%03d", hi), ranks: ranks, seconds: float64(seconds)}
+		hb.samples = series(benchGPUs, nSamples, func(i int, s *traces.GPUSample) {
 			s.GPUUtil = 90 + 10*rng.Float32()
 			s.SMActive = 0.5 + 0.4*rng.Float32()
 			s.DRAMActive = 0.2 + 0.3*rng.Float32()
@@ -51,16 +53,16 @@ func benchJob(b *testing.B, dir string) *Input {
 			if r == 77 {
 				late = 3
 			}
-			for seq := range benchCollectives {
+			for seq := range nColl {
 				at := t0.Add(time.Duration(seq)*60*time.Millisecond + time.Duration((late+rng.Float64())*float64(time.Millisecond)))
 				hb.nccl = append(hb.nccl, traces.NCCLEvent{
 					TimeNs: at.UnixNano(), DurationNs: 40_000, PID: int32(pid(r)), TID: int32(pid(r)), Rank: int32(r),
-					NRanks: benchHosts * benchGPUs, CommID: 0xabc, Op: "AllReduce", Seq: int64(seq), Count: 1 << 22,
+					NRanks: int32(nHosts * benchGPUs), CommID: 0xabc, Op: "AllReduce", Seq: int64(seq), Count: 1 << 22,
 					Datatype: "bfloat16", Bytes: 8 << 20, Peer: -1,
 				})
 			}
 			start := t0
-			for it := range benchSteps {
+			for it := range nSteps {
 				d := time.Second - 20*time.Millisecond + time.Duration(rng.IntN(40))*time.Millisecond
 				if r == 77 {
 					d += 300 * time.Millisecond
@@ -70,7 +72,7 @@ func benchJob(b *testing.B, dir string) *Input {
 			}
 		}
 		hb.events = []traces.Event{{TimeNs: t0.Add(time.Second).UnixNano(), Kind: traces.EventNote, GPU: -1, Rank: -1, Message: "capture started"}}
-		if hi == 100 {
+		if hi == nHosts-1 {
 			hb.events = append(hb.events, traces.Event{TimeNs: t0.Add(30 * time.Second).UnixNano(), Kind: traces.EventXID, GPU: 2, Rank: -1, Code: 74})
 		}
 		load := map[int][2]int{}
@@ -120,7 +122,21 @@ func (p *peakHeap) Stop() uint64 {
 // BenchmarkAllAnalyzers1024Ranks runs every registered analyzer over a
 // 1024-rank job. Run with -cpu 2 for the 2-core budget (< 5 s, < 512 MiB).
 func BenchmarkAllAnalyzers1024Ranks(b *testing.B) {
-	in := benchJob(b, b.TempDir())
+	benchAll(b, benchJob(b, b.TempDir(), benchHosts, 60))
+}
+
+// BenchmarkWindowScaling shows that peak memory does not grow with the
+// length of the capture: the same 128 ranks over 60 s, 300 s and 900 s.
+func BenchmarkWindowScaling(b *testing.B) {
+	for _, secs := range []int{60, 300, 900} {
+		b.Run(fmt.Sprintf("window=%ds", secs), func(b *testing.B) {
+			benchAll(b, benchJob(b, b.TempDir(), 16, secs))
+		})
+	}
+}
+
+// benchAll measures Run(All) over in: wall and CPU time, peak live heap.
+func benchAll(b *testing.B, in *Input) {
 	// Skipped Kineto analyzers log once per run; not what is measured here.
 	defer slog.SetDefault(slog.Default())
 	slog.SetDefault(slog.New(slog.DiscardHandler))

@@ -293,9 +293,12 @@ func TestCacheBudget(t *testing.T) {
 	} {
 		opens := countOpens(in)
 		cache := newTableCache(c.budget)
+		passes := []*Pass{{Context: t.Context(), Input: in, cache: cache}, {Context: t.Context(), Input: in, cache: cache}}
+		for _, p := range passes {
+			cache.join(p, traces.PartGPUSamples)
+		}
 		rows := 0
-		for range 2 {
-			pass := &Pass{Context: t.Context(), Input: in, cache: cache}
+		for _, pass := range passes {
 			err := EachGPUSample(pass, func(h *Host, s *traces.GPUSample) error {
 				rows++
 				return nil
@@ -306,6 +309,10 @@ func TestCacheBudget(t *testing.T) {
 		}
 		if rows != 2*40 || opens.Load() != c.opens {
 			t.Errorf("budget %d: two passes saw %d rows with %d opens; want 80 rows, %d opens", c.budget, rows, opens.Load(), c.opens)
+		}
+		// Once every registered reader has read a table, it is dropped.
+		if len(cache.entries) != 0 || cache.used != 0 {
+			t.Errorf("budget %d: %d tables (%d bytes) left in the cache after every reader is done", c.budget, len(cache.entries), cache.used)
 		}
 	}
 }

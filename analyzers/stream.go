@@ -81,6 +81,10 @@ func ReadCPUProfile(pass *Pass, h *Host) (*profile.Profile, error) {
 // through the run's shared cache when there is one. Each row is a copy, so
 // an analyzer cannot disturb what the others see.
 func eachRow[T any](pass *Pass, part string, fn func(h *Host, row *T) error) error {
+	if pass.cache != nil {
+		// A second scan of the part by this pass is not waited for.
+		defer pass.cache.leave(pass, part)
+	}
 	var buf []T
 	var row T
 	for i := range pass.Input.Hosts {
