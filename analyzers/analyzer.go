@@ -57,12 +57,9 @@ func (p *Pass) yield() {
 		return
 	}
 	<-p.slots
-	// A blocked sender has taken the freed slot; queue behind it.
-	select {
-	case p.slots <- struct{}{}:
-	case <-p.Context.Done():
-		p.slots <- struct{}{}
-	}
+	// A goroutine blocked on the slots, if any, has taken the freed one
+	// (channel senders are served in order); queue behind it.
+	p.slots <- struct{}{}
 }
 
 // wait blocks until ready is closed or the pass's context ends, giving up
