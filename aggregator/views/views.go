@@ -25,6 +25,9 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/findings"
@@ -48,6 +51,9 @@ type Config struct {
 	// CacheBytes bounds the cached view data (0: DefaultCacheBytes).
 	CacheBytes int64
 	Logger     *slog.Logger
+	// Metrics receives loupe_aggregator_view_duration_seconds{view} and
+	// loupe_aggregator_view_cache_bytes; a private set when nil.
+	Metrics *metrics.Set
 }
 
 // Handler serves the views. It is an http.Handler for Prefix.
@@ -67,9 +73,13 @@ func New(cfg Config) *Handler {
 	if cfg.CacheBytes <= 0 {
 		cfg.CacheBytes = DefaultCacheBytes
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewSet()
+	}
 	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger, cache: newCache(cfg.CacheBytes)}
 	h.hosts = &hostTable{h: h, entries: map[string]*hostEntry{}}
-	h.mux.HandleFunc("GET "+Prefix+"fleet", func(w http.ResponseWriter, r *http.Request) {
+	cfg.Metrics.NewGauge("loupe_aggregator_view_cache_bytes", func() float64 { return float64(h.cache.bytes()) })
+	h.route("fleet", func(w http.ResponseWriter, r *http.Request) {
 		q, err := parseFleetQuery(r)
 		if err != nil {
 			h.answer(w, r, nil, err)
@@ -77,11 +87,11 @@ func New(cfg Config) *Handler {
 		}
 		h.writeFleet(w, r, q)
 	})
-	h.mux.HandleFunc("GET "+Prefix+"jobs/{cluster}/{job}/{run}", func(w http.ResponseWriter, r *http.Request) {
+	h.route("jobs/{cluster}/{job}/{run}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := h.job(r)
 		h.answer(w, r, v, err)
 	})
-	h.mux.HandleFunc("GET "+Prefix+"flamegraph/{cluster}/{job}/{run}/{capture}", func(w http.ResponseWriter, r *http.Request) {
+	h.route("flamegraph/{cluster}/{job}/{run}/{capture}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := h.flamegraph(r)
 		h.answer(w, r, v, err)
 	})
@@ -90,6 +100,18 @@ func New(cfg Config) *Handler {
 			r.Method, r.URL.Path, Prefix, Prefix, Prefix)
 	})
 	return h
+}
+
+// route serves GET Prefix+path and times it by view (the first path
+// component).
+func (h *Handler) route(path string, fn http.HandlerFunc) {
+	name, _, _ := strings.Cut(path, "/")
+	hist := h.cfg.Metrics.NewHistogram(fmt.Sprintf(`loupe_aggregator_view_duration_seconds{view=%q}`, name))
+	h.mux.HandleFunc("GET "+Prefix+path, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		fn(w, r)
+		hist.UpdateDuration(start)
+	})
 }
 
 // ServeHTTP serves a request.

@@ -10,16 +10,41 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/loupe-dev/loupe/aggregator/views"
 )
 
 func server(t testing.TB) *httptest.Server {
+	srv, _ := serverWithMetrics(t)
+	return srv
+}
+
+func serverWithMetrics(t testing.TB) (*httptest.Server, *metrics.Set) {
 	t.Helper()
 	st, _ := seed(t)
-	h := views.New(views.Config{Store: st, Index: indexOf(t, st, trainJob, inferJob)})
+	set := metrics.NewSet()
+	h := views.New(views.Config{Store: st, Index: indexOf(t, st, trainJob, inferJob), Metrics: set})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return srv
+	return srv, set
+}
+
+func TestMetrics(t *testing.T) {
+	srv, set := serverWithMetrics(t)
+	get(t, srv.URL+"/api/v1/views/fleet", nil)
+	get(t, srv.URL+"/api/v1/views/jobs/c1/"+trainJob+"/r1", nil)
+	var b strings.Builder
+	set.WritePrometheus(&b)
+	out := b.String()
+	for _, want := range []string{`loupe_aggregator_view_duration_seconds_count{view="fleet"} 1`, `loupe_aggregator_view_duration_seconds_count{view="jobs"} 1`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("metrics lack %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "loupe_aggregator_view_cache_bytes 0\n") || !strings.Contains(out, "loupe_aggregator_view_cache_bytes ") {
+		t.Errorf("cache bytes not reported after two views:\n%s", out)
+	}
 }
 
 func get(t testing.TB, url string, v any) int {
