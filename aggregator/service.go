@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg Config, list []*analyzers.Analyzer, log *slog.
 		Index: ix, Store: st, Analyzers: list, Events: w, EventToken: token, Ready: w.Ready, Queued: w.Queued,
 		Incidents: inc, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
 	})
-	srv.Handle(api.ViewsPrefix, views.New(views.Config{Store: st, Index: ix, MaxPartSize: cfg.MaxPartSize, Logger: log}))
+	srv.Handle(api.ViewsPrefix, views.New(views.Config{Store: st, Index: ix, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set}))
 	srv.Handle("/", dashboards.Handler())
 	return &Service{Store: st, Index: ix, Runner: run, Watcher: w, Incidents: inc, API: srv, Metrics: set, cfg: cfg, log: log}, nil
 }
