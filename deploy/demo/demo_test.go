@@ -259,6 +259,32 @@ func TestDemo(t *testing.T) {
 	if !slices.ContainsFunc(fs, func(f traces.Finding) bool { return f.Analyzer == "nccl-straggler" && problems[0].matches(f) }) {
 		t.Errorf("no nccl-straggler finding names rank %d", o.stragglerRank)
 	}
+	// The capture the findings came from: one host holding all 8 ranks, every
+	// eBPF part present, the GPUs simulated.
+	var cr api.CaptureResponse
+	sc := fs[0].Scope
+	resp, err := http.Get(fmt.Sprintf("http://%s/api/v1/captures/%s/%s/%s/%s", s.addr, sc.Cluster, sc.Job, sc.Run, sc.Capture))
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&cr)
+	resp.Body.Close()
+	if !cr.Complete || cr.WorldSize != 8 || len(cr.Manifests) != 1 {
+		t.Fatalf("capture %s: complete %v, world size %d, %d manifests", sc.Capture, cr.Complete, cr.WorldSize, len(cr.Manifests))
+	}
+	m := cr.Manifests[0]
+	for _, part := range []string{traces.PartNCCLEvents, traces.PartCPUProfile, traces.PartGPUSamples, traces.PartSteps} {
+		if _, ok := m.Part(part); !ok {
+			t.Errorf("the capture lacks %s (notes %q)", part, m.Notes)
+		}
+	}
+	if !m.Simulated || len(m.GPUs) != 8 || len(m.Ranks) != 8 {
+		t.Errorf("manifest: simulated %v, %d GPUs, ranks %v", m.Simulated, len(m.GPUs), m.Ranks)
+	}
+	// The dashboard is served.
+	if body, err := httpGet(t.Context(), "http://"+s.addr+"/"); err != nil || !strings.Contains(strings.ToLower(body), "<html") {
+		t.Errorf("dashboard: %v, %.200q", err, body)
+	}
 	s.waitOutput("all 3 findable planted problems found", 10*time.Second)
 	out := s.output()
 	wants := []string{"SIMULATED", "Path: eBPF (root)", "NCCL uprobes attached",
