@@ -316,3 +316,74 @@ func TestCacheBudget(t *testing.T) {
 		}
 	}
 }
+
+// Every registered analyzer over one capture with several planted
+// problems: each problem is found once, by its analyzer, and nothing else.
+func TestAllOnPlantedCapture(t *testing.T) {
+	late := func(r, seq int) float64 {
+		if r == 3 {
+			return 40
+		}
+		return 0
+	}
+	stepRows := func(rank int, d time.Duration) []traces.Step {
+		var out []traces.Step
+		for i := range 10 {
+			s := t0.Add(time.Duration(i) * d)
+			out = append(out, traces.Step{Rank: int32(rank), PID: int32(pid(rank)), Iteration: int64(i), StartNs: s.UnixNano(), EndNs: s.Add(d).UnixNano(), Source: traces.StepSourceMarker})
+		}
+		return out
+	}
+	in := writeCapture(t, "",
+		hostBundle{name: "h1", ranks: []int{0, 1},
+			samples: series(2, 100, func(i int, s *traces.GPUSample) {
+				if s.GPU == 1 && i%2 == 0 {
+					s.ClockEventReasons, s.SMClockMHz = traces.ClockEventSWThermalSlowdown, 1600
+				}
+			}),
+			nccl:  collectives([]int{0, 1}, 20, 4, late),
+			steps: append(stepRows(0, 500*time.Millisecond), stepRows(1, 500*time.Millisecond)...)},
+		hostBundle{name: "h2", ranks: []int{2, 3},
+			samples: series(2, 100, nil),
+			nccl:    collectives([]int{2, 3}, 20, 4, late),
+			steps:   append(stepRows(2, 500*time.Millisecond), stepRows(3, 700*time.Millisecond)...),
+			events:  []traces.Event{{TimeNs: t0.Add(2 * time.Second).UnixNano(), Kind: traces.EventXID, GPU: 0, Rank: 2, Code: 79}}},
+	)
+	rep := Execute(t.Context(), in, All)
+	got := map[string]traces.Scope{}
+	for _, f := range rep.Findings {
+		if _, dup := got[f.Analyzer]; dup {
+			t.Errorf("%s reported twice", f.Analyzer)
+		}
+		got[f.Analyzer] = f.Scope
+	}
+	want := map[string]struct {
+		host string
+		gpu  int
+	}{
+		"throttle":       {"h1", 1},
+		"nccl-straggler": {"h2", 1},
+		"step-imbalance": {"h2", 1},
+		"hw-faults":      {"h2", 0},
+	}
+	for name, w := range want {
+		s, ok := got[name]
+		if !ok {
+			t.Errorf("%s found nothing", name)
+			continue
+		}
+		if s.Host != w.host || s.GPU != w.gpu {
+			t.Errorf("%s: scope %+v, want %s GPU %d", name, s, w.host, w.gpu)
+		}
+	}
+	for name := range got {
+		if _, ok := want[name]; !ok && !strings.HasPrefix(name, "kineto") {
+			t.Errorf("%s reported a problem that was not planted: %+v", name, rep.Findings)
+		}
+	}
+	for _, r := range rep.Runs {
+		if r.Status == StatusFailed {
+			t.Errorf("%s failed: %s", r.Name, r.Reason)
+		}
+	}
+}
