@@ -230,6 +230,14 @@ func TestPagesInChromium(t *testing.T) {
 			t.Errorf("a click on a row did not open its job page")
 		}
 
+		// A bad parameter in the page's URL shows the API's message.
+		if err := chromedp.Do(ctx, chromedp.Navigate(base+"/fleet?bucket=often")); err != nil {
+			t.Fatal(err)
+		}
+		if msg, err := chromedp.Run(ctx, chromedp.Poll[string](`document.body.dataset.error`)); err != nil || !strings.Contains(msg, "bucket") {
+			t.Errorf("bad bucket: page error %q %v", msg, err)
+		}
+
 		// Another metric, from the switch.
 		load(t, ctx, base+"/fleet?from=2026-11-25T12:00:00Z&to=2026-11-25T12:01:00Z&metric=power", "fleet")
 		if m := eval[string](t, ctx, `window.__loupe.fleet.metric + " " + document.getElementById("metric").value`); m != "power power" {
