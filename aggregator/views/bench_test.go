@@ -89,7 +89,8 @@ func benchFleet(b *testing.B) (store.Store, *findings.Index) {
 	return st, ix
 }
 
-func fetchFleet(b *testing.B, url string) int {
+// fetchOK GETs url and returns the body size; anything but 200 fails b.
+func fetchOK(b *testing.B, url string) int {
 	res, err := http.Get(url)
 	if err != nil {
 		b.Fatal(err)
@@ -108,10 +109,10 @@ func BenchmarkFleetAPI(b *testing.B) {
 	st, ix := benchFleet(b)
 	srv := httptest.NewServer(views.New(views.Config{Store: st, Index: ix}))
 	defer srv.Close()
-	size := fetchFleet(b, srv.URL+benchQuery)
+	size := fetchOK(b, srv.URL+benchQuery)
 	b.ResetTimer()
 	for b.Loop() {
-		fetchFleet(b, srv.URL+benchQuery)
+		fetchOK(b, srv.URL+benchQuery)
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/request")
 	b.ReportMetric(float64(size)/1e6, "MB/response")
@@ -124,7 +125,7 @@ func BenchmarkFleetAPICold(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		srv := httptest.NewServer(views.New(views.Config{Store: st, Index: ix}))
-		fetchFleet(b, srv.URL+benchQuery)
+		fetchOK(b, srv.URL+benchQuery)
 		srv.Close()
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/request")
@@ -157,4 +158,63 @@ func BenchmarkFleetPageChromium(b *testing.B) {
 		b.Errorf("page errors: %v", errs)
 	}
 	screenshot(b, ctx, "fleet-1024")
+}
+
+// BenchmarkJobView is GET /api/v1/views/jobs/... for a 1024-rank capture
+// (128 hosts, 200 iterations, one all-reduce per iteration): cold computes
+// the view from the store's Parquet parts, warm reads the manifests again
+// and answers from the cache.
+func BenchmarkJobView(b *testing.B) {
+	const hosts, ranksPerHost, iters = 128, 8, 200
+	root := b.TempDir()
+	world := hosts * ranksPerHost
+	for h := range hosts {
+		var ranks []int
+		var steps []traces.Step
+		var nccl []traces.NCCLEvent
+		for g := range ranksPerHost {
+			r := h*ranksPerHost + g
+			ranks = append(ranks, r)
+			for i := range iters {
+				start := t0.Add(time.Duration(i) * 120 * time.Millisecond)
+				steps = append(steps, traces.Step{Rank: int32(r), Iteration: int64(i), StartNs: start.UnixNano(),
+					EndNs: start.Add(time.Duration(stepMsOf(r, i) * float64(time.Millisecond))).UnixNano(), Source: traces.StepSourceMarker})
+				nccl = append(nccl, traces.NCCLEvent{TimeNs: start.Add(time.Duration(r%7) * time.Millisecond).UnixNano(), Rank: int32(r),
+					NRanks: int32(world), CommID: commID, Op: "AllReduce", Seq: int64(i), Peer: -1})
+			}
+		}
+		m := traces.Manifest{CaptureID: "cap-1", Cluster: "c1", Job: "big", Run: "r1", Host: fmt.Sprintf("node-%03d", h), Ranks: ranks,
+			WorldSize: world, Start: t0, End: t0.Add(window), Trigger: traces.Trigger{Kind: traces.TriggerOnDemand, Reason: "bench"}, AgentVersion: "bench"}
+		bundle(b, root, m, nil, steps, nccl, nil)
+	}
+	st, err := store.NewDir(root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ix := findings.NewIndex(nil)
+	c, err := capture.Load(context.Background(), st, capture.ID{Cluster: "c1", Job: "big", Run: "r1", Capture: "cap-1"}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ix.SetCapture(c, true)
+	url := "/api/v1/views/jobs/c1/big/r1"
+	b.Run("cold", func(b *testing.B) {
+		for b.Loop() {
+			srv := httptest.NewServer(views.New(views.Config{Store: st, Index: ix}))
+			fetchOK(b, srv.URL+url)
+			srv.Close()
+		}
+		b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/request")
+	})
+	b.Run("warm", func(b *testing.B) {
+		srv := httptest.NewServer(views.New(views.Config{Store: st, Index: ix}))
+		defer srv.Close()
+		size := fetchOK(b, srv.URL+url)
+		b.ResetTimer()
+		for b.Loop() {
+			fetchOK(b, srv.URL+url)
+		}
+		b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/request")
+		b.ReportMetric(float64(size)/1e6, "MB/response")
+	})
 }

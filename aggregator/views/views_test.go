@@ -1,7 +1,9 @@
 package views_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/views"
 )
 
@@ -116,6 +119,38 @@ func TestFleet(t *testing.T) {
 				t.Errorf("row identity %+v", v.Rows[gpusPerHost])
 			}
 		})
+	}
+}
+
+// TestFleetCaptures checks that a GPU's captures fill one row, and that the
+// job link opens the latest capture in the window.
+func TestFleetCaptures(t *testing.T) {
+	st, root := seed(t)
+	later := manifest(trainJob, "node-1", 0, nil, false)
+	later.CaptureID, later.Start, later.End = "cap-2", t0.Add(2*time.Minute), t0.Add(3*time.Minute)
+	bundle(t, root, later, gpuSamples(later.Start, time.Minute, gpusPerHost, func(int, time.Duration) float32 { return 0.5 }), nil, nil, nil)
+	ix := indexOf(t, st, trainJob, inferJob)
+	c, err := capture.Load(context.Background(), st, capture.ID{Cluster: "c1", Job: trainJob, Run: "r1", Capture: "cap-2"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix.SetCapture(c, true)
+	srv := httptest.NewServer(views.New(views.Config{Store: st, Index: ix}))
+	defer srv.Close()
+	var v fleetBody
+	get(t, srv.URL+"/api/v1/views/fleet?job="+trainJob+"&from=2026-11-25T12:00:00Z&to=2026-11-25T12:03:00Z&bucket=1m", &v)
+	if len(v.Rows) != trainHosts*gpusPerHost || len(v.Jobs) != 1 || v.Jobs[0].Capture != "cap-2" || v.Captures != 2 {
+		t.Fatalf("%d rows, jobs %+v, %d captures", len(v.Rows), v.Jobs, v.Captures)
+	}
+	at := func(r, c int) string {
+		if x := v.Values[r*3+c]; x != nil {
+			return fmt.Sprint(*x)
+		}
+		return "null"
+	}
+	// node-1 gpu0: busy, nothing, then the second capture; node-2 gpu0: no second capture.
+	if got := at(0, 0) + " " + at(0, 1) + " " + at(0, 2) + " / " + at(gpusPerHost, 2); got != "80 null 50 / null" {
+		t.Errorf("cells %s", got)
 	}
 }
 
