@@ -353,6 +353,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--ranks", "4", "--loader", "6"}, "--loader 6: want 0..3 (--ranks 4)"},
 		{[]string{"--ranks", "1", "--straggler", "0", "--loader", "0", "--throttled-gpu", "0"}, "--ranks 1: want 2..64"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
+		{[]string{"--job", "a/b"}, "--job: "},
 	} {
 		_, err := parseFlags(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -54,6 +54,7 @@ import (
 	agentapi "github.com/loupe-dev/loupe/agent/api"
 	"github.com/loupe-dev/loupe/aggregator"
 	"github.com/loupe-dev/loupe/aggregator/alerts"
+	"github.com/loupe-dev/loupe/traces"
 )
 
 // options are the demo's flags.
@@ -96,8 +97,16 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.captureIterations, "capture-iterations", 40, "iterations a capture covers")
 	fs.StringVar(&o.job, "job", "llm-pretrain-demo", "the job's name (its SLURM_JOB_ID)")
 	fs.DurationVar(&o.findingsTimeout, "findings-timeout", 2*time.Minute, "warn when the planted problems are not all found by then")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: make demo [DEMO_FLAGS='--flag value ...']   or   .cache/demo/loupe-demo [flags]\n\n"+
+			"Runs Loupe end to end on simulated GPUs with planted problems; Ctrl-C stops everything.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if err := traces.ValidateComponent(o.job); err != nil {
+		return o, fmt.Errorf("--job: %w", err)
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
