@@ -70,15 +70,15 @@ occurrence on that GPU (the GPU is presumed lost for it); none otherwise.`,
 
 // fault is one kind of fault on one GPU.
 type fault struct {
-	host       *Host
-	gpu, rank  int
-	title      string
-	severity   string
-	advice     string
-	count      float64
-	firstNs    int64
-	extra      []traces.Metric
-	unitOfWork string // what count counts
+	host      *Host
+	gpu, rank int
+	title     string
+	severity  string
+	advice    string
+	count     float64
+	firstNs   int64
+	extra     []traces.Metric
+	countName string // the evidence name of count
 }
 
 func runHWFaults(pass *Pass) error {
@@ -90,7 +90,7 @@ func runHWFaults(pass *Pass) error {
 			if rank < 0 && gpu >= 0 {
 				rank = h.GPURank(gpu)
 			}
-			f = &fault{host: h, gpu: gpu, rank: rank, title: title, severity: sev, advice: advice, firstNs: t, unitOfWork: unit}
+			f = &fault{host: h, gpu: gpu, rank: rank, title: title, severity: sev, advice: advice, firstNs: t, countName: unit}
 			faults[key] = f
 		}
 		f.count += n
@@ -140,7 +140,7 @@ func runHWFaults(pass *Pass) error {
 			lost = share(float64(f.host.Manifest.End.UnixNano()-f.firstNs)/1e9, f.host.Seconds()) * f.host.Seconds()
 		}
 		ev := append([]traces.Metric{
-			metric(f.unitOfWork, f.count, unitCount),
+			metric(f.countName, f.count, unitCount),
 			metric("first_seen_offset", float64(f.firstNs-f.host.Manifest.Start.UnixNano())/1e9, unitSeconds),
 		}, f.extra...)
 		(&finding{Title: f.title, Recommendation: f.advice, Targets: []target{{
