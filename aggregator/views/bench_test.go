@@ -160,11 +160,9 @@ func BenchmarkFleetPageChromium(b *testing.B) {
 	screenshot(b, ctx, "fleet-1024")
 }
 
-// BenchmarkJobView is GET /api/v1/views/jobs/... for a 1024-rank capture
-// (128 hosts, 200 iterations, one all-reduce per iteration): cold computes
-// the view from the store's Parquet parts, warm reads the manifests again
-// and answers from the cache.
-func BenchmarkJobView(b *testing.B) {
+// bigJob commits a 1024-rank capture (128 hosts, 200 iterations, one
+// all-reduce per iteration) and returns its store and index.
+func bigJob(b *testing.B) (store.Store, *findings.Index) {
 	const hosts, ranksPerHost, iters = 128, 8, 200
 	root := b.TempDir()
 	world := hosts * ranksPerHost
@@ -197,6 +195,14 @@ func BenchmarkJobView(b *testing.B) {
 		b.Fatal(err)
 	}
 	ix.SetCapture(c, true)
+	return st, ix
+}
+
+// BenchmarkJobView is GET /api/v1/views/jobs/... for a 1024-rank capture:
+// cold computes the view from the store's Parquet parts, warm reads the
+// manifests again and answers from the cache.
+func BenchmarkJobView(b *testing.B) {
+	st, ix := bigJob(b)
 	url := "/api/v1/views/jobs/c1/big/r1"
 	b.Run("cold", func(b *testing.B) {
 		for b.Loop() {
@@ -217,4 +223,33 @@ func BenchmarkJobView(b *testing.B) {
 		b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/request")
 		b.ReportMetric(float64(size)/1e6, "MB/response")
 	})
+}
+
+// BenchmarkJobPageChromium loads the job page of a 1024-rank capture (a
+// 1024 x 200 step heatmap) in headless Chromium: time from navigation start
+// until every chart is drawn.
+func BenchmarkJobPageChromium(b *testing.B) {
+	ctx, pageErrors := browser(b)
+	st, ix := bigJob(b)
+	mux := http.NewServeMux()
+	mux.Handle(views.Prefix, views.New(views.Config{Store: st, Index: ix}))
+	mux.Handle("/", dashboards.Handler())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	page := srv.URL + "/jobs/c1/big/r1"
+	load(b, ctx, page, "job")
+	if n := eval[int](b, ctx, `window.__loupe.job.view.steps.ranks.length * window.__loupe.job.view.steps.iterations.length`); n != 1024*200 {
+		b.Fatalf("job page drew %d step cells, want 1024 x 200", n)
+	}
+	total := 0.0
+	b.ResetTimer()
+	for b.Loop() {
+		load(b, ctx, page, "job")
+		total += eval[float64](b, ctx, `window.__loupe.readyMs`)
+	}
+	b.ReportMetric(total/float64(b.N), "render-ms")
+	if errs := pageErrors(); len(errs) > 0 {
+		b.Errorf("page errors: %v", errs)
+	}
+	screenshot(b, ctx, "job-1024")
 }

@@ -114,7 +114,8 @@ function draw(v) {
       s.ranks.length ? stepBox : el("p", { class: "muted" }, "No steps in this capture (steps.parquet is missing or empty)."),
       el("p", { id: "hot-ranks" }, hot.length
         ? ["Slow ranks (median step more than 15% above the job's ", fmt(s.job_median_ms, 2), " ms): ",
-          hot.map((x, i) => [i ? ", " : "", el("b", { "data-rank": x.rank }, `rank ${x.rank}`), ` ${fmt(x.median, 2)} ms (+${fmt((x.median / s.job_median_ms - 1) * 100, 0)}%)`])]
+          hot.slice(0, 20).map((x, i) => [i ? ", " : "", el("b", { "data-rank": x.rank }, `rank ${x.rank}`), ` ${fmt(x.median, 2)} ms (+${fmt((x.median / s.job_median_ms - 1) * 100, 0)}%)`]),
+          hot.length > 20 ? ` and ${hot.length - 20} more` : ""]
         : el("span", { class: "muted" }, "No rank stands out.")),
       s.truncated ? el("p", { class: "muted" }, "Showing the last iterations only.") : ""),
     el("div", { class: "grid2" },
