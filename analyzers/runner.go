@@ -77,7 +77,7 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 	// another is decoding gives its slot up meanwhile (Pass.wait).
 	slots := make(chan struct{}, runtime.GOMAXPROCS(0))
 	cache := newTableCache(DefaultCacheBudget)
-	var wg sync.WaitGroup
+	passes := make([]*Pass, len(list))
 	for i, a := range list {
 		runs[i] = AnalyzerRun{Name: a.Name, Version: a.Version}
 		if missing := absent(in, a.Requires); missing != "" {
@@ -85,12 +85,20 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 			slog.InfoContext(ctx, "analyzer skipped", "analyzer", a.Name, "capture", base.Capture, "reason", missing)
 			continue
 		}
-		// Registered before any analyzer starts, so that tables decoded by
-		// the first analyzers wait in the cache for the later ones.
-		pass := &Pass{Context: ctx, Analyzer: a, Input: in, cache: cache, slots: slots}
+		// Every reader is registered before any analyzer starts, so that
+		// tables decoded by the first analyzers wait in the cache for the
+		// later ones.
+		passes[i] = &Pass{Context: ctx, Analyzer: a, Input: in, cache: cache, slots: slots}
 		for _, part := range a.Requires {
-			cache.join(pass, part)
+			cache.join(passes[i], part)
 		}
+	}
+	var wg sync.WaitGroup
+	for i, pass := range passes {
+		if pass == nil {
+			continue
+		}
+		a := pass.Analyzer
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
