@@ -186,9 +186,18 @@ func (t *hostTable) manifests(ctx context.Context, caps []findings.Entry) []*hos
 	}
 	wg.Wait()
 	ok := out[:0]
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, e := range out {
 		if e.err != nil {
-			t.h.log.Warn("fleet view: host bundle left out", "manifest", e.key, "err", e.err)
+			// Forget the failure, so that the next view tries again (the
+			// store may have been unreachable, or this request cancelled).
+			if t.entries[e.key] == e {
+				delete(t.entries, e.key)
+			}
+			if ctx.Err() == nil {
+				t.h.log.Warn("fleet view: host bundle left out", "manifest", e.key, "err", e.err)
+			}
 			continue
 		}
 		ok = append(ok, e)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/views"
+	"github.com/loupe-dev/loupe/traces/store"
 )
 
 func server(t testing.TB) *httptest.Server {
@@ -339,3 +340,35 @@ func TestFlamegraph(t *testing.T) {
 
 // cpuNs is the CPU time of n samples at 19 Hz, as the fixture profile has it.
 func cpuNs(n int64) int64 { return n * int64(time.Second) / 19 }
+
+// TestFleetBadBundles: a host bundle whose manifest or samples cannot be
+// read is left out of the fleet view (and logged); the rest still shows.
+func TestFleetBadBundles(t *testing.T) {
+	st, _ := seed(t)
+	ix := indexOf(t, st, trainJob, inferJob)
+	ctx := context.Background()
+	// After indexing: node-2's samples fail their checksum, infer-1's
+	// manifest is no longer JSON.
+	bad := strings.NewReader("not parquet")
+	if _, err := st.Put(ctx, "v1/c1/"+trainJob+"/r1/cap-1/node-2/gpu_samples.parquet", bad, bad.Size(), store.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	junk := strings.NewReader("{")
+	if _, err := st.Put(ctx, "v1/c1/"+inferJob+"/r1/cap-1/infer-1/manifest.json", junk, junk.Size(), store.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(views.New(views.Config{Store: st, Index: ix}))
+	defer srv.Close()
+	var v fleetBody
+	if code := get(t, srv.URL+"/api/v1/views/fleet?from=2026-11-25T12:00:00Z&to=2026-11-25T12:01:00Z", &v); code != http.StatusOK {
+		t.Fatalf("fleet with bad bundles: %d", code)
+	}
+	for _, r := range v.Rows {
+		if r.Host != "node-1" {
+			t.Errorf("row of a bad bundle shown: %+v", r)
+		}
+	}
+	if len(v.Rows) != gpusPerHost {
+		t.Errorf("%d rows, want node-1's %d", len(v.Rows), gpusPerHost)
+	}
+}
