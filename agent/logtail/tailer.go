@@ -151,6 +151,7 @@ type Tailer struct {
 	ring  *Ring
 	files map[string]*follow
 	now   func() time.Time
+	buf   []byte // read buffer, reused: polls run one at a time
 
 	lines, events, cut, rotations, errs *metrics.Counter
 	followed                            *metrics.Gauge
@@ -189,7 +190,7 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) *Tailer {
 		set = metrics.NewSet()
 	}
 	t := &Tailer{
-		cfg: cfg, log: logger, files: map[string]*follow{}, now: time.Now,
+		cfg: cfg, log: logger, files: map[string]*follow{}, now: time.Now, buf: make([]byte, 64<<10),
 		ring:      NewRing(cfg.MaxEvents, set.GetOrCreateCounter(`loupe_logtail_events_dropped_total`)),
 		lines:     set.GetOrCreateCounter(`loupe_logtail_lines_total`),
 		events:    set.GetOrCreateCounter(`loupe_logtail_events_total`),
@@ -331,14 +332,13 @@ func (t *Tailer) read(p string, fl *follow) {
 
 // drain reads up to readChunk new bytes of fl and parses the whole lines.
 func (t *Tailer) drain(p string, fl *follow) {
-	buf := make([]byte, 64<<10)
 	var out []traces.Event
 	now := t.now()
 	for total := 0; total < readChunk; {
-		n, err := fl.f.ReadAt(buf, fl.off)
+		n, err := fl.f.ReadAt(t.buf, fl.off)
 		fl.off += int64(n)
 		total += n
-		out = t.split(fl, buf[:n], now, out)
+		out = t.split(fl, t.buf[:n], now, out)
 		if err != nil {
 			if err != io.EOF {
 				t.log.Warn("read log file", "path", p, "err", err)
