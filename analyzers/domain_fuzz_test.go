@@ -21,7 +21,9 @@ func memHost(events []byte) Host {
 		GPUs:  []traces.GPUInfo{{Index: 0, Ranks: []int{0}}, {Index: 1, Ranks: []int{1}}},
 		Parts: []traces.Part{{Name: traces.PartEvents, Size: int64(len(events))}}}
 	return Host{Manifest: m, Key: func(n string) string { return n },
-		Open: func(context.Context, string) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(events)), nil }}
+		Open: func(context.Context, string) (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(events)), nil
+		}}
 }
 
 // FuzzDomainAnalyzers runs the rebalance and warm-up analyzers over any
