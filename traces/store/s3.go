@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -190,28 +193,72 @@ func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64, 
 	if opts.IfMatch != "" {
 		po.SetMatchETag(strings.Trim(opts.IfMatch, `"`))
 	}
-	if opts.IfNoneMatch || opts.IfMatch != "" {
+	conditional := opts.IfNoneMatch || opts.IfMatch != ""
+	var body []byte // a conditional body held in memory, to recognise it after a reset
+	if conditional {
 		po.DisableMultipart = true
-		if size < 0 {
-			body, err := io.ReadAll(io.LimitReader(r, maxConditionalUnknownSize+1))
+		if size < 0 || size <= maxConditionalUnknownSize {
+			b, err := io.ReadAll(io.LimitReader(r, maxConditionalUnknownSize+1))
 			if err != nil {
 				return ObjectInfo{}, fmt.Errorf("put %s: reading the body: %w", key, err)
 			}
-			if len(body) > maxConditionalUnknownSize {
+			if len(b) > maxConditionalUnknownSize {
 				return ObjectInfo{}, fmt.Errorf("put %s: a conditional put of unknown size may be at most %d bytes; pass the size", key, maxConditionalUnknownSize)
 			}
-			r, size = bytes.NewReader(body), int64(len(body))
+			body, r, size = b, bytes.NewReader(b), int64(len(b))
 		}
 	}
 	info, err := s.c.PutObject(ctx, s.cfg.Bucket, obj, r, size, po)
+	if err != nil && conditional && connectionDropped(err) {
+		if oi, ok, rerr := s.resolveDropped(ctx, key, obj, body, opts); ok {
+			return oi, rerr
+		}
+	}
 	if err != nil {
-		if (opts.IfNoneMatch || opts.IfMatch != "") && errors.Is(s.mapErr(err), ErrNotFound) {
+		if conditional && errors.Is(s.mapErr(err), ErrNotFound) {
 			// S3 answers If-Match on a missing object with 404.
 			return ObjectInfo{}, fmt.Errorf("put %s: %w: no such object", key, ErrPrecondition)
 		}
 		return ObjectInfo{}, fmt.Errorf("put %s: %w", key, s.mapErr(err))
 	}
 	return ObjectInfo{Key: key, Size: info.Size, ETag: info.ETag, LastModified: info.LastModified}, nil
+}
+
+// connectionDropped reports a request whose connection was reset or closed
+// while the body was being sent. S3 servers that refuse a conditional PUT
+// (412) often answer as soon as the headers arrive and close the
+// connection, and the client may see the reset instead of the answer.
+func connectionDropped(err error) bool {
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "connection reset by peer") || strings.Contains(msg, "broken pipe")
+}
+
+// resolveDropped decides the outcome of a conditional put whose connection
+// dropped, by looking at the object: our own bytes (the ETag of a single PUT
+// is their MD5) mean it landed; an object that breaks the condition means
+// the server refused ours. ok is false when the object says neither, and
+// the original error stands.
+func (s *s3Store) resolveDropped(ctx context.Context, key, obj string, body []byte, opts PutOptions) (oi ObjectInfo, ok bool, err error) {
+	st, serr := s.c.StatObject(ctx, s.cfg.Bucket, obj, minio.StatObjectOptions{})
+	if serr != nil {
+		if opts.IfMatch != "" && errors.Is(s.mapErr(serr), ErrNotFound) {
+			return ObjectInfo{}, true, fmt.Errorf("put %s: %w: no such object", key, ErrPrecondition)
+		}
+		return ObjectInfo{}, false, nil
+	}
+	if body != nil {
+		sum := md5.Sum(body)
+		if strings.Trim(st.ETag, `"`) == hex.EncodeToString(sum[:]) {
+			return s.info(st), true, nil
+		}
+	}
+	if opts.IfNoneMatch || strings.Trim(st.ETag, `"`) != strings.Trim(opts.IfMatch, `"`) {
+		return ObjectInfo{}, true, fmt.Errorf("put %s: %w: the server refused the body and the object breaks the condition", key, ErrPrecondition)
+	}
+	return ObjectInfo{}, false, nil
 }
 
 // Get implements Store.
