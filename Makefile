@@ -10,13 +10,17 @@ export LOUPE_MINIO_BIN     := $(CACHE_BIN)/minio
 export LOUPE_VERSITYGW_BIN := $(CACHE_BIN)/versitygw
 export LOUPE_HELM_BIN      := $(CACHE_BIN)/helm
 
-.PHONY: help build test bench generate lint tools minio versitygw helm fmt manifests
+.PHONY: help build test bench generate lint tools minio versitygw helm fmt manifests demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build loupe-agent and loupe-aggregator into bin/
 	$(GO) build -o bin/ ./agent/cmd/loupe-agent ./aggregator/cmd/loupe-aggregator
+
+demo: ## run Loupe end to end on 8 simulated GPUs with planted problems (MinIO when make minio built it); Ctrl-C stops it
+	$(GO) build -o .cache/demo/loupe-demo ./deploy/demo
+	.cache/demo/loupe-demo $(DEMO_FLAGS)
 
 test: tools ## run every test (as root: real eBPF; real MinIO; headless Chromium)
 	$(GO) test -count=1 -timeout 25m ./...

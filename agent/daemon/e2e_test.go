@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"slices"
@@ -149,7 +150,7 @@ func TestEndToEnd(t *testing.T) {
 	}{
 		{api.CaptureRequest{Job: "nope"}, http.StatusNotFound, `no process matched job "nope" on this host (jobs seen here: train`},
 		{api.CaptureRequest{PIDs: []int{4194000}}, http.StatusNotFound, "none of pids [4194000] runs on this host"},
-		{api.CaptureRequest{Job: "train", Duration: time.Hour}, http.StatusBadRequest, "longer than the 10m0s allowed"},
+		{api.CaptureRequest{Job: "train", Duration: time.Hour}, http.StatusBadRequest, fmt.Sprintf("longer than the %v allowed", cfg.Capture.MaxDuration)},
 		{api.CaptureRequest{Job: "train", Duration: time.Second, Iterations: 2}, http.StatusBadRequest, "not both"},
 		{api.CaptureRequest{Job: "train", Duration: time.Second, ID: "od-iter60-n5"}, http.StatusConflict, "already used"},
 	} {
