@@ -64,6 +64,8 @@ const (
 	CategoryOOM           = "out-of-memory"
 	CategoryCUDAError     = "cuda-error"
 	CategoryCrash         = "crash"
+	CategoryWarmup        = "warm-up"
+	CategoryRebalance     = "rebalance"
 	categoryReport        = "report"
 )
 
@@ -83,6 +85,8 @@ var categoryOf = map[string]string{
 	"input-bound":               CategoryInputPipeline,
 	"kineto-temporal-breakdown": categoryReport,
 	"kineto-kernel-breakdown":   categoryReport,
+	"warmup":                    CategoryWarmup,
+	"rebalance":                 CategoryRebalance,
 }
 
 // playbook is the generic fix and documentation of a category, used when
@@ -108,6 +112,10 @@ var playbook = map[string]struct{ fix, doc string }{
 		"https://docs.nvidia.com/compute-sanitizer/ComputeSanitizer/index.html"},
 	CategoryCrash: {"Read the stack trace in the incident; the owners file matched its frames to the team below.",
 		"https://docs.python.org/3/library/faulthandler.html"},
+	CategoryWarmup: {"Measure and capture only after warm-up: warm torch.compile, CUDA graphs and autotuning up before timing or serving traffic.",
+		"https://pytorch.org/docs/stable/torch.compiler_troubleshooting.html"},
+	CategoryRebalance: {"Use Kafka's consumer rebalance protocol (group.protocol=consumer, KIP-848) and static membership (group.instance.id) for rolling restarts; for torch elastic restarts, fix the failing worker.",
+		"https://kafka.apache.org/documentation/#consumer_rebalance_protocol"},
 }
 
 // Summarizer writes an optional summary of an incident.
