@@ -10,7 +10,7 @@ export LOUPE_MINIO_BIN     := $(CACHE_BIN)/minio
 export LOUPE_VERSITYGW_BIN := $(CACHE_BIN)/versitygw
 export LOUPE_HELM_BIN      := $(CACHE_BIN)/helm
 
-.PHONY: help build test bench generate lint tools minio versitygw helm fmt manifests demo
+.PHONY: help build test bench generate lint tools minio versitygw helm fmt manifests demo ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ tools: minio versitygw helm ## build the servers and tools the tests use (MinIO,
 minio: $(CACHE_BIN)/minio
 versitygw: $(CACHE_BIN)/versitygw
 helm: $(CACHE_BIN)/helm
+
+ui: ## regenerate dashboards/static/ui/vendor from the npm lockfile (needs npm); commit the result
+	cd dashboards/web && npm ci --no-audit --no-fund && npm run build
 
 manifests: helm ## render deploy/kubernetes/loupe.yaml from the Helm chart
 	$(CACHE_BIN)/helm template loupe deploy/helm/loupe --namespace loupe > deploy/kubernetes/loupe.yaml
