@@ -53,8 +53,12 @@ func TestParseLines(t *testing.T) {
 			name: "java static member cooperative",
 			lines: []string{
 				"2026-11-25 10:00:00.000 INFO [Consumer instanceId=infer-0, clientId=c0, groupId=g] Successfully joined group with generation Generation{generationId=3, memberId='infer-0-aa', protocol='cooperative-sticky'}",
+				"2026-11-25 10:00:09.000 INFO [Consumer instanceId=infer-0, clientId=c0, groupId=g] Lost previously assigned partitions requests-3",
 			},
-			want: []map[string]string{{"phase": "step", "strategy": "cooperative", "assignor": "cooperative-sticky", "instance_id": "infer-0", "member": "c0"}},
+			want: []map[string]string{
+				{"phase": "step", "strategy": "cooperative", "assignor": "cooperative-sticky", "instance_id": "infer-0", "member": "c0"},
+				{"phase": "start", "reason": "lost"},
+			},
 		},
 		{
 			name: "java consumer protocol (KIP-848)",

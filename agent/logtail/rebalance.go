@@ -18,12 +18,14 @@ import (
 //
 //	Request joining group due to: <reason>                      start
 //	Revoke previously assigned partitions <list>                start
+//	Lost previously assigned partitions <list>                  start (session expired)
 //	(Re-)joining group                                          start
 //	Successfully joined group with generation Generation{generationId=N, memberId='M', protocol='P'}   step
 //	Successfully synced group in generation Generation{...}    step
 //	Adding newly assigned partitions: <list>                    end
 //
-// and in the configuration dump at start-up "group.protocol = classic|consumer"
+// (the last three come from ConsumerRebalanceListenerInvoker, which the
+// new consumer uses too), and in the configuration dump at start-up "group.protocol = classic|consumer"
 // and "partition.assignment.strategy = [class ...Assignor, ...]".
 //
 // Kafka Java client, consumer protocol (KIP-848; AbstractMembershipManager
@@ -120,6 +122,10 @@ func (p *Parser) java(text string, when time.Time, rank int, out []traces.Event)
 	case strings.HasPrefix(msg, "Revoke previously assigned partitions") || strings.HasPrefix(msg, "Revoking previously assigned partitions"):
 		e := ev(PhaseStart)
 		e.Attrs[AttrReason] = "revoke"
+		return append(out, e)
+	case strings.HasPrefix(msg, "Lost previously assigned partitions"):
+		e := ev(PhaseStart)
+		e.Attrs[AttrReason] = "lost"
 		return append(out, e)
 	case strings.HasPrefix(msg, "(Re-)joining group"):
 		e := ev(PhaseStart)
