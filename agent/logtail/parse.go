@@ -188,11 +188,19 @@ func isWord(s string) bool {
 
 // leadingTime reads the timestamp a log line starts with: ISO 8601 as
 // log4j, logback and Python's logging print it ("2026-11-25 10:00:00,123",
-// optionally bracketed, optionally with a zone), librdkafka's
+// optionally bracketed, optionally with a zone, optionally after a
+// level), librdkafka's
 // "%7|1764064800.123|", or glog's "I1125 10:00:00.123456" (no year: taken
 // from ref). A timestamp without a zone is local time.
 func leadingTime(s string, ref time.Time) (time.Time, bool) {
 	s = strings.TrimLeft(s, "[ ")
+	// torch elastic's "[INFO] 2026-11-25 10:00:00,123 api: ...": the level first.
+	for _, level := range []string{"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"} {
+		if rest, ok := strings.CutPrefix(s, level); ok && (strings.HasPrefix(rest, "] ") || strings.HasPrefix(rest, " ")) {
+			s = strings.TrimLeft(rest, "] ")
+			break
+		}
+	}
 	switch {
 	case len(s) >= 19 && s[4] == '-' && s[7] == '-' && (s[10] == ' ' || s[10] == 'T') && s[13] == ':' && s[16] == ':':
 		end := 19
