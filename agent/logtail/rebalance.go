@@ -194,7 +194,7 @@ func (p *Parser) librdkafka(text string, when time.Time, rank int, out []traces.
 	if _, m, ok := strings.Cut(msg, "]: "); ok {
 		msg = m
 	}
-	group := field(msg, `Group "`)
+	group := ""
 	if i := strings.Index(msg, `Group "`); i >= 0 {
 		group, _, _ = strings.Cut(msg[i+len(`Group "`):], `"`)
 	}
