@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 
 	"github.com/google/pprof/profile"
-	"github.com/parquet-go/parquet-go"
 )
 
 // MaxEventLine bounds one line of events.jsonl.
@@ -203,47 +202,6 @@ func verifyFile(path string, p Part, maxSize int64) error {
 	_, err = io.Copy(io.Discard, VerifyReader(p, f, maxSize))
 	return err
 }
-
-// ReadTable reads a whole Parquet part into memory. Use TableReader to
-// stream large tables.
-func ReadTable[T any](r io.ReaderAt, size int64) ([]T, error) {
-	rows, err := parquet.Read[T](r, size)
-	if err != nil {
-		return nil, fmt.Errorf("read parquet table: %w", err)
-	}
-	return rows, nil
-}
-
-// TableReader streams the rows of a Parquet part in batches, so memory stays
-// bounded by the batch size and one page, whatever the table's size.
-type TableReader[T any] struct {
-	f *parquet.File
-	r *parquet.GenericReader[T]
-}
-
-// NewTableReader opens a Parquet part of size bytes.
-func NewTableReader[T any](r io.ReaderAt, size int64) (*TableReader[T], error) {
-	f, err := parquet.OpenFile(r, size)
-	if err != nil {
-		return nil, fmt.Errorf("open parquet table: %w", err)
-	}
-	return &TableReader[T]{f: f, r: parquet.NewGenericReader[T](f)}, nil
-}
-
-// NumRows is the number of rows in the table.
-func (t *TableReader[T]) NumRows() int64 { return t.f.NumRows() }
-
-// Read fills rows and returns how many were read; io.EOF after the last row.
-func (t *TableReader[T]) Read(rows []T) (int, error) {
-	n, err := t.r.Read(rows)
-	if err != nil && err != io.EOF {
-		err = fmt.Errorf("read parquet rows: %w", err)
-	}
-	return n, err
-}
-
-// Close releases the reader.
-func (t *TableReader[T]) Close() error { return t.r.Close() }
 
 // ReadEvents decodes events.jsonl, calling fn for each record. A malformed
 // line is an error that names its line number.
