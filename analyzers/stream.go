@@ -133,22 +133,47 @@ func eachRow[T any](pass *Pass, part string, fn func(h *Host, row *T) error) err
 }
 
 // scanTable decodes host h's Parquet part into buf one batch at a time.
+// hint, when set, learns the number of rows before any is decoded, and may
+// refuse the table.
 func scanTable[T any](ctx context.Context, h *Host, part string, buf []T, hint func(rows int64) error, fn func([]T) error) error {
 	ra, size, done, err := openAt(ctx, h, part)
 	if err != nil {
 		return partErr(h, part, err)
 	}
 	defer done()
-	err = scanColumns(ra, size, buf, hint, func(rows []T) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		return fn(rows)
-	})
-	if err != nil {
+	if err := scanRows(ctx, ra, size, buf, hint, fn); err != nil {
 		return partErr(h, part, err)
 	}
 	return nil
+}
+
+// scanRows is scanTable on a part opened for random access.
+func scanRows[T any](ctx context.Context, ra io.ReaderAt, size int64, buf []T, hint func(rows int64) error, fn func([]T) error) error {
+	t, err := traces.NewTableReader[T](ra, size)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	if hint != nil {
+		if err := hint(t.NumRows()); err != nil {
+			return err
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := t.Read(buf)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(buf[:n]); err != nil {
+			return err
+		}
+	}
 }
 
 // openAt gives random access to a part, which Parquet needs, reading it
