@@ -64,6 +64,26 @@ elastic restarts, the failing worker.`,
 // interval is a span of time in Unix nanoseconds.
 type interval struct{ from, to int64 }
 
+// stormStats returns the most rebalances starting within any window of w
+// ns, and the storms: runs of at least k rebalances within w of the run's
+// first, counted without overlap. Both in one pass over the sorted starts.
+func stormStats(rebalances []interval, w int64, k int) (most, storms int) {
+	j := 0 // rebalances[i:j] start within w of rebalances[i]
+	stormEnd := 0
+	for i := range rebalances {
+		j = max(j, i)
+		for j < len(rebalances) && rebalances[j].from-rebalances[i].from <= w {
+			j++
+		}
+		most = max(most, j-i)
+		if i >= stormEnd && j-i >= k {
+			storms++
+			stormEnd = j
+		}
+	}
+	return most, storms
+}
+
 // union merges overlapping intervals, sorted by start.
 func union(iv []interval) []interval {
 	slices.SortFunc(iv, func(a, b interval) int { return cmp.Compare(a.from, b.from) })
@@ -165,30 +185,7 @@ func runRebalance(pass *Pass, cfg RebalanceConfig) error {
 			continue
 		}
 		rebalances := union(all)
-		// Storms: the most rebalances starting within any StormWindow.
-		most, storms := 0, 0
-		for i, r := range rebalances {
-			n := 0
-			for _, s := range rebalances[i:] {
-				if s.from-r.from > cfg.StormWindow.Nanoseconds() {
-					break
-				}
-				n++
-			}
-			most = max(most, n)
-		}
-		for i := 0; i < len(rebalances); {
-			j := i
-			for j < len(rebalances) && rebalances[j].from-rebalances[i].from <= cfg.StormWindow.Nanoseconds() {
-				j++
-			}
-			if j-i >= cfg.StormCount {
-				storms++
-				i = j
-			} else {
-				i++
-			}
-		}
+		most, storms := stormStats(rebalances, cfg.StormWindow.Nanoseconds(), cfg.StormCount)
 		slices.Sort(pauses)
 		var hours float64
 		for _, h := range hostOrder {

@@ -174,3 +174,30 @@ func TestRebalanceUnfinished(t *testing.T) {
 		t.Errorf("half the window idle: severity %s, want critical", fs[0].Severity)
 	}
 }
+
+func TestStormStats(t *testing.T) {
+	at := func(mins ...float64) []interval {
+		var out []interval
+		for _, m := range mins {
+			ns := int64(m * float64(time.Minute))
+			out = append(out, interval{ns, ns + int64(time.Second)})
+		}
+		return out
+	}
+	w := (10 * time.Minute).Nanoseconds()
+	tests := []struct {
+		starts       []interval
+		most, storms int
+	}{
+		{at(0, 1, 2, 30, 31, 32, 60), 3, 2},
+		{at(0, 5, 10, 15, 20), 3, 1}, // 0,5,10 is one storm; 15,20 are two short of the next
+		{at(0, 11, 22), 1, 0},
+		{nil, 0, 0},
+	}
+	for _, tt := range tests {
+		most, storms := stormStats(tt.starts, w, 3)
+		if most != tt.most || storms != tt.storms {
+			t.Errorf("%v: most %d storms %d, want %d %d", tt.starts, most, storms, tt.most, tt.storms)
+		}
+	}
+}
