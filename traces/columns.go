@@ -244,7 +244,10 @@ func (t *TableReader[T]) openGroup(rg parquet.RowGroup) error {
 		return fmt.Errorf("%w: row group has %d columns, schema %d", ErrCorruptTable, len(chunks), want)
 	}
 	for _, s := range t.sel {
-		c := columns.Get().(*column)
+		c, _ := poolOf(s.kind, s.field.kind).Get().(*column)
+		if c == nil {
+			c = &column{intern: map[string]string{}}
+		}
 		c.name, c.kind, c.field, c.pages = s.name, s.kind, s.field, chunks[s.index].Pages()
 		t.cols = append(t.cols, c)
 	}
@@ -256,7 +259,7 @@ func (t *TableReader[T]) openGroup(rg parquet.RowGroup) error {
 func (t *TableReader[T]) closeGroup() {
 	for _, c := range t.cols {
 		c.close()
-		columns.Put(c)
+		poolOf(c.kind, c.field.kind).Put(c)
 	}
 	clear(t.cols)
 	t.cols, t.left = t.cols[:0], 0
@@ -323,9 +326,28 @@ type column struct {
 	intern map[string]string // dictionary strings, stored once
 }
 
-// columns recycles column buffers between tables, so that reading host
-// after host allocates almost nothing.
-var columns = sync.Pool{New: func() any { return &column{intern: map[string]string{}} }}
+// columnPools recycle columns between tables, so that reading host after
+// host allocates almost nothing. There is one pool per buffer type, so
+// that a recycled column does not collect a buffer of every type.
+var columnPools [6]sync.Pool
+
+// poolOf is the pool of a column decoded into a field of kind k.
+func poolOf(kind parquet.Kind, k reflect.Kind) *sync.Pool {
+	if k == reflect.String {
+		return &columnPools[0]
+	}
+	switch kind {
+	case parquet.Int64:
+		return &columnPools[1]
+	case parquet.Int32:
+		return &columnPools[2]
+	case parquet.Float:
+		return &columnPools[3]
+	case parquet.Double:
+		return &columnPools[4]
+	}
+	return &columnPools[5]
+}
 
 // next decodes the column's next n values.
 func (c *column) next(n int) error {
