@@ -96,7 +96,7 @@ func New(ctx context.Context, cfg Config, list []*analyzers.Analyzer, log *slog.
 		SweepInterval: cfg.SweepInterval, SweepPages: cfg.SweepPages, IndexRefresh: cfg.IndexRefresh, Workers: cfg.Workers,
 		Logger: log, Metrics: set,
 	})
-	inc, err := newIncidents(cfg, st, ix, log, set)
+	inc, err := newIncidents(cfg, st, ix, &lease.Manager{Store: st, Owner: replica, TTL: cfg.LeaseTTL}, log, set)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +112,7 @@ func New(ctx context.Context, cfg Config, list []*analyzers.Analyzer, log *slog.
 
 // newIncidents builds triage (owners file, optional Ollama summaries) and
 // alert delivery from cfg.
-func newIncidents(cfg Config, st store.Store, ix *findings.Index, log *slog.Logger, set *metrics.Set) (*incidents.Manager, error) {
+func newIncidents(cfg Config, st store.Store, ix *findings.Index, leases *lease.Manager, log *slog.Logger, set *metrics.Set) (*incidents.Manager, error) {
 	tcfg := triage.DefaultConfig()
 	if cfg.OwnersFile != "" {
 		owners, err := triage.LoadOwners(cfg.OwnersFile)
@@ -129,7 +129,7 @@ func newIncidents(cfg Config, st store.Store, ix *findings.Index, log *slog.Logg
 		return nil, fmt.Errorf("webhooks: %w", err)
 	}
 	return incidents.New(incidents.Config{
-		Store: st, Index: ix, Triage: tcfg, Notifier: notifier, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
+		Store: st, Index: ix, Triage: tcfg, Notifier: notifier, Leases: leases, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
 	}), nil
 }
 

@@ -4,7 +4,12 @@
 // them and the findings, stores the incidents beside the findings as
 // .../<capture>/_findings/incidents.json, and hands them to the alert
 // notifier. The work runs on a queue of its own, so that a slow webhook or
-// language model never holds up an analysis worker. Incidents are served
+// language model never holds up an analysis worker. A capture is triaged
+// under a lease (.../_findings/triage.lease), so replicas do not alert on it
+// at once, and a periodic sweep triages analyses whose incidents file is
+// missing a minute after they were committed (the replica that committed
+// them stopped before its queue got to them), so a restart loses nothing.
+// Incidents are served
 // from the store through a small cache (Manager.Incidents), so every
 // replica answers the same.
 package incidents
@@ -20,12 +25,14 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/loupe-dev/loupe/aggregator/alerts"
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/findings"
+	"github.com/loupe-dev/loupe/aggregator/lease"
 	"github.com/loupe-dev/loupe/analyzers/triage"
 	"github.com/loupe-dev/loupe/traces"
 	"github.com/loupe-dev/loupe/traces/store"
@@ -42,7 +49,21 @@ const (
 	queueLen = 64
 	// scanCaptures bounds the captures a query reads, newest first.
 	scanCaptures = 500
+	// DefaultSweepInterval is how often analyses without incidents are
+	// looked for; sweepGrace is how long after its commit an analysis is
+	// left to the replica that committed it; sweepMaxAge bounds how far
+	// back the sweep looks.
+	DefaultSweepInterval = time.Minute
+	sweepGrace           = time.Minute
+	sweepMaxAge          = 24 * time.Hour
 )
+
+// ErrBusy is returned by Process when another replica is triaging the
+// capture.
+var ErrBusy = errors.New("another replica is triaging this capture")
+
+// LeaseKey is the object whose lease a replica holds while it triages.
+func LeaseKey(id capture.ID) string { return id.Prefix() + traces.FindingsDir + "/triage.lease" }
 
 // faultKinds are the event kinds triage turns into incidents.
 var faultKinds = []string{traces.EventNCCLWatchdog, traces.EventCUDAError, traces.EventOOM, traces.EventCrash}
@@ -59,10 +80,17 @@ type Config struct {
 	Triage triage.Config
 	// Notifier delivers the incidents; nil sends nothing.
 	Notifier *alerts.Notifier
+	// Leases, when set, make replicas triage a capture one at a time.
+	Leases *lease.Manager
+	// SweepInterval is how often Run looks for analyses without incidents
+	// (DefaultSweepInterval when zero; negative: never).
+	SweepInterval time.Duration
 	// MaxPartSize bounds an events.jsonl read (0: the traces default).
 	MaxPartSize int64
 	Logger      *slog.Logger
 	Metrics     *metrics.Set
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
 }
 
 // Manager triages analyses and answers incident queries.
@@ -94,6 +122,12 @@ func New(cfg Config) *Manager {
 	if cfg.Triage.Logger == nil {
 		cfg.Triage.Logger = cfg.Logger
 	}
+	if cfg.SweepInterval == 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Manager{
 		cfg: cfg, log: cfg.Logger.With("component", "incidents"),
 		queue: make(chan *findings.Record, queueLen), cache: map[capture.ID]cached{},
@@ -112,20 +146,57 @@ func (m *Manager) OnCommit(ctx context.Context, rec *findings.Record) {
 	}
 }
 
-// Run works the queue until ctx ends.
+// Run works the queue, and sweeps for analyses left without incidents,
+// until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
+	var sweep <-chan time.Time
+	if m.cfg.SweepInterval > 0 {
+		t := time.NewTicker(m.cfg.SweepInterval)
+		defer t.Stop()
+		sweep = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case rec := <-m.queue:
 			m.handle(ctx, rec)
+		case <-sweep:
+			m.Sweep(ctx)
 		}
+	}
+}
+
+// Sweep triages the analyses of the last day, committed more than a
+// minute ago, that have no incidents file.
+func (m *Manager) Sweep(ctx context.Context) {
+	now := m.cfg.Now()
+	entries, _ := m.cfg.Index.Captures(findings.CaptureQuery{})
+	for _, e := range entries {
+		if ctx.Err() != nil {
+			return
+		}
+		if e.Analyzed.IsZero() || now.Sub(e.Analyzed) < sweepGrace || now.Sub(e.Analyzed) > sweepMaxAge {
+			continue
+		}
+		if _, err := m.cfg.Store.Stat(ctx, Key(e.ID)); !errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		rec, _, err := findings.Read(ctx, m.cfg.Store, e.ID)
+		if err != nil {
+			m.log.Warn("sweep: findings record unreadable", "capture", e.ID.String(), "err", err)
+			continue
+		}
+		m.log.Info("sweep: triaging an analysis left without incidents", "capture", e.ID.String())
+		m.handle(ctx, rec)
 	}
 }
 
 func (m *Manager) handle(ctx context.Context, rec *findings.Record) {
 	incs, err := m.Process(ctx, rec)
+	if errors.Is(err, ErrBusy) {
+		return
+	}
 	if err != nil {
 		m.failed.Inc()
 		m.log.Error("triage failed; the capture's incidents are not stored or alerted", "capture", rec.Capture.String(), "err", err)
@@ -139,6 +210,30 @@ func (m *Manager) handle(ctx context.Context, rec *findings.Record) {
 // notifier's state in the store, so processing an analysis again sends
 // nothing twice.
 func (m *Manager) Process(ctx context.Context, rec *findings.Record) ([]traces.Incident, error) {
+	if m.cfg.Leases == nil {
+		return m.process(ctx, rec)
+	}
+	l, err := m.cfg.Leases.Acquire(ctx, LeaseKey(rec.Capture))
+	if errors.Is(err, lease.ErrHeld) {
+		return nil, ErrBusy
+	}
+	if err != nil {
+		return nil, err
+	}
+	var incs []traces.Incident
+	err = l.Hold(ctx, func(ctx context.Context) error {
+		incs, err = m.process(ctx, rec)
+		return err
+	})
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if rerr := l.Release(rctx); rerr != nil {
+		m.log.Warn("release triage lease", "capture", rec.Capture.String(), "err", rerr)
+	}
+	return incs, err
+}
+
+func (m *Manager) process(ctx context.Context, rec *findings.Record) ([]traces.Incident, error) {
 	c, err := capture.Load(ctx, m.cfg.Store, rec.Capture, nil)
 	if err != nil {
 		return nil, err

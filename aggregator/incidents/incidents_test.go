@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/findings"
 	"github.com/loupe-dev/loupe/aggregator/internal/aggtest"
+	"github.com/loupe-dev/loupe/aggregator/lease"
 	"github.com/loupe-dev/loupe/analyzers/triage"
 	"github.com/loupe-dev/loupe/traces"
 	"github.com/loupe-dev/loupe/traces/store"
@@ -180,5 +182,58 @@ func TestOnCommitQueue(t *testing.T) {
 	<-done
 	if len(mgr.queue) != 0 {
 		t.Errorf("Run left %d queued", len(mgr.queue))
+	}
+}
+
+// An analysis whose replica stopped before triaging it is triaged by the
+// sweep of any replica, once its grace has passed.
+func TestSweepTriagesLostAnalyses(t *testing.T) {
+	ctx := context.Background()
+	st, _ := store.Open(ctx, "file://"+filepath.Join(t.TempDir(), "store"))
+	now := time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)
+	ix := findings.NewIndex(nil)
+	mgr := New(Config{Store: st, Index: ix, Now: func() time.Time { return now }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	lost := putCapture(t, st, "cap-lost", 0, nil, crash("f (a.py:1)"))
+	fresh := putCapture(t, st, "cap-fresh", 0, nil, crash("g (b.py:2)"))
+	lost.Analyzed, fresh.Analyzed = now.Add(-2*time.Minute), now.Add(-10*time.Second)
+	for _, rec := range []*findings.Record{lost, fresh} {
+		etag, err := findings.Write(ctx, st, rec, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ix.SetRecord(rec, etag)
+	}
+	mgr.Sweep(ctx)
+	if _, err := st.Stat(ctx, Key(lost.Capture)); err != nil {
+		t.Errorf("the lost analysis was not triaged: %v", err)
+	}
+	if _, err := st.Stat(ctx, Key(fresh.Capture)); err == nil {
+		t.Error("an analysis inside its grace was taken from the replica that committed it")
+	}
+}
+
+// While another replica holds a capture's triage lease, Process leaves it.
+func TestTriageLease(t *testing.T) {
+	ctx := context.Background()
+	st, _ := store.Open(ctx, "file://"+filepath.Join(t.TempDir(), "store"))
+	rec := putCapture(t, st, "cap-l", 0, nil, crash("f (a.py:1)"))
+	other := &lease.Manager{Store: st, Owner: "replica-b", TTL: time.Minute}
+	held, err := other.Acquire(ctx, LeaseKey(rec.Capture))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := New(Config{Store: st, Index: findings.NewIndex(nil), Leases: &lease.Manager{Store: st, Owner: "replica-a", TTL: time.Minute},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if _, err := mgr.Process(ctx, rec); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Process under another replica's lease: %v, want ErrBusy", err)
+	}
+	if _, err := st.Stat(ctx, Key(rec.Capture)); err == nil {
+		t.Fatal("triaged under another replica's lease")
+	}
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if incs, err := mgr.Process(ctx, rec); err != nil || len(incs) != 1 {
+		t.Fatalf("after release: %v, %+v", err, incs)
 	}
 }
