@@ -537,7 +537,7 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 		events = c.src.GPU.Events(start, end)
 	}
 	for _, s := range c.src.Events {
-		events = append(events, attributeEvents(s.Events(start, end), req.Processes)...)
+		events = append(events, attributeEvents(s.Events(start, end), req.Job, req.Processes)...)
 	}
 	if c.src.GPU != nil || len(events) > 0 {
 		slices.SortStableFunc(events, func(a, b traces.Event) int { return cmp.Compare(a.TimeNs, b.TimeNs) })
@@ -637,12 +637,14 @@ func NewID(t time.Time) string {
 	return "od-" + t.UTC().Format("20060102T150405.000Z")
 }
 
-// attributeEvents ties events from container logs (Attrs pod, namespace)
-// to the capture's processes: when the capture's processes run in pods,
-// events of other pods are left out, and an event of a pod whose processes
-// share one rank gets that rank (and the pid, when the pod has one
-// process). Events of plain log files are kept as they are.
-func attributeEvents(evs []traces.Event, procs []traces.Process) []traces.Event {
+// attributeEvents keeps the events that concern the capture: an event
+// naming another job (Attrs job, as latency series do) is left out; events
+// from container logs (Attrs pod, namespace) are tied to the capture's
+// processes: when those run in pods, events of other pods are left out,
+// and an event of a pod whose processes share one rank gets that rank (and
+// the pid, when the pod has one process). Events of plain log files are
+// kept as they are.
+func attributeEvents(evs []traces.Event, job string, procs []traces.Process) []traces.Event {
 	type place struct{ rank, pid, n int }
 	pods := map[string]*place{}
 	for _, p := range procs {
@@ -661,6 +663,9 @@ func attributeEvents(evs []traces.Event, procs []traces.Process) []traces.Event 
 	}
 	out := evs[:0]
 	for _, e := range evs {
+		if j := e.Attrs["job"]; j != "" && j != job {
+			continue
+		}
 		pod := e.Attrs["pod"]
 		if pod == "" || len(pods) == 0 {
 			out = append(out, e)

@@ -19,10 +19,14 @@ func TestAttributeEvents(t *testing.T) {
 		}
 		return e
 	}
-	got := attributeEvents([]traces.Event{ev("w-0", -1), ev("w-1", -1), ev("other", -1), ev("", -1), ev("w-0", 5)}, procs)
-	want := []struct{ rank, pid int }{{0, 10}, {1, 0}, {-1, 0}, {5, 10}}
+	otherJob := ev("w-0", -1)
+	otherJob.Attrs["job"] = "serve"
+	sameJob := ev("", -1)
+	sameJob.Attrs["job"] = "train"
+	got := attributeEvents([]traces.Event{ev("w-0", -1), ev("w-1", -1), ev("other", -1), ev("", -1), ev("w-0", 5), otherJob, sameJob}, "train", procs)
+	want := []struct{ rank, pid int }{{0, 10}, {1, 0}, {-1, 0}, {5, 10}, {-1, 0}}
 	if len(got) != len(want) {
-		t.Fatalf("kept %d events, want %d (the other pod's left out): %+v", len(got), len(want), got)
+		t.Fatalf("kept %d events, want %d (the other pod's and the other job's left out): %+v", len(got), len(want), got)
 	}
 	for i, w := range want {
 		if got[i].Rank != w.rank || got[i].PID != w.pid {
@@ -30,7 +34,7 @@ func TestAttributeEvents(t *testing.T) {
 		}
 	}
 	// Processes outside pods keep every event.
-	if got := attributeEvents([]traces.Event{ev("w-9", -1)}, []traces.Process{{PID: 1}}); len(got) != 1 || got[0].Rank != -1 {
+	if got := attributeEvents([]traces.Event{ev("w-9", -1)}, "train", []traces.Process{{PID: 1}}); len(got) != 1 || got[0].Rank != -1 {
 		t.Errorf("bare-metal capture: %+v", got)
 	}
 }
