@@ -60,7 +60,8 @@ func NewWarmup(cfg WarmupConfig) *Analyzer {
 
 Series: training step times from steps.parquet (per iteration, the median
 over ranks), and inference request latencies from the latency events of
-events.jsonl (POST /v1/latency on the agent), each on its own.
+events.jsonl (POST /v1/latency on the agent; those naming another job are
+ignored), each on its own.
 
 Change points: the series is taken in logarithms (so a shift is a ratio and
 spikes weigh less) and split where one mean-shift fits best by least
@@ -256,7 +257,7 @@ func runWarmup(pass *Pass, cfg WarmupConfig) error {
 	var lat []point
 	latHosts := map[*Host]bool{}
 	err = EachEvent(pass, func(h *Host, e *traces.Event) error {
-		if e.Kind != traces.EventLatency || len(lat) >= cfg.MaxPoints {
+		if e.Kind != traces.EventLatency || len(lat) >= cfg.MaxPoints || e.Attrs["job"] != "" && e.Attrs["job"] != h.Manifest.Job {
 			return nil
 		}
 		v, err := strconv.ParseFloat(e.Attrs["value_seconds"], 64)

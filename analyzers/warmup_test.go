@@ -135,7 +135,7 @@ func latencyEvents(vals []float64) []traces.Event {
 	out := make([]traces.Event, len(vals))
 	for i, v := range vals {
 		out[i] = traces.Event{TimeNs: t0.Add(time.Duration(i) * 100 * time.Millisecond).UnixNano(), Kind: traces.EventLatency, GPU: -1, Rank: -1,
-			Attrs: map[string]string{"job": "infer", "value_seconds": strconv.FormatFloat(v, 'g', -1, 64)}}
+			Attrs: map[string]string{"job": "train", "value_seconds": strconv.FormatFloat(v, 'g', -1, 64)}}
 	}
 	return out
 }
@@ -152,7 +152,12 @@ func TestWarmupInference(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := writeCapture(t, "", hostBundle{name: "h0", ranks: []int{0}, seconds: 30, events: latencyEvents(tt.series)})
+			evs := latencyEvents(tt.series)
+			for _, e := range latencyEvents(levels(12, 0, [2]float64{50, 9})) {
+				e.Attrs["job"] = "other-job" // another server's warm-up, same host
+				evs = append(evs, e)
+			}
+			in := writeCapture(t, "", hostBundle{name: "h0", ranks: []int{0}, seconds: 30, events: evs})
 			fs := run(t, Warmup, in)
 			if len(fs) != 1 {
 				t.Fatalf("findings %+v", fs)
