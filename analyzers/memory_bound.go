@@ -29,30 +29,16 @@ spent waiting on memory.`,
 
 func runMemoryBound(pass *Pass) error {
 	type acc struct {
-		span
-		prof, bound    int
+		bound          int
 		dram, sm, idle float64
 	}
-	gpus := map[gpuKey]*acc{}
-	err := EachGPUSample(pass, func(h *Host, s *traces.GPUSample) error {
-		k := gpuKey{h, s.GPU}
-		a := gpus[k]
-		if a == nil {
-			a = &acc{}
-			gpus[k] = a
-		}
-		a.add(s.TimeNs)
-		if !s.ProfValid {
-			return nil
-		}
-		a.prof++
+	gpus, err := eachProfiledGPU(pass, func(a *acc, s *traces.GPUSample) {
 		if s.DRAMActive >= memDRAMHigh && s.SMActive < memSMLow {
 			a.bound++
 			a.dram += float64(s.DRAMActive)
 			a.sm += float64(s.SMActive)
 			a.idle += 1 - float64(s.SMActive)
 		}
-		return nil
 	})
 	if err != nil {
 		return err
@@ -66,22 +52,22 @@ func runMemoryBound(pass *Pass) error {
 	}
 	for _, k := range sortedKeys(pass.Input, gpus) {
 		a := gpus[k]
-		if a.prof < smMinProfSample || a.bound == 0 {
+		if a.prof < smMinProfSample || a.v.bound == 0 {
 			continue
 		}
-		sh := float64(a.bound) / float64(a.prof)
+		sh := float64(a.v.bound) / float64(a.prof)
 		sev := gradeAbove(sh, memShareWarn, memShareCrit)
 		if sev == "" {
 			continue
 		}
-		n := float64(a.bound)
+		n := float64(a.v.bound)
 		f.Targets = append(f.Targets, target{
 			Host: k.host, GPU: int(k.gpu), Rank: k.host.GPURank(int(k.gpu)), Severity: sev,
-			Lost: a.idle * a.perSample(),
+			Lost: a.v.idle * a.perSample(),
 			Evidence: []traces.Metric{
 				metric("memory_bound_share", sh, unitRatio),
-				metric("dram_active_mean_bound", a.dram/n, unitRatio),
-				metric("sm_active_mean_bound", a.sm/n, unitRatio),
+				metric("dram_active_mean_bound", a.v.dram/n, unitRatio),
+				metric("sm_active_mean_bound", a.v.sm/n, unitRatio),
 				metric("memory_bound_seconds", n*a.perSample(), unitSeconds),
 			},
 		})

@@ -179,6 +179,36 @@ func (s *span) perSample() float64 {
 	return float64(s.last-s.first) / 1e9 / float64(s.n-1)
 }
 
+// profiled is the per-GPU state of the DCGM-based analyzers: the spacing of
+// all its samples, how many carried profiling fields, and the analyzer's own
+// accumulator over those.
+type profiled[V any] struct {
+	span
+	prof int
+	v    V
+}
+
+// eachProfiledGPU streams the capture's GPU samples into one accumulator per
+// device, calling fn for each sample that carries DCGM profiling fields.
+func eachProfiledGPU[V any](pass *Pass, fn func(v *V, s *traces.GPUSample)) (map[gpuKey]*profiled[V], error) {
+	gpus := map[gpuKey]*profiled[V]{}
+	err := EachGPUSample(pass, func(h *Host, s *traces.GPUSample) error {
+		k := gpuKey{h, s.GPU}
+		a := gpus[k]
+		if a == nil {
+			a = &profiled[V]{}
+			gpus[k] = a
+		}
+		a.add(s.TimeNs)
+		if s.ProfValid {
+			a.prof++
+			fn(&a.v, s)
+		}
+		return nil
+	})
+	return gpus, err
+}
+
 // sortedKeys returns m's keys in host then GPU order, so that reports do not
 // depend on map order.
 func sortedKeys[V any](in *Input, m map[gpuKey]V) []gpuKey {

@@ -32,29 +32,15 @@ the GPU looked fully used.`,
 
 func runSMUnderuse(pass *Pass) error {
 	type acc struct {
-		span
-		prof, busy   int
+		busy         int
 		smSum, utSum float64
 	}
-	gpus := map[gpuKey]*acc{}
-	err := EachGPUSample(pass, func(h *Host, s *traces.GPUSample) error {
-		k := gpuKey{h, s.GPU}
-		a := gpus[k]
-		if a == nil {
-			a = &acc{}
-			gpus[k] = a
-		}
-		a.add(s.TimeNs)
-		if !s.ProfValid {
-			return nil
-		}
-		a.prof++
+	gpus, err := eachProfiledGPU(pass, func(a *acc, s *traces.GPUSample) {
 		if s.GPUUtil >= smBusyUtil {
 			a.busy++
 			a.smSum += float64(s.SMActive)
 			a.utSum += float64(s.GPUUtil)
 		}
-		return nil
 	})
 	if err != nil {
 		return err
@@ -73,21 +59,21 @@ func runSMUnderuse(pass *Pass) error {
 		if a.prof >= smMinProfSample {
 			profiled++
 		}
-		if a.prof < smMinProfSample || a.busy == 0 || float64(a.busy)/float64(a.prof) < smBusyMinShare {
+		if a.prof < smMinProfSample || a.v.busy == 0 || float64(a.v.busy)/float64(a.prof) < smBusyMinShare {
 			continue
 		}
-		sm := a.smSum / float64(a.busy)
+		sm := a.v.smSum / float64(a.v.busy)
 		sev := gradeBelow(sm, smActiveWarn, smActiveCrit)
 		if sev == "" {
 			continue
 		}
-		busySec := float64(a.busy) * a.perSample()
+		busySec := float64(a.v.busy) * a.perSample()
 		f.Targets = append(f.Targets, target{
 			Host: k.host, GPU: int(k.gpu), Rank: k.host.GPURank(int(k.gpu)), Severity: sev,
 			Lost: busySec * (1 - sm),
 			Evidence: []traces.Metric{
-				metric("busy_share", float64(a.busy)/float64(a.prof), unitRatio),
-				metric("gpu_util_mean_busy", a.utSum/float64(a.busy), unitPercent),
+				metric("busy_share", float64(a.v.busy)/float64(a.prof), unitRatio),
+				metric("gpu_util_mean_busy", a.v.utSum/float64(a.v.busy), unitPercent),
 				metric("sm_active_mean_busy", sm, unitRatio),
 				metric("busy_seconds", busySec, unitSeconds),
 			},

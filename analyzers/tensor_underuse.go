@@ -61,23 +61,10 @@ non-tensor-core matmul seconds x (1 - 1/2).`,
 
 func runTensorUnderuse(pass *Pass) error {
 	type acc struct {
-		span
-		prof, computing        int
+		computing              int
 		tensor, fp16, fp32, sm float64
 	}
-	gpus := map[gpuKey]*acc{}
-	err := EachGPUSample(pass, func(h *Host, s *traces.GPUSample) error {
-		k := gpuKey{h, s.GPU}
-		a := gpus[k]
-		if a == nil {
-			a = &acc{}
-			gpus[k] = a
-		}
-		a.add(s.TimeNs)
-		if !s.ProfValid {
-			return nil
-		}
-		a.prof++
+	gpus, err := eachProfiledGPU(pass, func(a *acc, s *traces.GPUSample) {
 		if s.SMActive >= tensorComputingSM {
 			a.computing++
 			a.tensor += float64(s.TensorActive)
@@ -85,7 +72,6 @@ func runTensorUnderuse(pass *Pass) error {
 			a.fp32 += float64(s.FP32Active)
 			a.sm += float64(s.SMActive)
 		}
-		return nil
 	})
 	if err != nil {
 		return err
@@ -100,11 +86,11 @@ func runTensorUnderuse(pass *Pass) error {
 	}
 	for _, k := range sortedKeys(pass.Input, gpus) {
 		a := gpus[k]
-		if a.prof < smMinProfSample || float64(a.computing)/float64(a.prof) < tensorComputeShare {
+		if a.prof < smMinProfSample || float64(a.v.computing)/float64(a.prof) < tensorComputeShare {
 			continue
 		}
-		n := float64(a.computing)
-		tensor, fp := a.tensor/n, (a.fp16+a.fp32)/n
+		n := float64(a.v.computing)
+		tensor, fp := a.v.tensor/n, (a.v.fp16+a.v.fp32)/n
 		if fp < tensorFPBusy || tensor >= tensorActiveWarn {
 			continue
 		}
@@ -118,9 +104,9 @@ func runTensorUnderuse(pass *Pass) error {
 			Lost: sec * fp * (1 - 1.0/tensorSpeedup),
 			Evidence: []traces.Metric{
 				metric("tensor_active_mean", tensor, unitRatio),
-				metric("fp16_active_mean", a.fp16/n, unitRatio),
-				metric("fp32_active_mean", a.fp32/n, unitRatio),
-				metric("sm_active_mean", a.sm/n, unitRatio),
+				metric("fp16_active_mean", a.v.fp16/n, unitRatio),
+				metric("fp32_active_mean", a.v.fp32/n, unitRatio),
+				metric("sm_active_mean", a.v.sm/n, unitRatio),
 				metric("computing_seconds", sec, unitSeconds),
 			},
 		})
