@@ -158,6 +158,16 @@ func TestThrottle(t *testing.T) {
 			sev:      traces.SeverityCritical,
 			evidence: map[string]float64{"hw-slowdown_time_share": 0.06},
 			lost:     3 * 0.1 * 0.5},
+		// Throttled for its whole active time: measured against its peer
+		// (GPU 1 at 1980 MHz), not against its own throttled maximum.
+		{name: "thermal all window", plant: func(i int, s *traces.GPUSample) {
+			if !idleHalf(i, s) {
+				s.ClockEventReasons, s.SMClockMHz = traces.ClockEventHWThermalSlowdown, 1485
+			}
+		},
+			sev:      traces.SeverityCritical,
+			evidence: map[string]float64{"thermal_time_share": 1, "sm_clock_max": 1485, "sm_clock_reference": 1980},
+			lost:     50 * 0.1 * (1 - 1485.0/1980)},
 		{name: "only while idle", plant: func(i int, s *traces.GPUSample) { idleHalf(i, s) }},
 		{name: "brief power cap under 5%", plant: func(i int, s *traces.GPUSample) {
 			if !idleHalf(i, s) && i < 2 {

@@ -38,7 +38,7 @@ var throttleClasses = []throttleClass{
 // Throttle finds GPUs whose clocks were held down by power or heat.
 var Throttle = &Analyzer{
 	Name:    "throttle",
-	Version: "1",
+	Version: "2",
 	Doc: `thermal and power throttling from NVML clock event reasons
 
 NVML's clock event reason bits say why clocks are below maximum. Samples where
@@ -49,8 +49,10 @@ a bit of that class set is its time share; one finding per class. A share
 >= 5% is a warning, >= 25% critical; the hardware classes (0x8, 0x80) are
 critical from 5% on.
 
-Impact: over throttled samples, seconds x (1 - sm_clock / max sm_clock seen
-on that GPU in the window): the clock cycles lost.`,
+Impact: over throttled samples, seconds x (1 - sm_clock / reference clock):
+the clock cycles lost. The reference is the highest SM clock seen on any GPU
+of the capture (a job's GPUs are one model), so that a GPU throttled for the
+whole window is measured against its unthrottled peers, not against itself.`,
 	Requires: []string{traces.PartGPUSamples},
 	Run:      runThrottle,
 }
@@ -91,6 +93,10 @@ func runThrottle(pass *Pass) error {
 		return err
 	}
 	keys := sortedKeys(pass.Input, gpus)
+	var ref int32 // the highest SM clock of the capture: the unthrottled peers' clock
+	for _, a := range gpus {
+		ref = max(ref, a.maxClock)
+	}
 	for i, c := range throttleClasses {
 		f := finding{Title: c.title, Recommendation: c.advice}
 		for _, k := range keys {
@@ -108,8 +114,8 @@ func runThrottle(pass *Pass) error {
 			}
 			n := float64(a.hit[i])
 			var lost float64
-			if a.maxClock > 0 {
-				lost = (n - a.clocks[i]/float64(a.maxClock)) * a.perSample()
+			if ref > 0 {
+				lost = (n - a.clocks[i]/float64(ref)) * a.perSample()
 			}
 			f.Targets = append(f.Targets, target{
 				Host: k.host, GPU: int(k.gpu), Rank: k.host.GPURank(int(k.gpu)), Severity: sev, Lost: lost,
@@ -118,6 +124,7 @@ func runThrottle(pass *Pass) error {
 					metric(c.name+"_seconds", n*a.perSample(), unitSeconds),
 					metric("sm_clock_mean_throttled", a.clocks[i]/n, unitMHz),
 					metric("sm_clock_max", float64(a.maxClock), unitMHz),
+					metric("sm_clock_reference", float64(ref), unitMHz),
 					metric("gpu_temp_mean_active", a.temp/float64(a.active), "C"),
 				},
 			})
