@@ -24,20 +24,36 @@ type Metric struct {
 	Label string `json:"label"`
 	Unit  string `json:"unit"`
 	// Max is the top of the colour scale.
-	Max    float64 `json:"max"`
+	Max float64 `json:"max"`
+	// column is the metric's gpu_samples.parquet column, value its field.
 	column string
+	value  func(*fleetSample) float32
 	scale  float64
 	// prof marks DCGM profiling fields, valid only where prof_valid is set.
 	prof bool
 }
 
+// fleetSample is the part of a gpu_samples.parquet row (traces.GPUSample)
+// that the fleet view draws. Decoding into it rather than the 40-column
+// row keeps a batch in the CPU's cache while it is binned.
+type fleetSample struct {
+	TimeNs       int64   `parquet:"time_ns"`
+	GPU          int32   `parquet:"gpu"`
+	ProfValid    bool    `parquet:"prof_valid"`
+	SMActive     float32 `parquet:"sm_active"`
+	GPUUtil      float32 `parquet:"gpu_util"`
+	TensorActive float32 `parquet:"tensor_active"`
+	DRAMActive   float32 `parquet:"dram_active"`
+	PowerW       float32 `parquet:"power_w"`
+}
+
 // Metrics are the fleet heatmap's metrics, the default first.
 var Metrics = []Metric{
-	{Name: "sm_active", Label: "SM active", Unit: "%", Max: 100, column: "sm_active", scale: 100, prof: true},
-	{Name: "gpu_util", Label: "GPU utilization", Unit: "%", Max: 100, column: "gpu_util", scale: 1},
-	{Name: "tensor_active", Label: "Tensor active", Unit: "%", Max: 100, column: "tensor_active", scale: 100, prof: true},
-	{Name: "dram_active", Label: "DRAM active", Unit: "%", Max: 100, column: "dram_active", scale: 100, prof: true},
-	{Name: "power", Label: "Power", Unit: "W", Max: 700, column: "power_w", scale: 1},
+	{Name: "sm_active", Label: "SM active", Unit: "%", Max: 100, column: "sm_active", value: func(s *fleetSample) float32 { return s.SMActive }, scale: 100, prof: true},
+	{Name: "gpu_util", Label: "GPU utilization", Unit: "%", Max: 100, column: "gpu_util", value: func(s *fleetSample) float32 { return s.GPUUtil }, scale: 1},
+	{Name: "tensor_active", Label: "Tensor active", Unit: "%", Max: 100, column: "tensor_active", value: func(s *fleetSample) float32 { return s.TensorActive }, scale: 100, prof: true},
+	{Name: "dram_active", Label: "DRAM active", Unit: "%", Max: 100, column: "dram_active", value: func(s *fleetSample) float32 { return s.DRAMActive }, scale: 100, prof: true},
+	{Name: "power", Label: "Power", Unit: "W", Max: 700, column: "power_w", value: func(s *fleetSample) float32 { return s.PowerW }, scale: 1},
 }
 
 // Limits of one fleet view.
@@ -275,55 +291,56 @@ func binGPUSamples(m *traces.Manifest, data []byte) (*gpuBins, error) {
 	for _, mt := range Metrics {
 		names = append(names, mt.column)
 	}
+	// Per GPU slot, the sum and count of metric m at second s are at
+	// s*nm+m: a sample updates neighbouring cells rather than one cell in
+	// each of nm arrays, which keeps binning a cold fleet view in cache.
+	nm := len(Metrics)
 	slot := map[int32]int{}
 	var sums [][]float64
 	var counts [][]uint16
-	err := scanColumns(data, names, func(cols []*column) error {
-		times, gpus, prof := cols[0], cols[1], cols[2]
-		for i := range times.Len() {
-			s := times.Int(i)/1e9 - start
+	buf := make([]fleetSample, scanBatch)
+	err := traces.ScanTable(bytes.NewReader(data), int64(len(data)), buf, func(rows []fleetSample) error {
+		for i := range rows {
+			r := &rows[i]
+			s := r.TimeNs/1e9 - start
 			if s < 0 || s >= b.secs {
 				continue // outside the announced window
 			}
-			gpu := int32(gpus.Int(i))
-			g, ok := slot[gpu]
+			g, ok := slot[r.GPU]
 			if !ok {
 				if len(slot) == maxBundleGPUs {
 					return fmt.Errorf("more than %d GPUs in one bundle", maxBundleGPUs)
 				}
 				g = len(slot)
-				slot[gpu] = g
-				b.gpus = append(b.gpus, gpu)
-				for range Metrics {
-					sums = append(sums, make([]float64, b.secs))
-					counts = append(counts, make([]uint16, b.secs))
-				}
+				slot[r.GPU] = g
+				b.gpus = append(b.gpus, r.GPU)
+				sums = append(sums, make([]float64, b.secs*int64(nm)))
+				counts = append(counts, make([]uint16, b.secs*int64(nm)))
 			}
-			valid := prof.Bool(i)
-			for m, mt := range Metrics {
-				if mt.prof && !valid {
+			sum, count := sums[g][s*int64(nm):][:nm], counts[g][s*int64(nm):][:nm]
+			for m := range Metrics {
+				mt := &Metrics[m]
+				if mt.prof && !r.ProfValid {
 					continue
 				}
-				k := g*len(Metrics) + m
-				sums[k][s] += cols[3+m].Float(i) * mt.scale
-				if counts[k][s] < math.MaxUint16 {
-					counts[k][s]++
+				sum[m] += float64(mt.value(r)) * mt.scale
+				if count[m] < math.MaxUint16 {
+					count[m]++
 				}
 			}
 		}
 		return nil
-	})
+	}, traces.Columns(names...))
 	if err != nil {
 		return nil, err
 	}
 	for m := range Metrics {
 		vals := make([]float32, int64(len(b.gpus))*b.secs)
 		for g := range b.gpus {
-			k := g*len(Metrics) + m
 			row := vals[int64(g)*b.secs : int64(g+1)*b.secs]
 			for s := range row {
-				if n := counts[k][s]; n > 0 {
-					row[s] = float32(sums[k][s] / float64(n))
+				if n := counts[g][s*nm+m]; n > 0 {
+					row[s] = float32(sums[g][s*nm+m] / float64(n))
 				} else {
 					row[s] = float32(math.NaN())
 				}

@@ -1,6 +1,7 @@
 package views
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -231,10 +232,10 @@ func (h *Handler) computeJob(ctx context.Context, c *capture.Capture) (*JobView,
 		for _, n := range m.Notes {
 			v.Notes = append(v.Notes, m.Host+": "+n)
 		}
-		if err := h.scanPart(ctx, m, traces.PartSteps, []string{"rank", "iteration", "start_ns", "end_ns", "source"}, steps.add); err != nil {
+		if err := scanPart(ctx, h, m, traces.PartSteps, steps.add, traces.Columns("rank", "iteration", "start_ns", "end_ns", "source")); err != nil {
 			return nil, err
 		}
-		if err := h.scanPart(ctx, m, traces.PartNCCLEvents, []string{"time_ns", "rank", "nranks", "comm_id", "op", "seq"}, skew.add); err != nil {
+		if err := scanPart(ctx, h, m, traces.PartNCCLEvents, skew.add, traces.Columns("time_ns", "rank", "nranks", "comm_id", "op", "seq")); err != nil {
 			return nil, err
 		}
 	}
@@ -248,13 +249,13 @@ func (h *Handler) computeJob(ctx context.Context, c *capture.Capture) (*JobView,
 	return v, nil
 }
 
-// scanPart runs scanColumns over a host's part, if the bundle has it.
-func (h *Handler) scanPart(ctx context.Context, m *traces.Manifest, name string, cols []string, fn func(cols []*column) error) error {
+// scanPart decodes the named columns of a host's part, if the bundle has it.
+func scanPart[T any](ctx context.Context, h *Handler, m *traces.Manifest, name string, fn func([]T) error, cols traces.ScanOption) error {
 	data, err := h.readPart(ctx, m, name)
 	if err != nil || data == nil {
 		return err
 	}
-	if err := scanColumns(data, cols, fn); err != nil {
+	if err := traces.ScanTable(bytes.NewReader(data), int64(len(data)), make([]T, scanBatch), fn, cols); err != nil {
 		return fmt.Errorf("%s: %w", traces.KeyOf(m).Object(name), err)
 	}
 	return nil
@@ -271,15 +272,15 @@ type stepAcc struct {
 	source string
 }
 
-func (a *stepAcc) add(cols []*column) error {
-	for i := range cols[0].Len() {
-		d := float64(cols[3].Int(i)-cols[2].Int(i)) / 1e6
+func (a *stepAcc) add(rows []traces.Step) error {
+	for _, r := range rows {
+		d := float64(r.EndNs-r.StartNs) / 1e6
 		if d < 0 {
 			continue
 		}
-		a.cells[stepKey{int32(cols[0].Int(i)), cols[1].Int(i)}] = d
+		a.cells[stepKey{r.Rank, r.Iteration}] = d
 		if a.source == "" {
-			a.source = string(cols[4].Bytes(i))
+			a.source = r.Source
 		}
 	}
 	return nil
@@ -342,19 +343,20 @@ type skewAcc struct {
 // number; point-to-point and group calls do not line up across ranks.
 var collectiveOps = map[string]bool{"AllReduce": true, "AllGather": true, "ReduceScatter": true, "Broadcast": true, "Reduce": true, "AllToAll": true}
 
-func (a *skewAcc) add(cols []*column) error {
-	for i := range cols[0].Len() {
-		if !collectiveOps[string(cols[4].Bytes(i))] {
+func (a *skewAcc) add(rows []traces.NCCLEvent) error {
+	for i := range rows {
+		r := &rows[i]
+		if !collectiveOps[r.Op] {
 			continue
 		}
-		k := collKey{uint64(cols[3].Int(i)), cols[5].Int(i)}
+		k := collKey{r.CommID, r.Seq}
 		c := a.colls[k]
 		if c == nil {
-			c = &collArrivals{nranks: int32(cols[2].Int(i))}
+			c = &collArrivals{nranks: r.NRanks}
 			a.colls[k] = c
 		}
-		c.ranks = append(c.ranks, int32(cols[1].Int(i)))
-		c.times = append(c.times, cols[0].Int(i))
+		c.ranks = append(c.ranks, r.Rank)
+		c.times = append(c.times, r.TimeNs)
 	}
 	return nil
 }
