@@ -5,6 +5,8 @@ import (
 	"maps"
 	"sync"
 	"unsafe"
+
+	"github.com/loupe-dev/loupe/traces"
 )
 
 // tableCache lets the analyzers of one run share decoded Parquet tables, so
@@ -195,15 +197,15 @@ func (c *tableCache) evict(keep *cacheEntry) {
 func decodeAll[T any](pass *Pass, h *Host, part string, maxRows int64) ([]T, error) {
 	var rows []T
 	buf := make([]T, batchRows)
-	err := scanTable(pass.Context, h, part, buf, func(n int64) error {
+	err := scanTable(pass.Context, h, part, buf, func(batch []T) error {
+		rows = append(rows, batch...)
+		return nil
+	}, traces.RowCount(func(n int64) error {
 		if n > maxRows {
 			return errTooBig
 		}
 		rows = make([]T, 0, n)
 		return nil
-	}, func(batch []T) error {
-		rows = append(rows, batch...)
-		return nil
-	})
+	}))
 	return rows, err
 }

@@ -117,7 +117,7 @@ func eachRow[T any](pass *Pass, part string, fn func(h *Host, row *T) error) err
 		if buf == nil {
 			buf = make([]T, batchRows)
 		}
-		err := scanTable(pass.Context, h, part, buf, nil, func(batch []T) error {
+		err := scanTable(pass.Context, h, part, buf, func(batch []T) error {
 			for j := range batch {
 				if err := fn(h, &batch[j]); err != nil {
 					return err
@@ -133,47 +133,22 @@ func eachRow[T any](pass *Pass, part string, fn func(h *Host, row *T) error) err
 }
 
 // scanTable decodes host h's Parquet part into buf one batch at a time.
-// hint, when set, learns the number of rows before any is decoded, and may
-// refuse the table.
-func scanTable[T any](ctx context.Context, h *Host, part string, buf []T, hint func(rows int64) error, fn func([]T) error) error {
+func scanTable[T any](ctx context.Context, h *Host, part string, buf []T, fn func([]T) error, opts ...traces.ScanOption) error {
 	ra, size, done, err := openAt(ctx, h, part)
 	if err != nil {
 		return partErr(h, part, err)
 	}
 	defer done()
-	if err := scanRows(ctx, ra, size, buf, hint, fn); err != nil {
-		return partErr(h, part, err)
-	}
-	return nil
-}
-
-// scanRows is scanTable on a part opened for random access.
-func scanRows[T any](ctx context.Context, ra io.ReaderAt, size int64, buf []T, hint func(rows int64) error, fn func([]T) error) error {
-	t, err := traces.NewTableReader[T](ra, size)
-	if err != nil {
-		return err
-	}
-	defer t.Close()
-	if hint != nil {
-		if err := hint(t.NumRows()); err != nil {
-			return err
-		}
-	}
-	for {
+	err = traces.ScanTable(ra, size, buf, func(rows []T) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, err := t.Read(buf)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if err := fn(buf[:n]); err != nil {
-			return err
-		}
+		return fn(rows)
+	}, opts...)
+	if err != nil {
+		return partErr(h, part, err)
 	}
+	return nil
 }
 
 // openAt gives random access to a part, which Parquet needs, reading it

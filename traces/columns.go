@@ -30,7 +30,8 @@ var ErrCorruptTable = errors.New("corrupt Parquet table")
 type ScanOption func(*scanConfig)
 
 type scanConfig struct {
-	columns []string
+	columns  []string
+	rowCount func(rows int64) error
 }
 
 // Columns decodes only the named columns; the other fields of each row
@@ -38,6 +39,14 @@ type scanConfig struct {
 // columns of a wide table (a view of one GPU metric) costs only those.
 func Columns(names ...string) ScanOption {
 	return func(c *scanConfig) { c.columns = append(c.columns, names...) }
+}
+
+// RowCount calls fn with the table's number of rows, as its metadata says,
+// once the table is opened and before any row is decoded; an error from fn
+// is returned as is. It lets a reader refuse a table too large to keep, or
+// size a slice (after bounding the number: it comes from the file).
+func RowCount(fn func(rows int64) error) ScanOption {
+	return func(c *scanConfig) { c.rowCount = fn }
 }
 
 // ScanTable decodes the flat Parquet table in r, of size bytes, into buf
@@ -149,6 +158,11 @@ func NewTableReader[T any](r io.ReaderAt, size int64, opts ...ScanOption) (t *Ta
 	t = &TableReader[T]{f: f, groups: f.RowGroups()}
 	if t.sel, err = selectColumns(f.Schema(), layout, cfg.columns, reflect.TypeFor[T]()); err != nil {
 		return nil, err
+	}
+	if cfg.rowCount != nil {
+		if err := cfg.rowCount(f.NumRows()); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
 }
@@ -411,43 +425,29 @@ func (c *column) readPage(from, to int) (int, error) {
 	if c.field.kind == reflect.String {
 		return c.values.ReadValues(c.vals[from:to])
 	}
-	switch r := c.values.(type) {
-	case parquet.Int64Reader:
-		if c.kind == parquet.Int64 {
-			return r.ReadInt64s(c.i64[from:to])
-		}
-	case parquet.Int32Reader:
-		if c.kind == parquet.Int32 {
-			return r.ReadInt32s(c.i32[from:to])
-		}
-	case parquet.FloatReader:
-		if c.kind == parquet.Float {
-			return r.ReadFloats(c.f32[from:to])
-		}
-	case parquet.DoubleReader:
-		if c.kind == parquet.Double {
-			return r.ReadDoubles(c.f64[from:to])
-		}
-	case parquet.BooleanReader:
-		if c.kind == parquet.Boolean {
-			return r.ReadBooleans(c.b[from:to])
-		}
+	switch c.kind {
+	case parquet.Int64:
+		return readTyped(c, c.i64[from:to], parquet.Int64Reader.ReadInt64s, parquet.Value.Int64)
+	case parquet.Int32:
+		return readTyped(c, c.i32[from:to], parquet.Int32Reader.ReadInt32s, parquet.Value.Int32)
+	case parquet.Float:
+		return readTyped(c, c.f32[from:to], parquet.FloatReader.ReadFloats, parquet.Value.Float)
+	case parquet.Double:
+		return readTyped(c, c.f64[from:to], parquet.DoubleReader.ReadDoubles, parquet.Value.Double)
 	}
-	c.vals = growTo(c.vals, to-from)
+	return readTyped(c, c.b[from:to], parquet.BooleanReader.ReadBooleans, parquet.Value.Boolean)
+}
+
+// readTyped fills dst through the page's typed reader R where it has one,
+// else by reading values and converting each.
+func readTyped[E, R any](c *column, dst []E, read func(R, []E) (int, error), conv func(parquet.Value) E) (int, error) {
+	if r, ok := c.values.(R); ok {
+		return read(r, dst)
+	}
+	c.vals = growTo(c.vals, len(dst))
 	k, err := c.values.ReadValues(c.vals)
 	for i, v := range c.vals[:k] {
-		switch j := from + i; c.kind {
-		case parquet.Int64:
-			c.i64[j] = v.Int64()
-		case parquet.Int32:
-			c.i32[j] = v.Int32()
-		case parquet.Float:
-			c.f32[j] = v.Float()
-		case parquet.Double:
-			c.f64[j] = v.Double()
-		case parquet.Boolean:
-			c.b[j] = v.Boolean()
-		}
+		dst[i] = conv(v)
 	}
 	return k, err
 }

@@ -257,3 +257,25 @@ func FuzzScanTable(f *testing.F) {
 		check(err)
 	})
 }
+
+// TestScanTableRowCount checks that RowCount learns the row count before
+// any row is decoded, and that its error ends the scan.
+func TestScanTableRowCount(t *testing.T) {
+	data := writeParquet(t, manySamples(30), parquet.MaxRowsPerRowGroup(10))
+	var seen int64 = -1
+	decoded := 0
+	tooBig := errors.New("too big")
+	err := traces.ScanTable(bytes.NewReader(data), int64(len(data)), make([]traces.GPUSample, 8), func(b []traces.GPUSample) error {
+		decoded += len(b)
+		return nil
+	}, traces.RowCount(func(n int64) error {
+		seen = n
+		if decoded != 0 {
+			t.Errorf("RowCount called after %d rows were decoded", decoded)
+		}
+		return tooBig
+	}))
+	if err != tooBig || seen != 30 || decoded != 0 {
+		t.Errorf("error %v, row count %d, %d rows decoded; want the hint's error, 30, 0", err, seen, decoded)
+	}
+}
