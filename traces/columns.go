@@ -130,17 +130,31 @@ type selected struct {
 // NewTableReader opens the Parquet part in r, of size bytes, after the
 // guard has checked its footer and every page header against the bytes
 // that are really there. Errors about the file wrap ErrCorruptTable.
-func NewTableReader[T any](r io.ReaderAt, size int64, opts ...ScanOption) (t *TableReader[T], err error) {
+func NewTableReader[T any](r io.ReaderAt, size int64, opts ...ScanOption) (*TableReader[T], error) {
+	var cfg scanConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	t, err := openTable[T](r, size, cfg.columns)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.rowCount != nil {
+		if err := cfg.rowCount(t.NumRows()); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// openTable guards, opens and selects the columns of a table.
+func openTable[T any](r io.ReaderAt, size int64, columns []string) (t *TableReader[T], err error) {
 	// parquet-go can panic on malformed input; that is bad input, not a bug here.
 	defer func() {
 		if p := recover(); p != nil {
 			t, err = nil, fmt.Errorf("%w: decoder failed: %v", ErrCorruptTable, p)
 		}
 	}()
-	var cfg scanConfig
-	for _, o := range opts {
-		o(&cfg)
-	}
 	layout, err := layoutOf[T]()
 	if err != nil {
 		return nil, err
@@ -156,13 +170,8 @@ func NewTableReader[T any](r io.ReaderAt, size int64, opts ...ScanOption) (t *Ta
 		return nil, err
 	}
 	t = &TableReader[T]{f: f, groups: f.RowGroups()}
-	if t.sel, err = selectColumns(f.Schema(), layout, cfg.columns, reflect.TypeFor[T]()); err != nil {
+	if t.sel, err = selectColumns(f.Schema(), layout, columns, reflect.TypeFor[T]()); err != nil {
 		return nil, err
-	}
-	if cfg.rowCount != nil {
-		if err := cfg.rowCount(f.NumRows()); err != nil {
-			return nil, err
-		}
 	}
 	return t, nil
 }
@@ -205,7 +214,8 @@ func isNumber(k parquet.Kind) bool {
 	return false
 }
 
-// NumRows is the number of rows in the table, as its metadata says.
+// NumRows is the number of rows in the table, as its metadata says (the
+// guard has checked that its row groups add up to it).
 func (t *TableReader[T]) NumRows() int64 { return t.f.NumRows() }
 
 // Read fills the start of rows with the next rows of the table (at most to

@@ -11,6 +11,8 @@ import (
 
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress/lz4"
+	"github.com/parquet-go/parquet-go/encoding/thrift"
+	"github.com/parquet-go/parquet-go/format"
 
 	"github.com/loupe-dev/loupe/traces"
 )
@@ -190,6 +192,11 @@ func TestScanTableRefusesHostileFiles(t *testing.T) {
 		{"footer of 4 GiB", "footer of", footer(1<<32 - 1)},
 		{"truncated", "", good[:len(good)/2]},
 		{"lz4", "codec", writeParquet(t, manySamples(10), parquet.Compression(&lz4.Codec{}))},
+		{"row count not its groups'", "metadata lists 7 rows", withMetadata(t, good, func(md *format.FileMetaData) { md.NumRows = 7 })},
+		{"row count wraps", "rows after", withMetadata(t, good, func(md *format.FileMetaData) {
+			md.RowGroups = append(md.RowGroups, md.RowGroups[0])
+			md.RowGroups[0].NumRows = 1<<63 - 1
+		})},
 		{"page header garbage", "", func() []byte {
 			b := bytes.Clone(good)
 			for i := 4; i < 64; i++ {
@@ -205,6 +212,25 @@ func TestScanTableRefusesHostileFiles(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withMetadata rewrites the footer of a Parquet file after edit.
+func withMetadata(t *testing.T, data []byte, edit func(*format.FileMetaData)) []byte {
+	t.Helper()
+	n := binary.LittleEndian.Uint32(data[len(data)-8:])
+	footer := data[len(data)-8-int(n) : len(data)-8]
+	var md format.FileMetaData
+	if err := thrift.Unmarshal(new(thrift.CompactProtocol), footer, &md); err != nil {
+		t.Fatal(err)
+	}
+	edit(&md)
+	b, err := thrift.Marshal(new(thrift.CompactProtocol), &md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := append(bytes.Clone(data[:len(data)-8-int(n)]), b...)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(b)))
+	return append(out, "PAR1"...)
 }
 
 func TestScanTableReturnsCallbackError(t *testing.T) {

@@ -49,10 +49,14 @@ func checkFooter(r io.ReaderAt, size int64) error {
 // and walks every column chunk's page headers, checking each size against
 // the chunk and the limits.
 func checkChunks(r io.ReaderAt, size int64, md *format.FileMetaData) error {
+	var rows int64
 	for i, rg := range md.RowGroups {
-		if rg.NumRows < 0 {
-			return fmt.Errorf("%w: row group %d has %d rows", ErrCorruptTable, i, rg.NumRows)
+		// The total is what callers learn (NumRows, RowCount): it must
+		// not wrap, and the file's own count must match it (below).
+		if rg.NumRows < 0 || rows+rg.NumRows < rows {
+			return fmt.Errorf("%w: row group %d has %d rows after %d", ErrCorruptTable, i, rg.NumRows, rows)
 		}
+		rows += rg.NumRows
 		for _, c := range rg.Columns {
 			m := c.MetaData
 			switch m.Codec {
@@ -75,6 +79,9 @@ func checkChunks(r io.ReaderAt, size int64, md *format.FileMetaData) error {
 				return fmt.Errorf("%w: column %v: %v", ErrCorruptTable, m.PathInSchema, err)
 			}
 		}
+	}
+	if md.NumRows != rows {
+		return fmt.Errorf("%w: metadata lists %d rows, its row groups %d", ErrCorruptTable, md.NumRows, rows)
 	}
 	return nil
 }
