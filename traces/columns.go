@@ -14,9 +14,10 @@ import (
 )
 
 // The bundle's Parquet tables are decoded column by column rather than
-// through parquet-go's row reader: for flat tables this is 40-75 times
-// faster and allocates almost nothing, which is what lets a 1024-rank
-// capture be analyzed in seconds and a fleet view be drawn from cold.
+// through parquet-go's row reader: streaming a flat table this way is about
+// 25 times faster (over 100 times for a few columns of a wide table; see
+// BenchmarkReadTable) and allocates almost nothing, which is what lets a
+// 1024-rank capture be analyzed in seconds and a fleet view be drawn cold.
 // Numbers are read through the page's typed reader where it has one, so
 // a cell costs a copy, not a parquet.Value. Memory is the caller's batch
 // of rows, one batch of values per decoded column and one page per column.

@@ -305,3 +305,47 @@ func TestScanTableRowCount(t *testing.T) {
 		t.Errorf("error %v, row count %d, %d rows decoded; want the hint's error, 30, 0", err, seen, decoded)
 	}
 }
+
+// BenchmarkReadTable compares the column decoder with parquet-go's row
+// reader on a gpu_samples table of 100,000 rows: streamed in batches (as
+// the analyzers read), streamed for the five columns a fleet view reads,
+// and read whole into memory.
+func BenchmarkReadTable(b *testing.B) {
+	rows := manySamples(100_000)
+	data := writeParquet(b, rows)
+	r := bytes.NewReader(data)
+	buf := make([]traces.GPUSample, 4096)
+	scan := func(opts ...traces.ScanOption) func() (int, error) {
+		return func() (int, error) {
+			n := 0
+			err := traces.ScanTable(r, int64(len(data)), buf, func(b []traces.GPUSample) error { n += len(b); return nil }, opts...)
+			return n, err
+		}
+	}
+	for _, bc := range []struct {
+		name string
+		read func() (int, error)
+	}{
+		{"scan", scan()},
+		{"scan-5-columns", scan(traces.Columns("time_ns", "gpu", "prof_valid", "sm_active", "power_w"))},
+		{"read-whole", func() (int, error) {
+			got, err := traces.ReadTable[traces.GPUSample](r, int64(len(data)))
+			return len(got), err
+		}},
+		{"parquet-go-rows", func() (int, error) {
+			got, err := parquet.Read[traces.GPUSample](r, int64(len(data)))
+			return len(got), err
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				n, err := bc.read()
+				if err != nil || n != len(rows) {
+					b.Fatalf("%d rows, %v", n, err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(rows)), "ns/row")
+		})
+	}
+}
