@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"net/http"
 	"net/url"
 	"slices"
@@ -26,11 +27,11 @@ type IncidentsResponse struct {
 
 func (s *Server) incidents(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.incidentsQuery(r)
-	s.answer(w, r, resp, err)
+	httpjson.Answer(w, r, s.log, resp, err)
 }
 
 func (s *Server) incidentsQuery(r *http.Request) (*IncidentsResponse, error) {
-	q, err := query(r, "cluster", "job", "severity", "limit")
+	q, err := httpjson.Query(r, "cluster", "job", "severity", "limit")
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +64,7 @@ func severityParam(q url.Values) ([]string, error) {
 	var out []string
 	for _, sev := range strings.Split(v, ",") {
 		if !slices.Contains(severities, sev) {
-			return nil, badParam("parameter severity=%q: %q is not one of %s (give several separated by commas)", v, sev, strings.Join(severities, ", "))
+			return nil, httpjson.Bad("parameter severity=%q: %q is not one of %s (give several separated by commas)", v, sev, strings.Join(severities, ", "))
 		}
 		out = append(out, sev)
 	}

@@ -1,9 +1,9 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"net/http"
 	"net/url"
 	"slices"
@@ -27,44 +27,6 @@ var (
 	statuses   = []string{findings.StatusWaiting, findings.StatusPending, findings.StatusAnalyzed, findings.StatusPartial}
 )
 
-// errParam is a bad query parameter: the handler answers 400.
-type errParam struct{ msg string }
-
-// Error is the message the client gets.
-func (e errParam) Error() string { return e.msg }
-
-func badParam(format string, args ...any) error { return errParam{fmt.Sprintf(format, args...)} }
-
-// query parses r's query string, allowing only the named parameters, each
-// at most once.
-func query(r *http.Request, allowed ...string) (url.Values, error) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return nil, badParam("query string: %v", err)
-	}
-	for k, v := range q {
-		if !slices.Contains(allowed, k) {
-			return nil, badParam("unknown parameter %q; this endpoint takes %s", k, strings.Join(allowed, ", "))
-		}
-		if len(v) > 1 {
-			return nil, badParam("parameter %q given %d times; give it once", k, len(v))
-		}
-	}
-	return q, nil
-}
-
-// component reads a key component filter (cluster, job, host, ...).
-func component(q url.Values, name string) (string, error) {
-	v := q.Get(name)
-	if v == "" {
-		return "", nil
-	}
-	if err := traces.ValidateComponent(v); err != nil {
-		return "", badParam("parameter %s=%q: %v", name, v, err)
-	}
-	return v, nil
-}
-
 // limit reads the limit parameter.
 func limit(q url.Values) (int, error) {
 	v := q.Get("limit")
@@ -73,7 +35,7 @@ func limit(q url.Values) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > MaxLimit {
-		return 0, badParam("parameter limit=%q: want a whole number from 1 to %d", v, MaxLimit)
+		return 0, httpjson.Bad("parameter limit=%q: want a whole number from 1 to %d", v, MaxLimit)
 	}
 	return n, nil
 }
@@ -81,32 +43,13 @@ func limit(q url.Values) (int, error) {
 // components reads several component filters into the given fields.
 func components(q url.Values, dst map[string]*string) error {
 	for name, p := range dst {
-		v, err := component(q, name)
+		v, err := httpjson.Component(q, name)
 		if err != nil {
 			return err
 		}
 		*p = v
 	}
 	return nil
-}
-
-// answer writes v, or the error: 400 for bad parameters, 404 for objects
-// that are not there, 500 otherwise.
-func (s *Server) answer(w http.ResponseWriter, r *http.Request, v any, err error) {
-	var bad errParam
-	switch {
-	case err == nil:
-		writeJSON(w, http.StatusOK, v)
-	case errors.As(err, &bad):
-		httpError(w, http.StatusBadRequest, "%s", bad.msg)
-	case errors.Is(err, store.ErrNotFound):
-		httpError(w, http.StatusNotFound, "%v", err)
-	case errors.Is(err, context.Canceled):
-		// The client went away.
-	default:
-		s.log.Error("API request failed", "path", r.URL.Path, "err", err)
-		httpError(w, http.StatusInternalServerError, "%v", err)
-	}
 }
 
 // FindingsResponse is the body of GET /api/v1/findings.
@@ -119,11 +62,11 @@ type FindingsResponse struct {
 
 func (s *Server) findings(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.findingsQuery(r)
-	s.answer(w, r, resp, err)
+	httpjson.Answer(w, r, s.log, resp, err)
 }
 
 func (s *Server) findingsQuery(r *http.Request) (*FindingsResponse, error) {
-	q, err := query(r, "cluster", "job", "run", "capture", "host", "analyzer", "severity", "limit")
+	q, err := httpjson.Query(r, "cluster", "job", "run", "capture", "host", "analyzer", "severity", "limit")
 	if err != nil {
 		return nil, err
 	}
@@ -148,17 +91,17 @@ func (s *Server) findingsQuery(r *http.Request) (*FindingsResponse, error) {
 }
 
 func (s *Server) finding(w http.ResponseWriter, r *http.Request) {
-	if _, err := query(r); err != nil {
-		s.answer(w, r, nil, err)
+	if _, err := httpjson.Query(r); err != nil {
+		httpjson.Answer(w, r, s.log, nil, err)
 		return
 	}
 	id := r.PathValue("id")
 	f, ok := s.cfg.Index.Finding(id)
 	if !ok {
-		s.answer(w, r, nil, fmt.Errorf("finding %q: %w (IDs change when an analyzer's version does)", id, store.ErrNotFound))
+		httpjson.Answer(w, r, s.log, nil, fmt.Errorf("finding %q: %w (IDs change when an analyzer's version does)", id, store.ErrNotFound))
 		return
 	}
-	s.answer(w, r, f, nil)
+	httpjson.Answer(w, r, s.log, f, nil)
 }
 
 // AnalyzerInfo describes one analyzer in GET /api/v1/analyzers.
@@ -170,15 +113,15 @@ type AnalyzerInfo struct {
 }
 
 func (s *Server) analyzers(w http.ResponseWriter, r *http.Request) {
-	if _, err := query(r); err != nil {
-		s.answer(w, r, nil, err)
+	if _, err := httpjson.Query(r); err != nil {
+		httpjson.Answer(w, r, s.log, nil, err)
 		return
 	}
 	list := make([]AnalyzerInfo, 0, len(s.cfg.Analyzers))
 	for _, a := range s.cfg.Analyzers {
 		list = append(list, AnalyzerInfo{Name: a.Name, Version: a.Version, Doc: a.Doc, Requires: a.Requires})
 	}
-	s.answer(w, r, map[string]any{"analyzers": list}, nil)
+	httpjson.Answer(w, r, s.log, map[string]any{"analyzers": list}, nil)
 }
 
 // CapturesResponse is the body of GET /api/v1/captures.
@@ -189,11 +132,11 @@ type CapturesResponse struct {
 
 func (s *Server) captures(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.capturesQuery(r)
-	s.answer(w, r, resp, err)
+	httpjson.Answer(w, r, s.log, resp, err)
 }
 
 func (s *Server) capturesQuery(r *http.Request) (*CapturesResponse, error) {
-	q, err := query(r, "cluster", "job", "run", "status", "limit")
+	q, err := httpjson.Query(r, "cluster", "job", "run", "status", "limit")
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +146,7 @@ func (s *Server) capturesQuery(r *http.Request) (*CapturesResponse, error) {
 	}
 	if v := q.Get("status"); v != "" {
 		if !slices.Contains(statuses, v) {
-			return nil, badParam("parameter status=%q: want one of %s", v, strings.Join(statuses, ", "))
+			return nil, httpjson.Bad("parameter status=%q: want one of %s", v, strings.Join(statuses, ", "))
 		}
 		cq.Status = v
 	}
@@ -221,7 +164,7 @@ func (s *Server) capturesQuery(r *http.Request) (*CapturesResponse, error) {
 func captureID(r *http.Request) (capture.ID, error) {
 	id := capture.ID{Cluster: r.PathValue("cluster"), Job: r.PathValue("job"), Run: r.PathValue("run"), Capture: r.PathValue("capture")}
 	if err := id.Validate(); err != nil {
-		return capture.ID{}, badParam("capture path %s: %v", id, err)
+		return capture.ID{}, httpjson.Bad("capture path %s: %v", id, err)
 	}
 	return id, nil
 }
@@ -246,11 +189,11 @@ type CaptureResponse struct {
 // capture is cheap to read.
 func (s *Server) capture(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.captureDetail(r)
-	s.answer(w, r, resp, err)
+	httpjson.Answer(w, r, s.log, resp, err)
 }
 
 func (s *Server) captureDetail(r *http.Request) (*CaptureResponse, error) {
-	if _, err := query(r); err != nil {
+	if _, err := httpjson.Query(r); err != nil {
 		return nil, err
 	}
 	id, err := captureID(r)

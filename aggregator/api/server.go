@@ -19,9 +19,9 @@ package api
 
 import (
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -103,7 +103,7 @@ func New(cfg Config) *Server {
 		s.route("GET /api/v1/incidents", "incidents", s.incidents)
 	}
 	s.route("/api/v1/", "unknown", func(w http.ResponseWriter, r *http.Request) {
-		httpError(w, http.StatusNotFound, "no API endpoint %s %s; see the aggregator's README for /api/v1/ endpoints", r.Method, r.URL.Path)
+		httpjson.Error(w, http.StatusNotFound, "no API endpoint %s %s; see the aggregator's README for /api/v1/ endpoints", r.Method, r.URL.Path)
 	})
 	s.route("GET /metrics", "metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
@@ -164,7 +164,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Queued != nil {
 		queued = s.cfg.Queued()
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "index_ready": ready, "queued_captures": queued})
+	httpjson.Write(w, http.StatusOK, map[string]any{"status": "ok", "index_ready": ready, "queued_captures": queued})
 }
 
 // events receives S3 event notifications. Store notifications are retried
@@ -172,14 +172,14 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 // succeed gets a 4xx.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Events == nil {
-		httpError(w, http.StatusServiceUnavailable, "this aggregator does not take S3 events")
+		httpjson.Error(w, http.StatusServiceUnavailable, "this aggregator does not take S3 events")
 		return
 	}
 	if tok := s.cfg.EventToken; tok != "" {
 		got := r.Header.Get("Authorization")
 		got = strings.TrimSpace(strings.TrimPrefix(got, "Bearer "))
 		if subtle.ConstantTimeCompare([]byte(got), []byte(tok)) != 1 {
-			httpError(w, http.StatusUnauthorized, "missing or wrong bearer token; set the store's webhook auth token to the aggregator's webhook_token")
+			httpjson.Error(w, http.StatusUnauthorized, "missing or wrong bearer token; set the store's webhook auth token to the aggregator's webhook_token")
 			return
 		}
 	}
@@ -187,25 +187,13 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			httpError(w, http.StatusRequestEntityTooLarge, "%v", err)
+			httpjson.Error(w, http.StatusRequestEntityTooLarge, "%v", err)
 			return
 		}
 		s.log.Warn("bad S3 event notification", "remote", r.RemoteAddr, "err", err)
-		httpError(w, http.StatusBadRequest, "%v", err)
+		httpjson.Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	n := s.cfg.Events.Accept(evs)
-	writeJSON(w, http.StatusOK, map[string]int{"events": len(evs), "accepted": n})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", " ")
-	enc.Encode(v)
-}
-
-func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+	httpjson.Write(w, http.StatusOK, map[string]int{"events": len(evs), "accepted": n})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"io"
 	"net/http"
 
@@ -25,7 +26,7 @@ const (
 func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 	tls, name, err := s.timelines(r)
 	if err != nil {
-		s.answer(w, r, nil, err)
+		httpjson.Answer(w, r, s.log, nil, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -37,11 +38,11 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) timelines(r *http.Request) ([]traces.Timeline, string, error) {
-	q, err := query(r, "host")
+	q, err := httpjson.Query(r, "host")
 	if err != nil {
 		return nil, "", err
 	}
-	host, err := component(q, "host")
+	host, err := httpjson.Component(q, "host")
 	if err != nil {
 		return nil, "", err
 	}
@@ -65,7 +66,7 @@ func (s *Server) timelines(r *http.Request) ([]traces.Timeline, string, error) {
 	case len(hosts) == 0:
 		return nil, "", fmt.Errorf("capture %s: %w: no committed host manifest", id, store.ErrNotFound)
 	case len(hosts) > maxTraceHosts:
-		return nil, "", badParam("capture %s has %d hosts; export at most %d at once, or name one with host=", id, len(hosts), maxTraceHosts)
+		return nil, "", httpjson.Bad("capture %s has %d hosts; export at most %d at once, or name one with host=", id, len(hosts), maxTraceHosts)
 	}
 	budget := int64(maxTraceBytes)
 	tls := make([]traces.Timeline, 0, len(hosts))
@@ -127,7 +128,7 @@ func (s *Server) readPart(ctx context.Context, m *traces.Manifest, name string, 
 		return nil, nil
 	}
 	if *budget -= p.Size; *budget < 0 {
-		return nil, badParam("the capture's parts exceed %d bytes for one trace export; name one host with host=", maxTraceBytes)
+		return nil, httpjson.Bad("the capture's parts exceed %d bytes for one trace export; name one host with host=", maxTraceBytes)
 	}
 	key := traces.KeyOf(m).Object(name)
 	rc, _, err := s.cfg.Store.Get(ctx, key)

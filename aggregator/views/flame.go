@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"net/http"
 	"slices"
 	"strconv"
@@ -48,7 +49,7 @@ type FlameGraph struct {
 }
 
 func (h *Handler) flamegraph(r *http.Request) (*FlameGraph, error) {
-	q, err := query(r, "host", "rank")
+	q, err := httpjson.Query(r, "host", "rank")
 	if err != nil {
 		return nil, err
 	}
@@ -56,18 +57,18 @@ func (h *Handler) flamegraph(r *http.Request) (*FlameGraph, error) {
 	if err != nil {
 		return nil, err
 	}
-	host, err := component(q, "host")
+	host, err := httpjson.Component(q, "host")
 	if err != nil {
 		return nil, err
 	}
 	rank := -1
 	if v := q.Get("rank"); v != "" {
 		if rank, err = strconv.Atoi(v); err != nil || rank < 0 {
-			return nil, badParam("parameter rank=%q: want a rank number (0 or more)", v)
+			return nil, httpjson.Bad("parameter rank=%q: want a rank number (0 or more)", v)
 		}
 	}
 	if host == "" && rank < 0 {
-		return nil, badParam("give host= (a host of the capture) or rank= (a rank of the job)")
+		return nil, httpjson.Bad("give host= (a host of the capture) or rank= (a rank of the job)")
 	}
 	ctx := r.Context()
 	c, err := capture.Load(ctx, h.cfg.Store, id, nil)

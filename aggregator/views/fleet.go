@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"math"
 	"net/http"
 	"slices"
@@ -87,14 +88,14 @@ type fleetQuery struct {
 
 func parseFleetQuery(r *http.Request) (fleetQuery, error) {
 	var fq fleetQuery
-	q, err := query(r, "from", "to", "bucket", "metric", "cluster", "job")
+	q, err := httpjson.Query(r, "from", "to", "bucket", "metric", "cluster", "job")
 	if err != nil {
 		return fq, err
 	}
-	if fq.cluster, err = component(q, "cluster"); err != nil {
+	if fq.cluster, err = httpjson.Component(q, "cluster"); err != nil {
 		return fq, err
 	}
-	if fq.job, err = component(q, "job"); err != nil {
+	if fq.job, err = httpjson.Component(q, "job"); err != nil {
 		return fq, err
 	}
 	if v := q.Get("from"); v != "" {
@@ -111,10 +112,10 @@ func parseFleetQuery(r *http.Request) (fleetQuery, error) {
 	}
 	if fq.fromSet && fq.toSet {
 		if !fq.to.After(fq.from) {
-			return fq, badParam("parameters from=%s and to=%s: to must be after from", q.Get("from"), q.Get("to"))
+			return fq, httpjson.Bad("parameters from=%s and to=%s: to must be after from", q.Get("from"), q.Get("to"))
 		}
 		if fq.to.Sub(fq.from) > MaxWindow {
-			return fq, badParam("parameters from and to span %s; at most %s", fq.to.Sub(fq.from), MaxWindow)
+			return fq, httpjson.Bad("parameters from and to span %s; at most %s", fq.to.Sub(fq.from), MaxWindow)
 		}
 	}
 	if v := q.Get("bucket"); v != "" {
@@ -122,12 +123,12 @@ func parseFleetQuery(r *http.Request) (fleetQuery, error) {
 		if err != nil {
 			n, nerr := strconv.ParseInt(v, 10, 64)
 			if nerr != nil {
-				return fq, badParam("parameter bucket=%q: want a duration such as 10s or 1m, or whole seconds", v)
+				return fq, httpjson.Bad("parameter bucket=%q: want a duration such as 10s or 1m, or whole seconds", v)
 			}
 			d = time.Duration(n) * time.Second
 		}
 		if d < time.Second || d%time.Second != 0 || d > 24*time.Hour {
-			return fq, badParam("parameter bucket=%q: want whole seconds from 1s to 24h", v)
+			return fq, httpjson.Bad("parameter bucket=%q: want whole seconds from 1s to 24h", v)
 		}
 		fq.bucket = int64(d / time.Second)
 	}
@@ -138,7 +139,7 @@ func parseFleetQuery(r *http.Request) (fleetQuery, error) {
 			for i, m := range Metrics {
 				names[i] = m.Name
 			}
-			return fq, badParam("parameter metric=%q: want one of %s", v, strings.Join(names, ", "))
+			return fq, httpjson.Bad("parameter metric=%q: want one of %s", v, strings.Join(names, ", "))
 		}
 	}
 	return fq, nil
@@ -153,7 +154,7 @@ func parseTime(name, v string) (time.Time, error) {
 		sec, frac := math.Modf(f)
 		return time.Unix(int64(sec), int64(frac*1e9)).UTC(), nil
 	}
-	return time.Time{}, badParam("parameter %s=%q: want an RFC 3339 time (2026-11-25T12:00:00Z) or Unix seconds", name, v)
+	return time.Time{}, httpjson.Bad("parameter %s=%q: want an RFC 3339 time (2026-11-25T12:00:00Z) or Unix seconds", name, v)
 }
 
 // hostEntry is one committed host bundle as the fleet view knows it.
@@ -450,7 +451,7 @@ func (h *Handler) fleet(ctx context.Context, fq fleetQuery) (*FleetView, []float
 	}
 	ncols := (toSec - fromSec + bucket - 1) / bucket
 	if ncols > MaxColumns {
-		return nil, nil, badParam("from %s to %s in buckets of %ds gives %d columns, at most %d; use a larger bucket", from.Format(time.RFC3339), to.Format(time.RFC3339), bucket, ncols, MaxColumns)
+		return nil, nil, httpjson.Bad("from %s to %s in buckets of %ds gives %d columns, at most %d; use a larger bucket", from.Format(time.RFC3339), to.Format(time.RFC3339), bucket, ncols, MaxColumns)
 	}
 
 	var sel []*hostEntry
@@ -580,12 +581,12 @@ func (h *Handler) fleet(ctx context.Context, fq fleetQuery) (*FleetView, []float
 func (h *Handler) writeFleet(w http.ResponseWriter, r *http.Request, fq fleetQuery) {
 	v, values, err := h.fleet(r.Context(), fq)
 	if err != nil {
-		h.answer(w, r, nil, err)
+		httpjson.Answer(w, r, h.log, nil, err)
 		return
 	}
 	head, err := json.Marshal(v)
 	if err != nil {
-		h.answer(w, r, nil, err)
+		httpjson.Answer(w, r, h.log, nil, err)
 		return
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, len(head)+len(values)*5+32))

@@ -2,6 +2,7 @@ package views
 
 import (
 	"bytes"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -27,7 +28,7 @@ func FuzzFleetQuery(f *testing.F) {
 		r.URL.RawQuery = raw
 		q, err := parseFleetQuery(r)
 		if err != nil {
-			if _, ok := err.(errParam); !ok {
+			if _, ok := err.(httpjson.BadRequest); !ok {
 				t.Fatalf("%q: %T %v is not a parameter error", raw, err, err)
 			}
 			return

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"math"
 	"net/http"
 	"net/url"
@@ -148,7 +149,7 @@ type KernelLine struct {
 
 // job answers the job view: the named capture of the run, or its newest.
 func (h *Handler) job(r *http.Request) (*JobView, error) {
-	q, err := query(r, "capture")
+	q, err := httpjson.Query(r, "capture")
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +157,7 @@ func (h *Handler) job(r *http.Request) (*JobView, error) {
 	if err != nil {
 		return nil, err
 	}
-	if id.Capture, err = component(q, "capture"); err != nil {
+	if id.Capture, err = httpjson.Component(q, "capture"); err != nil {
 		return nil, err
 	}
 	caps, _ := h.cfg.Index.Captures(findings.CaptureQuery{Cluster: id.Cluster, Job: id.Job, Run: id.Run})

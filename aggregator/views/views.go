@@ -16,14 +16,10 @@
 package views
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -31,7 +27,6 @@ import (
 
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/findings"
-	"github.com/loupe-dev/loupe/traces"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -82,21 +77,21 @@ func New(cfg Config) *Handler {
 	h.route("fleet", func(w http.ResponseWriter, r *http.Request) {
 		q, err := parseFleetQuery(r)
 		if err != nil {
-			h.answer(w, r, nil, err)
+			httpjson.Answer(w, r, h.log, nil, err)
 			return
 		}
 		h.writeFleet(w, r, q)
 	})
 	h.route("jobs/{cluster}/{job}/{run}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := h.job(r)
-		h.answer(w, r, v, err)
+		httpjson.Answer(w, r, h.log, v, err)
 	})
 	h.route("flamegraph/{cluster}/{job}/{run}/{capture}", func(w http.ResponseWriter, r *http.Request) {
 		v, err := h.flamegraph(r)
-		h.answer(w, r, v, err)
+		httpjson.Answer(w, r, h.log, v, err)
 	})
 	h.mux.HandleFunc(Prefix, func(w http.ResponseWriter, r *http.Request) {
-		httpError(w, http.StatusNotFound, "no view %s %s; views are GET %sfleet, %sjobs/{cluster}/{job}/{run} and %sflamegraph/{cluster}/{job}/{run}/{capture}",
+		httpjson.Error(w, http.StatusNotFound, "no view %s %s; views are GET %sfleet, %sjobs/{cluster}/{job}/{run} and %sflamegraph/{cluster}/{job}/{run}/{capture}",
 			r.Method, r.URL.Path, Prefix, Prefix, Prefix)
 	})
 	return h
@@ -117,47 +112,6 @@ func (h *Handler) route(path string, fn http.HandlerFunc) {
 // ServeHTTP serves a request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
-// errParam is a bad request parameter: the handler answers 400.
-type errParam struct{ msg string }
-
-// Error is the message the client gets.
-func (e errParam) Error() string { return e.msg }
-
-func badParam(format string, args ...any) error { return errParam{fmt.Sprintf(format, args...)} }
-
-// query parses r's query string, allowing only the named parameters, each
-// at most once.
-func query(r *http.Request, allowed ...string) (url.Values, error) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return nil, badParam("query string: %v", err)
-	}
-	for k, v := range q {
-		if !slices.Contains(allowed, k) {
-			if len(allowed) == 0 {
-				return nil, badParam("unknown parameter %q; this view takes no parameters", k)
-			}
-			return nil, badParam("unknown parameter %q; this view takes %s", k, strings.Join(allowed, ", "))
-		}
-		if len(v) > 1 {
-			return nil, badParam("parameter %q given %d times; give it once", k, len(v))
-		}
-	}
-	return q, nil
-}
-
-// component reads an optional key component parameter (cluster, host, ...).
-func component(q url.Values, name string) (string, error) {
-	v := q.Get(name)
-	if v == "" {
-		return "", nil
-	}
-	if err := traces.ValidateComponent(v); err != nil {
-		return "", badParam("parameter %s=%q: %v", name, v, err)
-	}
-	return v, nil
-}
-
 // pathCapture reads cluster, job, run (and capture, when the pattern has
 // it) from the path.
 func pathCapture(r *http.Request) (capture.ID, error) {
@@ -167,36 +121,7 @@ func pathCapture(r *http.Request) (capture.ID, error) {
 		check.Capture = "c"
 	}
 	if err := check.Validate(); err != nil {
-		return capture.ID{}, badParam("path %s: %v", r.URL.Path, err)
+		return capture.ID{}, httpjson.Bad("path %s: %v", r.URL.Path, err)
 	}
 	return id, nil
-}
-
-// answer writes v, or the error: 400 for bad parameters, 404 for data
-// that is not there, 500 otherwise.
-func (h *Handler) answer(w http.ResponseWriter, r *http.Request, v any, err error) {
-	var bad errParam
-	switch {
-	case err == nil:
-		writeJSON(w, http.StatusOK, v)
-	case errors.As(err, &bad):
-		httpError(w, http.StatusBadRequest, "%s", bad.msg)
-	case errors.Is(err, store.ErrNotFound):
-		httpError(w, http.StatusNotFound, "%v", err)
-	case errors.Is(err, context.Canceled):
-		// The client went away.
-	default:
-		h.log.Error("view failed", "path", r.URL.Path, "err", err)
-		httpError(w, http.StatusInternalServerError, "%v", err)
-	}
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
 }
