@@ -5,6 +5,7 @@ export GONOSUMDB := github.com/NVIDIA/go-dcgm
 # git-ignored cache, once per machine.
 CACHE_BIN := $(CURDIR)/.cache/bin
 MINIO_VERSION      := v0.0.0-20260212201848-7aac2a2c5b7c
+VERSITYGW_VERSION  := v1.8.0
 HELM_VERSION       := v3.22.0
 export LOUPE_MINIO_BIN     := $(CACHE_BIN)/minio
 export LOUPE_VERSITYGW_BIN := $(CACHE_BIN)/versitygw
