@@ -20,6 +20,7 @@ const (
 
 var classNames = [numClasses]string{"computation", "communication", "memory", "other"}
 
+// String names the class as reports show it.
 func (c KernelClass) String() string {
 	if c < numClasses {
 		return classNames[c]
@@ -72,6 +73,7 @@ const (
 var apiNames = [numAPIs]string{"", "cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel",
 	"cuLaunchKernelEx", "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync"}
 
+// String is the API's function name.
 func (a LaunchAPI) String() string {
 	if a < numAPIs {
 		return apiNames[a]

@@ -134,6 +134,7 @@ type Error struct {
 	Message string `json:"error"`
 }
 
+// Error returns the message and the HTTP status it came with.
 func (e *Error) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Code) }
 
 // Errorf returns an *Error with status code.

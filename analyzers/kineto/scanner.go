@@ -17,6 +17,7 @@ type SyntaxError struct {
 	Msg    string
 }
 
+// Error says what is wrong and at which byte offset of the trace.
 func (e *SyntaxError) Error() string {
 	return fmt.Sprintf("kineto trace: byte %d: %s", e.Offset, e.Msg)
 }
