@@ -143,9 +143,6 @@ func (p *Profiler) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cpuprof: %w", err)
 	}
-	p.mu.Lock()
-	p.sym.loadKernel() // once, now rather than in the first capture
-	p.mu.Unlock()
 	if err := p.sampler.Attach(p.cfg.Hz, cpus); err != nil {
 		return fmt.Errorf("cpuprof: %w", err)
 	}

@@ -80,20 +80,21 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Ring holds the most recent events, oldest first out. It is safe for
-// concurrent use.
+// Ring holds the most recent events, oldest first out. It grows to its size
+// only as events arrive, so an agent that tails no logs holds none. It is
+// safe for concurrent use.
 type Ring struct {
 	mu      sync.Mutex
 	buf     []traces.Event
-	next    int
-	full    bool
+	size    int
+	next    int // the oldest event once buf is full
 	dropped *metrics.Counter
 }
 
 // NewRing returns a ring of n events; dropped, when not nil, counts the
 // events pushed out.
 func NewRing(n int, dropped *metrics.Counter) *Ring {
-	return &Ring{buf: make([]traces.Event, max(n, 1)), dropped: dropped}
+	return &Ring{size: max(n, 1), dropped: dropped}
 }
 
 // Add appends events.
@@ -101,14 +102,15 @@ func (r *Ring) Add(evs ...traces.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, e := range evs {
-		if r.full && r.dropped != nil {
+		if len(r.buf) < r.size {
+			r.buf = append(r.buf, e)
+			continue
+		}
+		if r.dropped != nil {
 			r.dropped.Inc()
 		}
 		r.buf[r.next] = e
-		r.next++
-		if r.next == len(r.buf) {
-			r.next, r.full = 0, true
-		}
+		r.next = (r.next + 1) % r.size
 	}
 }
 
@@ -116,13 +118,10 @@ func (r *Ring) Add(evs ...traces.Event) {
 func (r *Ring) Events(from, to time.Time) []traces.Event {
 	r.mu.Lock()
 	var out []traces.Event
-	n := r.next
-	if r.full {
-		n = len(r.buf)
-	}
+	n := len(r.buf)
 	lo, hi := from.UnixNano(), to.UnixNano()
 	for i := range n {
-		e := r.buf[(r.next-n+i+len(r.buf))%len(r.buf)]
+		e := r.buf[(r.next+i)%n]
 		if e.TimeNs >= lo && e.TimeNs < hi {
 			e.Attrs = cloneAttrs(e.Attrs)
 			out = append(out, e)
