@@ -94,13 +94,7 @@ func must(t *testing.T, err error) {
 
 func readPart[T any](t *testing.T, dir, name string) []T {
 	t.Helper()
-	f, err := os.Open(filepath.Join(dir, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	rows, err := traces.ReadTable[T](f, st.Size())
+	rows, err := traces.ReadTableFile[T](filepath.Join(dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}

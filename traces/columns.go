@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -102,6 +103,24 @@ func ReadTable[T any](r io.ReaderAt, size int64, opts ...ScanOption) ([]T, error
 			return nil, err
 		}
 	}
+}
+
+// ReadTableFile reads a whole Parquet part from a local file, as ReadTable.
+func ReadTableFile[T any](path string, opts ...ScanOption) ([]T, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := ReadTable[T](f, st.Size(), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return rows, nil
 }
 
 // tableBatch is how many rows ReadTable decodes at a time.
