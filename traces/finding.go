@@ -1,6 +1,10 @@
 package traces
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Severities of a finding, from most to least urgent.
 const (
@@ -52,6 +56,28 @@ type Scope struct {
 	GPU     int    `json:"gpu"`
 	Rank    int    `json:"rank"`
 	Stream  string `json:"stream,omitempty"`
+}
+
+// String renders what the scope narrows to, e.g. "host h1, rank 3, gpu 3",
+// or "job" when it is the whole job.
+func (s Scope) String() string {
+	var parts []string
+	if s.Host != "" {
+		parts = append(parts, "host "+s.Host)
+	}
+	if s.Rank >= 0 {
+		parts = append(parts, fmt.Sprintf("rank %d", s.Rank))
+	}
+	if s.GPU >= 0 {
+		parts = append(parts, fmt.Sprintf("gpu %d", s.GPU))
+	}
+	if s.Stream != "" {
+		parts = append(parts, "stream "+s.Stream)
+	}
+	if len(parts) == 0 {
+		return "job"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Metric is one evidence number.

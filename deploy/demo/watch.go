@@ -116,7 +116,7 @@ func (w *watcher) poll(ctx context.Context) error {
 				label = "FOUND " + p.name
 			}
 		}
-		w.print("%s: [%s] %s: %s (%s)%s", label, f.Severity, f.Analyzer, f.Title, scope(f.Scope), simulated(f.Simulated))
+		w.print("%s: [%s] %s: %s (%s)%s", label, f.Severity, f.Analyzer, f.Title, f.Scope.String()+", capture "+f.Scope.Capture, simulated(f.Simulated))
 		if strings.HasPrefix(label, "FOUND") {
 			w.print("    what to do: %s", firstSentence(f.Recommendation))
 		}
@@ -166,21 +166,6 @@ func (w *watcher) run(ctx context.Context, interval time.Duration, allFound func
 		case <-t.C:
 		}
 	}
-}
-
-func scope(s traces.Scope) string {
-	var parts []string
-	if s.Host != "" {
-		parts = append(parts, "host "+s.Host)
-	}
-	if s.GPU >= 0 {
-		parts = append(parts, fmt.Sprintf("GPU %d", s.GPU))
-	}
-	if s.Rank >= 0 {
-		parts = append(parts, fmt.Sprintf("rank %d", s.Rank))
-	}
-	parts = append(parts, "capture "+s.Capture)
-	return strings.Join(parts, ", ")
 }
 
 func simulated(b bool) string {

@@ -275,7 +275,7 @@ func printTable(w io.Writer, results []Result) {
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "  SEVERITY\tANALYZER\tSCOPE\tGPU-s LOST\tSHARE\tTITLE")
 			for _, f := range r.Findings {
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%.1f\t%.1f%%\t%s\n", f.Severity, f.Analyzer, scope(f.Scope), f.Impact.GPUSeconds, 100*f.Impact.WindowShare, f.Title)
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%.1f\t%.1f%%\t%s\n", f.Severity, f.Analyzer, f.Scope, f.Impact.GPUSeconds, 100*f.Impact.WindowShare, f.Title)
 			}
 			tw.Flush()
 		}
@@ -296,27 +296,6 @@ func printTable(w io.Writer, results []Result) {
 		}
 		fmt.Fprintln(w)
 	}
-}
-
-// scope renders what a finding is about.
-func scope(s traces.Scope) string {
-	var parts []string
-	if s.Host != "" {
-		parts = append(parts, "host "+s.Host)
-	}
-	if s.Rank >= 0 {
-		parts = append(parts, fmt.Sprintf("rank %d", s.Rank))
-	}
-	if s.GPU >= 0 {
-		parts = append(parts, fmt.Sprintf("gpu %d", s.GPU))
-	}
-	if s.Stream != "" {
-		parts = append(parts, "stream "+s.Stream)
-	}
-	if len(parts) == 0 {
-		return "job"
-	}
-	return strings.Join(parts, ", ")
 }
 
 // ranges renders sorted ranks compactly: 0-3,7.
