@@ -34,6 +34,22 @@ const (
 	OpGroupEnd           Op = 13
 	// OpCommInitRankScalable is ncclCommInitRankScalable (NCCL >= 2.23).
 	OpCommInitRankScalable Op = 14
+	// OpCommSplit is ncclCommSplit: Peer is the color, Count the key.
+	OpCommSplit Op = 15
+)
+
+// IDSource says how an Event's CommID was found (enum comm_id_source).
+type IDSource uint32
+
+// The ways a communicator's id is known.
+const (
+	// IDUnknown: the communicator was created before the probes attached.
+	IDUnknown IDSource = 0
+	// IDInit: an init call was seen; CommID hashes the ncclUniqueId.
+	IDInit IDSource = 1
+	// IDSplit: ncclCommSplit of a known parent was seen; CommID mixes the
+	// parent's id, the number of that split and the color.
+	IDSplit IDSource = 2
 )
 
 var opNames = [...]string{
@@ -51,6 +67,7 @@ var opNames = [...]string{
 	OpGroupStart:           "GroupStart",
 	OpGroupEnd:             "GroupEnd",
 	OpCommInitRankScalable: "CommInitRankScalable",
+	OpCommSplit:            "CommSplit",
 }
 
 // String is the NCCL function name without its "nccl" prefix, as stored in
@@ -65,7 +82,7 @@ func (o Op) String() string {
 // Ops lists every probed function's Op, in code order.
 func Ops() []Op {
 	ops := make([]Op, 0, len(opNames)-1)
-	for o := OpCommInitRank; o <= OpCommInitRankScalable; o++ {
+	for o := OpCommInitRank; o <= OpCommSplit; o++ {
 		ops = append(ops, o)
 	}
 	return ops
@@ -73,7 +90,7 @@ func Ops() []Op {
 
 // IsInit reports whether o creates communicators.
 func (o Op) IsInit() bool {
-	return o >= OpCommInitRank && o <= OpCommInitAll || o == OpCommInitRankScalable
+	return o >= OpCommInitRank && o <= OpCommInitAll || o == OpCommInitRankScalable || o == OpCommSplit
 }
 
 // IsCollective reports whether o is a collective on one communicator.
@@ -87,18 +104,19 @@ type Event struct {
 	TimeNs     uint64 // CLOCK_MONOTONIC at entry
 	DurationNs uint64 // entry to return
 	Comm       uint64 // ncclComm_t handle; 0 for group calls
-	CommID     uint64 // hash of the ncclUniqueId; 0 when the init was not seen
-	Count      uint64
+	CommID     uint64 // equal on every rank of the communicator; 0 when its creation was not seen
+	Count      uint64 // elements; the key for CommSplit
 	Seq        int64 // per communicator (collectives and Send/Recv apart); -1 when not numbered
 	PID        uint32
 	TID        uint32
 	Rank       int32 // -1 when the communicator's init was not seen
 	NRanks     int32
-	Peer       int32 // Send/Recv peer, Broadcast/Reduce root; -1 otherwise
+	Peer       int32 // Send/Recv peer, Broadcast/Reduce root, CommSplit color; -1 otherwise
 	Datatype   int32 // ncclDataType_t; -1 when the call has none
 	RedOp      int32 // ncclRedOp_t; -1 when the call has none
 	Result     int32 // ncclResult_t returned
 	Op         Op
+	Source     IDSource // how CommID was found
 }
 
 // EventSize is the size of one ring buffer record (struct event).
@@ -125,6 +143,7 @@ func ParseEvent(b []byte, ev *Event) error {
 	ev.RedOp = int32(le.Uint32(b[72:]))
 	ev.Result = int32(le.Uint32(b[76:]))
 	ev.Op = Op(le.Uint32(b[80:]))
+	ev.Source = IDSource(le.Uint32(b[84:]))
 	return nil
 }
 
@@ -141,3 +160,37 @@ type Probe struct {
 // DefaultRingBytes is the default size of the event ring buffer: about
 // 47000 records of slack while user space catches up.
 const DefaultRingBytes = 4 << 20
+
+// MapKind says why a process may have mapped new libraries (enum load_kind).
+type MapKind uint32
+
+// Why a MapEvent record was sent.
+const (
+	// MapExec: the process exec'd; its binary and dynamic loader are mapped.
+	MapExec MapKind = 1
+	// MapLoader: its dynamic loader called _dl_debug_state (startup,
+	// dlopen or dlclose).
+	MapLoader MapKind = 2
+)
+
+// MapEvent is a process that may just have mapped libraries.
+type MapEvent struct {
+	PID  uint32
+	Kind MapKind
+}
+
+// MapEventSize is the size of one MapEvent record (struct load).
+const MapEventSize = 8
+
+// ParseMapEvent decodes one record of the loads ring buffer.
+func ParseMapEvent(b []byte, l *MapEvent) error {
+	if len(b) < MapEventSize {
+		return fmt.Errorf("nccl load record is %d bytes, want %d: agent and eBPF object out of step", len(b), MapEventSize)
+	}
+	l.PID = binary.LittleEndian.Uint32(b)
+	l.Kind = MapKind(binary.LittleEndian.Uint32(b[4:]))
+	return nil
+}
+
+// LoaderSymbol is the dynamic loader's function the loader probe goes on.
+const LoaderSymbol = "_dl_debug_state"

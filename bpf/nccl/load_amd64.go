@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 )
 
@@ -58,6 +59,7 @@ func Load(ringBytes int) (*Objects, error) {
 		{"ncclCommInitRankConfig", OpCommInitRankConfig, p.CommInitRankConfig, p.CommInitRankConfigRet},
 		{"ncclCommInitRankScalable", OpCommInitRankScalable, p.CommInitRankScalable, p.CommInitRankScalableRet},
 		{"ncclCommInitAll", OpCommInitAll, p.CommInitAll, p.CommInitAllRet},
+		{"ncclCommSplit", OpCommSplit, p.CommSplit, p.CommSplitRet},
 		{"ncclAllReduce", OpAllReduce, p.AllReduce, p.AllReduceRet},
 		{"ncclAllGather", OpAllGather, p.AllGather, p.AllGatherRet},
 		{"ncclReduceScatter", OpReduceScatter, p.ReduceScatter, p.ReduceScatterRet},
@@ -135,5 +137,63 @@ func (o *Objects) CommCount() (int, error) {
 	return n, nil
 }
 
+// InFlight returns the calls that have entered an NCCL function and not
+// returned, as of now: for each, the entry's record with DurationNs 0.
+// A thread blocked inside NCCL stays listed; so, until evicted, does the
+// entry of a thread that died inside a call, so callers match pids they
+// know to be alive.
+func (o *Objects) InFlight() ([]Event, error) {
+	var (
+		key ncclInflightKey
+		val ncclInflight
+		out []Event
+	)
+	it := o.objs.ncclMaps.Inflight.Iterate()
+	for it.Next(&key, &val) {
+		e := val.Ev
+		out = append(out, Event{
+			TimeNs: e.TimeNs, Comm: e.Comm, CommID: e.CommId, Count: e.Count, Seq: e.Seq, PID: e.Pid, TID: e.Tid,
+			Rank: e.Rank, NRanks: e.Nranks, Peer: e.Peer, Datatype: e.Datatype, RedOp: e.Redop, Op: Op(e.Op), Source: IDSource(e.Flags),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("listing NCCL calls in flight: %w", err)
+	}
+	return out, nil
+}
+
 // Close unloads the programs and maps.
 func (o *Objects) Close() error { return o.objs.Close() }
+
+// MapEvents is the ring buffer of MapEvent records: exec and dynamic loader events.
+func (o *Objects) MapEvents() *ebpf.Map { return o.objs.ncclMaps.Loads }
+
+// LoaderProbe is the program for a uprobe on a dynamic loader's
+// LoaderSymbol.
+func (o *Objects) LoaderProbe() *ebpf.Program { return o.objs.ncclPrograms.DlDebugState }
+
+// AttachExec attaches the program that sends a MapEvent record at every exec
+// (a raw tracepoint: no tracefs needed).
+func (o *Objects) AttachExec() (link.Link, error) {
+	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_exec", Program: o.objs.ncclPrograms.ProcessExec})
+	if err != nil {
+		return nil, fmt.Errorf("attaching the exec hook (raw tracepoint sched_process_exec): %w", err)
+	}
+	return l, nil
+}
+
+// SetTraced tells the loader probe that pid is traced already (or, with
+// false, no longer), so its dlopen calls send nothing.
+func (o *Objects) SetTraced(pid uint32, traced bool) error {
+	m := o.objs.ncclMaps.Traced
+	if !traced {
+		if err := m.Delete(pid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forgetting traced pid %d: %w", pid, err)
+		}
+		return nil
+	}
+	if err := m.Put(pid, uint8(1)); err != nil {
+		return fmt.Errorf("marking pid %d traced: %w", pid, err)
+	}
+	return nil
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 )
 
 // Objects are the programs and maps loaded into the kernel; on this
@@ -33,5 +34,20 @@ func (o *Objects) CommCount() (int, error) { return 0, errArch }
 // ForgetPIDs does nothing here.
 func (o *Objects) ForgetPIDs(map[uint32]bool) error { return nil }
 
+// InFlight fails here.
+func (o *Objects) InFlight() ([]Event, error) { return nil, errArch }
+
 // Close does nothing here.
 func (o *Objects) Close() error { return nil }
+
+// MapEvents is nil here.
+func (o *Objects) MapEvents() *ebpf.Map { return nil }
+
+// LoaderProbe is nil here.
+func (o *Objects) LoaderProbe() *ebpf.Program { return nil }
+
+// AttachExec fails here.
+func (o *Objects) AttachExec() (link.Link, error) { return nil, errArch }
+
+// SetTraced does nothing here.
+func (o *Objects) SetTraced(uint32, bool) error { return nil }

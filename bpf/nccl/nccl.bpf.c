@@ -36,12 +36,21 @@ enum nccl_op {
 	OP_GROUP_START = 12,
 	OP_GROUP_END = 13,
 	OP_COMM_INIT_RANK_SCALABLE = 14,
+	OP_COMM_SPLIT = 15,
+};
+
+// How a communicator's comm_id was found (event.flags, comm_info.flags).
+enum comm_id_source {
+	COMM_ID_INIT = 1,  // an init call: hash of the ncclUniqueId
+	COMM_ID_SPLIT = 2, // ncclCommSplit of a known parent: parent id, split number, color
 };
 
 #define NCCL_UNIQUE_ID_BYTES 128
 // ncclResult_t of a non-blocking init that goes on in the background: the
 // handle is valid already.
 #define NCCL_IN_PROGRESS 7
+// ncclCommSplit's color for ranks that get no new communicator.
+#define NCCL_SPLIT_NOCOLOR -1
 // ncclCommInitAll creates one communicator per device of one process; more
 // than this many devices in a single call are not reported.
 #define MAX_INIT_ALL 64
@@ -52,19 +61,19 @@ struct event {
 	__u64 time_ns;     // CLOCK_MONOTONIC at entry
 	__u64 duration_ns; // entry to return
 	__u64 comm;        // ncclComm_t handle (0 for group calls)
-	__u64 comm_id;     // hash of the ncclUniqueId; 0 when the init was not seen
-	__u64 count;
+	__u64 comm_id;     // equal on every rank; 0 when the creation was not seen
+	__u64 count;       // ncclCommSplit: the key
 	__s64 seq;         // per communicator; -1 when not numbered
 	__u32 pid;
 	__u32 tid;
 	__s32 rank;        // -1 when the init was not seen
 	__s32 nranks;
-	__s32 peer;        // Send/Recv peer, Broadcast/Reduce root, else -1
+	__s32 peer;        // Send/Recv peer, Broadcast/Reduce root, ncclCommSplit color, else -1
 	__s32 datatype;    // ncclDataType_t, -1 when none
 	__s32 redop;       // ncclRedOp_t, -1 when none
 	__s32 result;      // ncclResult_t returned
 	__u32 op;
-	__u32 _pad;
+	__u32 flags; // enum comm_id_source of comm_id, 0 when unknown
 };
 
 // A call between its entry and its return. Keyed by thread and op, because
@@ -92,6 +101,9 @@ struct comm_info {
 	__s32 nranks;
 	__s64 seq;     // next collective sequence number
 	__s64 p2p_seq; // next Send/Recv sequence number
+	__u64 splits;  // ncclCommSplit calls on it so far: the same count on every rank
+	__u32 flags;   // enum comm_id_source
+	__u32 _pad;
 };
 
 struct {
@@ -121,9 +133,47 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
+// A process that may just have mapped libraries: it exec'd, or its dynamic
+// loader announced a change of its link map. User space reads its maps.
+enum load_kind {
+	LOAD_EXEC = 1,   // sched_process_exec: the binary and its loader are mapped
+	LOAD_LOADER = 2, // the loader's _dl_debug_state: dlopen, dlclose or startup
+};
+
+struct load {
+	__u32 pid;
+	__u32 kind; // enum load_kind
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 10);
+} loads SEC(".maps");
+
+// Processes user space already traces (it fills this map): their loader
+// calls need no look.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} traced SEC(".maps");
+
+// When each process last sent a loader record: at most one a millisecond,
+// since a Python start makes hundreds of dlopen calls.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_load SEC(".maps");
+
 // Force BTF for the record and op types so bpf2go can generate its Go twin.
 const struct event *unused_event __attribute__((unused));
 const enum nccl_op *unused_op __attribute__((unused));
+const enum comm_id_source *unused_source __attribute__((unused));
+const struct load *unused_load __attribute__((unused));
+const enum load_kind *unused_load_kind __attribute__((unused));
 
 // Stack argument n (7th and later, counted from 1) at function entry: the
 // return address is at sp, the first stack argument at sp+8.
@@ -186,6 +236,7 @@ static __always_inline int comm_call(__u32 op, __u64 comm, __u64 count, __s32 da
 	}
 	if (ci) {
 		in.ev.comm_id = ci->comm_id;
+		in.ev.flags = ci->flags;
 		in.ev.rank = ci->rank;
 		in.ev.nranks = ci->nranks;
 		if (op == OP_SEND || op == OP_RECV)
@@ -225,6 +276,7 @@ static __always_inline int init_rank(struct pt_regs *ctx, __u32 op)
 	in.ev.nranks = (__s32)PT_REGS_PARM2(ctx);
 	in.ev.rank = (__s32)PT_REGS_PARM3(ctx);
 	in.ev.comm_id = hash_unique_id((void *)(PT_REGS_SP(ctx) + 8));
+	in.ev.flags = in.ev.comm_id ? COMM_ID_INIT : 0;
 	return save(&in);
 }
 
@@ -255,6 +307,7 @@ int comm_init_rank_scalable(struct pt_regs *ctx)
 	in.ev.rank = (__s32)PT_REGS_PARM3(ctx);
 	if ((__s32)PT_REGS_PARM4(ctx) > 0)
 		in.ev.comm_id = hash_unique_id((void *)PT_REGS_PARM5(ctx));
+	in.ev.flags = in.ev.comm_id ? COMM_ID_INIT : 0;
 	return save(&in);
 }
 
@@ -270,6 +323,44 @@ int comm_init_all(struct pt_regs *ctx)
 	in.out = PT_REGS_PARM1(ctx);
 	in.ev.nranks = (__s32)PT_REGS_PARM2(ctx);
 	in.ev.comm_id = (((__u64)in.ev.pid << 32) ^ in.ev.time_ns) * 0x9e3779b97f4a7c15ULL;
+	in.ev.flags = COMM_ID_INIT;
+	return save(&in);
+}
+
+// ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newcomm,
+// ncclConfig_t *config): a collective call on the parent, so every rank
+// counts the parent's splits alike. The child's id mixes the parent's id,
+// that count and the color, as NCCL's own commHash does: equal on the ranks
+// that share a color, different for every other group and split.
+SEC("uprobe/ncclCommSplit")
+int comm_split(struct pt_regs *ctx)
+{
+	struct inflight in = {};
+	struct comm_key key = {};
+	struct comm_info *ci;
+	__s32 color = (__s32)PT_REGS_PARM2(ctx);
+
+	begin(&in, OP_COMM_SPLIT);
+	in.out = PT_REGS_PARM4(ctx);
+	in.ev.peer = color;
+	in.ev.count = (__u64)(__s64)(__s32)PT_REGS_PARM3(ctx);
+	key.pid = in.ev.pid;
+	key.comm = PT_REGS_PARM1(ctx);
+	ci = bpf_map_lookup_elem(&comms, &key);
+	if (ci) {
+		__u64 n = __sync_fetch_and_add(&ci->splits, 1);
+
+		if (ci->comm_id && color != NCCL_SPLIT_NOCOLOR) {
+			__u64 h = ci->comm_id ^ ((n + 1) * 0x9e3779b97f4a7c15ULL);
+
+			h ^= ((__u64)(__u32)color + 1) * 0xc2b2ae3d27d4eb4fULL;
+			h ^= h >> 33;
+			h *= 0xff51afd7ed558ccdULL;
+			h ^= h >> 33;
+			in.ev.comm_id = h ? h : 1;
+			in.ev.flags = COMM_ID_SPLIT;
+		}
+	}
 	return save(&in);
 }
 
@@ -340,8 +431,8 @@ int recv(struct pt_regs *ctx)
 }
 
 // ncclCommDestroy(comm) and ncclCommAbort(comm): forget the communicator,
-// so that a later one allocated at the same address (by ncclCommSplit,
-// which is not probed) does not inherit its id and rank. No record is sent.
+// so that a later one allocated at the same address does not inherit its id
+// and rank. No record is sent.
 SEC("uprobe/ncclCommDestroy")
 int comm_destroy(struct pt_regs *ctx)
 {
@@ -388,11 +479,12 @@ static __always_inline void emit(struct event *ev)
 	}
 }
 
-static __always_inline void register_comm(__u32 pid, __u64 comm, __u64 comm_id, __s32 rank,
-					  __s32 nranks)
+static __always_inline void register_comm(struct event *ev)
 {
-	struct comm_key key = { .pid = pid, .comm = comm };
-	struct comm_info ci = { .comm_id = comm_id, .rank = rank, .nranks = nranks };
+	struct comm_key key = { .pid = ev->pid, .comm = ev->comm };
+	struct comm_info ci = {
+		.comm_id = ev->comm_id, .rank = ev->rank, .nranks = ev->nranks, .flags = ev->flags,
+	};
 
 	bpf_map_update_elem(&comms, &key, &ci, BPF_ANY);
 }
@@ -415,10 +507,12 @@ static __always_inline int finish(struct pt_regs *ctx, __u32 op)
 	case OP_COMM_INIT_RANK:
 	case OP_COMM_INIT_RANK_CONFIG:
 	case OP_COMM_INIT_RANK_SCALABLE:
-		// *comm is written by the call, so it is read on return.
+	case OP_COMM_SPLIT:
+		// *comm is written by the call, so it is read on return. A
+		// split with no color writes NULL.
 		bpf_probe_read_user(&ev.comm, sizeof(ev.comm), (void *)in->out);
 		if ((ev.result == 0 || ev.result == NCCL_IN_PROGRESS) && ev.comm)
-			register_comm(ev.pid, ev.comm, ev.comm_id, ev.rank, ev.nranks);
+			register_comm(&ev);
 		break;
 	case OP_COMM_INIT_ALL:
 		// One record per device: rank i owns comm[i].
@@ -429,7 +523,7 @@ static __always_inline int finish(struct pt_regs *ctx, __u32 op)
 			ev.comm = 0;
 			bpf_probe_read_user(&ev.comm, sizeof(ev.comm), (void *)(in->out + 8 * i));
 			if ((ev.result == 0 || ev.result == NCCL_IN_PROGRESS) && ev.comm)
-				register_comm(ev.pid, ev.comm, ev.comm_id, ev.rank, ev.nranks);
+				register_comm(&ev);
 			emit(&ev);
 		}
 		bpf_map_delete_elem(&inflight, &key);
@@ -451,6 +545,7 @@ RETURN_PROBE(comm_init_rank, OP_COMM_INIT_RANK)
 RETURN_PROBE(comm_init_rank_config, OP_COMM_INIT_RANK_CONFIG)
 RETURN_PROBE(comm_init_rank_scalable, OP_COMM_INIT_RANK_SCALABLE)
 RETURN_PROBE(comm_init_all, OP_COMM_INIT_ALL)
+RETURN_PROBE(comm_split, OP_COMM_SPLIT)
 RETURN_PROBE(all_reduce, OP_ALL_REDUCE)
 RETURN_PROBE(all_gather, OP_ALL_GATHER)
 RETURN_PROBE(reduce_scatter, OP_REDUCE_SCATTER)
@@ -461,3 +556,43 @@ RETURN_PROBE(send, OP_SEND)
 RETURN_PROBE(recv, OP_RECV)
 RETURN_PROBE(group_start, OP_GROUP_START)
 RETURN_PROBE(group_end, OP_GROUP_END)
+
+static __always_inline void send_load(__u32 pid, __u32 kind)
+{
+	struct load l = { .pid = pid, .kind = kind };
+
+	bpf_ringbuf_output(&loads, &l, sizeof(l), BPF_RB_FORCE_WAKEUP);
+}
+
+// glibc's and musl's loaders call _dl_debug_state (the debuggers' hook,
+// r_brk) when the link map is about to change and once it is consistent
+// again: at startup once the needed libraries are mapped, before main, and
+// around every dlopen and dlclose.
+SEC("uprobe/_dl_debug_state")
+int dl_debug_state(struct pt_regs *ctx)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *last;
+
+	if (bpf_map_lookup_elem(&traced, &pid))
+		return 0;
+	last = bpf_map_lookup_elem(&last_load, &pid);
+	if (last && now - *last < 1000000)
+		return 0;
+	bpf_map_update_elem(&last_load, &pid, &now, BPF_ANY);
+	send_load(pid, LOAD_LOADER);
+	return 0;
+}
+
+// A new program image: its loader is mapped (and found by user space, which
+// probes loaders it has not seen), its libraries follow within milliseconds.
+SEC("raw_tp/sched_process_exec")
+int process_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+
+	bpf_map_delete_elem(&traced, &pid);
+	send_load(pid, LOAD_EXEC);
+	return 0;
+}

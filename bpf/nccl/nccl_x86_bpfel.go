@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ncclCommIdSource uint32
+
+const (
+	ncclCommIdSourceCOMM_ID_INIT  ncclCommIdSource = 1
+	ncclCommIdSourceCOMM_ID_SPLIT ncclCommIdSource = 2
+)
+
 type ncclCommInfo struct {
 	_      structs.HostLayout
 	CommId uint64
@@ -20,6 +27,9 @@ type ncclCommInfo struct {
 	Nranks int32
 	Seq    int64
 	P2pSeq int64
+	Splits uint64
+	Flags  uint32
+	Pad    uint32
 }
 
 type ncclCommKey struct {
@@ -46,7 +56,7 @@ type ncclEvent struct {
 	Redop      int32
 	Result     int32
 	Op         uint32
-	Pad        uint32
+	Flags      uint32
 }
 
 type ncclInflight struct {
@@ -61,6 +71,19 @@ type ncclInflightKey struct {
 	Op      uint32
 	Pad     uint32
 }
+
+type ncclLoad struct {
+	_    structs.HostLayout
+	Pid  uint32
+	Kind uint32
+}
+
+type ncclLoadKind uint32
+
+const (
+	ncclLoadKindLOAD_EXEC   ncclLoadKind = 1
+	ncclLoadKindLOAD_LOADER ncclLoadKind = 2
+)
 
 type ncclNcclOp uint32
 
@@ -79,6 +102,7 @@ const (
 	ncclNcclOpOP_GROUP_START             ncclNcclOp = 12
 	ncclNcclOpOP_GROUP_END               ncclNcclOp = 13
 	ncclNcclOpOP_COMM_INIT_RANK_SCALABLE ncclNcclOp = 14
+	ncclNcclOpOP_COMM_SPLIT              ncclNcclOp = 15
 )
 
 // Names of all BPF objects in the ELF.
@@ -88,7 +112,10 @@ const (
 	ncclMapComms                    = "comms"
 	ncclMapEvents                   = "events"
 	ncclMapInflight                 = "inflight"
+	ncclMapLastLoad                 = "last_load"
+	ncclMapLoads                    = "loads"
 	ncclMapLost                     = "lost"
+	ncclMapTraced                   = "traced"
 	ncclProgAllGather               = "all_gather"
 	ncclProgAllGatherRet            = "all_gather_ret"
 	ncclProgAllReduce               = "all_reduce"
@@ -106,10 +133,14 @@ const (
 	ncclProgCommInitRankRet         = "comm_init_rank_ret"
 	ncclProgCommInitRankScalable    = "comm_init_rank_scalable"
 	ncclProgCommInitRankScalableRet = "comm_init_rank_scalable_ret"
+	ncclProgCommSplit               = "comm_split"
+	ncclProgCommSplitRet            = "comm_split_ret"
+	ncclProgDlDebugState            = "dl_debug_state"
 	ncclProgGroupEnd                = "group_end"
 	ncclProgGroupEndRet             = "group_end_ret"
 	ncclProgGroupStart              = "group_start"
 	ncclProgGroupStartRet           = "group_start_ret"
+	ncclProgProcessExec             = "process_exec"
 	ncclProgRecv                    = "recv"
 	ncclProgRecvRet                 = "recv_ret"
 	ncclProgReduce                  = "reduce"
@@ -119,7 +150,10 @@ const (
 	ncclProgSend                    = "send"
 	ncclProgSendRet                 = "send_ret"
 	ncclVarUnusedEvent              = "unused_event"
+	ncclVarUnusedLoad               = "unused_load"
+	ncclVarUnusedLoadKind           = "unused_load_kind"
 	ncclVarUnusedOp                 = "unused_op"
+	ncclVarUnusedSource             = "unused_source"
 )
 
 // loadNccl returns the embedded CollectionSpec for nccl.
@@ -181,10 +215,14 @@ type ncclProgramSpecs struct {
 	CommInitRankRet         *ebpf.ProgramSpec `ebpf:"comm_init_rank_ret"`
 	CommInitRankScalable    *ebpf.ProgramSpec `ebpf:"comm_init_rank_scalable"`
 	CommInitRankScalableRet *ebpf.ProgramSpec `ebpf:"comm_init_rank_scalable_ret"`
+	CommSplit               *ebpf.ProgramSpec `ebpf:"comm_split"`
+	CommSplitRet            *ebpf.ProgramSpec `ebpf:"comm_split_ret"`
+	DlDebugState            *ebpf.ProgramSpec `ebpf:"dl_debug_state"`
 	GroupEnd                *ebpf.ProgramSpec `ebpf:"group_end"`
 	GroupEndRet             *ebpf.ProgramSpec `ebpf:"group_end_ret"`
 	GroupStart              *ebpf.ProgramSpec `ebpf:"group_start"`
 	GroupStartRet           *ebpf.ProgramSpec `ebpf:"group_start_ret"`
+	ProcessExec             *ebpf.ProgramSpec `ebpf:"process_exec"`
 	Recv                    *ebpf.ProgramSpec `ebpf:"recv"`
 	RecvRet                 *ebpf.ProgramSpec `ebpf:"recv_ret"`
 	Reduce                  *ebpf.ProgramSpec `ebpf:"reduce"`
@@ -202,15 +240,21 @@ type ncclMapSpecs struct {
 	Comms    *ebpf.MapSpec `ebpf:"comms"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
 	Inflight *ebpf.MapSpec `ebpf:"inflight"`
+	LastLoad *ebpf.MapSpec `ebpf:"last_load"`
+	Loads    *ebpf.MapSpec `ebpf:"loads"`
 	Lost     *ebpf.MapSpec `ebpf:"lost"`
+	Traced   *ebpf.MapSpec `ebpf:"traced"`
 }
 
 // ncclVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ncclVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedOp    *ebpf.VariableSpec `ebpf:"unused_op"`
+	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedLoad     *ebpf.VariableSpec `ebpf:"unused_load"`
+	UnusedLoadKind *ebpf.VariableSpec `ebpf:"unused_load_kind"`
+	UnusedOp       *ebpf.VariableSpec `ebpf:"unused_op"`
+	UnusedSource   *ebpf.VariableSpec `ebpf:"unused_source"`
 }
 
 // ncclObjects contains all objects after they have been loaded into the kernel.
@@ -236,7 +280,10 @@ type ncclMaps struct {
 	Comms    *ebpf.Map `ebpf:"comms"`
 	Events   *ebpf.Map `ebpf:"events"`
 	Inflight *ebpf.Map `ebpf:"inflight"`
+	LastLoad *ebpf.Map `ebpf:"last_load"`
+	Loads    *ebpf.Map `ebpf:"loads"`
 	Lost     *ebpf.Map `ebpf:"lost"`
+	Traced   *ebpf.Map `ebpf:"traced"`
 }
 
 func (m *ncclMaps) Close() error {
@@ -244,7 +291,10 @@ func (m *ncclMaps) Close() error {
 		m.Comms,
 		m.Events,
 		m.Inflight,
+		m.LastLoad,
+		m.Loads,
 		m.Lost,
+		m.Traced,
 	)
 }
 
@@ -252,8 +302,11 @@ func (m *ncclMaps) Close() error {
 //
 // It can be passed to loadNcclObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ncclVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
-	UnusedOp    *ebpf.Variable `ebpf:"unused_op"`
+	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
+	UnusedLoad     *ebpf.Variable `ebpf:"unused_load"`
+	UnusedLoadKind *ebpf.Variable `ebpf:"unused_load_kind"`
+	UnusedOp       *ebpf.Variable `ebpf:"unused_op"`
+	UnusedSource   *ebpf.Variable `ebpf:"unused_source"`
 }
 
 // ncclPrograms contains all programs after they have been loaded into the kernel.
@@ -277,10 +330,14 @@ type ncclPrograms struct {
 	CommInitRankRet         *ebpf.Program `ebpf:"comm_init_rank_ret"`
 	CommInitRankScalable    *ebpf.Program `ebpf:"comm_init_rank_scalable"`
 	CommInitRankScalableRet *ebpf.Program `ebpf:"comm_init_rank_scalable_ret"`
+	CommSplit               *ebpf.Program `ebpf:"comm_split"`
+	CommSplitRet            *ebpf.Program `ebpf:"comm_split_ret"`
+	DlDebugState            *ebpf.Program `ebpf:"dl_debug_state"`
 	GroupEnd                *ebpf.Program `ebpf:"group_end"`
 	GroupEndRet             *ebpf.Program `ebpf:"group_end_ret"`
 	GroupStart              *ebpf.Program `ebpf:"group_start"`
 	GroupStartRet           *ebpf.Program `ebpf:"group_start_ret"`
+	ProcessExec             *ebpf.Program `ebpf:"process_exec"`
 	Recv                    *ebpf.Program `ebpf:"recv"`
 	RecvRet                 *ebpf.Program `ebpf:"recv_ret"`
 	Reduce                  *ebpf.Program `ebpf:"reduce"`
@@ -310,10 +367,14 @@ func (p *ncclPrograms) Close() error {
 		p.CommInitRankRet,
 		p.CommInitRankScalable,
 		p.CommInitRankScalableRet,
+		p.CommSplit,
+		p.CommSplitRet,
+		p.DlDebugState,
 		p.GroupEnd,
 		p.GroupEndRet,
 		p.GroupStart,
 		p.GroupStartRet,
+		p.ProcessExec,
 		p.Recv,
 		p.RecvRet,
 		p.Reduce,
