@@ -106,7 +106,7 @@ type Event struct {
 	Comm       uint64 // ncclComm_t handle; 0 for group calls
 	CommID     uint64 // equal on every rank of the communicator; 0 when its creation was not seen
 	Count      uint64 // elements; the key for CommSplit
-	Seq        int64 // per communicator (collectives and Send/Recv apart); -1 when not numbered
+	Seq        int64  // per communicator (collectives and Send/Recv apart); -1 when not numbered
 	PID        uint32
 	TID        uint32
 	Rank       int32 // -1 when the communicator's init was not seen
