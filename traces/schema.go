@@ -61,32 +61,116 @@ const (
 	ClockEventHWPowerBrake      = 0x80
 )
 
-// NCCLEvent is one row of nccl_events.parquet: one host-side NCCL API call
-// seen by a uprobe. TimeNs is when the call entered NCCL, which is enqueue
-// time, not GPU completion. Arrival skew across ranks for the same (CommID,
-// Seq) is what exposes a straggler.
+// NCCLEvent is one row of nccl_events.parquet: one NCCL call of one
+// process, seen by a uprobe on its host API, by NCCL's profiler plugin, or
+// by both (merged). TimeNs is when the call entered NCCL, which is enqueue
+// time, not GPU completion; GPUStartNs and GPUEndNs, when the plugin
+// reported them, are when the collective's kernel ran. Arrival skew across
+// ranks for the same (CommID, Seq) is what exposes a straggler.
 type NCCLEvent struct {
 	TimeNs int64 `parquet:"time_ns,timestamp(nanosecond)"`
 	// DurationNs is how long the host-side call took (entry to return).
 	DurationNs int64 `parquet:"duration_ns"`
 	PID        int32 `parquet:"pid"`
 	TID        int32 `parquet:"tid"`
-	Rank       int32 `parquet:"rank"`
-	NRanks     int32 `parquet:"nranks"`
-	// CommID is a hash of the communicator's ncclUniqueId: the same on every
-	// rank of one communicator, on every host.
+	// Rank and NRanks are the process's rank in the communicator and the
+	// communicator's size; -1 when unknown (its creation was not seen).
+	Rank   int32 `parquet:"rank"`
+	NRanks int32 `parquet:"nranks"`
+	// CommID is the same on every rank of one communicator, on every host;
+	// Matched says where it comes from. 0 when unknown.
 	CommID uint64 `parquet:"comm_id"`
 	// Op is the NCCL function without its prefix: AllReduce, AllGather,
 	// ReduceScatter, Broadcast, Reduce, AllToAll, Send, Recv, GroupStart,
-	// GroupEnd, CommInitRank.
+	// GroupEnd, CommInitRank, CommSplit, ...
 	Op string `parquet:"op,dict"`
-	// Seq numbers the collectives of one communicator from 0, per process.
+	// Seq numbers the collectives of one communicator, and apart from them
+	// its Send/Recv calls; a collective has the same Seq on every rank when
+	// Matched is set. Until matched, it counts the calls this process was
+	// seen making.
 	Seq      int64  `parquet:"seq"`
 	Count    int64  `parquet:"count"`
 	Datatype string `parquet:"datatype,dict"`
 	Bytes    int64  `parquet:"bytes"`
 	// Peer is the peer rank of Send/Recv and the root of Broadcast/Reduce; -1 otherwise.
 	Peer int32 `parquet:"peer"`
+	// GlobalRank is the process's rank in the job, from its launcher's
+	// environment (RANK, OMPI_COMM_WORLD_RANK, PMI_RANK, SLURM_PROCID), and
+	// WorldSize the job's number of ranks; -1 when the launcher set none.
+	// Stragglers and hangs are named by global rank. Rows written before
+	// these columns existed have Source "": see JobRank.
+	GlobalRank int32 `parquet:"global_rank"`
+	WorldSize  int32 `parquet:"world_size"`
+	// CommHandle is the ncclComm_t pointer in this process: with the host
+	// and PID it names one communicator of one process.
+	CommHandle uint64 `parquet:"comm_handle"`
+	// Matched says how CommID and Seq were found: MatchInit, MatchSplit,
+	// MatchPlugin, MatchPattern, or "" when not matched across ranks.
+	Matched string `parquet:"matched,dict"`
+	// Source is SourceUprobe, SourcePlugin or SourceBoth.
+	Source string `parquet:"source,dict"`
+	// GPUStartNs and GPUEndNs bound the collective's kernel on this rank's
+	// GPU (Unix ns, NCCL's kernel timestamps converted to host time by the
+	// plugin); 0 when unknown.
+	GPUStartNs int64 `parquet:"gpu_start_ns,timestamp(nanosecond)"`
+	GPUEndNs   int64 `parquet:"gpu_end_ns,timestamp(nanosecond)"`
+	// Algo, Proto and NChannels are what NCCL chose (RING, TREE, ...; LL,
+	// LL128, SIMPLE); empty and 0 when unknown.
+	Algo      string `parquet:"algo,dict"`
+	Proto     string `parquet:"proto,dict"`
+	NChannels int32  `parquet:"nchannels"`
+	// GPUWaitNs and NetWaitNs split the time NCCL's proxy spent on this
+	// collective's network steps: waiting for the GPU (data to send not yet
+	// produced, received data not yet consumed) and waiting for the network
+	// (peer credits, sends and receives in flight). 0 without network steps
+	// or without the plugin.
+	GPUWaitNs int64 `parquet:"gpu_wait_ns"`
+	NetWaitNs int64 `parquet:"net_wait_ns"`
+}
+
+// How an NCCLEvent's CommID and Seq were found (NCCLEvent.Matched).
+const (
+	// MatchInit: the communicator's init call was seen; CommID hashes its
+	// ncclUniqueId and Seq counts from its creation.
+	MatchInit = "init"
+	// MatchSplit: ncclCommSplit of a known parent was seen; CommID mixes
+	// the parent's id, the number of the split and the color.
+	MatchSplit = "split"
+	// MatchPlugin: NCCL's profiler plugin reported the call; CommID is
+	// NCCL's own commHash and Seq the plugin's count of the communicator's
+	// collectives since its creation.
+	MatchPlugin = "plugin"
+	// MatchPattern: the creation was missed; the calls of each process and
+	// communicator handle were aligned with the other ranks' by their order
+	// of op, count and datatype and by arrival time (NCCLMatcher).
+	MatchPattern = "pattern"
+)
+
+// Where an NCCLEvent comes from (NCCLEvent.Source).
+const (
+	SourceUprobe = "uprobe"
+	SourcePlugin = "plugin"
+	SourceBoth   = "uprobe+plugin"
+)
+
+// JobRank is the rank to name this call's process by: its global rank when
+// the launcher set one, else its rank in the communicator (-1 when neither
+// is known). Rows from before GlobalRank existed (Source "") read 0 there,
+// which is not a rank, so they fall back to Rank.
+func (e *NCCLEvent) JobRank() int32 {
+	if e.Source == "" || e.GlobalRank < 0 {
+		return e.Rank
+	}
+	return e.GlobalRank
+}
+
+// IsCollective reports whether the row is a collective: a call every rank
+// of the communicator makes, in the same order.
+func (e *NCCLEvent) IsCollective() bool { return ncclCollectives[e.Op] }
+
+var ncclCollectives = map[string]bool{
+	"AllReduce": true, "AllGather": true, "ReduceScatter": true,
+	"Broadcast": true, "Reduce": true, "AllToAll": true,
 }
 
 // Step sources, in order of preference.
