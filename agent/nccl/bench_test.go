@@ -104,7 +104,7 @@ func BenchmarkRingBuffer(b *testing.B) {
 // BenchmarkDeliver is the user-space cost of one event: decoding the record,
 // converting it, buffering it and fanning it out to one subscriber.
 func BenchmarkDeliver(b *testing.B) {
-	tr := &Tracer{opEvents: map[bpfnccl.Op]*metrics.Counter{}, comms: map[commKey]*Comm{}, recent: newRing(1 << 17),
+	tr := &Tracer{opEvents: map[bpfnccl.Op]*metrics.Counter{}, comms: map[commKey]*Comm{}, ranks: map[int32]procRank{}, recent: newRing[record](1 << 17),
 		subs: map[int]chan traces.NCCLEvent{}}
 	set := metrics.NewSet()
 	for _, op := range bpfnccl.Ops() {

@@ -6,33 +6,34 @@ import (
 	"github.com/loupe-dev/loupe/traces"
 )
 
-// ring keeps the most recent events for capture windows. It grows up to its
-// capacity and then overwrites the oldest, so memory is bounded by
-// capacity x 64 bytes.
-type ring struct {
-	buf  []record
+// ring keeps the most recent records for capture windows. It grows up to
+// its capacity and then overwrites the oldest, so memory is bounded by the
+// capacity.
+type ring[T any] struct {
+	buf  []T
 	cap  int
-	next int // where the next event goes once buf is full
+	next int // where the next record goes once buf is full
 }
 
-func newRing(capacity int) *ring { return &ring{cap: capacity} }
+func newRing[T any](capacity int) *ring[T] { return &ring[T]{cap: capacity} }
 
-func (r *ring) add(ev record) {
+func (r *ring[T]) add(v T) {
 	if len(r.buf) < r.cap {
-		r.buf = append(r.buf, ev)
+		r.buf = append(r.buf, v)
 		return
 	}
-	r.buf[r.next] = ev
+	r.buf[r.next] = v
 	r.next = (r.next + 1) % r.cap
 }
 
-// between returns the events with from <= TimeNs < to, oldest first.
-func (r *ring) between(from, to int64) []traces.NCCLEvent {
+// between returns the records with from <= timeOf < to as rows, oldest
+// first.
+func (r *ring[T]) between(from, to int64, row func(*T) traces.NCCLEvent, timeOf func(*T) int64) []traces.NCCLEvent {
 	var out []traces.NCCLEvent
-	for _, part := range [2][]record{r.buf[r.next:], r.buf[:r.next]} {
+	for _, part := range [2][]T{r.buf[r.next:], r.buf[:r.next]} {
 		for i := range part {
-			if part[i].timeNs >= from && part[i].timeNs < to {
-				out = append(out, part[i].row())
+			if t := timeOf(&part[i]); t >= from && t < to {
+				out = append(out, row(&part[i]))
 			}
 		}
 	}

@@ -25,11 +25,11 @@ func TestRing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRing(tt.cap)
+			r := newRing[record](tt.cap)
 			for _, ts := range tt.times {
 				r.add(record{timeNs: ts})
 			}
-			got := r.between(tt.from, tt.to)
+			got := r.between(tt.from, tt.to, (*record).row, func(r *record) int64 { return r.timeNs })
 			if len(got) != len(tt.want) {
 				t.Fatalf("got %d events %v, want %v", len(got), got, tt.want)
 			}
@@ -43,23 +43,28 @@ func TestRing(t *testing.T) {
 }
 
 func TestRecordSize(t *testing.T) {
-	if n := unsafe.Sizeof(record{}); n != 64 {
-		t.Fatalf("record is %d bytes; the buffer's memory budget assumes 64", n)
+	if n := unsafe.Sizeof(record{}); n != 80 {
+		t.Fatalf("record is %d bytes; the buffer's memory budget assumes 80", n)
 	}
 }
 
 // A record keeps everything a row needs.
 func TestRecordRow(t *testing.T) {
 	ev := bpfnccl.Event{TimeNs: 1000, DurationNs: 7, Comm: 0xabc, CommID: 42, Count: 2048, Seq: 9, PID: 10, TID: 11,
-		Rank: 2, NRanks: 4, Peer: -1, Datatype: 7, RedOp: 0, Op: bpfnccl.OpReduceScatter}
-	rec := newRecord(&ev, 5)
+		Rank: 2, NRanks: 4, Peer: -1, Datatype: 7, RedOp: 0, Op: bpfnccl.OpReduceScatter, Source: bpfnccl.IDSplit}
+	rec := newRecord(&ev, 5, procRank{6, 8})
 	want := traces.NCCLEvent{TimeNs: 1005, DurationNs: 7, PID: 10, TID: 11, Rank: 2, NRanks: 4, CommID: 42,
-		Op: "ReduceScatter", Seq: 9, Count: 2048, Datatype: "float32", Bytes: 2048 * 4 * 4, Peer: -1}
+		Op: "ReduceScatter", Seq: 9, Count: 2048, Datatype: "float32", Bytes: 2048 * 4 * 4, Peer: -1,
+		GlobalRank: 6, WorldSize: 8, CommHandle: 0xabc, Matched: traces.MatchSplit, Source: traces.SourceUprobe}
 	if got := rec.row(); got != want {
 		t.Fatalf("row %+v, want %+v", got, want)
 	}
+	ev.CommID, ev.Source = 0, bpfnccl.IDUnknown
+	if rec := newRecord(&ev, 5, procRank{6, 8}); rec.row().Matched != "" || rec.commID != 0 {
+		t.Fatalf("late-attached communicator: %+v", rec)
+	}
 	ev.Datatype, ev.Op = 1<<20, 300
-	rec = newRecord(&ev, 0)
+	rec = newRecord(&ev, 0, procRank{-1, -1})
 	if got := rec.row(); got.Datatype != "type32767" || got.Bytes != 0 || got.Op != "Op(255)" {
 		t.Fatalf("out-of-range values give %+v", got)
 	}

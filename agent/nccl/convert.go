@@ -47,29 +47,34 @@ func callBytes(op bpfnccl.Op, count uint64, size int64, nranks int32) int64 {
 	return b
 }
 
-// record is an event as the in-memory buffer keeps it: 64 bytes where the
-// Parquet row takes 104; names and bytes are derived on the way out.
+// record is an event as the in-memory buffer keeps it: 80 bytes where the
+// Parquet row takes about 200; names and bytes are derived on the way out.
 type record struct {
 	timeNs     int64 // Unix ns
 	durationNs int64
 	commID     uint64
+	handle     uint64
 	count      int64
 	seq        int64
 	pid, tid   int32
 	rank       int32
 	nranks     int32
 	peer       int32
+	globalRank int32
+	worldSize  int32
 	datatype   int16 // ncclDataType_t; values beyond int16 saturate (unknown anyway)
 	op         uint8
+	source     uint8 // bpfnccl.IDSource
 }
 
 // newRecord keeps a probe record; wallOffset converts the kernel's
 // CLOCK_MONOTONIC into Unix time.
-func newRecord(ev *bpfnccl.Event, wallOffset int64) record {
+func newRecord(ev *bpfnccl.Event, wallOffset int64, job procRank) record {
 	return record{
 		timeNs:     int64(ev.TimeNs) + wallOffset,
 		durationNs: int64(ev.DurationNs),
 		commID:     ev.CommID,
+		handle:     ev.Comm,
 		count:      int64(ev.Count),
 		seq:        ev.Seq,
 		pid:        int32(ev.PID),
@@ -77,16 +82,22 @@ func newRecord(ev *bpfnccl.Event, wallOffset int64) record {
 		rank:       ev.Rank,
 		nranks:     ev.NRanks,
 		peer:       ev.Peer,
+		globalRank: job.rank,
+		worldSize:  job.world,
 		datatype:   int16(min(max(ev.Datatype, math.MinInt16), math.MaxInt16)),
 		op:         uint8(min(ev.Op, math.MaxUint8)),
+		source:     uint8(min(ev.Source, math.MaxUint8)),
 	}
 }
+
+// matchedBy names how the probes found a communicator's id.
+var matchedBy = map[bpfnccl.IDSource]string{bpfnccl.IDInit: traces.MatchInit, bpfnccl.IDSplit: traces.MatchSplit}
 
 // row is the record as a Parquet row.
 func (r *record) row() traces.NCCLEvent {
 	op := bpfnccl.Op(r.op)
 	name, size := datatype(int32(r.datatype))
-	return traces.NCCLEvent{
+	e := traces.NCCLEvent{
 		TimeNs:     r.timeNs,
 		DurationNs: r.durationNs,
 		PID:        r.pid,
@@ -100,5 +111,16 @@ func (r *record) row() traces.NCCLEvent {
 		Datatype:   name,
 		Bytes:      callBytes(op, uint64(r.count), size, r.nranks),
 		Peer:       r.peer,
+		GlobalRank: r.globalRank,
+		WorldSize:  r.worldSize,
+		CommHandle: r.handle,
+		Source:     traces.SourceUprobe,
 	}
+	if r.commID != 0 {
+		e.Matched = matchedBy[bpfnccl.IDSource(r.source)]
+	}
+	if op == bpfnccl.OpCommSplit {
+		e.Bytes = 0 // Count holds the split's key
+	}
+	return e
 }

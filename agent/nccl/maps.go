@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -34,38 +35,47 @@ func isNCCLLibrary(path string) bool {
 	return base == "libnccl.so" || strings.HasPrefix(base, "libnccl.so.")
 }
 
+// isLoader reports whether path names a dynamic loader whose
+// _dl_debug_state the loader probe can watch: glibc's ld-linux*.so* or
+// musl's ld-musl-*.so*.
+func isLoader(path string) bool {
+	base := filepath.Base(path)
+	return strings.HasPrefix(base, "ld-linux") || strings.HasPrefix(base, "ld-musl")
+}
+
 // ncclMappings returns the distinct NCCL libraries mapped in one
-// /proc/<pid>/maps text. A malformed line is an error naming the line: the
-// kernel's format is fixed, so it means the input is not a maps file.
-func ncclMappings(r io.Reader) ([]mapping, error) {
-	var out []mapping
+// /proc/<pid>/maps text, and the process's dynamic loader (ok false when it
+// has none: a static binary). A malformed line is an error naming the
+// line: the kernel's format is fixed, so it means the input is not a maps
+// file.
+func ncclMappings(r io.Reader) (libs []mapping, loader mapping, err error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for n := 1; sc.Scan(); n++ {
 		line := sc.Bytes()
-		// Cheap filter first: most lines of a large process are not NCCL.
-		if !bytes.Contains(line, []byte("libnccl")) {
+		// Cheap filter first: most lines of a large process are neither.
+		nccl := bytes.Contains(line, []byte("libnccl"))
+		if !nccl && (loader.ID != fileID{} || !bytes.Contains(line, []byte("/ld-"))) {
 			continue
 		}
 		m, ok, err := parseMapsLine(string(line))
 		if err != nil {
-			return nil, fmt.Errorf("maps line %d: %w", n, err)
+			return nil, mapping{}, fmt.Errorf("maps line %d: %w", n, err)
 		}
-		if !ok || !isNCCLLibrary(m.Path) {
-			continue
-		}
-		dup := false
-		for _, o := range out {
-			dup = dup || o.ID == m.ID
-		}
-		if !dup {
-			out = append(out, m)
+		switch {
+		case !ok:
+		case isNCCLLibrary(m.Path):
+			if !slices.ContainsFunc(libs, func(o mapping) bool { return o.ID == m.ID }) {
+				libs = append(libs, m)
+			}
+		case isLoader(m.Path) && !m.Deleted:
+			loader = m
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading maps: %w", err)
+		return nil, mapping{}, fmt.Errorf("reading maps: %w", err)
 	}
-	return out, nil
+	return libs, loader, nil
 }
 
 // parseMapsLine parses "start-end perms offset major:minor inode   path".

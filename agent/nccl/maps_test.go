@@ -13,11 +13,16 @@ func TestNCCLMappings(t *testing.T) {
 7f2000000000-7f2000100000 r-xp 00000000 fd:01 77 /usr/lib/x86_64-linux-gnu/libnccl-net.so
 7f3000000000-7f3000100000 r-xp 00000000 103:02 99 /home/u/my libs/libnccl.so.2.21.5 (deleted)
 7f4000000000-7f4000100000 r-xp 00000000 fd:01 5 /usr/lib/libnccl.so
+7f5000000000-7f5000001000 r--p 00000000 fd:01 31 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+7f5000001000-7f5000020000 r-xp 00001000 fd:01 31 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
 `
-	got, err := ncclMappings(strings.NewReader(maps))
+	got, loader, err := ncclMappings(strings.NewReader(maps))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if loader != (mapping{ID: fileID{0xfd<<32 | 1, 31}, Path: "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"}) {
+		t.Errorf("loader %+v", loader)
 	}
 	want := []mapping{
 		{ID: fileID{0xfd<<32 | 1, 4242}, Path: "/opt/venv/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2"},
@@ -47,7 +52,7 @@ func TestParseMapsLineErrors(t *testing.T) {
 			t.Errorf("%q: no error", line)
 		}
 	}
-	if _, err := ncclMappings(strings.NewReader("garbage libnccl.so.2\n")); err == nil || !strings.Contains(err.Error(), "line 1") {
+	if _, _, err := ncclMappings(strings.NewReader("garbage libnccl.so.2\n")); err == nil || !strings.Contains(err.Error(), "line 1") {
 		t.Errorf("error %v does not name the line", err)
 	}
 }
@@ -78,10 +83,14 @@ func FuzzNCCLMappings(f *testing.F) {
 	f.Add("7f-8f r-xp 0 103:02 99 /a b/libnccl.so.2 (deleted)\n7f-8f r-xp 0 0:0 0 [vdso]\n")
 	f.Add("libnccl")
 	f.Add("7f-8f r-xp 0 fd:01 1 libnccl.so.2\n")
+	f.Add("7f-8f r-xp 0 fd:01 31 /lib/ld-linux-x86-64.so.2\n")
 	f.Fuzz(func(t *testing.T, s string) {
-		ms, err := ncclMappings(strings.NewReader(s))
+		ms, loader, err := ncclMappings(strings.NewReader(s))
 		if err != nil {
 			return
+		}
+		if loader.ID != (fileID{}) && (!isLoader(loader.Path) || loader.ID.Inode == 0) {
+			t.Fatalf("loader %+v", loader)
 		}
 		for _, m := range ms {
 			if !isNCCLLibrary(m.Path) || !strings.HasPrefix(m.Path, "/") || m.ID.Inode == 0 {

@@ -31,15 +31,11 @@ type RankSkew struct {
 	LastArrivals int
 }
 
-// collectiveOps are the ops that every rank of a communicator issues in step.
-var collectiveOps = map[string]bool{
-	"AllReduce": true, "AllGather": true, "ReduceScatter": true,
-	"Broadcast": true, "Reduce": true, "AllToAll": true,
-}
-
 // Skew computes the arrival lag of every rank of every communicator over
-// the collectives in events whose ranks were all seen. Events of unknown
-// communicators (CommID 0 or Rank -1) are ignored. The result is ordered by
+// the collectives in events whose ranks were all seen. Ranks are named by
+// traces.NCCLEvent.JobRank (the global rank when known). Events of unknown
+// communicators (CommID 0, no rank) are ignored; a communicator whose size
+// is unknown (a split) counts the ranks seen on it. The result is ordered by
 // CommID, then by mean lag, largest first: for each communicator the first
 // entry is the rank the others wait for.
 func Skew(events []traces.NCCLEvent) []RankSkew {
@@ -54,18 +50,29 @@ func Skew(events []traces.NCCLEvent) []RankSkew {
 	}
 	groups := map[groupKey][]arrival{}
 	nranks := map[uint64]int32{}
+	seen := map[uint64]map[int32]bool{}
 	for _, ev := range events {
-		if ev.CommID == 0 || ev.Rank < 0 || ev.NRanks < 2 || ev.Seq < 0 || !collectiveOps[ev.Op] {
+		rank := ev.JobRank()
+		if ev.CommID == 0 || rank < 0 || ev.Seq < 0 || !ev.IsCollective() {
 			continue
 		}
 		k := groupKey{ev.CommID, ev.Seq}
 		dup := false
 		for _, a := range groups[k] {
-			dup = dup || a.rank == ev.Rank
+			dup = dup || a.rank == rank
 		}
 		if !dup {
-			groups[k] = append(groups[k], arrival{ev.Rank, ev.PID, ev.TimeNs})
-			nranks[ev.CommID] = ev.NRanks
+			groups[k] = append(groups[k], arrival{rank, ev.PID, ev.TimeNs})
+			nranks[ev.CommID] = max(nranks[ev.CommID], ev.NRanks)
+			if seen[ev.CommID] == nil {
+				seen[ev.CommID] = map[int32]bool{}
+			}
+			seen[ev.CommID][rank] = true
+		}
+	}
+	for comm, n := range nranks {
+		if n <= 0 {
+			nranks[comm] = int32(len(seen[comm]))
 		}
 	}
 
@@ -76,7 +83,7 @@ func Skew(events []traces.NCCLEvent) []RankSkew {
 	acc := map[rankKey]*RankSkew{}
 	sum := map[rankKey]int64{}
 	for k, as := range groups {
-		if int32(len(as)) != nranks[k.comm] {
+		if len(as) < 2 || int32(len(as)) != nranks[k.comm] {
 			continue
 		}
 		first, last := as[0].t, 0

@@ -1,27 +1,46 @@
 // Package nccl watches the NCCL collectives of every process on the host
 // through eBPF uprobes on the libnccl each process actually maps, with no
-// change to the job.
+// change to the job, and receives the GPU-side timing of Loupe's NCCL
+// profiler plugin when a job loads it.
 //
-// The Tracer scans /proc/<pid>/maps for libnccl.so (system copies, conda, and
-// copies inside Python wheels such as site-packages/nvidia/nccl/lib or
-// torch/lib), attaches an entry uprobe and a return uprobe to every NCCL
-// host API function of that file, and reads one record per call from a ring
-// buffer: time, duration, pid/tid, communicator (hash of its ncclUniqueId,
-// rank, nranks), op, count, datatype, bytes and a per-communicator sequence
-// number.
+// Finding processes: the Tracer scans /proc/<pid>/maps for libnccl.so
+// (system copies, conda, and copies inside Python wheels such as
+// site-packages/nvidia/nccl/lib or torch/lib), and it does not wait for the
+// next scan when a process loads libraries: an exec hook (raw tracepoint
+// sched_process_exec) and a uprobe on each dynamic loader's
+// _dl_debug_state (which glibc and musl call at startup once the needed
+// libraries are mapped, and around every dlopen) name the process, and its
+// maps are read within milliseconds (after 2 ms without further loader
+// calls, 20 ms at most). It attaches an entry uprobe and a return uprobe
+// to every NCCL host API function of that file, and reads one record per
+// call from a ring buffer: time, duration, pid/tid, communicator (id,
+// rank, nranks, handle), op, count, datatype, bytes and a per-communicator
+// sequence number.
 //
 // Uprobes belong to the file's inode, so each distinct file (device and
-// inode) is attached once, for every process that maps it, and is detached
-// when the last of them exits. A process that loads an already attached file
-// is traced from its first call, before the next scan notices it.
+// inode) is attached once, for every process that maps it, and stays
+// attached for DetachAfter once the last of them exits: a process that
+// loads an attached file, such as a restarted job, is traced from its
+// first call. The few calls a process makes between mapping a new file
+// and the attach (a few milliseconds) are missed; PyTorch maps libnccl at
+// import, long before it creates communicators.
 //
 // What the times mean: NCCL's host functions enqueue work on a CUDA stream
 // and return; the time of a call is when the rank reached the collective on
-// the host (enqueue time), not when the GPU ran or finished it. Every rank of
-// a communicator issues its collectives in the same order, so the calls with
-// the same (CommID, Seq) on different ranks are the same collective, and the
-// spread of their arrival times (see Skew) shows which rank the others wait
-// for: a straggler arrives last, consistently.
+// the host (enqueue time), not when the GPU ran it. The profiler plugin
+// (plugin.go) adds when the kernel ran. Every rank of a communicator issues
+// its collectives in the same order, so the calls with the same (CommID,
+// Seq) on different ranks are the same collective, and the spread of their
+// arrival times (see Skew) shows which rank the others wait for.
+//
+// Identity: CommID comes from the init call (a hash of the ncclUniqueId),
+// from ncclCommSplit of a known parent (parent id, split number, color), or
+// from the plugin (NCCL's commHash); traces.NCCLEvent.Matched says which.
+// A communicator created before the agent attached has CommID 0 and a Seq
+// counted from its first call seen; traces.NCCLMatcher aligns those across
+// the ranks of a job when a capture is written. Every row carries the
+// process's global rank and the job's world size from its launcher's
+// environment (Config.Ranks).
 //
 // Numbering: Seq counts a communicator's collectives from 0; Send and Recv
 // are counted apart from them (ranks of a pipeline issue different numbers
@@ -31,12 +50,9 @@
 // Events reach Subscribe and Events within 50 ms of the call.
 //
 // Limits: x86-64 only (arguments are read with the System V calling
-// convention). A communicator created before the agent attached, or by
-// ncclCommSplit (not probed), has Rank -1, CommID 0, and sequence numbers
-// counted from its first call seen, which do not line up across ranks.
-// ncclCommInitAll's communicators get an id unique to that call, as their
-// ranks all live in one process. NCCL linked statically into another
-// library is not found.
+// convention). ncclCommInitAll's communicators get an id unique to that
+// call, as their ranks all live in one process. NCCL linked statically into
+// another library is not found.
 //
 // Privileges: CAP_BPF and CAP_PERFMON to load and attach, CAP_SYS_PTRACE
 // and the host's PID namespace to read other processes' maps and reach
@@ -47,18 +63,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
@@ -74,12 +86,22 @@ type Config struct {
 	// libnccl and for processes that exited.
 	ScanInterval time.Duration `yaml:"scan_interval"`
 	// BufferEvents is how many recent events are kept in memory for capture
-	// windows (64 bytes each).
+	// windows (80 bytes each); the plugin's records get a quarter of that.
 	BufferEvents int `yaml:"buffer_events"`
 	// RingBufferBytes is the size of the kernel ring buffer (a power of two).
 	RingBufferBytes int `yaml:"ring_buffer_bytes"`
+	// DetachAfter is how long a library's probes stay once no process maps
+	// it: a job restarted from the same files within it is traced from its
+	// first call.
+	DetachAfter time.Duration `yaml:"detach_after"`
+	// PluginSocket is the unix datagram socket the NCCL profiler plugin
+	// (libnccl-profiler-loupe.so) sends to; empty turns the receiver off.
+	PluginSocket string `yaml:"plugin_socket"`
 	// ProcRoot is where the host's /proc is mounted (tests, containers).
 	ProcRoot string `yaml:"-"`
+	// Ranks gives a process's global rank and its job's world size (-1
+	// when unknown); the daemon reads them from the launcher's environment.
+	Ranks func(pid int) (rank, worldSize int) `yaml:"-"`
 }
 
 // DefaultConfig works on a single host with no configuration.
@@ -89,6 +111,8 @@ func DefaultConfig() Config {
 		ScanInterval:    2 * time.Second,
 		BufferEvents:    1 << 17,
 		RingBufferBytes: bpfnccl.DefaultRingBytes,
+		DetachAfter:     10 * time.Minute,
+		PluginSocket:    "/run/loupe/nccl-plugin.sock",
 		ProcRoot:        "/proc",
 	}
 }
@@ -97,7 +121,7 @@ func DefaultConfig() Config {
 type Comm struct {
 	PID    int32
 	Handle uint64 // the ncclComm_t pointer in that process
-	CommID uint64 // hash of the ncclUniqueId: equal on every rank; 0 when unknown
+	CommID uint64 // equal on every rank; 0 when unknown
 	Rank   int32  // -1 when unknown
 	NRanks int32  // -1 when unknown
 	// Collectives is how many collectives were seen on it (the next Seq).
@@ -108,6 +132,15 @@ type Comm struct {
 type Process struct {
 	PID     int
 	Library string // the path as the process maps it
+}
+
+// InFlightCall is an NCCL call that has entered and not returned.
+type InFlightCall struct {
+	PID, TID int32
+	Op       string
+	Comm     uint64 // ncclComm_t handle; 0 for group calls
+	Seq      int64
+	Since    time.Time
 }
 
 // Tracer attaches the NCCL uprobes and collects their events. Create it
@@ -123,42 +156,32 @@ type Tracer struct {
 	opEvents   map[bpfnccl.Op]*metrics.Counter
 	lostEvents *metrics.Counter
 	subDropped *metrics.Counter
+	loadEvents *metrics.Counter
 	attached   *metrics.Gauge
 	// kernelComms is the size of the probes' communicator table.
 	kernelComms *metrics.Gauge
 
 	// scanMu guards the attach side and is held for a whole scan; the event
 	// path never takes it, so reading /proc never stalls event delivery.
-	scanMu sync.Mutex
-	files  map[fileID]*attachment
-	procs  map[int]*procState
+	scanMu  sync.Mutex
+	files   map[fileID]*attachment // NCCL libraries
+	loaders map[fileID]*attachment // dynamic loaders
+	procs   map[int]*procState
 	// failed holds files whose attach failed, until when not to retry, so
 	// that a bad file costs a log line per failRetry, not per scan.
 	failed map[fileID]time.Time
 
+	plugin *pluginReceiver
+
 	// mu guards the event side. Lock order: scanMu, then mu.
 	mu        sync.Mutex
 	comms     map[commKey]*Comm
-	recent    *ring
+	ranks     map[int32]procRank
+	recent    *ring[record]
 	running   bool
 	closed    bool
 	subs      map[int]chan traces.NCCLEvent
 	nextSubID int
-}
-
-// attachment is one attached library file.
-type attachment struct {
-	path  string // as opened, through /proc/<pid>/root
-	links []link.Link
-	pids  map[int]bool
-}
-
-// procState is what a scan knows of one process.
-type procState struct {
-	files    []fileID // NCCL libraries it maps
-	library  string
-	nextScan time.Time     // when to read its maps again (only while it maps none)
-	backoff  time.Duration // grows while it maps none, up to maxBackoff
 }
 
 type commKey struct {
@@ -166,13 +189,8 @@ type commKey struct {
 	handle uint64
 }
 
-// A process that maps no NCCL is re-read with a growing interval: libraries
-// are loaded early (import torch), and a file already attached is traced in
-// new processes anyway, so late discovery only delays Processes().
-const maxBackoffScans = 30
-
-// failRetry is how long a library whose attach failed is left alone.
-const failRetry = 10 * time.Minute
+// procRank is a process's place in its job, read once per process.
+type procRank struct{ rank, world int32 }
 
 // New loads the eBPF programs. Without the privileges to do so the error
 // names the missing capabilities.
@@ -186,6 +204,9 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Tracer, error) {
 	}
 	if cfg.RingBufferBytes == 0 {
 		cfg.RingBufferBytes = def.RingBufferBytes
+	}
+	if cfg.DetachAfter < 0 {
+		return nil, fmt.Errorf("nccl.detach_after is %v: it must not be negative (default %v)", cfg.DetachAfter, def.DetachAfter)
 	}
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = def.ProcRoot
@@ -211,10 +232,13 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Tracer, error) {
 		opEvents:   map[bpfnccl.Op]*metrics.Counter{},
 		lostEvents: set.GetOrCreateCounter("loupe_nccl_lost_events_total"),
 		subDropped: set.GetOrCreateCounter("loupe_nccl_subscriber_dropped_events_total"),
+		loadEvents: set.GetOrCreateCounter("loupe_nccl_load_events_total"),
 		files:      map[fileID]*attachment{},
+		loaders:    map[fileID]*attachment{},
 		procs:      map[int]*procState{},
 		comms:      map[commKey]*Comm{},
-		recent:     newRing(cfg.BufferEvents),
+		ranks:      map[int32]procRank{},
+		recent:     newRing[record](cfg.BufferEvents),
 		failed:     map[fileID]time.Time{},
 		subs:       map[int]chan traces.NCCLEvent{},
 	}
@@ -223,13 +247,15 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Tracer, error) {
 	}
 	t.attached = set.GetOrCreateGauge("loupe_nccl_attached_processes", nil)
 	t.kernelComms = set.GetOrCreateGauge("loupe_nccl_tracked_communicators", nil)
+	t.plugin = newPluginReceiver(max(cfg.BufferEvents/4, 1024), set)
 	t.syncClock()
 	return t, nil
 }
 
-// Run scans for NCCL processes every ScanInterval, attaches and detaches,
-// and delivers events until ctx is done. It then detaches everything,
-// closes the subscribers' channels and returns nil.
+// Run scans for NCCL processes every ScanInterval and whenever a process
+// loads libraries, attaches and detaches, receives the profiler plugin's
+// records, and delivers events until ctx is done. It then detaches
+// everything, closes the subscribers' channels and returns nil.
 func (t *Tracer) Run(ctx context.Context) error {
 	t.mu.Lock()
 	if t.running || t.closed {
@@ -244,10 +270,32 @@ func (t *Tracer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("nccl tracer: opening the ring buffer: %w", err)
 	}
+	loads, err := ringbuf.NewReader(t.objs.MapEvents())
+	if err != nil {
+		rd.Close()
+		return fmt.Errorf("nccl tracer: opening the load ring buffer: %w", err)
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { t.read(rd) })
+	wg.Go(func() { t.watchLoads(loads) })
+	if execHook, err := t.objs.AttachExec(); err != nil {
+		t.log.Warn("no exec hook: new processes are found by the loader probe and the /proc scan only", "err", err)
+	} else {
+		defer execHook.Close()
+	}
+	if t.cfg.PluginSocket != "" {
+		conn, err := listenPlugin(t.cfg.PluginSocket)
+		if err != nil {
+			t.log.Warn("NCCL profiler plugin receiver off: GPU-side times of jobs that load the plugin are lost", "socket", t.cfg.PluginSocket, "err", err)
+		} else {
+			t.log.Info("receiving the NCCL profiler plugin's records", "socket", t.cfg.PluginSocket)
+			wg.Go(func() { t.plugin.serve(conn, t.log, t.publishPlugin) })
+		}
+	}
 	defer func() {
 		rd.Close()
+		loads.Close()
+		t.plugin.stop()
 		wg.Wait()
 	}()
 
@@ -282,7 +330,10 @@ func (t *Tracer) Close() error {
 	}
 	t.closed = true
 	for id, a := range t.files {
-		t.detachLocked(id, a)
+		t.detachLocked(t.files, id, a)
+	}
+	for id, a := range t.loaders {
+		t.detachLocked(t.loaders, id, a)
 	}
 	for id, ch := range t.subs {
 		close(ch)
@@ -334,13 +385,27 @@ func (t *Tracer) read(rd *ringbuf.Reader) {
 	}
 }
 
+// rankOfLocked returns a process's global rank and world size, read once.
+func (t *Tracer) rankOfLocked(pid int32) procRank {
+	r, ok := t.ranks[pid]
+	if !ok {
+		r = procRank{-1, -1}
+		if t.cfg.Ranks != nil {
+			rank, world := t.cfg.Ranks(int(pid))
+			r = procRank{int32(rank), int32(world)}
+		}
+		t.ranks[pid] = r
+	}
+	return r
+}
+
 func (t *Tracer) deliver(ev *bpfnccl.Event) {
-	rec := newRecord(ev, t.wallOffset.Load())
 	if c := t.opEvents[ev.Op]; c != nil {
 		c.Inc()
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	rec := newRecord(ev, t.wallOffset.Load(), t.rankOfLocked(int32(ev.PID)))
 	t.recent.add(rec)
 	if ev.Comm != 0 && (ev.Op.IsInit() || ev.Op.IsCollective() || ev.Op.IsP2P()) {
 		k := commKey{rec.pid, ev.Comm}
@@ -354,10 +419,19 @@ func (t *Tracer) deliver(ev *bpfnccl.Event) {
 			c.Collectives = ev.Seq + 1
 		}
 	}
-	if len(t.subs) == 0 {
-		return
-	}
-	row := rec.row()
+	t.publishLocked(rec.row())
+}
+
+// publishPlugin hands a profiler plugin record to the subscribers.
+func (t *Tracer) publishPlugin(row traces.NCCLEvent) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.rankOfLocked(row.PID)
+	row.GlobalRank, row.WorldSize = r.rank, r.world
+	t.publishLocked(row)
+}
+
+func (t *Tracer) publishLocked(row traces.NCCLEvent) {
 	for _, ch := range t.subs {
 		select {
 		case ch <- row:
@@ -367,11 +441,13 @@ func (t *Tracer) deliver(ev *bpfnccl.Event) {
 	}
 }
 
-// Subscribe returns live events; buf is the channel's capacity. Events that
+// Subscribe returns live events: the probes' (Source uprobe) and the
+// profiler plugin's (Source plugin, each reported when NCCL finished it,
+// not merged with the probes'); buf is the channel's capacity. Events that
 // find the channel full are dropped (and counted in
 // loupe_nccl_subscriber_dropped_events_total) so a slow reader never stalls
-// the tracer. Call cancel when done; the channel is closed by cancel or when
-// Run returns.
+// the tracer. Call cancel when done; the channel is closed by cancel or
+// when Run returns.
 func (t *Tracer) Subscribe(buf int) (<-chan traces.NCCLEvent, func()) {
 	ch := make(chan traces.NCCLEvent, max(buf, 0))
 	t.mu.Lock()
@@ -393,14 +469,55 @@ func (t *Tracer) Subscribe(buf int) (<-chan traces.NCCLEvent, func()) {
 	}
 }
 
-// Events returns the buffered events with from <= time < to, oldest first.
-// The buffer holds the last BufferEvents events. An event reaches the buffer
-// within pollInterval (50 ms) of its call, so ask for a window that ended at
-// least that long ago.
+// Events returns the buffered events with from <= time < to, oldest first,
+// the probes' and the profiler plugin's merged (see mergePlugin). The
+// buffer holds the last BufferEvents events. An event reaches the buffer
+// within pollInterval (50 ms) of its call, and the plugin reports a
+// collective once its kernel ended, so ask for a window that ended at least
+// that long ago.
 func (t *Tracer) Events(from, to time.Time) []traces.NCCLEvent {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.recent.between(from.UnixNano(), to.UnixNano())
+	rows := t.recent.between(from.UnixNano(), to.UnixNano(), (*record).row, func(r *record) int64 { return r.timeNs })
+	t.mu.Unlock()
+	plugin := t.plugin.between(from.UnixNano()-pluginSlack, to.UnixNano()+pluginLag)
+	if len(plugin) == 0 {
+		return rows
+	}
+	rows = mergePlugin(rows, plugin, from.UnixNano(), to.UnixNano())
+	t.mu.Lock()
+	for i := range rows {
+		if rows[i].Source == traces.SourcePlugin {
+			r := t.rankOfLocked(rows[i].PID)
+			rows[i].GlobalRank, rows[i].WorldSize = r.rank, r.world
+		}
+	}
+	t.mu.Unlock()
+	return rows
+}
+
+// InFlight returns the NCCL calls that have entered and not returned, of
+// processes the tracer knows to be alive.
+func (t *Tracer) InFlight() ([]InFlightCall, error) {
+	evs, err := t.objs.InFlight()
+	if err != nil {
+		return nil, err
+	}
+	t.scanMu.Lock()
+	live := make(map[int]bool, len(t.procs))
+	for pid := range t.procs {
+		live[pid] = true
+	}
+	t.scanMu.Unlock()
+	off := t.wallOffset.Load()
+	var out []InFlightCall
+	for _, e := range evs {
+		if !live[int(e.PID)] {
+			continue
+		}
+		out = append(out, InFlightCall{PID: int32(e.PID), TID: int32(e.TID), Op: e.Op.String(), Comm: e.Comm, Seq: e.Seq,
+			Since: time.Unix(0, int64(e.TimeNs)+off)})
+	}
+	return out, nil
 }
 
 // Comms returns the communicators of live processes, by pid then rank.
@@ -435,194 +552,4 @@ func (t *Tracer) Processes() []Process {
 	t.scanMu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
 	return out
-}
-
-// scan reads /proc: new processes' maps, exits, attaches and detaches.
-func (t *Tracer) scan(now time.Time) {
-	entries, err := os.ReadDir(t.cfg.ProcRoot)
-	if err != nil {
-		t.log.Error("listing processes; is the host's /proc mounted?", "dir", t.cfg.ProcRoot, "err", err)
-		return
-	}
-	live := make(map[int]bool, len(entries))
-	self := os.Getpid()
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		live[pid] = true
-	}
-
-	t.scanMu.Lock()
-	defer t.scanMu.Unlock()
-	t.mu.Lock()
-	closed := t.closed
-	t.mu.Unlock()
-	if closed {
-		return
-	}
-	gone := map[uint32]bool{}
-	for pid, p := range t.procs {
-		if !live[pid] {
-			gone[uint32(pid)] = true
-			t.dropProcLocked(pid, p)
-		}
-	}
-	if len(gone) > 0 {
-		if err := t.objs.ForgetPIDs(gone); err != nil {
-			t.log.Warn("forgetting communicators of exited processes", "err", err)
-		}
-		t.mu.Lock()
-		for k := range t.comms {
-			if gone[uint32(k.pid)] {
-				delete(t.comms, k)
-			}
-		}
-		t.mu.Unlock()
-	}
-	for pid := range live {
-		p := t.procs[pid]
-		if p == nil {
-			p = &procState{}
-			t.procs[pid] = p
-		}
-		if len(p.files) > 0 || now.Before(p.nextScan) {
-			continue
-		}
-		t.scanProcLocked(pid, p, now)
-	}
-	var n int64
-	for _, p := range t.procs {
-		if len(p.files) > 0 {
-			n++
-		}
-	}
-	t.attached.Set(float64(n))
-}
-
-func (t *Tracer) scanProcLocked(pid int, p *procState, now time.Time) {
-	p.backoff = min(max(2*p.backoff, t.cfg.ScanInterval), maxBackoffScans*t.cfg.ScanInterval)
-	p.nextScan = now.Add(p.backoff)
-	f, err := os.Open(filepath.Join(t.cfg.ProcRoot, strconv.Itoa(pid), "maps"))
-	if err != nil {
-		// Exited meanwhile, or not readable (no CAP_SYS_PTRACE): both are
-		// normal for some processes on a host; do not flood the log.
-		t.log.Debug("reading maps", "pid", pid, "err", err)
-		return
-	}
-	ms, err := ncclMappings(f)
-	f.Close()
-	if errors.Is(err, unix.ESRCH) {
-		return // exited while being read
-	}
-	if err != nil {
-		t.log.Warn("parsing maps", "pid", pid, "err", err)
-		return
-	}
-	for _, m := range ms {
-		if m.Deleted {
-			t.log.Info("process maps a libnccl that was deleted or replaced on disk; not tracing it", "pid", pid, "library", m.Path)
-			continue
-		}
-		if now.Before(t.failed[m.ID]) {
-			continue
-		}
-		a := t.files[m.ID]
-		if a == nil {
-			var err error
-			a, err = t.attachLocked(pid, m)
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
-				// The process exited before the file could be opened
-				// through it; the next process that maps it will do.
-				t.log.Debug("process gone before attach", "pid", pid, "library", m.Path, "err", err)
-				continue
-			}
-			if err != nil {
-				t.failed[m.ID] = now.Add(failRetry)
-				t.log.Warn("cannot trace this libnccl; will retry", "pid", pid, "library", m.Path, "in", failRetry, "err", err)
-				continue
-			}
-			delete(t.failed, m.ID)
-			t.files[m.ID] = a
-		}
-		a.pids[pid] = true
-		p.files = append(p.files, m.ID)
-		if p.library == "" {
-			p.library = m.Path
-		}
-	}
-	if len(p.files) > 0 {
-		t.log.Info("tracing NCCL", "pid", pid, "library", p.library)
-	}
-}
-
-// attachLocked puts the entry and return probes on every NCCL function the
-// file exports. The file is opened through the process's root, so a library
-// inside a container is found from the host.
-func (t *Tracer) attachLocked(pid int, m mapping) (*attachment, error) {
-	path := filepath.Join(t.cfg.ProcRoot, strconv.Itoa(pid), "root", m.Path)
-	ex, err := link.OpenExecutable(path)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s (the agent needs CAP_SYS_PTRACE to reach other processes' files): %w", path, err)
-	}
-	a := &attachment{path: path, pids: map[int]bool{}}
-	var missing []string
-	reporting := 0 // functions that send records
-	for _, pr := range t.objs.Probes {
-		l, err := ex.Uprobe(pr.Symbol, pr.Program, nil)
-		if errors.Is(err, link.ErrNoSymbol) {
-			// Older NCCL versions lack some functions (ncclAlltoAll,
-			// ncclCommInitRankConfig).
-			missing = append(missing, pr.Symbol)
-			continue
-		}
-		if err != nil {
-			closeLinks(a.links)
-			return nil, fmt.Errorf("uprobe %s in %s: %w", pr.Symbol, path, err)
-		}
-		a.links = append(a.links, l)
-		if pr.Return == nil {
-			continue
-		}
-		r, err := ex.Uretprobe(pr.Symbol, pr.Return, nil)
-		if err != nil {
-			closeLinks(a.links)
-			return nil, fmt.Errorf("uretprobe %s in %s: %w", pr.Symbol, path, err)
-		}
-		a.links = append(a.links, r)
-		reporting++
-	}
-	if reporting == 0 {
-		closeLinks(a.links)
-		return nil, fmt.Errorf("%s exports none of the NCCL functions: not NCCL, or stripped", path)
-	}
-	t.log.Info("attached NCCL uprobes", "library", path, "functions", reporting, "missing", missing)
-	return a, nil
-}
-
-func (t *Tracer) dropProcLocked(pid int, p *procState) {
-	delete(t.procs, pid)
-	for _, id := range p.files {
-		a := t.files[id]
-		if a == nil {
-			continue
-		}
-		delete(a.pids, pid)
-		if len(a.pids) == 0 {
-			t.detachLocked(id, a)
-		}
-	}
-}
-
-func (t *Tracer) detachLocked(id fileID, a *attachment) {
-	closeLinks(a.links)
-	delete(t.files, id)
-	t.log.Info("detached NCCL uprobes: no process maps the library any more", "library", a.path)
-}
-
-func closeLinks(ls []link.Link) {
-	for _, l := range ls {
-		l.Close()
-	}
 }

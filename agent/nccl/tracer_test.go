@@ -31,6 +31,7 @@ type standIn struct {
 	notLib string // a libnccl.so.2 that is not NCCL at all
 	rank   string // ncclrank, linked against lib
 	rankDL string // ncclrank loading $LOUPE_NCCL_LIB with dlopen
+	plugin string // libnccl-profiler-loupe.so, Loupe's profiler plugin
 }
 
 var (
@@ -76,19 +77,25 @@ func buildStandIn(t testing.TB) standIn {
 			notLib: filepath.Join(buildDir, "not/libnccl.so.2"),
 			rank:   filepath.Join(buildDir, "ncclrank"),
 			rankDL: filepath.Join(buildDir, "ncclrank-dl"),
+			plugin: filepath.Join(buildDir, "libnccl-profiler-loupe.so"),
 		}
+		plugin, _ := filepath.Abs("plugin")
 		for _, d := range []string{"old", "not"} {
 			if buildErr = os.Mkdir(filepath.Join(buildDir, d), 0o755); buildErr != nil {
 				return
 			}
 		}
 		so := []string{"-shared", "-fPIC", "-O2", "-Wl,-soname,libnccl.so.2", "-o"}
+		// The programs keep frame pointers, so that CPU stacks of a stuck
+		// rank reach main.
+		prog := []string{"-O2", "-fno-omit-frame-pointer", "-o"}
 		for _, args := range [][]string{
-			append(so, built.lib, filepath.Join(src, "nccl.c")),
-			append(so, built.oldLib, "-DSTANDIN_OLD_NCCL", filepath.Join(src, "nccl.c")),
+			append(so, built.lib, filepath.Join(src, "nccl.c"), "-ldl", "-lpthread"),
+			append(so, built.oldLib, "-DSTANDIN_OLD_NCCL", filepath.Join(src, "nccl.c"), "-ldl", "-lpthread"),
 			append(so, built.notLib, filepath.Join(src, "notnccl.c")),
-			{"-O2", "-o", built.rank, filepath.Join(src, "ncclrank.c"), built.lib, "-Wl,-rpath," + buildDir},
-			{"-O2", "-DUSE_DLOPEN", "-o", built.rankDL, filepath.Join(src, "ncclrank.c"), "-ldl"},
+			append(prog, built.rank, filepath.Join(src, "ncclrank.c"), built.lib, "-Wl,-rpath,"+buildDir),
+			append(prog, built.rankDL, "-DUSE_DLOPEN", filepath.Join(src, "ncclrank.c"), "-ldl"),
+			{"-shared", "-fPIC", "-O2", "-Wextra", "-o", built.plugin, filepath.Join(plugin, "loupe_profiler.c"), "-lpthread"},
 		} {
 			out, err := exec.Command("gcc", append([]string{"-Wall", "-Werror"}, args...)...).CombinedOutput()
 			if err != nil {
@@ -103,14 +110,57 @@ func buildStandIn(t testing.TB) standIn {
 	return built
 }
 
-// startTracer runs a tracer (scanning every 20ms) until the test ends and
-// checks that Run returns nil.
-func startTracer(t testing.TB, set *metrics.Set) *Tracer {
-	t.Helper()
+// testConfig scans every 20ms, detaches as soon as the last process goes,
+// runs no plugin receiver and reads ranks from RANK and WORLD_SIZE.
+func testConfig() Config {
 	cfg := DefaultConfig()
 	cfg.ScanInterval = 20 * time.Millisecond
-	return startTracerConfig(t, cfg, set)
+	cfg.DetachAfter = 0
+	cfg.PluginSocket = ""
+	cfg.Ranks = envRanks
+	return cfg
 }
+
+// envRanks reads RANK and WORLD_SIZE from a process's environment, as the
+// daemon's attribution does with more launchers' variables.
+func envRanks(pid int) (int, int) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		return -1, -1
+	}
+	rank, world := -1, -1
+	for _, kv := range strings.Split(string(data), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "RANK="); ok {
+			rank, _ = strconv.Atoi(v)
+		}
+		if v, ok := strings.CutPrefix(kv, "WORLD_SIZE="); ok {
+			world, _ = strconv.Atoi(v)
+		}
+	}
+	return rank, world
+}
+
+// startTracer runs a tracer with testConfig until the test ends and checks
+// that Run returns nil.
+func startTracer(t testing.TB, set *metrics.Set) *Tracer {
+	t.Helper()
+	return startTracerConfig(t, testConfig(), set)
+}
+
+// loaderLinks counts the perf events of the tracer's loader probes, which
+// stay while other processes on the machine use the loader.
+func loaderLinks(tr *Tracer) int {
+	tr.scanMu.Lock()
+	defer tr.scanMu.Unlock()
+	n := 0
+	for _, a := range tr.loaders {
+		n += len(a.links)
+	}
+	return n
+}
+
+// ncclFDs counts the perf events of the NCCL library probes alone.
+func ncclFDs(t testing.TB, tr *Tracer) int { return probeFDs(t) - loaderLinks(tr) }
 
 func startTracerConfig(t testing.TB, cfg Config, set *metrics.Set) *Tracer {
 	t.Helper()
@@ -259,7 +309,7 @@ func TestTracerRanks(t *testing.T) {
 		}
 		return true
 	})
-	if probeFDs(t) <= baseFDs {
+	if ncclFDs(t, tr) <= baseFDs {
 		t.Fatal("no uprobe descriptors after attaching")
 	}
 	touch(t, filepath.Join(dir, "go"))
@@ -378,7 +428,7 @@ func TestTracerRanks(t *testing.T) {
 	if n := len(tr.Processes()); n != 0 {
 		t.Errorf("%d processes still listed", n)
 	}
-	if n := probeFDs(t); n != baseFDs {
+	if n := ncclFDs(t, tr); n != baseFDs {
 		t.Errorf("%d uprobe descriptors remain after detach, want %d", n, baseFDs)
 	}
 	text := metricsText(set)
@@ -558,7 +608,7 @@ func TestTracerWheelDlopen(t *testing.T) {
 
 	touch(t, filepath.Join(dir, "exit"))
 	p.wait(t)
-	waitFor(t, "detach after exit", func() bool { return len(tr.Processes()) == 0 && probeFDs(t) == baseFDs })
+	waitFor(t, "detach after exit", func() bool { return len(tr.Processes()) == 0 && ncclFDs(t, tr) == baseFDs })
 }
 
 // Without the privileges to load eBPF, New says which capabilities are
@@ -616,9 +666,9 @@ func TestTracerPartialAndForeignLibraries(t *testing.T) {
 
 	old := startProgram(t, []string{"LD_PRELOAD=" + s.oldLib}, "sleep", "30")
 	waitFor(t, "the old library to be traced", func() bool { return tracedPIDs(tr)[old.cmd.Process.Pid] == s.oldLib })
-	// 14 reporting functions less the 2 missing, entry and return, plus
+	// 15 reporting functions less the 3 missing, entry and return, plus
 	// the entry-only ncclCommDestroy and ncclCommAbort.
-	if got, want := probeFDs(t)-baseFDs, 12*2+2; got != want {
+	if got, want := ncclFDs(t, tr)-baseFDs, 12*2+2; got != want {
 		t.Errorf("%d probes on the old library, want %d", got, want)
 	}
 
@@ -636,7 +686,7 @@ func TestTracerPartialAndForeignLibraries(t *testing.T) {
 		p.cmd.Process.Kill()
 		p.cmd.Wait()
 	}
-	waitFor(t, "detach", func() bool { return len(tr.Processes()) == 0 && probeFDs(t) == baseFDs })
+	waitFor(t, "detach", func() bool { return len(tr.Processes()) == 0 && ncclFDs(t, tr) == baseFDs })
 }
 
 // Subscribers get every event until the channel is full, then lose (and

@@ -15,6 +15,7 @@ typedef struct {
 } ncclUniqueId;
 
 typedef enum { ncclSuccess = 0, ncclInvalidArgument = 4 } ncclResult_t;
+#define LOUPE_HAVE_NCCL_RESULT_T
 
 typedef enum { ncclSum = 0, ncclProd = 1, ncclMax = 2, ncclMin = 3, ncclAvg = 4 } ncclRedOp_t;
 
@@ -23,6 +24,9 @@ typedef enum {
 	ncclUint64 = 5, ncclFloat16 = 6, ncclFloat32 = 7, ncclFloat64 = 8,
 	ncclBfloat16 = 9, ncclFloat8e4m3 = 10, ncclFloat8e5m2 = 11
 } ncclDataType_t;
+
+/* ncclCommSplit's color for ranks that take part but get no communicator. */
+#define NCCL_SPLIT_NOCOLOR -1
 
 /* Only the leading fields matter to the stand-in. */
 typedef struct {
@@ -40,6 +44,7 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId c
 ncclResult_t ncclCommInitRankScalable(ncclComm_t *newcomm, int nranks, int myrank, int nId,
 				      ncclUniqueId *commIds, ncclConfig_t *config);
 ncclResult_t ncclCommInitAll(ncclComm_t *comm, int ndev, const int *devlist);
+ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newcomm, ncclConfig_t *config);
 ncclResult_t ncclCommDestroy(ncclComm_t comm);
 ncclResult_t ncclCommAbort(ncclComm_t comm);
 ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
@@ -60,5 +65,10 @@ ncclResult_t ncclRecv(void *recvbuff, size_t count, ncclDataType_t datatype, int
 		      cudaStream_t stream);
 ncclResult_t ncclGroupStart(void);
 ncclResult_t ncclGroupEnd(void);
+
+/* Not NCCL: the stand-in's simulated GPU. This waits until the
+ * communicator's simulated stream has run everything enqueued on it, as
+ * cudaStreamSynchronize (libcudart's, not NCCL's) does for a real one. */
+ncclResult_t ncclStandinStreamSynchronize(ncclComm_t comm);
 
 #endif

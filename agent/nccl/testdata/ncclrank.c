@@ -6,9 +6,15 @@
  *   ncclrank ranks DIR RANK NRANKS ITERS SLOWRANK SLOW_US
  *       one rank of NRANKS (one process each) with three communicators, one
  *       from each init function that takes unique ids; rank 0 writes the ids
- *       to DIR, ranks meet at a barrier in a shared file after every
- *       iteration (the stand-in for a stream synchronize); SLOWRANK sleeps
+ *       to DIR, ranks synchronize their simulated stream and meet at a
+ *       barrier in a shared file after every iteration; SLOWRANK sleeps
  *       SLOW_US before every collective.
+ *   ncclrank split DIR RANK NRANKS ITERS SLOWRANK SLOW_US
+ *       a data-parallel communicator of NRANKS split into tensor-parallel
+ *       pairs (ncclCommSplit, color RANK/2): every iteration two
+ *       collectives on the pair, then two on the whole; SLOWRANK sleeps
+ *       SLOW_US before its pair's collectives, and so does every rank
+ *       listed in $NCCLRANK_TP_SLOW_RANKS.
  *   ncclrank initall DIR NDEV ITERS
  *       one process, NDEV communicators from ncclCommInitAll.
  *   ncclrank bench DIR N
@@ -17,8 +23,13 @@
  *       handling is charged to the traced process).
  *
  * Every mode first waits for the file DIR/go, so that a test can attach
- * before the first NCCL call, and waits for DIR/exit before it exits, so
- * that a test can look at the live process after its calls. */
+ * before the first NCCL call (not with NCCLRANK_NO_GO=1: a job that does
+ * not wait for the agent), and waits for DIR/exit before it exits, so
+ * that a test can look at the live process after its calls. With
+ * NCCLRANK_UNTIL_STOP=1 the ranks and split modes run until DIR/stop
+ * exists instead of ITERS iterations. NCCLRANK_STALL_RANK stops calling
+ * collectives at iteration NCCLRANK_STALL_AT, spinning in
+ * stuck_outside_nccl for NCCLRANK_STALL_MS (0: for ever). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -37,9 +48,10 @@
 
 #define NCCL_FUNCS(X)                                                                               \
 	X(ncclGetUniqueId) X(ncclCommInitRank) X(ncclCommInitRankConfig) X(ncclCommInitRankScalable)   \
-	X(ncclCommInitAll)                                                                             \
+	X(ncclCommInitAll) X(ncclCommSplit)                                                            \
 	X(ncclCommDestroy) X(ncclAllReduce) X(ncclAllGather) X(ncclReduceScatter) X(ncclBroadcast)     \
-	X(ncclReduce) X(ncclAlltoAll) X(ncclSend) X(ncclRecv) X(ncclGroupStart) X(ncclGroupEnd)
+	X(ncclReduce) X(ncclAlltoAll) X(ncclSend) X(ncclRecv) X(ncclGroupStart) X(ncclGroupEnd)        \
+	X(ncclStandinStreamSynchronize)
 
 #define DECLARE(f) static __typeof__(&f) p_##f;
 NCCL_FUNCS(DECLARE)
@@ -149,6 +161,43 @@ static void maybe_slow(void)
 		usleep(slow_us);
 }
 
+static int env_int(const char *name, int def)
+{
+	const char *s = getenv(name);
+	return s && *s ? atoi(s) : def;
+}
+
+/* A rank that stopped calling collectives: busy in its own code. */
+__attribute__((noinline)) void stuck_outside_nccl(int ms)
+{
+	struct timespec a, b;
+	volatile uint64_t spin = 0;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (;;) {
+		for (int i = 0; i < 100000; i++)
+			spin++;
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		if (ms > 0 && (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 >= ms)
+			return;
+	}
+}
+
+static int keep_going(int i, int iters)
+{
+	char p[4200];
+	struct stat st;
+	if (!env_int("NCCLRANK_UNTIL_STOP", 0))
+		return i < iters;
+	path(p, "stop");
+	return stat(p, &st) != 0;
+}
+
+static void maybe_stall(int i)
+{
+	if (rank == env_int("NCCLRANK_STALL_RANK", -1) && i == env_int("NCCLRANK_STALL_AT", -1))
+		stuck_outside_nccl(env_int("NCCLRANK_STALL_MS", 0));
+}
+
 static char sbuf[64], rbuf[64];
 
 /* One training iteration: the collectives of a sharded data-parallel step,
@@ -207,14 +256,68 @@ static int ranks_main(char **argv)
 	check(p_ncclCommInitRankConfig(&c1, nranks, id1, rank, &cfg), "CommInitRankConfig");
 	check(p_ncclCommInitRankScalable(&c2, nranks, rank, 2, id2, &cfg), "CommInitRankScalable");
 	barrier();
-	for (int i = 0; i < iters; i++) {
+	for (int i = 0; keep_going(i, iters); i++) {
+		maybe_stall(i);
 		iteration(c0, c1);
+		p_ncclStandinStreamSynchronize(c0);
+		p_ncclStandinStreamSynchronize(c1);
 		barrier();
 		usleep(3000); /* the forward pass: no collectives */
 	}
 	p_ncclCommDestroy(c0);
 	p_ncclCommDestroy(c1);
 	p_ncclCommDestroy(c2);
+	return 0;
+}
+
+static int listed(const char *list, int r)
+{
+	char buf[256];
+	snprintf(buf, sizeof(buf), "%s", list ? list : "");
+	for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))
+		if (atoi(tok) == r)
+			return 1;
+	return 0;
+}
+
+static int split_main(char **argv)
+{
+	rank = atoi(argv[0]);
+	nranks = atoi(argv[1]);
+	int iters = atoi(argv[2]);
+	slow_rank = atoi(argv[3]);
+	slow_us = atoi(argv[4]);
+	int tp_slow = rank == slow_rank || listed(getenv("NCCLRANK_TP_SLOW_RANKS"), rank);
+
+	ncclUniqueId id;
+	if (rank == 0) {
+		check(p_ncclGetUniqueId(&id), "GetUniqueId");
+		write_id("id0", &id);
+	} else {
+		read_id("id0", &id);
+	}
+	open_barrier();
+	ncclComm_t world, pair;
+	check(p_ncclCommInitRank(&world, nranks, id, rank), "CommInitRank");
+	check(p_ncclCommSplit(world, rank / 2, rank, &pair, NULL), "CommSplit");
+	barrier();
+	for (int i = 0; keep_going(i, iters); i++) {
+		maybe_stall(i);
+		if (tp_slow)
+			usleep(slow_us);
+		check(p_ncclAllGather(sbuf, rbuf, 8192, ncclBfloat16, pair, NULL), "AllGather");
+		if (tp_slow)
+			usleep(slow_us);
+		check(p_ncclReduceScatter(sbuf, rbuf, 8192, ncclBfloat16, ncclSum, pair, NULL), "ReduceScatter");
+		check(p_ncclAllReduce(sbuf, rbuf, 1 << 20, ncclFloat32, ncclSum, world, NULL), "AllReduce");
+		check(p_ncclAllReduce(sbuf, rbuf, 1 << 16, ncclFloat32, ncclSum, world, NULL), "AllReduce");
+		p_ncclStandinStreamSynchronize(pair);
+		p_ncclStandinStreamSynchronize(world);
+		barrier();
+		usleep(3000);
+	}
+	p_ncclCommDestroy(pair);
+	p_ncclCommDestroy(world);
 	return 0;
 }
 
@@ -256,15 +359,18 @@ static int bench_main(char **argv)
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
-		fprintf(stderr, "usage: ncclrank ranks|initall|bench DIR ARGS...\n");
+		fprintf(stderr, "usage: ncclrank ranks|split|initall|bench DIR ARGS...\n");
 		return 2;
 	}
 	load();
 	snprintf(dir, sizeof(dir), "%s", argv[2]);
-	wait_file("go");
+	if (!env_int("NCCLRANK_NO_GO", 0))
+		wait_file("go");
 	int rc = 2;
 	if (strcmp(argv[1], "ranks") == 0 && argc == 8)
 		rc = ranks_main(argv + 3);
+	else if (strcmp(argv[1], "split") == 0 && argc == 8)
+		rc = split_main(argv + 3);
 	else if (strcmp(argv[1], "initall") == 0 && argc == 5)
 		rc = initall_main(argv + 3);
 	else if (strcmp(argv[1], "bench") == 0 && argc == 4)
