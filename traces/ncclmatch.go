@@ -19,8 +19,12 @@ import (
 // order, so two streams of one communicator agree on the (op, count,
 // datatype) of every call once shifted by the right offset. Training loops
 // repeat, so several offsets agree (one per iteration); of those, the one
-// whose calls arrive closest in time is taken, since the same collective
-// reaches every rank within the arrival skew, well within an iteration.
+// whose calls arrive closest in time is taken. Closeness is judged at the
+// calls that follow a quiet spell (a gap over 8 times the stream's median
+// gap: the forward pass, the optimizer step), where every rank leaves the
+// same synchronization point together; a straggler's lateness builds up
+// within an iteration and may come near half of it by its end. Streams
+// without quiet spells are judged on every call.
 // Streams are grouped greedily, the longest first, into communicators of at
 // most one stream per rank; a stream may also join a communicator whose
 // identity is known on other ranks (their CommID and Seq are then adopted).
@@ -73,10 +77,15 @@ type ncclStreamKey struct {
 }
 
 type ncclCall struct {
-	seq int64
-	sig uint64 // op, count and datatype
-	t   int64
+	seq   int64
+	sig   uint64 // op, count and datatype
+	t     int64
+	quiet bool // follows a quiet spell in its stream
 }
+
+// quietFactor marks a quiet spell: a gap over this many times the
+// stream's median gap.
+const quietFactor = 8
 
 type ncclStream struct {
 	key   ncclStreamKey
@@ -228,10 +237,25 @@ func (m *NCCLMatcher) Match() NCCLMatchSummary {
 	return sum
 }
 
-// sortCalls orders calls by seq and keeps one call per seq.
+// sortCalls orders calls by seq, keeps one call per seq and marks the
+// calls that follow a quiet spell.
 func sortCalls(calls []ncclCall) []ncclCall {
 	slices.SortStableFunc(calls, func(a, b ncclCall) int { return cmp.Compare(a.seq, b.seq) })
-	return slices.CompactFunc(calls, func(a, b ncclCall) bool { return a.seq == b.seq })
+	calls = slices.CompactFunc(calls, func(a, b ncclCall) bool { return a.seq == b.seq })
+	if len(calls) < 3 {
+		return calls
+	}
+	gaps := make([]int64, len(calls)-1)
+	for i := range gaps {
+		gaps[i] = calls[i+1].t - calls[i].t
+	}
+	sorted := slices.Clone(gaps)
+	slices.Sort(sorted)
+	median := max(sorted[len(sorted)/2], 1)
+	for i, g := range gaps {
+		calls[i+1].quiet = g > quietFactor*median
+	}
+	return calls
 }
 
 // align finds the shift that maps s's seqs onto g's numbering: candidate
@@ -272,7 +296,8 @@ func align(g *ncclGroup, s *ncclStream) (shift, score int64, ok bool) {
 
 // verify compares s's calls shifted by d with g's: it fails on any
 // disagreement or too small an overlap, and scores by the median absolute
-// arrival difference.
+// arrival difference of the calls after a quiet spell (of all calls when
+// there are fewer than two such).
 func verify(g, s []ncclCall, d int64) (int64, bool) {
 	lo, _ := slices.BinarySearchFunc(s, g[0].seq-d, func(c ncclCall, seq int64) int { return cmp.Compare(c.seq, seq) })
 	hi, _ := slices.BinarySearchFunc(s, g[len(g)-1].seq-d+1, func(c ncclCall, seq int64) int { return cmp.Compare(c.seq, seq) })
@@ -280,9 +305,12 @@ func verify(g, s []ncclCall, d int64) (int64, bool) {
 		return 0, false
 	}
 	step := max(1, (hi-lo)/maxVerify)
-	var diffs []int64
-	for i := lo; i < hi; i += step {
+	var diffs, quiet []int64
+	for i := lo; i < hi; i++ {
 		c := s[i]
+		if (i-lo)%step != 0 && !c.quiet {
+			continue
+		}
 		j, found := slices.BinarySearchFunc(g, c.seq+d, func(x ncclCall, seq int64) int { return cmp.Compare(x.seq, seq) })
 		if !found {
 			continue // lost or outside the window on one side
@@ -291,10 +319,17 @@ func verify(g, s []ncclCall, d int64) (int64, bool) {
 			return 0, false
 		}
 		dt := g[j].t - c.t
-		diffs = append(diffs, max(dt, -dt))
+		dt = max(dt, -dt)
+		diffs = append(diffs, dt)
+		if c.quiet || g[j].quiet {
+			quiet = append(quiet, dt)
+		}
 	}
 	if len(diffs) < min(minMatchCalls, (hi-lo)/step) {
 		return 0, false
+	}
+	if len(quiet) >= 2 {
+		diffs = quiet
 	}
 	slices.Sort(diffs)
 	return diffs[len(diffs)/2], true

@@ -26,6 +26,9 @@ type ncclRank struct {
 	rank   int32
 	from   int // first call index the agent saw (late attach)
 	late   time.Duration
+	// lateEach adds to late at every call of an iteration: a straggler
+	// that sleeps before each collective.
+	lateEach time.Duration
 	known  uint64 // CommID when its creation was seen
 }
 
@@ -37,7 +40,8 @@ func streamRows(r ncclRank, loop []loopCall, iters int, start time.Time) []NCCLE
 	var out []NCCLEvent
 	for k := r.from; k < iters*len(loop); k++ {
 		c := loop[k%len(loop)]
-		at := start.Add(time.Duration(k/len(loop))*100*time.Millisecond + time.Duration(k%len(loop))*5*time.Millisecond + r.late)
+		at := start.Add(time.Duration(k/len(loop))*100*time.Millisecond + time.Duration(k%len(loop))*5*time.Millisecond + r.late +
+			time.Duration(k%len(loop))*r.lateEach)
 		e := NCCLEvent{
 			TimeNs: at.UnixNano(), PID: r.pid, TID: r.pid, Rank: -1, NRanks: -1, Op: c.op, Seq: int64(k - r.from),
 			Count: c.count, Datatype: c.dtype, Bytes: int64(k), Peer: -1, GlobalRank: r.rank, WorldSize: 4,
@@ -121,6 +125,27 @@ func TestNCCLMatcherLateAttach(t *testing.T) {
 	if n := sum.Note(); !strings.Contains(n, "4 of them were matched") || !strings.Contains(n, `"pattern"`) {
 		t.Errorf("note %q", n)
 	}
+}
+
+// A straggler whose lateness builds up over an iteration, until its last
+// call comes as late as the others' next iteration: the calls after the
+// quiet spell between iterations, where all ranks start together, decide.
+func TestNCCLMatcherLatenessBuildsUp(t *testing.T) {
+	start := time.Unix(1700000000, 0)
+	var rows []NCCLEvent
+	pids := map[int32]bool{}
+	for i, from := range []int{10, 21, 33} {
+		r := ncclRank{pid: int32(400 + i), handle: 0x40, rank: int32(i), from: from}
+		if i == 1 {
+			r.late, r.lateEach = 20*time.Millisecond, 17*time.Millisecond // 20 to 88 ms late
+		}
+		pids[r.pid] = true
+		rows = append(rows, streamRows(r, dataParallel, 20, start)...)
+	}
+	if sum := matchAll(rows, byHandleHost); sum.Matched != 3 || sum.Communicators != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	checkAligned(t, rows, pids)
 }
 
 // A data-parallel communicator over all four ranks and a sub-communicator

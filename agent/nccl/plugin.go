@@ -379,71 +379,116 @@ func (r *pluginReceiver) stop() {
 }
 
 // mergePlugin joins the probes' rows (time-ordered) with the plugin's
-// records of the same calls. A record belongs to the earliest unjoined row
-// of the same process, op, count and datatype that entered NCCL before the
-// record's start (and at most pluginLag before it): the two see the same
-// calls in the same order. A joined row takes the plugin's identity
-// (commHash and sequence, Matched plugin) and GPU times; the rows of the
-// same process and communicator handle that found no record (it was lost)
-// take the identity too, by the offset the joined ones show. Records that
-// join no row become rows of their own when they started within [from,
-// to).
+// records of the same calls. The plugin numbers a communicator's calls
+// (collectives, and point-to-point apart) from its creation, the probes
+// from when they attached, so within one process the two numberings of one
+// communicator differ by a constant. That offset, and which ncclComm_t
+// handle a commHash is, come from a vote: each record's nearest row of the
+// same process, op, count and datatype that entered NCCL before the record
+// started (at most pluginLag before) proposes (handle, offset); the most
+// proposed wins. Then each record joins the row of that handle whose Seq
+// is the record's less the offset, if its op, count and datatype agree, so
+// a lost record or row shifts nothing. A joined row takes the plugin's
+// identity (commHash, Seq, Matched plugin) and GPU times; that handle's
+// rows whose record was lost take the identity too. Records that join no
+// row become rows of their own when they started within [from, to).
 func mergePlugin(rows []traces.NCCLEvent, plugin []pluginRecord, from, to int64) []traces.NCCLEvent {
-	type key struct {
-		pid             int32
-		op, dtype       string
-		count           int64
-		collectiveOrP2P bool
+	type callKey struct {
+		pid       int32
+		op, dtype string
+		count     int64
 	}
-	queues := map[key][]int{}
+	byCall := map[callKey][]int{} // row indexes in time order
+	type seqKey struct {
+		pid    int32
+		handle uint64
+		coll   bool
+		seq    int64
+	}
+	bySeq := map[seqKey]int{}
 	for i := range rows {
 		e := &rows[i]
-		if e.Seq < 0 || e.CommHandle == 0 {
+		if e.Seq < 0 || e.CommHandle == 0 || !(e.IsCollective() || e.Op == "Send" || e.Op == "Recv") {
 			continue
 		}
-		k := key{e.PID, e.Op, e.Datatype, e.Count, e.IsCollective()}
-		queues[k] = append(queues[k], i)
+		k := callKey{e.PID, e.Op, e.Datatype, e.Count}
+		byCall[k] = append(byCall[k], i)
+		bySeq[seqKey{e.PID, e.CommHandle, e.IsCollective(), e.Seq}] = i
+	}
+	type commKind struct {
+		pid  int32
+		comm uint64
+		coll bool
+	}
+	type proposal struct {
+		handle uint64
+		offset int64
+	}
+	votes := map[commKind]map[proposal]int{}
+	for i := range plugin {
+		p := &plugin[i]
+		idx := byCall[callKey{p.pid, p.op, p.datatype, p.count}]
+		j, _ := slices.BinarySearchFunc(idx, p.hostStart+pluginSlack+1, func(r int, t int64) int { return cmp.Compare(rows[r].TimeNs, t) })
+		if j == 0 || rows[idx[j-1]].TimeNs < p.hostStart-pluginLag {
+			continue
+		}
+		e := &rows[idx[j-1]]
+		ck := commKind{p.pid, p.commHash, p.kind == pluginKindColl}
+		if votes[ck] == nil {
+			votes[ck] = map[proposal]int{}
+		}
+		votes[ck][proposal{e.CommHandle, p.seq - e.Seq}]++
+	}
+	won := map[commKind]proposal{}
+	for ck, vs := range votes {
+		var best proposal
+		n := 0
+		for pr, c := range vs {
+			if c > n || c == n && (pr.handle < best.handle || pr.handle == best.handle && pr.offset < best.offset) {
+				best, n = pr, c
+			}
+		}
+		won[ck] = best
 	}
 	type stream struct {
 		pid    int32
 		handle uint64
 	}
-	type identity struct {
+	identity := map[stream]struct {
 		comm   uint64
 		offset int64
-	}
-	ids := map[stream]identity{}
+	}{}
 	joined := make([]bool, len(rows))
 	var extra []traces.NCCLEvent
 	for i := range plugin {
 		p := &plugin[i]
-		k := key{p.pid, p.op, p.datatype, p.count, p.kind == pluginKindColl}
-		q := queues[k]
-		for len(q) > 0 && rows[q[0]].TimeNs < p.hostStart-pluginLag {
-			q = q[1:]
-		}
-		if len(q) > 0 && rows[q[0]].TimeNs <= p.hostStart+pluginSlack {
-			e := &rows[q[0]]
-			if e.IsCollective() {
-				ids[stream{e.PID, e.CommHandle}] = identity{p.commHash, p.seq - e.Seq}
+		coll := p.kind == pluginKindColl
+		pr, ok := won[commKind{p.pid, p.commHash, coll}]
+		if ok {
+			j, found := bySeq[seqKey{p.pid, pr.handle, coll, p.seq - pr.offset}]
+			if e := &rows[j]; found && e.Op == p.op && e.Count == p.count && e.Datatype == p.datatype {
+				if coll {
+					identity[stream{e.PID, e.CommHandle}] = struct {
+						comm   uint64
+						offset int64
+					}{p.commHash, pr.offset}
+				}
+				joined[j] = true
+				e.CommID, e.Seq, e.Matched, e.Source = p.commHash, p.seq, traces.MatchPlugin, traces.SourceBoth
+				if e.Rank < 0 {
+					e.Rank, e.NRanks = p.rank, p.nranks
+				}
+				p.addGPU(e)
+				continue
 			}
-			joined[q[0]] = true
-			e.CommID, e.Seq, e.Matched, e.Source = p.commHash, p.seq, traces.MatchPlugin, traces.SourceBoth
-			if e.Rank < 0 {
-				e.Rank, e.NRanks = p.rank, p.nranks
-			}
-			p.addGPU(e)
-			queues[k] = q[1:]
-			continue
 		}
-		queues[k] = q
 		if p.hostStart >= from && p.hostStart < to {
 			extra = append(extra, p.row())
 		}
 	}
 	for i := range rows {
 		e := &rows[i]
-		if id, ok := ids[stream{e.PID, e.CommHandle}]; ok && !joined[i] && e.IsCollective() {
+		if id, ok := identity[stream{e.PID, e.CommHandle}]; ok && !joined[i] && e.IsCollective() {
 			e.CommID, e.Seq, e.Matched = id.comm, e.Seq+id.offset, traces.MatchPlugin
 		}
 	}

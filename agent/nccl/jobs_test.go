@@ -1,0 +1,248 @@
+package nccl
+
+import (
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/loupe-dev/loupe/traces"
+)
+
+// job is a multi-rank run of ncclrank with RANK and WORLD_SIZE set, as a
+// launcher sets them.
+type job struct {
+	dir   string
+	procs []*program
+}
+
+// startJob starts nranks processes of ncclrank MODE DIR RANK NRANKS ITERS
+// SLOWRANK SLOW_US; env applies to every rank, rankEnv(r) to rank r.
+func startJob(t *testing.T, bin, mode string, nranks, iters, slow, slowUS int, env []string, rankEnv func(int) []string) *job {
+	t.Helper()
+	j := &job{dir: t.TempDir()}
+	for r := range nranks {
+		e := append([]string{"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(nranks), "NCCL_STANDIN_DIR=" + j.dir}, env...)
+		if rankEnv != nil {
+			e = append(e, rankEnv(r)...)
+		}
+		j.procs = append(j.procs, startProgram(t, e, bin, mode, j.dir, strconv.Itoa(r), strconv.Itoa(nranks),
+			strconv.Itoa(iters), strconv.Itoa(slow), strconv.Itoa(slowUS)))
+	}
+	return j
+}
+
+func (j *job) pids() map[int32]int32 {
+	out := map[int32]int32{}
+	for r, p := range j.procs {
+		out[int32(p.cmd.Process.Pid)] = int32(r)
+	}
+	return out
+}
+
+// stop ends a job that runs until told (NCCLRANK_UNTIL_STOP) and waits.
+func (j *job) stop(t *testing.T) {
+	t.Helper()
+	touch(t, filepath.Join(j.dir, "stop"))
+	touch(t, filepath.Join(j.dir, "exit"))
+	for _, p := range j.procs {
+		p.wait(t)
+	}
+}
+
+// collectQuiet reads the rows of pids until at least least arrived and
+// none came for half a second.
+func collectQuiet(t *testing.T, ch <-chan traces.NCCLEvent, pids map[int32]int32, least int) []traces.NCCLEvent {
+	t.Helper()
+	var rows []traces.NCCLEvent
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case e := <-ch:
+			if _, ok := pids[e.PID]; ok {
+				rows = append(rows, e)
+			}
+		case <-time.After(500 * time.Millisecond):
+			if len(rows) >= least {
+				return rows
+			}
+		case <-deadline:
+			t.Fatalf("got %d rows, want at least %d", len(rows), least)
+		}
+	}
+}
+
+// matched aligns rows the way a capture does.
+func matched(rows []traces.NCCLEvent) ([]traces.NCCLEvent, traces.NCCLMatchSummary) {
+	var m traces.NCCLMatcher
+	for i := range rows {
+		m.Add("", &rows[i])
+	}
+	sum := m.Match()
+	for i := range rows {
+		m.Apply("", &rows[i])
+	}
+	return rows, sum
+}
+
+// straggler is the rank Skew puts first for the communicator that most
+// rows of the given op use.
+func straggler(t *testing.T, rows []traces.NCCLEvent, op string) (RankSkew, []RankSkew) {
+	t.Helper()
+	n := map[uint64]int{}
+	for _, e := range rows {
+		if e.Op == op {
+			n[e.CommID]++
+		}
+	}
+	var comm uint64
+	for id, c := range n {
+		if c > n[comm] {
+			comm = id
+		}
+	}
+	var mine []RankSkew
+	for _, sk := range Skew(rows) {
+		if sk.CommID == comm {
+			mine = append(mine, sk)
+		}
+	}
+	if len(mine) == 0 {
+		t.Fatalf("no skew for the %s communicator %x", op, comm)
+	}
+	return mine[0], mine
+}
+
+// The agent starts after a 4-rank job created its communicators: no init
+// is seen, every row still carries the process's global rank, the calls
+// are matched across ranks by their pattern, and the slow rank is named.
+func TestTracerLateAttach(t *testing.T) {
+	s := buildStandIn(t)
+	j := startJob(t, s.rank, "ranks", 4, 0, 2, 4000, []string{"NCCLRANK_NO_GO=1", "NCCLRANK_UNTIL_STOP=1"}, nil)
+	pids := j.pids()
+	// The job runs a while without the agent: its inits are long gone.
+	time.Sleep(500 * time.Millisecond)
+	tr := startTracer(t, nil)
+	waitFor(t, "the tracer to find every rank", func() bool { return len(tracedPIDs(tr)) >= 4 })
+	attached := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	rows := tr.Events(attached, time.Now().Add(-100*time.Millisecond))
+	j.stop(t)
+
+	var mine []traces.NCCLEvent
+	for _, e := range rows {
+		r, ok := pids[e.PID]
+		if !ok {
+			continue
+		}
+		if strings.HasPrefix(e.Op, "CommInit") {
+			t.Fatalf("an init call was seen although the job started first: %+v", e)
+		}
+		if e.GlobalRank != r || e.WorldSize != 4 || e.CommID != 0 || e.Rank != -1 || e.Matched != "" || e.Source != traces.SourceUprobe {
+			t.Fatalf("row %+v: want global rank %d of 4, communicator unknown", e, r)
+		}
+		mine = append(mine, e)
+	}
+	mine, sum := matched(mine)
+	// Collectives run on one of the three communicators (Send and Recv on
+	// another are not matched).
+	if sum.Streams != 4 || sum.Matched != 4 || sum.Communicators != 1 {
+		t.Fatalf("matching %+v, want the 4 ranks' streams of collectives matched into 1 communicator", sum)
+	}
+	top, all := straggler(t, mine, "AllReduce")
+	for _, sk := range all {
+		t.Logf("rank %d: mean lag %v, last in %d of %d", sk.Rank, time.Duration(sk.MeanLagNs), sk.LastArrivals, sk.Collectives)
+	}
+	if top.Rank != 2 || len(all) != 4 || top.MeanLagNs < int64(time.Millisecond) || top.LastArrivals < top.Collectives*8/10 {
+		t.Fatalf("straggler %+v, want global rank 2, last in most collectives", top)
+	}
+}
+
+// A job that starts half a second after the agent is found through the
+// exec hook and its loader's probe, not the /proc scan (here it scans
+// once, at start), and its slow rank is named.
+func TestTracerJobStartsAfterAgent(t *testing.T) {
+	s := buildStandIn(t)
+	set := metrics.NewSet()
+	cfg := testConfig()
+	cfg.ScanInterval = time.Hour
+	tr := startTracerConfig(t, cfg, set)
+	ch, cancel := tr.Subscribe(1 << 16)
+	defer cancel()
+	time.Sleep(500 * time.Millisecond)
+	j := startJob(t, s.rank, "ranks", 4, 40, 1, 3000, []string{"NCCLRANK_NO_GO=1"}, nil)
+	pids := j.pids()
+	waitFor(t, "the tracer to find every rank without a scan", func() bool { return len(tracedPIDs(tr)) >= 4 })
+	rows := collectQuiet(t, ch, pids, 4*35*11)
+	touch(t, filepath.Join(j.dir, "exit"))
+	for _, p := range j.procs {
+		p.wait(t)
+	}
+	inits := 0
+	for _, e := range rows {
+		if strings.HasPrefix(e.Op, "CommInit") {
+			inits++
+		}
+		if e.GlobalRank != pids[e.PID] {
+			t.Fatalf("row %+v: want global rank %d", e, pids[e.PID])
+		}
+	}
+	// The job races the attach: inits seen or not, the rank is named.
+	t.Logf("%d of 12 init calls seen", inits)
+	rows, _ = matched(rows)
+	if top, _ := straggler(t, rows, "AllReduce"); top.Rank != 1 {
+		t.Fatalf("straggler %+v, want global rank 1", top)
+	}
+	if !strings.Contains(metricsText(set), "loupe_nccl_load_events_total") ||
+		strings.Contains(metricsText(set), "loupe_nccl_load_events_total 0\n") {
+		t.Fatalf("no load events counted:\n%s", metricsText(set))
+	}
+}
+
+// A data-parallel communicator split into tensor-parallel pairs, the
+// agent running first: the pairs' communicators get ids from the split
+// (equal within a pair, different across), and each pair names its own
+// straggler by global rank.
+func TestTracerSplit(t *testing.T) {
+	s := buildStandIn(t)
+	tr := startTracer(t, nil)
+	j := startJob(t, s.rank, "split", 4, 30, 1, 3000, []string{"NCCLRANK_TP_SLOW_RANKS=2"}, nil)
+	pids := j.pids()
+	waitFor(t, "the tracer to find every rank", func() bool { return len(tracedPIDs(tr)) >= 4 })
+	ch, cancel := tr.Subscribe(1 << 16)
+	defer cancel()
+	touch(t, filepath.Join(j.dir, "go"))
+	rows := collectQuiet(t, ch, pids, 4*(2+30*4))
+	if len(rows) != 4*(2+30*4) {
+		t.Fatalf("%d rows, want %d", len(rows), 4*(2+30*4))
+	}
+	touch(t, filepath.Join(j.dir, "exit"))
+	for _, p := range j.procs {
+		p.wait(t)
+	}
+	pairOf := map[int32]uint64{}
+	for _, e := range rows {
+		if e.Op == "CommSplit" {
+			if e.Matched != traces.MatchSplit || e.CommID == 0 || e.Peer != e.GlobalRank/2 {
+				t.Fatalf("split row %+v", e)
+			}
+			pairOf[e.GlobalRank] = e.CommID
+		}
+	}
+	if len(pairOf) != 4 || pairOf[0] != pairOf[1] || pairOf[2] != pairOf[3] || pairOf[0] == pairOf[2] {
+		t.Fatalf("pair ids by rank %v: want equal within a pair, different across", pairOf)
+	}
+	skews := map[uint64][]RankSkew{}
+	for _, sk := range Skew(rows) {
+		skews[sk.CommID] = append(skews[sk.CommID], sk)
+	}
+	for want, comm := range map[int32]uint64{1: pairOf[0], 2: pairOf[2]} {
+		got := skews[comm]
+		if len(got) != 2 || got[0].Rank != want || got[0].LastArrivals < got[0].Collectives*8/10 {
+			t.Errorf("pair %x: skew %+v, want 2 ranks led by global rank %d", comm, got, want)
+		}
+	}
+}
