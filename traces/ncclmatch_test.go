@@ -29,7 +29,7 @@ type ncclRank struct {
 	// lateEach adds to late at every call of an iteration: a straggler
 	// that sleeps before each collective.
 	lateEach time.Duration
-	known  uint64 // CommID when its creation was seen
+	known    uint64 // CommID when its creation was seen
 }
 
 // streamRows makes the rows of r for iterations [0, iters) of loop: call k
