@@ -55,7 +55,6 @@ const (
 // pendingCheck is a process the load hooks named, waiting for its check.
 type pendingCheck struct {
 	first, last time.Time
-	exec        bool
 }
 
 func (p *pendingCheck) due() time.Time {
@@ -88,13 +87,18 @@ func (t *Tracer) watchLoads(rd *ringbuf.Reader) {
 			}
 			t.loadEvents.Inc()
 			now := time.Now()
+			if ev.Kind == bpfnccl.MapExec {
+				// At once, not after the burst: the new image maps its
+				// libraries, and may create communicators, within
+				// milliseconds; what it creates must not be forgotten.
+				t.execed(int(ev.PID), now)
+			}
 			p := pending[int(ev.PID)]
 			if p == nil {
 				p = &pendingCheck{first: now}
 				pending[int(ev.PID)] = p
 			}
 			p.last = now
-			p.exec = p.exec || ev.Kind == bpfnccl.MapExec
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, os.ErrClosed):
 			return
@@ -106,14 +110,24 @@ func (t *Tracer) watchLoads(rd *ringbuf.Reader) {
 		for pid, p := range pending {
 			if !now.Before(p.due()) {
 				delete(pending, pid)
-				t.checkLoaded(pid, p.exec, now)
+				t.checkLoaded(pid, now)
 			}
 		}
 	}
 }
 
+// execed forgets what the tracer knew of a process's old program image.
+func (t *Tracer) execed(pid int, now time.Time) {
+	t.scanMu.Lock()
+	defer t.scanMu.Unlock()
+	if p := t.procs[pid]; p != nil {
+		t.dropProcLocked(pid, p, now)
+		t.forgetLocked(map[uint32]bool{uint32(pid): true})
+	}
+}
+
 // checkLoaded reads the maps of a process that exec'd or loaded libraries.
-func (t *Tracer) checkLoaded(pid int, exec bool, now time.Time) {
+func (t *Tracer) checkLoaded(pid int, now time.Time) {
 	t.scanMu.Lock()
 	defer t.scanMu.Unlock()
 	t.mu.Lock()
@@ -123,12 +137,6 @@ func (t *Tracer) checkLoaded(pid int, exec bool, now time.Time) {
 		return
 	}
 	p := t.procs[pid]
-	if p != nil && exec {
-		// A new program image: what the old one mapped is gone.
-		t.dropProcLocked(pid, p, now)
-		t.forgetLocked(map[uint32]bool{uint32(pid): true})
-		p = nil
-	}
 	if p == nil {
 		p = &procState{}
 		t.procs[pid] = p

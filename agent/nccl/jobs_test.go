@@ -1,6 +1,7 @@
 package nccl
 
 import (
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -246,3 +247,109 @@ func TestTracerSplit(t *testing.T) {
 		}
 	}
 }
+
+// The profiler plugin path: a job whose NCCL loads Loupe's plugin, with
+// rank 1 late on the host (it sleeps before every collective) and rank 2
+// late on the GPU (its kernels start 4 ms after their enqueue, as behind
+// slow compute), its host on time. The plugin's records arrive over the
+// socket and join the probes' rows: NCCL's commHash and numbering, GPU
+// times converted from the GPU's clock into the run, algorithm and
+// protocol, network waits on the ranks that waited for the others. By
+// host arrival rank 1 is the straggler; by GPU start, rank 2. Run with the
+// newest interface and with v4, as an older NCCL takes.
+func TestTracerPlugin(t *testing.T) {
+	s := buildStandIn(t)
+	for _, api := range []string{"6", "4"} {
+		t.Run("v"+api, func(t *testing.T) {
+			set := metrics.NewSet()
+			cfg := testConfig()
+			cfg.PluginSocket = filepath.Join(t.TempDir(), "plugin.sock")
+			tr := startTracerConfig(t, cfg, set)
+			waitFor(t, "the plugin socket", func() bool { _, err := os.Stat(cfg.PluginSocket); return err == nil })
+			began := time.Now()
+			j := startJob(t, s.rank, "ranks", 4, 25, 1, 1500, []string{
+				"NCCL_PROFILER_PLUGIN=" + s.plugin, "LOUPE_NCCL_PLUGIN_SOCKET=" + cfg.PluginSocket,
+				"NCCL_STANDIN_PROFILER_VERSIONS=" + api,
+			}, func(r int) []string {
+				if r == 2 {
+					return []string{"NCCL_STANDIN_KERNEL_DELAY_US=4000"}
+				}
+				return nil
+			})
+			pids := j.pids()
+			waitFor(t, "the tracer to find every rank", func() bool { return len(tracedPIDs(tr)) >= 4 })
+			touch(t, filepath.Join(j.dir, "go"))
+			// 3 inits, then per iteration 7 collectives, a group of Send
+			// and Recv; the plugin reports each collective and p2p call.
+			want := 4 * (25 * 7)
+			records := set.GetOrCreateCounter("loupe_nccl_plugin_events_total")
+			lost := set.GetOrCreateCounter("loupe_nccl_plugin_lost_events_total")
+			deadline := time.Now().Add(time.Minute)
+			for records.Get()+lost.Get() < 4*25*9 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d records and %d lost of %d", records.Get(), lost.Get(), 4*25*9)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond)
+			touch(t, filepath.Join(j.dir, "exit"))
+			for _, p := range j.procs {
+				p.wait(t)
+			}
+			ended := time.Now()
+			rows := tr.Events(began, ended)
+			var colls []traces.NCCLEvent
+			comms := map[int32]uint64{}
+			for _, e := range rows {
+				if _, ok := pids[e.PID]; !ok || !e.IsCollective() {
+					continue
+				}
+				if e.Source != traces.SourceBoth || e.Matched != traces.MatchPlugin || e.GlobalRank != pids[e.PID] {
+					for _, p := range tr.plugin.between(0, 1<<62) {
+						if p.pid == e.PID && p.op == e.Op && p.count == e.Count {
+							t.Logf("record %+v", p)
+						}
+					}
+					t.Fatalf("row %+v: want the probe's and the plugin's merged", e)
+				}
+				if e.GPUStartNs < e.TimeNs || e.GPUEndNs <= e.GPUStartNs || e.GPUEndNs > ended.UnixNano() {
+					t.Fatalf("row %+v: GPU times not within the call and the run", e)
+				}
+				if e.Algo != "RING" || (e.Proto != "SIMPLE" && e.Proto != "LL") || e.NChannels != 2 {
+					t.Fatalf("row %+v: want NCCL's algorithm, protocol and channels", e)
+				}
+				if e.Op == "AllReduce" && e.Count == 1<<20 {
+					comms[e.GlobalRank] = e.CommID
+				}
+				colls = append(colls, e)
+			}
+			if len(colls) != want {
+				t.Fatalf("%d merged collectives, want %d", len(colls), want)
+			}
+			if len(comms) != 4 || comms[0] != comms[1] || comms[0] != comms[2] || comms[0] != comms[3] {
+				t.Fatalf("commHash by rank %v: want one communicator", comms)
+			}
+			host, _ := straggler(t, colls, "AllReduce")
+			gpu := make([]traces.NCCLEvent, len(colls))
+			var netWait [4]int64
+			for i, e := range colls {
+				gpu[i] = e
+				gpu[i].TimeNs = e.GPUStartNs
+				netWait[e.GlobalRank] += e.NetWaitNs
+			}
+			onGPU, _ := straggler(t, gpu, "AllReduce")
+			t.Logf("host straggler %+v, GPU straggler %+v, network waits %v", host, onGPU, netWait)
+			if host.Rank != 1 || onGPU.Rank != 2 {
+				t.Fatalf("straggler by host arrival %d, by GPU start %d; want 1 and 2", host.Rank, onGPU.Rank)
+			}
+			if netWait[2] >= netWait[0] {
+				t.Errorf("the GPU-late rank waited %v on the network, rank 0 %v: want less", netWait[2], netWait[0])
+			}
+			text := metricsText(set)
+			if !strings.Contains(text, "loupe_nccl_plugin_lost_events_total 0") || !strings.Contains(text, "loupe_nccl_plugin_bad_datagrams_total 0") {
+				t.Errorf("plugin losses:\n%s", text)
+			}
+		})
+	}
+}
+

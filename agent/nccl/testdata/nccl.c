@@ -19,8 +19,9 @@
  * Simulated GPU (on when a plugin is loaded, or NCCL_STANDIN_GPU=1): each
  * communicator has a stream thread that runs its calls in order; a
  * collective's kernel starts NCCL_STANDIN_KERNEL_DELAY_US (default 0) after
- * its enqueue, or when the previous one ended (a slow GPU: its work before
- * the collective takes that long), and ends NCCL_STANDIN_TRANSFER_US
+ * its enqueue or the previous kernel's end, whichever is later (a slow GPU:
+ * the compute before each collective takes that long), and ends
+ * NCCL_STANDIN_TRANSFER_US
  * (default 20) after every rank's kernel has started, which the ranks see
  * in a shared file under NCCL_STANDIN_DIR. A rank that never calls a
  * collective leaves the others' kernels waiting: a hang. Its GPU timer runs
@@ -315,8 +316,10 @@ static void run_kernel(struct ncclComm *c, struct work *w)
 	void *ch[CHANNELS] = { 0 }, *op = NULL, *step = NULL;
 	ncclProfilerEventStateArgs_v4_t args = { 0 };
 
-	if (w->coll)
-		sleep_until(w->enqueued + delay);
+	if (w->coll) {
+		int64_t ready = now_ns() > w->enqueued ? now_ns() : w->enqueued;
+		sleep_until(ready + delay);
+	}
 	int64_t start = now_ns();
 	for (int i = 0; i < CHANNELS; i++) {
 		ncclProfilerEventDescr_v6_t d = { .type = ncclProfileKernelCh, .parentObj = w->task, .rank = c->rank };
