@@ -1,6 +1,7 @@
 package analyzers
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -93,6 +94,136 @@ func TestNCCLStraggler(t *testing.T) {
 			t.Fatalf("want no finding, got %+v", fs)
 		}
 	})
+}
+
+// agentRows makes the rows an agent writes for ranks of one communicator:
+// global ranks, a comm handle per process, and, for a communicator whose
+// creation was missed (id 0), no id, no communicator rank and Seq counted
+// from the first call seen (the rank's from). Calls repeat a data-parallel
+// pattern, three per iteration of 30 ms; rank r arrives late(r, k) ms late
+// on the host at call k, and its kernel starts gpuLate(r, k) ms after its
+// call (nil: no GPU times).
+func agentRows(ranks []int, id uint64, matched string, handle uint64, from func(r int) int, n int,
+	late, gpuLate func(r, k int) float64) []traces.NCCLEvent {
+	pattern := []struct {
+		op, dtype string
+		count     int64
+	}{{"AllReduce", "float32", 1 << 20}, {"AllReduce", "bfloat16", 1 << 18}, {"AllGather", "float16", 4096}}
+	var out []traces.NCCLEvent
+	for k := range n {
+		c := pattern[k%len(pattern)]
+		for _, r := range ranks {
+			if k < from(r) {
+				continue
+			}
+			at := t0.Add(time.Duration(k/3)*30*time.Millisecond + time.Duration(k%3)*time.Millisecond +
+				time.Duration(late(r, k)*float64(time.Millisecond)))
+			e := traces.NCCLEvent{
+				TimeNs: at.UnixNano(), PID: int32(pid(r)), TID: int32(pid(r)), Rank: -1, NRanks: -1, Op: c.op,
+				Seq: int64(k - from(r)), Count: c.count, Datatype: c.dtype, Peer: -1, GlobalRank: int32(r), WorldSize: 4,
+				CommHandle: handle, Source: traces.SourceUprobe,
+			}
+			if id != 0 {
+				e.CommID, e.Seq, e.Matched = id, int64(k), matched
+			}
+			if gpuLate != nil {
+				e.GPUStartNs = at.Add(time.Duration(gpuLate(r, k) * float64(time.Millisecond))).UnixNano()
+				e.GPUEndNs = e.GPUStartNs + int64(time.Millisecond)
+				e.Source = traces.SourceBoth
+			}
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func noLate(int, int) float64 { return 0 }
+
+// The agents attached after the communicator was created, at different
+// calls on each rank, on two hosts: the calls are matched across hosts by
+// pattern and the straggler is named by global rank.
+func TestNCCLStragglerLateAttach(t *testing.T) {
+	from := func(r int) int { return []int{6, 11, 3, 20}[r] }
+	late := func(r, k int) float64 {
+		if r == 3 {
+			return 8
+		}
+		return 0
+	}
+	in := writeCapture(t, "",
+		hostBundle{name: "h1", ranks: []int{0, 1}, nccl: agentRows([]int{0, 1}, 0, "", 0xa0, from, 90, late, nil)},
+		hostBundle{name: "h2", ranks: []int{2, 3}, nccl: agentRows([]int{2, 3}, 0, "", 0xa0, from, 90, late, nil)})
+	fs := run(t, NCCLStraggler, in)
+	if len(fs) != 1 || fs[0].Scope.Rank != 3 || fs[0].Scope.Host != "h2" {
+		t.Fatalf("want one finding on rank 3 of h2, got %+v", fs)
+	}
+	// Calls 20 to 89 are seen by every rank.
+	check(t, fs[0], map[string]float64{"collectives_complete": 70, "matched_by_pattern": 1, "timed_on_gpu": 0, "arrived_last": 70})
+	if !strings.Contains(fs[0].Title, "ranks 0-3 (host enqueue times)") {
+		t.Errorf("title %q", fs[0].Title)
+	}
+}
+
+// A data-parallel communicator of four ranks split into pairs: rank 1 is
+// slow in its pair, rank 2 in the other; each pair names its own
+// straggler, and neither finding mixes the pairs.
+func TestNCCLStragglerSubCommunicators(t *testing.T) {
+	all := func(int) int { return 0 }
+	pairLate := func(slow int) func(r, k int) float64 {
+		return func(r, k int) float64 {
+			if r == slow {
+				return 5
+			}
+			return 0
+		}
+	}
+	h1 := agentRows([]int{0, 1}, 0x1111, traces.MatchInit, 0xb0, all, 60, noLate, nil)
+	h1 = append(h1, agentRows([]int{0, 1}, 0x2222, traces.MatchSplit, 0xc0, all, 60, pairLate(1), nil)...)
+	h2 := agentRows([]int{2, 3}, 0x1111, traces.MatchInit, 0xb0, all, 60, noLate, nil)
+	h2 = append(h2, agentRows([]int{2, 3}, 0x3333, traces.MatchSplit, 0xc0, all, 60, pairLate(2), nil)...)
+	in := writeCapture(t, "", hostBundle{name: "h1", ranks: []int{0, 1}, nccl: h1}, hostBundle{name: "h2", ranks: []int{2, 3}, nccl: h2})
+	fs := run(t, NCCLStraggler, in)
+	byRank := map[int]traces.Finding{}
+	for _, f := range fs {
+		byRank[f.Scope.Rank] = f
+	}
+	if len(fs) != 2 || !strings.Contains(byRank[1].Title, "ranks 0-1 ") || !strings.Contains(byRank[2].Title, "ranks 2-3 ") {
+		t.Fatalf("want a finding per pair, on ranks 1 and 2; got %+v", fs)
+	}
+	check(t, byRank[1], map[string]float64{"collectives_complete": 60, "communicator_ranks": 2, "arrived_last": 60})
+}
+
+// With the profiler plugin's kernel start times, the straggler is the rank
+// whose GPU starts last (rank 2), not the one whose host enqueues last
+// (rank 1), and the finding says it used GPU times.
+func TestNCCLStragglerGPUTimes(t *testing.T) {
+	all := func(int) int { return 0 }
+	host := func(r, k int) float64 {
+		if r == 1 {
+			return 3
+		}
+		return 0
+	}
+	gpu := func(r, k int) float64 {
+		if r == 2 {
+			return 9 // its GPU is busy 9 ms after the call
+		}
+		return 4 - host(r, k) // the others' kernels wait on their streams until +4 ms
+	}
+	in := writeCapture(t, "",
+		hostBundle{name: "h1", ranks: []int{0, 1}, nccl: agentRows([]int{0, 1}, 0x77, traces.MatchPlugin, 0xd0, all, 45, host, gpu)},
+		hostBundle{name: "h2", ranks: []int{2, 3}, nccl: agentRows([]int{2, 3}, 0x77, traces.MatchPlugin, 0xd0, all, 45, host, gpu)})
+	fs := run(t, NCCLStraggler, in)
+	if len(fs) != 1 || fs[0].Scope.Rank != 2 || !strings.HasSuffix(fs[0].Title, "(GPU kernel start times)") {
+		t.Fatalf("want rank 2 by GPU times, got %+v", fs)
+	}
+	check(t, fs[0], map[string]float64{"timed_on_gpu": 1, "arrival_skew_p50": 5})
+	in = writeCapture(t, "",
+		hostBundle{name: "h1", ranks: []int{0, 1}, nccl: agentRows([]int{0, 1}, 0x77, traces.MatchInit, 0xd0, all, 45, host, nil)},
+		hostBundle{name: "h2", ranks: []int{2, 3}, nccl: agentRows([]int{2, 3}, 0x77, traces.MatchInit, 0xd0, all, 45, host, nil)})
+	if fs := run(t, NCCLStraggler, in); len(fs) != 1 || fs[0].Scope.Rank != 1 || !strings.HasSuffix(fs[0].Title, "(host enqueue times)") {
+		t.Fatalf("without GPU times want rank 1 by host times, got %+v", fs)
+	}
 }
 
 func TestStepImbalance(t *testing.T) {

@@ -104,6 +104,7 @@ type ncclGroup struct {
 	ranks   map[int32]bool
 	members []*ncclStream
 	bySig   map[uint64][]int // sig -> indexes into calls, by time
+	seen    map[int64]bool   // an anchor's seqs: one call each, whatever the ranks
 }
 
 // Add records one row. host names the row's host: pids repeat across
@@ -119,10 +120,13 @@ func (m *NCCLMatcher) Add(host string, e *NCCLEvent) {
 	if e.CommID != 0 && e.Matched != MatchPattern {
 		g := m.anchors[e.CommID]
 		if g == nil {
-			g = &ncclGroup{id: e.CommID, known: true, ranks: map[int32]bool{}}
+			g = &ncclGroup{id: e.CommID, known: true, ranks: map[int32]bool{}, seen: map[int64]bool{}}
 			m.anchors[e.CommID] = g
 		}
-		g.calls = append(g.calls, c)
+		if !g.seen[e.Seq] {
+			g.seen[e.Seq] = true
+			g.calls = append(g.calls, c)
+		}
 		if r := e.JobRank(); r >= 0 {
 			g.ranks[r] = true
 		}
@@ -158,7 +162,7 @@ func (m *NCCLMatcher) Match() NCCLMatchSummary {
 		return sum
 	}
 	for _, g := range m.anchors {
-		g.calls = sortCalls(g.calls)
+		g.calls, g.seen = sortCalls(g.calls), nil
 		m.groups = append(m.groups, g)
 	}
 	slices.SortFunc(m.groups, func(a, b *ncclGroup) int { return cmp.Compare(a.id, b.id) })

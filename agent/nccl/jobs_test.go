@@ -352,4 +352,3 @@ func TestTracerPlugin(t *testing.T) {
 		})
 	}
 }
-
