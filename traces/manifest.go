@@ -46,6 +46,12 @@ const (
 const (
 	TriggerStableIteration = "stable-iteration"
 	TriggerOnDemand        = "on-demand"
+	// TriggerNCCLHang: the agent saw a communicator stall with some ranks
+	// inside a collective the others never reached; the capture holds the
+	// stall's history and a PartNCCLHang report.
+	TriggerNCCLHang = "nccl-hang"
+	// TriggerNCCLRecovered: a hung communicator made progress again.
+	TriggerNCCLRecovered = "nccl-hang-recovered"
 )
 
 // Manifest describes one host's share of one capture. It is stored as

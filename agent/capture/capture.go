@@ -130,7 +130,15 @@ type Request struct {
 	// Either Duration, or StartIteration and Iterations.
 	Duration                   time.Duration
 	StartIteration, Iterations int64
-	Trigger                    traces.Trigger
+	// Lookback opens a timed window this long before the request: its GPU
+	// samples, NCCL calls and events come from the collectors' history (a
+	// hang capture looks back at the stall); the CPU profile covers only
+	// the Duration after.
+	Lookback time.Duration
+	Trigger  traces.Trigger
+	// Report, when set, adds the requester's own parts once the window
+	// closed, given the window's CPU profile (nil without one).
+	Report func(bw *traces.BundleWriter, prof *profile.Profile) error
 }
 
 // States of a capture.
@@ -307,6 +315,10 @@ func (c *Capturer) validate(req *Request) error {
 		return fmt.Errorf("%w: give a duration or iterations", ErrInvalid)
 	case req.Duration > c.cfg.MaxDuration:
 		return fmt.Errorf("%w: duration %v is longer than the %v allowed (capture.max_duration)", ErrInvalid, req.Duration, c.cfg.MaxDuration)
+	case req.Lookback < 0 || req.Lookback > 0 && req.Iterations > 0:
+		return fmt.Errorf("%w: a lookback must be positive and goes with a duration, not iterations", ErrInvalid)
+	case req.Lookback > c.cfg.MaxDuration:
+		return fmt.Errorf("%w: lookback %v is longer than the %v of history allowed (capture.max_duration)", ErrInvalid, req.Lookback, c.cfg.MaxDuration)
 	case req.Iterations > 0 && c.src.Steps == nil:
 		return fmt.Errorf("%w: iteration windows need step tracking", ErrInvalid)
 	}
@@ -397,7 +409,7 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 	}
 	defer closeGPU()
 
-	start := c.now()
+	start := c.now().Add(-req.Lookback)
 	if req.Iterations > 0 {
 		wctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
 		began, err := c.src.Steps.WaitIteration(wctx, req.Job, req.StartIteration)
@@ -526,7 +538,7 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	for _, n := range notes {
 		bw.Note("%s", n)
 	}
-	if m.WorldSize == 0 && len(m.Ranks) > 0 {
+	if m.WorldSize == 0 && len(m.Ranks) > 0 && req.Report == nil {
 		bw.Note("world size unknown: no process of the job said WORLD_SIZE; the aggregator cannot tell when every rank has reported")
 	}
 	var events []traces.Event
@@ -546,7 +558,11 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 		}
 	}
 	if c.src.NCCL != nil {
-		if err := traces.WriteTable(bw, traces.PartNCCLEvents, filterNCCL(c.src.NCCL.Events(start, end), pidsOf(req.Processes))); err != nil {
+		rows := filterNCCL(c.src.NCCL.Events(start, end), pidsOf(req.Processes))
+		for _, n := range matchNCCL(rows) {
+			bw.Note("%s", n)
+		}
+		if err := traces.WriteTable(bw, traces.PartNCCLEvents, rows); err != nil {
 			return nil, err
 		}
 	}
@@ -563,6 +579,11 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	for _, f := range finishers {
 		if err := f.fn(ctx, bw); err != nil {
 			bw.Note("%s: %v", f.name, err)
+		}
+	}
+	if req.Report != nil {
+		if err := req.Report(bw, prof); err != nil {
+			return nil, fmt.Errorf("%s report: %w", req.Trigger.Kind, err)
 		}
 	}
 	out, err := bw.Commit()
@@ -621,6 +642,37 @@ func pidsOf(ps []traces.Process) []int {
 		out = append(out, p.PID)
 	}
 	return out
+}
+
+// matchNCCL gives the job's collectives on communicators created before
+// the agent attached the identity the other ranks' calls carry (see
+// traces.NCCLMatcher), and says in notes how the calls were matched and
+// timed. The aggregator matches again across hosts.
+func matchNCCL(rows []traces.NCCLEvent) []string {
+	var m traces.NCCLMatcher
+	var colls, plugin int
+	for i := range rows {
+		m.Add("", &rows[i])
+		if rows[i].IsCollective() {
+			colls++
+			if rows[i].GPUStartNs > 0 {
+				plugin++
+			}
+		}
+	}
+	sum := m.Match()
+	for i := range rows {
+		m.Apply("", &rows[i])
+	}
+	var notes []string
+	if n := sum.Note(); n != "" {
+		notes = append(notes, n)
+	}
+	if plugin > 0 {
+		notes = append(notes, fmt.Sprintf("NCCL: %d of %d collectives carry GPU-side kernel times from Loupe's NCCL profiler plugin, "+
+			"merged with the uprobes' host times (source %q)", plugin, colls, traces.SourceBoth))
+	}
+	return notes
 }
 
 // filterNCCL keeps the calls of the captured processes (all when none named).

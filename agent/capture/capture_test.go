@@ -454,3 +454,69 @@ func BenchmarkWriteBundle(b *testing.B) {
 	}
 	b.ReportMetric(4000*float64(b.N)/b.Elapsed().Seconds(), "gpu_rows/s")
 }
+
+// lateNCCL is a tracer whose two ranks' communicator was created before it
+// attached: their collectives carry no id until the capture matches them.
+type lateNCCL struct{}
+
+func (lateNCCL) Events(from, to time.Time) []traces.NCCLEvent {
+	var out []traces.NCCLEvent
+	for k := range 12 {
+		for r, pid := range []int32{10, 11} {
+			op := []string{"AllReduce", "AllGather"}[k%2]
+			out = append(out, traces.NCCLEvent{TimeNs: from.UnixNano() + int64(k)*int64(time.Millisecond), PID: pid, Rank: -1, NRanks: -1,
+				Op: op, Seq: int64(k + 3*r), Count: 64, Datatype: "float32", GlobalRank: int32(r), CommHandle: 0x10, Source: traces.SourceUprobe,
+				GPUStartNs: from.UnixNano() + int64(k+1)*int64(time.Millisecond)})
+		}
+	}
+	return out
+}
+
+// A hang capture: a window that starts in the past (lookback), a report of
+// the requester's own written with the window's CPU profile, and the job's
+// NCCL calls matched across ranks with a note saying how.
+func TestLookbackCaptureWithReport(t *testing.T) {
+	h := newHarness(t, Sources{GPU: &fakeGPU{}, CPU: &fakeCPU{}, NCCL: lateNCCL{}}, Config{})
+	var gotProf *profile.Profile
+	req := Request{ID: "hang-1", Job: "train", Run: "r1", Processes: procs, Duration: 20 * time.Millisecond, Lookback: 2 * time.Second,
+		Trigger: traces.Trigger{Kind: traces.TriggerNCCLHang, Reason: "rank 1 never arrived"},
+		Report: func(bw *traces.BundleWriter, prof *profile.Profile) error {
+			gotProf = prof
+			return bw.WritePart(traces.PartNCCLHang, traces.MediaJSON, strings.NewReader(`{"state":"hung"}`))
+		}}
+	before := time.Now()
+	if _, err := h.c.Submit(req); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.waitState(t, "hang-1"); st.State != StateCommitted {
+		t.Fatalf("status %+v", st)
+	}
+	dir := h.spool.committed[0]
+	m := readBundle(t, dir)
+	if m.Start.After(before.Add(-2*time.Second+time.Millisecond)) || m.Trigger.Kind != traces.TriggerNCCLHang {
+		t.Errorf("window starts %v (request at %v), trigger %+v: want 2 s of history", m.Start, before, m.Trigger)
+	}
+	if _, ok := m.Part(traces.PartNCCLHang); !ok || gotProf == nil || len(gotProf.Sample) != 1 {
+		t.Errorf("report part %v, profile %v", m.Parts, gotProf)
+	}
+	notes := strings.Join(m.Notes, "\n")
+	if !strings.Contains(notes, "2 of them were matched across ranks into 1 communicator") ||
+		!strings.Contains(notes, "24 of 24 collectives carry GPU-side kernel times") || strings.Contains(notes, "world size unknown") {
+		t.Errorf("notes %q", notes)
+	}
+	rows := readTable[traces.NCCLEvent](t, dir, traces.PartNCCLEvents)
+	for _, e := range rows {
+		if e.Matched != traces.MatchPattern || e.CommID == 0 {
+			t.Fatalf("row not matched: %+v", e)
+		}
+	}
+	for _, bad := range []Request{
+		{Job: "train", Run: "r1", Duration: time.Second, Lookback: -time.Second},
+		{Job: "train", Run: "r1", Iterations: 3, Lookback: time.Second},
+		{Job: "train", Run: "r1", Duration: time.Second, Lookback: time.Hour},
+	} {
+		if _, err := h.c.Submit(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Submit(%+v) = %v, want ErrInvalid", bad, err)
+		}
+	}
+}
