@@ -11,6 +11,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/loupe-dev/loupe/agent/nccl/nccltest"
 	bpfnccl "github.com/loupe-dev/loupe/bpf/nccl"
 	"github.com/loupe-dev/loupe/traces"
 )
@@ -27,23 +28,23 @@ func cpuTime(b *testing.B) time.Duration {
 // simulated enqueue cost) and returns the program's CPU ns per call, which
 // includes the kernel's probe handling and is little affected by other
 // load on the machine.
-func runBench(b *testing.B, s standIn, dir string, started func(pid int), done func()) float64 {
+func runBench(b *testing.B, s nccltest.StandIn, dir string, started func(pid int), done func()) float64 {
 	b.Helper()
-	p := startProgram(b, []string{"NCCL_STANDIN_ENQUEUE_US=0"}, s.rank, "bench", dir, strconv.Itoa(b.N))
+	p := nccltest.Start(b, []string{"NCCL_STANDIN_ENQUEUE_US=0"}, s.Rank, "bench", dir, strconv.Itoa(b.N))
 	if started != nil {
-		started(p.cmd.Process.Pid)
+		started(p.Cmd.Process.Pid)
 	}
 	b.ResetTimer()
-	touch(b, filepath.Join(dir, "go"))
+	nccltest.Touch(b, filepath.Join(dir, "go"))
 	if done != nil {
 		done()
 	}
 	b.StopTimer()
-	touch(b, filepath.Join(dir, "exit"))
-	p.wait(b)
-	ns, err := strconv.ParseFloat(strings.TrimSpace(p.stdout.String()), 64)
+	nccltest.Touch(b, filepath.Join(dir, "exit"))
+	p.Wait(b)
+	ns, err := strconv.ParseFloat(strings.TrimSpace(p.Stdout.String()), 64)
 	if err != nil {
-		b.Fatalf("bench output %q: %v", p.stdout.String(), err)
+		b.Fatalf("bench output %q: %v", p.Stdout.String(), err)
 	}
 	return ns / float64(b.N)
 }
@@ -51,7 +52,7 @@ func runBench(b *testing.B, s standIn, dir string, started func(pid int), done f
 // BenchmarkCallUntraced is the stand-in's cost per call with no probes: the
 // baseline for the traced figure below.
 func BenchmarkCallUntraced(b *testing.B) {
-	s := buildStandIn(b)
+	s := nccltest.Build(b)
 	b.ReportMetric(runBench(b, s, b.TempDir(), nil, nil), "cpu-ns/call")
 }
 
@@ -62,7 +63,7 @@ func BenchmarkCallUntraced(b *testing.B) {
 // traced process's cost per call (compare with BenchmarkCallUntraced) and
 // records lost to a full ring buffer.
 func BenchmarkRingBuffer(b *testing.B) {
-	s := buildStandIn(b)
+	s := nccltest.Build(b)
 	set := metrics.NewSet()
 	tr := startTracerConfig(b, DefaultConfig(), set)
 	events := set.GetOrCreateCounter(`loupe_nccl_events_total{op="AllReduce"}`)
@@ -136,7 +137,7 @@ func BenchmarkDeliver(b *testing.B) {
 // NCCL are re-read with their backoff). Divide by the scan interval for the
 // share of a core.
 func BenchmarkScan(b *testing.B) {
-	need(b, os.Geteuid() == 0, "loading eBPF needs root")
+	nccltest.Need(b, os.Geteuid() == 0, "loading eBPF needs root")
 	cfg := DefaultConfig()
 	tr, err := New(cfg, nil, nil)
 	if err != nil {

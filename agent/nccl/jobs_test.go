@@ -3,56 +3,15 @@ package nccl
 import (
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/loupe-dev/loupe/agent/nccl/nccltest"
 	"github.com/loupe-dev/loupe/traces"
 )
-
-// job is a multi-rank run of ncclrank with RANK and WORLD_SIZE set, as a
-// launcher sets them.
-type job struct {
-	dir   string
-	procs []*program
-}
-
-// startJob starts nranks processes of ncclrank MODE DIR RANK NRANKS ITERS
-// SLOWRANK SLOW_US; env applies to every rank, rankEnv(r) to rank r.
-func startJob(t *testing.T, bin, mode string, nranks, iters, slow, slowUS int, env []string, rankEnv func(int) []string) *job {
-	t.Helper()
-	j := &job{dir: t.TempDir()}
-	for r := range nranks {
-		e := append([]string{"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(nranks), "NCCL_STANDIN_DIR=" + j.dir}, env...)
-		if rankEnv != nil {
-			e = append(e, rankEnv(r)...)
-		}
-		j.procs = append(j.procs, startProgram(t, e, bin, mode, j.dir, strconv.Itoa(r), strconv.Itoa(nranks),
-			strconv.Itoa(iters), strconv.Itoa(slow), strconv.Itoa(slowUS)))
-	}
-	return j
-}
-
-func (j *job) pids() map[int32]int32 {
-	out := map[int32]int32{}
-	for r, p := range j.procs {
-		out[int32(p.cmd.Process.Pid)] = int32(r)
-	}
-	return out
-}
-
-// stop ends a job that runs until told (NCCLRANK_UNTIL_STOP) and waits.
-func (j *job) stop(t *testing.T) {
-	t.Helper()
-	touch(t, filepath.Join(j.dir, "stop"))
-	touch(t, filepath.Join(j.dir, "exit"))
-	for _, p := range j.procs {
-		p.wait(t)
-	}
-}
 
 // collectQuiet reads the rows of pids until at least least arrived and
 // none came for half a second.
@@ -121,9 +80,9 @@ func straggler(t *testing.T, rows []traces.NCCLEvent, op string) (RankSkew, []Ra
 // is seen, every row still carries the process's global rank, the calls
 // are matched across ranks by their pattern, and the slow rank is named.
 func TestTracerLateAttach(t *testing.T) {
-	s := buildStandIn(t)
-	j := startJob(t, s.rank, "ranks", 4, 0, 2, 4000, []string{"NCCLRANK_NO_GO=1", "NCCLRANK_UNTIL_STOP=1"}, nil)
-	pids := j.pids()
+	s := nccltest.Build(t)
+	j := nccltest.StartJob(t, s.Rank, "ranks", 4, 0, 2, 4000, []string{"NCCLRANK_NO_GO=1", "NCCLRANK_UNTIL_STOP=1"}, nil)
+	pids := j.PIDs()
 	// The job runs a while without the agent: its inits are long gone.
 	time.Sleep(500 * time.Millisecond)
 	tr := startTracer(t, nil)
@@ -131,7 +90,7 @@ func TestTracerLateAttach(t *testing.T) {
 	attached := time.Now()
 	time.Sleep(1500 * time.Millisecond)
 	rows := tr.Events(attached, time.Now().Add(-100*time.Millisecond))
-	j.stop(t)
+	j.Stop(t)
 
 	var mine []traces.NCCLEvent
 	for _, e := range rows {
@@ -166,7 +125,7 @@ func TestTracerLateAttach(t *testing.T) {
 // exec hook and its loader's probe, not the /proc scan (here it scans
 // once, at start), and its slow rank is named.
 func TestTracerJobStartsAfterAgent(t *testing.T) {
-	s := buildStandIn(t)
+	s := nccltest.Build(t)
 	set := metrics.NewSet()
 	cfg := testConfig()
 	cfg.ScanInterval = time.Hour
@@ -174,13 +133,13 @@ func TestTracerJobStartsAfterAgent(t *testing.T) {
 	ch, cancel := tr.Subscribe(1 << 16)
 	defer cancel()
 	time.Sleep(500 * time.Millisecond)
-	j := startJob(t, s.rank, "ranks", 4, 40, 1, 3000, []string{"NCCLRANK_NO_GO=1"}, nil)
-	pids := j.pids()
+	j := nccltest.StartJob(t, s.Rank, "ranks", 4, 40, 1, 3000, []string{"NCCLRANK_NO_GO=1"}, nil)
+	pids := j.PIDs()
 	waitFor(t, "the tracer to find every rank without a scan", func() bool { return len(tracedPIDs(tr)) >= 4 })
 	rows := collectQuiet(t, ch, pids, 4*35*11)
-	touch(t, filepath.Join(j.dir, "exit"))
-	for _, p := range j.procs {
-		p.wait(t)
+	nccltest.Touch(t, filepath.Join(j.Dir, "exit"))
+	for _, p := range j.Procs {
+		p.Wait(t)
 	}
 	inits := 0
 	for _, e := range rows {
@@ -208,21 +167,21 @@ func TestTracerJobStartsAfterAgent(t *testing.T) {
 // (equal within a pair, different across), and each pair names its own
 // straggler by global rank.
 func TestTracerSplit(t *testing.T) {
-	s := buildStandIn(t)
+	s := nccltest.Build(t)
 	tr := startTracer(t, nil)
-	j := startJob(t, s.rank, "split", 4, 30, 1, 3000, []string{"NCCLRANK_TP_SLOW_RANKS=2"}, nil)
-	pids := j.pids()
+	j := nccltest.StartJob(t, s.Rank, "split", 4, 30, 1, 3000, []string{"NCCLRANK_TP_SLOW_RANKS=2"}, nil)
+	pids := j.PIDs()
 	waitFor(t, "the tracer to find every rank", func() bool { return len(tracedPIDs(tr)) >= 4 })
 	ch, cancel := tr.Subscribe(1 << 16)
 	defer cancel()
-	touch(t, filepath.Join(j.dir, "go"))
+	nccltest.Touch(t, filepath.Join(j.Dir, "go"))
 	rows := collectQuiet(t, ch, pids, 4*(2+30*4))
 	if len(rows) != 4*(2+30*4) {
 		t.Fatalf("%d rows, want %d", len(rows), 4*(2+30*4))
 	}
-	touch(t, filepath.Join(j.dir, "exit"))
-	for _, p := range j.procs {
-		p.wait(t)
+	nccltest.Touch(t, filepath.Join(j.Dir, "exit"))
+	for _, p := range j.Procs {
+		p.Wait(t)
 	}
 	pairOf := map[int32]uint64{}
 	for _, e := range rows {
@@ -258,7 +217,7 @@ func TestTracerSplit(t *testing.T) {
 // host arrival rank 1 is the straggler; by GPU start, rank 2. Run with the
 // newest interface and with v4, as an older NCCL takes.
 func TestTracerPlugin(t *testing.T) {
-	s := buildStandIn(t)
+	s := nccltest.Build(t)
 	for _, api := range []string{"6", "4"} {
 		t.Run("v"+api, func(t *testing.T) {
 			set := metrics.NewSet()
@@ -267,8 +226,8 @@ func TestTracerPlugin(t *testing.T) {
 			tr := startTracerConfig(t, cfg, set)
 			waitFor(t, "the plugin socket", func() bool { _, err := os.Stat(cfg.PluginSocket); return err == nil })
 			began := time.Now()
-			j := startJob(t, s.rank, "ranks", 4, 25, 1, 1500, []string{
-				"NCCL_PROFILER_PLUGIN=" + s.plugin, "LOUPE_NCCL_PLUGIN_SOCKET=" + cfg.PluginSocket,
+			j := nccltest.StartJob(t, s.Rank, "ranks", 4, 25, 1, 1500, []string{
+				"NCCL_PROFILER_PLUGIN=" + s.Plugin, "LOUPE_NCCL_PLUGIN_SOCKET=" + cfg.PluginSocket,
 				"NCCL_STANDIN_PROFILER_VERSIONS=" + api,
 			}, func(r int) []string {
 				if r == 2 {
@@ -276,9 +235,9 @@ func TestTracerPlugin(t *testing.T) {
 				}
 				return nil
 			})
-			pids := j.pids()
+			pids := j.PIDs()
 			waitFor(t, "the tracer to find every rank", func() bool { return len(tracedPIDs(tr)) >= 4 })
-			touch(t, filepath.Join(j.dir, "go"))
+			nccltest.Touch(t, filepath.Join(j.Dir, "go"))
 			// 3 inits, then per iteration 7 collectives, a group of Send
 			// and Recv; the plugin reports each collective and p2p call.
 			want := 4 * (25 * 7)
@@ -292,9 +251,9 @@ func TestTracerPlugin(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			time.Sleep(100 * time.Millisecond)
-			touch(t, filepath.Join(j.dir, "exit"))
-			for _, p := range j.procs {
-				p.wait(t)
+			nccltest.Touch(t, filepath.Join(j.Dir, "exit"))
+			for _, p := range j.Procs {
+				p.Wait(t)
 			}
 			ended := time.Now()
 			rows := tr.Events(began, ended)

@@ -13,101 +13,20 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/loupe-dev/loupe/agent/nccl/nccltest"
 	bpfnccl "github.com/loupe-dev/loupe/bpf/nccl"
 	"github.com/loupe-dev/loupe/traces"
 )
 
-// standIn is the stand-in libnccl.so.2 and the programs that call it, built
-// once per test binary by gcc from testdata.
-type standIn struct {
-	lib    string // libnccl.so.2
-	oldLib string // libnccl.so.2 without the functions older NCCL lacks
-	notLib string // a libnccl.so.2 that is not NCCL at all
-	rank   string // ncclrank, linked against lib
-	rankDL string // ncclrank loading $LOUPE_NCCL_LIB with dlopen
-	plugin string // libnccl-profiler-loupe.so, Loupe's profiler plugin
-}
-
-var (
-	buildOnce sync.Once
-	built     standIn
-	buildErr  error
-	buildDir  string
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	nccltest.Cleanup()
 	os.Exit(code)
-}
-
-// need fails in CI and skips elsewhere when a real component is missing.
-func need(t testing.TB, ok bool, what string) {
-	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal(what)
-	}
-	t.Skip(what)
-}
-
-func buildStandIn(t testing.TB) standIn {
-	t.Helper()
-	need(t, os.Geteuid() == 0, "the NCCL uprobe tests load eBPF and need root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)")
-	_, err := exec.LookPath("gcc")
-	need(t, err == nil, "the NCCL uprobe tests build a stand-in libnccl with gcc: apt-get install gcc")
-	buildOnce.Do(func() {
-		if buildDir, buildErr = os.MkdirTemp("", "loupe-nccl-standin-"); buildErr != nil {
-			return
-		}
-		src, _ := filepath.Abs("testdata")
-		built = standIn{
-			lib:    filepath.Join(buildDir, "libnccl.so.2"),
-			oldLib: filepath.Join(buildDir, "old/libnccl.so.2"),
-			notLib: filepath.Join(buildDir, "not/libnccl.so.2"),
-			rank:   filepath.Join(buildDir, "ncclrank"),
-			rankDL: filepath.Join(buildDir, "ncclrank-dl"),
-			plugin: filepath.Join(buildDir, "libnccl-profiler-loupe.so"),
-		}
-		plugin, _ := filepath.Abs("plugin")
-		for _, d := range []string{"old", "not"} {
-			if buildErr = os.Mkdir(filepath.Join(buildDir, d), 0o755); buildErr != nil {
-				return
-			}
-		}
-		so := []string{"-shared", "-fPIC", "-O2", "-Wl,-soname,libnccl.so.2", "-o"}
-		// The programs keep frame pointers, so that CPU stacks of a stuck
-		// rank reach main.
-		prog := []string{"-O2", "-fno-omit-frame-pointer", "-o"}
-		for _, args := range [][]string{
-			append(so, built.lib, filepath.Join(src, "nccl.c"), "-ldl", "-lpthread"),
-			append(so, built.oldLib, "-DSTANDIN_OLD_NCCL", filepath.Join(src, "nccl.c"), "-ldl", "-lpthread"),
-			append(so, built.notLib, filepath.Join(src, "notnccl.c")),
-			append(prog, built.rank, filepath.Join(src, "ncclrank.c"), built.lib, "-Wl,-rpath,"+buildDir),
-			append(prog, built.rankDL, "-DUSE_DLOPEN", filepath.Join(src, "ncclrank.c"), "-ldl"),
-			{"-shared", "-fPIC", "-O2", "-Wextra", "-o", built.plugin, filepath.Join(plugin, "loupe_profiler.c"), "-lpthread"},
-		} {
-			out, err := exec.Command("gcc", append([]string{"-Wall", "-Werror"}, args...)...).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("gcc %s: %v\n%s", strings.Join(args, " "), err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return built
 }
 
 // testConfig scans every 20ms, detaches as soon as the last process goes,
@@ -209,44 +128,6 @@ func probeFDs(t testing.TB) int {
 	return n
 }
 
-// program is one run of a test program.
-type program struct {
-	cmd            *exec.Cmd
-	stdout, stderr bytes.Buffer
-}
-
-func startProgram(t testing.TB, env []string, name string, args ...string) *program {
-	t.Helper()
-	p := &program{cmd: exec.Command(name, args...)}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout = &p.stdout
-	p.cmd.Stderr = &p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
-			p.cmd.Process.Kill()
-			p.cmd.Wait()
-		}
-	})
-	return p
-}
-
-func (p *program) wait(t testing.TB) {
-	t.Helper()
-	if err := p.cmd.Wait(); err != nil {
-		t.Fatalf("%s: %v\n%s", p.cmd.Args, err, p.stderr.String())
-	}
-}
-
-func touch(t testing.TB, path string) {
-	t.Helper()
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // collect reads events until want have arrived.
 func collect(t testing.TB, ch <-chan traces.NCCLEvent, want int) []traces.NCCLEvent {
 	t.Helper()
@@ -282,7 +163,7 @@ func metricsText(set *metrics.Set) string {
 // slow rank; the periodicity of the calls gives the iterations; the probes
 // go when the processes do.
 func TestTracerRanks(t *testing.T) {
-	s := buildStandIn(t)
+	s := nccltest.Build(t)
 	set := metrics.NewSet()
 	baseFDs := probeFDs(t)
 	tr := startTracer(t, set)
@@ -292,18 +173,18 @@ func TestTracerRanks(t *testing.T) {
 	const nranks, iters, slow = 4, 12, 2
 	dir := t.TempDir()
 	began := time.Now()
-	var procs []*program
+	var procs []*nccltest.Program
 	pidRank := map[int32]int32{}
 	for r := range nranks {
-		p := startProgram(t, nil, s.rank, "ranks", dir, strconv.Itoa(r), strconv.Itoa(nranks), strconv.Itoa(iters),
+		p := nccltest.Start(t, nil, s.Rank, "ranks", dir, strconv.Itoa(r), strconv.Itoa(nranks), strconv.Itoa(iters),
 			strconv.Itoa(slow), "4000")
 		procs = append(procs, p)
-		pidRank[int32(p.cmd.Process.Pid)] = int32(r)
+		pidRank[int32(p.Cmd.Process.Pid)] = int32(r)
 	}
 	waitFor(t, "the tracer to find every rank", func() bool {
 		traced := tracedPIDs(tr)
 		for pid := range pidRank {
-			if traced[int(pid)] != s.lib {
+			if traced[int(pid)] != s.Lib {
 				return false
 			}
 		}
@@ -312,7 +193,7 @@ func TestTracerRanks(t *testing.T) {
 	if ncclFDs(t, tr) <= baseFDs {
 		t.Fatal("no uprobe descriptors after attaching")
 	}
-	touch(t, filepath.Join(dir, "go"))
+	nccltest.Touch(t, filepath.Join(dir, "go"))
 
 	const perRank = 3 + iters*(7+4)
 	events := collect(t, ch, nranks*perRank)
@@ -414,9 +295,9 @@ func TestTracerRanks(t *testing.T) {
 	})
 
 	// Exit: the processes drop out, the probes go, the state is forgotten.
-	touch(t, filepath.Join(dir, "exit"))
+	nccltest.Touch(t, filepath.Join(dir, "exit"))
 	for _, p := range procs {
-		p.wait(t)
+		p.Wait(t)
 	}
 	waitFor(t, "detach after exit", func() bool {
 		tr.scanMu.Lock()
@@ -533,13 +414,13 @@ func sameID(t *testing.T, ev traces.NCCLEvent, known uint64) uint64 {
 // get their ranks, and the group calls it makes inside are reported without
 // losing the outer call.
 func TestTracerWheelDlopen(t *testing.T) {
-	s := buildStandIn(t)
+	s := nccltest.Build(t)
 	dir := t.TempDir()
 	wheel := filepath.Join(dir, "venv/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2")
 	if err := os.MkdirAll(filepath.Dir(wheel), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	lib, err := os.ReadFile(s.lib)
+	lib, err := os.ReadFile(s.Lib)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,10 +433,10 @@ func TestTracerWheelDlopen(t *testing.T) {
 	defer cancelSub()
 
 	const ndev, iters = 4, 5
-	p := startProgram(t, []string{"LOUPE_NCCL_LIB=" + wheel}, s.rankDL, "initall", dir, strconv.Itoa(ndev), strconv.Itoa(iters))
-	pid := p.cmd.Process.Pid
+	p := nccltest.Start(t, []string{"LOUPE_NCCL_LIB=" + wheel}, s.RankDL, "initall", dir, strconv.Itoa(ndev), strconv.Itoa(iters))
+	pid := p.Cmd.Process.Pid
 	waitFor(t, "the tracer to find the wheel's library", func() bool { return tracedPIDs(tr)[pid] == wheel })
-	touch(t, filepath.Join(dir, "go"))
+	nccltest.Touch(t, filepath.Join(dir, "go"))
 	// ncclCommInitAll's own nested group calls, then the loop's.
 	events := collect(t, ch, ndev+2+iters*(ndev+2))
 
@@ -606,8 +487,8 @@ func TestTracerWheelDlopen(t *testing.T) {
 		}
 	}
 
-	touch(t, filepath.Join(dir, "exit"))
-	p.wait(t)
+	nccltest.Touch(t, filepath.Join(dir, "exit"))
+	p.Wait(t)
 	waitFor(t, "detach after exit", func() bool { return len(tr.Processes()) == 0 && ncclFDs(t, tr) == baseFDs })
 }
 
@@ -619,7 +500,7 @@ func TestNewUnprivileged(t *testing.T) {
 		fmt.Printf("ERR: %v\n", err)
 		return
 	}
-	need(t, os.Geteuid() == 0, "switching to an unprivileged user needs root")
+	nccltest.Need(t, os.Geteuid() == 0, "switching to an unprivileged user needs root")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -660,31 +541,31 @@ func TestNewUnprivileged(t *testing.T) {
 // retried on every scan. Any process that maps them will do: here sleep(1)
 // with the library preloaded.
 func TestTracerPartialAndForeignLibraries(t *testing.T) {
-	s := buildStandIn(t)
+	s := nccltest.Build(t)
 	baseFDs := probeFDs(t)
 	tr := startTracer(t, nil)
 
-	old := startProgram(t, []string{"LD_PRELOAD=" + s.oldLib}, "sleep", "30")
-	waitFor(t, "the old library to be traced", func() bool { return tracedPIDs(tr)[old.cmd.Process.Pid] == s.oldLib })
+	old := nccltest.Start(t, []string{"LD_PRELOAD=" + s.OldLib}, "sleep", "30")
+	waitFor(t, "the old library to be traced", func() bool { return tracedPIDs(tr)[old.Cmd.Process.Pid] == s.OldLib })
 	// 15 reporting functions less the 3 missing, entry and return, plus
 	// the entry-only ncclCommDestroy and ncclCommAbort.
 	if got, want := ncclFDs(t, tr)-baseFDs, 12*2+2; got != want {
 		t.Errorf("%d probes on the old library, want %d", got, want)
 	}
 
-	foreign := startProgram(t, []string{"LD_PRELOAD=" + s.notLib}, "sleep", "30")
+	foreign := nccltest.Start(t, []string{"LD_PRELOAD=" + s.NotLib}, "sleep", "30")
 	waitFor(t, "the foreign library to be refused", func() bool {
 		tr.scanMu.Lock()
 		defer tr.scanMu.Unlock()
-		return len(tr.failed) == 1 && tr.procs[foreign.cmd.Process.Pid] != nil
+		return len(tr.failed) == 1 && tr.procs[foreign.Cmd.Process.Pid] != nil
 	})
-	if _, ok := tracedPIDs(tr)[foreign.cmd.Process.Pid]; ok {
+	if _, ok := tracedPIDs(tr)[foreign.Cmd.Process.Pid]; ok {
 		t.Error("a library without NCCL's functions is listed as traced")
 	}
 
-	for _, p := range []*program{old, foreign} {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
+	for _, p := range []*nccltest.Program{old, foreign} {
+		p.Cmd.Process.Kill()
+		p.Cmd.Wait()
 	}
 	waitFor(t, "detach", func() bool { return len(tr.Processes()) == 0 && ncclFDs(t, tr) == baseFDs })
 }
@@ -692,7 +573,7 @@ func TestTracerPartialAndForeignLibraries(t *testing.T) {
 // Subscribers get every event until the channel is full, then lose (and
 // count) the rest rather than stall the tracer; cancel and Close end them.
 func TestSubscribe(t *testing.T) {
-	need(t, os.Geteuid() == 0, "New loads eBPF and needs root")
+	nccltest.Need(t, os.Geteuid() == 0, "New loads eBPF and needs root")
 	set := metrics.NewSet()
 	tr, err := New(DefaultConfig(), slog.New(slog.NewTextHandler(io.Discard, nil)), set)
 	if err != nil {

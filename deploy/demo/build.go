@@ -39,7 +39,7 @@ func build(ctx context.Context, root, dir string) (binaries, error) {
 	ncclSrc := filepath.Join(root, "agent", "nccl", "testdata")
 	steps := [][]string{
 		{"go", "build", "-o", bin + "/", "./agent/cmd/loupe-agent", "./aggregator/cmd/loupe-aggregator"},
-		{"gcc", "-Wall", "-Werror", "-shared", "-fPIC", "-O2", "-Wl,-soname,libnccl.so.2", "-o", b.lib, filepath.Join(ncclSrc, "nccl.c")},
+		{"gcc", "-Wall", "-Werror", "-shared", "-fPIC", "-O2", "-Wl,-soname,libnccl.so.2", "-o", b.lib, filepath.Join(ncclSrc, "nccl.c"), "-ldl", "-lpthread"},
 		// Frame pointers and no inlining: the CPU profile shows decode_jpeg
 		// and collate_batch as the workload names them.
 		{"gcc", "-Wall", "-Werror", "-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-I", ncclSrc, "-o", b.train,

@@ -27,6 +27,8 @@
  * collective leaves the others' kernels waiting: a hang. Its GPU timer runs
  * 1234.5 s ahead of CLOCK_REALTIME, which the plugin must convert.
  * ncclCommSplit also meets the other ranks through NCCL_STANDIN_DIR.
+ * NCCL_STANDIN_HANG_CALL=N blocks the process's N-th collective call inside
+ * NCCL for NCCL_STANDIN_HANG_MS (0: for ever).
  *
  * Build:
  *   gcc -shared -fPIC -O2 -Wl,-soname,libnccl.so.2 -o libnccl.so.2 nccl.c -ldl -lpthread */
@@ -719,10 +721,26 @@ ncclResult_t ncclCommAbort(ncclComm_t comm)
 	return ncclSuccess;
 }
 
+/* A hang inside NCCL: the process's NCCL_STANDIN_HANG_CALL-th collective
+ * call (from 1) blocks for NCCL_STANDIN_HANG_MS (0: for ever) before it
+ * enqueues anything, as a call waiting on a peer that never comes does. */
+static void maybe_hang(void)
+{
+	static _Atomic long calls;
+	long n = atomic_fetch_add(&calls, 1) + 1;
+	if (n != env_long("NCCL_STANDIN_HANG_CALL", 0))
+		return;
+	long ms = env_long("NCCL_STANDIN_HANG_MS", 0);
+	int64_t until = now_ns() + ms * 1000000LL;
+	while (ms == 0 || now_ns() < until)
+		usleep(1000);
+}
+
 static ncclResult_t coll(ncclComm_t comm, ncclDataType_t datatype, int func, size_t count, int root)
 {
 	if (!valid(comm, datatype))
 		return ncclInvalidArgument;
+	maybe_hang();
 	return call(comm, func, count, datatype, root);
 }
 
