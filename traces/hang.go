@@ -61,6 +61,8 @@ type NCCLHangRank struct {
 	// names the call.
 	InNCCL bool   `json:"in_nccl"`
 	InCall string `json:"in_call,omitempty"`
+	// Exited is set when the process is gone: it died before the call.
+	Exited bool `json:"exited,omitempty"`
 	// GPU is what the profiler plugin last said of its kernels, when it is
 	// loaded: "kernel of collective N started, not ended".
 	GPU string `json:"gpu,omitempty"`

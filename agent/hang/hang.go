@@ -109,7 +109,10 @@ func (h *Hang) Reason() string {
 		name := "rank " + strconv.Itoa(rk.Rank)
 		if rk.State == traces.HangRankMissing {
 			where := "outside NCCL"
-			if rk.InNCCL {
+			switch {
+			case rk.Exited:
+				where = "(its process exited)"
+			case rk.InNCCL:
 				where = "inside NCCL (" + rk.InCall + ")"
 			}
 			missing = append(missing, name+" "+where)
@@ -498,10 +501,10 @@ func (d *Detector) hangLocked(key string, members []member, seq int64, stalled, 
 				}
 			}
 		}
-		rk.Threads = threads(d.cfg.ProcRoot, rk.PID)
 		if _, err := os.Stat(filepath.Join(d.cfg.ProcRoot, strconv.Itoa(rk.PID))); err != nil {
-			rk.InCall = "process exited"
+			rk.Exited, rk.InNCCL, rk.InCall = true, false, ""
 		}
+		rk.Threads = threads(d.cfg.ProcRoot, rk.PID)
 		r.Ranks = append(r.Ranks, rk)
 		h.PIDs = append(h.PIDs, rk.PID)
 	}
