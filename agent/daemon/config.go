@@ -17,6 +17,7 @@ import (
 	"github.com/loupe-dev/loupe/agent/attribution"
 	"github.com/loupe-dev/loupe/agent/cpuprof"
 	"github.com/loupe-dev/loupe/agent/gpu"
+	"github.com/loupe-dev/loupe/agent/hang"
 	"github.com/loupe-dev/loupe/agent/kineto"
 	"github.com/loupe-dev/loupe/agent/logtail"
 	"github.com/loupe-dev/loupe/agent/nccl"
@@ -64,6 +65,7 @@ type Config struct {
 	GPU         gpu.Config         `yaml:"gpu"`
 	CPU         CPUConfig          `yaml:"cpu"`
 	NCCL        NCCLConfig         `yaml:"nccl"`
+	Hang        hang.Config        `yaml:"hang"`
 	Kineto      kineto.Config      `yaml:"kineto"`
 	Attribution attribution.Config `yaml:"attribution"`
 	Logs        logtail.Config     `yaml:"logs"`
@@ -128,6 +130,7 @@ func DefaultConfig() Config {
 		GPU:         gpu.DefaultConfig(),
 		CPU:         CPUConfig{Enabled: true, Config: cpuprof.DefaultConfig()},
 		NCCL:        NCCLConfig{Config: nccl.DefaultConfig(), StepInterval: 5 * time.Second, StepLookback: time.Minute},
+		Hang:        hang.DefaultConfig(),
 		Kineto:      kineto.DefaultConfig(),
 		Attribution: attribution.DefaultConfig(),
 		Logs:        logtail.DefaultConfig(),
@@ -225,6 +228,13 @@ var flagDocs = map[string]string{
 	"trigger.cooldown":         "least time between automatic captures of a job run",
 	"capture.default_duration": "window of an on-demand capture that names no duration or iterations",
 	"capture.max_duration":     "longest timed window accepted",
+	"nccl.detach_after":        "keep a libnccl's uprobes this long after its last process exits, so a restarted job is traced from its first call",
+	"nccl.plugin_socket":       "unix datagram socket for Loupe's NCCL profiler plugin (GPU-side times); empty turns the receiver off",
+	"hang.enabled":             "watch NCCL communicators for hangs and take a hang capture when one stalls",
+	"hang.timeout":             "how long a communicator may make no progress, with ranks inside a collective others never reached, before it is a hang",
+	"hang.check_interval":      "how often communicators are checked for hangs",
+	"hang.lookback":            "history before the detection a hang capture holds (GPU samples, NCCL calls, log faults)",
+	"hang.stack_sample":        "how long the CPU profiler samples the stuck processes right after a hang is detected",
 }
 
 // bindFlags registers a flag for every YAML key of the struct v, named by

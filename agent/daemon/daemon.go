@@ -30,6 +30,7 @@ import (
 	"github.com/loupe-dev/loupe/agent/capture"
 	"github.com/loupe-dev/loupe/agent/cpuprof"
 	"github.com/loupe-dev/loupe/agent/gpu"
+	"github.com/loupe-dev/loupe/agent/hang"
 	"github.com/loupe-dev/loupe/agent/kineto"
 	"github.com/loupe-dev/loupe/agent/logtail"
 	"github.com/loupe-dev/loupe/agent/nccl"
@@ -53,6 +54,7 @@ const (
 	collKineto      = "kineto"
 	collAttribution = "attribution"
 	collLogs        = "logs"
+	collHang        = "hang"
 )
 
 // maxLatencyPoints bounds the latency values kept for captures.
@@ -75,6 +77,7 @@ type Daemon struct {
 	gpu      *gpu.Collector
 	cpu      *cpuprof.Profiler
 	nccl     *nccl.Tracer
+	hang     *hang.Detector
 	kineto   *kineto.Server
 	logs     *logtail.Tailer
 	latency  *logtail.Ring // POST /v1/latency values, as events
@@ -195,6 +198,11 @@ func (d *Daemon) prepareConfig() error {
 	if err := c.GPU.Validate(); err != nil {
 		return err
 	}
+	if c.Hang.Enabled {
+		if err := c.Hang.Validate(); err != nil {
+			return err
+		}
+	}
 	if c.Capture.DefaultDuration <= 0 || c.Capture.DefaultDuration > c.Capture.MaxDuration {
 		return fmt.Errorf("capture.default_duration %v must be positive and at most capture.max_duration %v", c.Capture.DefaultDuration, c.Capture.MaxDuration)
 	}
@@ -243,14 +251,28 @@ func (d *Daemon) startCollectors(own *metrics.Set) {
 		}
 	}
 
+	ncfg := cfg.NCCL.Config
+	ncfg.Ranks = func(pid int) (int, int) {
+		info := d.processInfo(pid)
+		return info.Rank, info.WorldSize
+	}
 	if !cfg.NCCL.Enabled {
 		d.setCollector(collNCCL, errors.New("disabled by configuration (nccl.enabled)"))
-	} else if t, err := nccl.New(cfg.NCCL.Config, d.log, d.newSet()); err != nil {
+	} else if t, err := nccl.New(ncfg, d.log, d.newSet()); err != nil {
 		d.down(collNCCL, "nccl tracer off", err)
 	} else {
 		d.nccl = t
 		d.setCollector(collNCCL, nil)
 		d.closers = append(d.closers, t.Close)
+	}
+	switch {
+	case !cfg.Hang.Enabled:
+		d.setCollector(collHang, errors.New("disabled by configuration (hang.enabled)"))
+	case d.nccl == nil:
+		d.setCollector(collHang, errors.New("needs the NCCL tracer, which is off"))
+	default:
+		d.hang = hang.New(cfg.Hang, d.nccl, d.jobOf, d.onHang, d.log, d.newSet())
+		d.setCollector(collHang, nil)
 	}
 
 	if !cfg.Kineto.Enabled {
@@ -281,7 +303,7 @@ func (d *Daemon) startCollectors(own *metrics.Set) {
 	}
 
 	up := d.newSet()
-	for _, c := range []string{collGPU, collCPU, collNCCL, collKineto, collAttribution, collLogs} {
+	for _, c := range []string{collGPU, collCPU, collNCCL, collHang, collKineto, collAttribution, collLogs} {
 		up.NewGauge(fmt.Sprintf(`loupe_collector_up{collector=%q}`, c), func() float64 {
 			if d.collector(c).Up {
 				return 1
@@ -404,6 +426,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.nccl != nil {
 		run(collNCCL, d.nccl.Run)
 		run("nccl-steps", d.ncclSteps)
+	}
+	if d.hang != nil {
+		run(collHang, d.hang.Run)
 	}
 	if d.kineto != nil {
 		run(collKineto, d.kineto.Run)

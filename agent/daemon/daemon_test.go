@@ -34,6 +34,7 @@ func testConfig(t *testing.T) Config {
 	cfg.Kineto.Endpoint = fmt.Sprintf("loupe-test-%d-%d", os.Getpid(), time.Now().UnixNano())
 	cfg.Kineto.RPCAddr = "127.0.0.1:0"
 	cfg.Kineto.TraceDir = filepath.Join(dir, "kineto")
+	cfg.NCCL.PluginSocket = filepath.Join(dir, "nccl-plugin.sock")
 	return cfg
 }
 
