@@ -3,6 +3,7 @@ package analyzers
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ type hostBundle struct {
 	steps     []traces.Step
 	events    []traces.Event
 	profile   *profile.Profile
+	hang      string // nccl_hang.json
 }
 
 // pid is the synthetic process id of a rank.
@@ -86,6 +88,9 @@ func writeCapture(tb testing.TB, dir string, hosts ...hostBundle) *Input {
 		}
 		if hb.profile != nil {
 			must(w.WriteProfile(hb.profile))
+		}
+		if hb.hang != "" {
+			must(w.WritePart(traces.PartNCCLHang, traces.MediaJSON, strings.NewReader(hb.hang)))
 		}
 		_, err = w.Commit()
 		must(err)

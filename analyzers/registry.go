@@ -8,6 +8,7 @@ var All = []*Analyzer{
 	TensorUnderuse,
 	MemoryBound,
 	NCCLStraggler,
+	NCCLHang,
 	StepImbalance,
 	Throttle,
 	HWFaults,

@@ -34,7 +34,11 @@ type Finding struct {
 	// Frames are the stack frames (function names or file:line) the finding
 	// points at, such as the hottest data-loading frames; ownership rules
 	// match them.
-	Frames  []string  `json:"frames,omitempty"`
+	Frames []string `json:"frames,omitempty"`
+	// Subject names what the finding is about across captures when its
+	// scope does not: a hang's id, so that the capture of its recovery
+	// ends the incident the hang opened.
+	Subject string    `json:"subject,omitempty"`
 	Owners  []string  `json:"owners,omitempty"`
 	Lineage Lineage   `json:"lineage"`
 	Created time.Time `json:"created"`

@@ -1,6 +1,11 @@
 package traces
 
-import "time"
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+)
 
 // PartNCCLHang is the hang report in a hang capture: an NCCLHang as JSON.
 const PartNCCLHang = "nccl_hang.json"
@@ -84,4 +89,36 @@ type NCCLHangThread struct {
 	// in a system call; Kernel its kernel stack when readable.
 	PC     string   `json:"pc,omitempty"`
 	Kernel []string `json:"kernel,omitempty"`
+}
+
+// MaxNCCLHangSize bounds a hang report a reader decodes.
+const MaxNCCLHangSize = 16 << 20
+
+// ReadNCCLHang decodes and checks a hang report: its state and every
+// rank's place must be known values. It reads at most MaxNCCLHangSize.
+func ReadNCCLHang(r io.Reader) (NCCLHang, error) {
+	var h NCCLHang
+	data, err := io.ReadAll(io.LimitReader(r, MaxNCCLHangSize+1))
+	if err != nil {
+		return h, fmt.Errorf("reading %s: %w", PartNCCLHang, err)
+	}
+	if len(data) > MaxNCCLHangSize {
+		return h, fmt.Errorf("%s is larger than %d bytes", PartNCCLHang, MaxNCCLHangSize)
+	}
+	if err := json.Unmarshal(data, &h); err != nil {
+		return NCCLHang{}, fmt.Errorf("decoding %s: %w", PartNCCLHang, err)
+	}
+	if h.State != HangStateHung && h.State != HangStateRecovered {
+		return NCCLHang{}, fmt.Errorf("%s: state %q is neither %q nor %q", PartNCCLHang, h.State, HangStateHung, HangStateRecovered)
+	}
+	if h.ID == "" {
+		return NCCLHang{}, fmt.Errorf("%s: no id", PartNCCLHang)
+	}
+	for i, rk := range h.Ranks {
+		if rk.State != HangRankArrived && rk.State != HangRankMissing {
+			return NCCLHang{}, fmt.Errorf("%s: rank %d (entry %d): state %q is neither %q nor %q", PartNCCLHang, rk.Rank, i, rk.State,
+				HangRankArrived, HangRankMissing)
+		}
+	}
+	return h, nil
 }

@@ -39,6 +39,9 @@ type Incident struct {
 	Generated *GeneratedSummary `json:"generated,omitempty"`
 	Created   time.Time         `json:"created"`
 	Simulated bool              `json:"simulated,omitempty"`
+	// Resolved is when the incident ended by itself (a hung job made
+	// progress again); zero while it is open.
+	Resolved time.Time `json:"resolved,omitzero"`
 }
 
 // GeneratedSummary is text written by a language model, marked as such.

@@ -12,7 +12,8 @@
 // _alerts/state/<target>/<incident>.json records the fingerprint last sent.
 // An incident is sent again only when it changed (severity, title, summary,
 // impact, owners or places), and then no more often than MinInterval unless
-// its severity rose. Failures are retried with exponential backoff and full
+// its severity rose or it was resolved (a hung job recovered: the message
+// says RESOLVED). Failures are retried with exponential backoff and full
 // jitter on network errors, 429 and 5xx; a target that keeps failing, or
 // answers another 4xx, gets a dead-letter record under
 // _alerts/deadletter/<target>/ holding the payload and the last error.
@@ -181,6 +182,7 @@ type state struct {
 	Fingerprint string    `json:"fingerprint"`
 	Severity    string    `json:"severity"`
 	SentAt      time.Time `json:"sent_at"`
+	Resolved    bool      `json:"resolved,omitempty"`
 }
 
 // Fingerprint identifies the content of an incident that matters to a
@@ -189,6 +191,9 @@ func Fingerprint(inc *traces.Incident) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%.1f\x00%v\x00%v\x00%v", inc.Severity, inc.Title, inc.Summary,
 		math.Round(inc.ImpactGPUHours*10)/10, inc.Owners, inc.Hosts, inc.Ranks)
+	if !inc.Resolved.IsZero() {
+		h.Write([]byte("\x00resolved")) // open incidents keep the fingerprints they always had
+	}
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 
@@ -248,7 +253,8 @@ func (n *Notifier) deliver(ctx context.Context, t Target, inc *traces.Incident) 
 		return nil
 	}
 	escalated := traces.SeverityRank(inc.Severity) > traces.SeverityRank(prev.Severity)
-	if !prev.SentAt.IsZero() && now.Sub(prev.SentAt) < n.cfg.MinInterval && !escalated {
+	resolved := !inc.Resolved.IsZero() && !prev.Resolved
+	if !prev.SentAt.IsZero() && now.Sub(prev.SentAt) < n.cfg.MinInterval && !escalated && !resolved {
 		n.limited(t.Name).Inc()
 		n.log.Info("alert rate-limited: incident changed but was sent recently", "target", t.Name, "incident", inc.ID, "last_sent", prev.SentAt)
 		return nil
@@ -263,7 +269,7 @@ func (n *Notifier) deliver(ctx context.Context, t Target, inc *traces.Incident) 
 		return n.deadLetter(ctx, t, inc, body, err)
 	}
 	n.sent(t.Name).Inc()
-	data, _ := json.Marshal(state{Fingerprint: fp, Severity: inc.Severity, SentAt: now})
+	data, _ := json.Marshal(state{Fingerprint: fp, Severity: inc.Severity, SentAt: now, Resolved: !inc.Resolved.IsZero()})
 	opts := store.PutOptions{ContentType: traces.MediaJSON, IfMatch: etag, IfNoneMatch: etag == ""}
 	if _, err := n.st.Put(ctx, key, bytes.NewReader(data), int64(len(data)), opts); err != nil {
 		if errors.Is(err, store.ErrPrecondition) {

@@ -157,6 +157,18 @@ func TestWebhookSignedRetriedAndDeduplicated(t *testing.T) {
 	if rcv.received() != 3 {
 		t.Fatalf("escalation was held back (%d received)", rcv.received())
 	}
+	// ...or it was resolved (a hung job recovered): sent at once, once.
+	f.now = f.now.Add(time.Minute)
+	inc.Resolved = f.now
+	f.n.Notify(ctx, []traces.Incident{inc})
+	f.n.Notify(ctx, []traces.Incident{inc})
+	if rcv.received() != 4 {
+		t.Fatalf("resolution sent %d times, want once (%d received)", rcv.received()-3, rcv.received())
+	}
+	json.Unmarshal(rcv.bodies[3], &got)
+	if got.Incident.Resolved.IsZero() {
+		t.Errorf("payload does not say resolved: %s", rcv.bodies[3])
+	}
 }
 
 func TestDeadLetterForFailingTarget(t *testing.T) {
@@ -225,6 +237,11 @@ func TestSlackBlocks(t *testing.T) {
 	}
 	if rcv.hdrs[0].Get("X-Loupe-Signature") != "" {
 		t.Error("slack messages are not signed")
+	}
+	inc.Resolved = f.now
+	f.n.Notify(context.Background(), []traces.Incident{inc})
+	if rcv.received() != 2 || json.Unmarshal(rcv.bodies[1], &p) != nil || !strings.HasPrefix(p.Text, "[RESOLVED CRITICAL] Rank 3") {
+		t.Errorf("resolved incident: %d sent, text %q", rcv.received(), p.Text)
 	}
 }
 

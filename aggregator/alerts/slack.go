@@ -35,6 +35,9 @@ type slackPayload struct {
 // slackMessage renders an incident for a Slack-compatible incoming webhook.
 func slackMessage(inc *traces.Incident, dashboard, perfetto string) slackPayload {
 	sev := strings.ToUpper(inc.Severity)
+	if !inc.Resolved.IsZero() {
+		sev = "RESOLVED " + sev
+	}
 	owners := "unowned"
 	if len(inc.Owners) > 0 {
 		owners = strings.Join(inc.Owners, ", ")

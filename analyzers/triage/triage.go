@@ -9,7 +9,9 @@
 //
 //   - findings of the analyzers, grouped by category (see categoryOf) and by
 //     subject: the rank for stragglers, the host and GPU for hardware
-//     faults, the analyzer for the rest. Reports (the temporal and kernel
+//     faults, the hang's id for NCCL hangs (so that the capture of its
+//     recovery, in a later capture, resolves the same incident: Resolved
+//     is set), the analyzer for the rest. Reports (the temporal and kernel
 //     breakdowns) are not incidents.
 //   - fault events found in logs that no analyzer covers: NCCL watchdog
 //     timeouts, CUDA errors, out-of-memory errors and crashes, grouped per
@@ -19,6 +21,8 @@
 //
 // Severity rules, first match wins (the rule is recorded in Incident.Rule):
 //
+//	H1 nccl-hang finding                   critical  a communicator stalled: ranks missing from a collective
+//	H2 nccl-hang finding, recovered        critical  the same incident, resolved: the job made progress again
 //	F1 nccl_watchdog                       critical  a collective timed out: the job is hung or aborted
 //	F2 crash                               critical  a process of the job died
 //	F3 cuda_error naming ECC/uncorrectable critical  a hardware error surfaced through CUDA
@@ -66,6 +70,7 @@ const (
 	CategoryCrash         = "crash"
 	CategoryWarmup        = "warm-up"
 	CategoryRebalance     = "rebalance"
+	CategoryNCCLHang      = "nccl-hang"
 	categoryReport        = "report"
 )
 
@@ -87,6 +92,7 @@ var categoryOf = map[string]string{
 	"kineto-kernel-breakdown":   categoryReport,
 	"warmup":                    CategoryWarmup,
 	"rebalance":                 CategoryRebalance,
+	"nccl-hang":                 CategoryNCCLHang,
 }
 
 // playbook is the generic fix and documentation of a category, used when
@@ -114,6 +120,8 @@ var playbook = map[string]struct{ fix, doc string }{
 		"https://docs.python.org/3/library/faulthandler.html"},
 	CategoryWarmup: {"Measure and capture only after warm-up: warm torch.compile, CUDA graphs and autotuning up before timing or serving traffic.",
 		"https://pytorch.org/docs/stable/torch.compiler_troubleshooting.html"},
+	CategoryNCCLHang: {"Find out why the missing rank never reached the collective: its stack is in the incident; the ranks that arrived wait inside the collective for it.",
+		"https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/troubleshooting.html"},
 	CategoryRebalance: {"Use Kafka's consumer rebalance protocol (group.protocol=consumer, KIP-848) and static membership (group.instance.id) for rolling restarts; for torch elastic restarts, fix the failing worker.",
 		"https://kafka.apache.org/documentation/#consumer_rebalance_protocol"},
 }
@@ -156,6 +164,8 @@ type group struct {
 	count  int
 	frames []string
 	fixes  []string
+	// hung and recovered count NCCL hang findings and their recoveries.
+	hung, recovered int
 }
 
 // Triage builds the incidents of one capture. scope names the capture.
@@ -203,6 +213,8 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 			subject, title = "rank-"+strconv.Itoa(f.Scope.Rank), fmt.Sprintf("Rank %d is slower than its peers", f.Scope.Rank)
 		case category == CategoryHardware:
 			subject = f.Scope.Host + "/gpu-" + strconv.Itoa(f.Scope.GPU) + "/" + f.Title
+		case category == CategoryNCCLHang:
+			subject = cmp.Or(f.Subject, f.Title)
 		}
 		g := get(category, subject, title)
 		g.count++
@@ -225,6 +237,19 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 		}
 		if category == CategoryStraggler {
 			g.inc.Scope.Rank = f.Scope.Rank
+		}
+		if category == CategoryNCCLHang {
+			g.inc.Scope.Rank = f.Scope.Rank
+			if at, ok := evidenceValue(f, "recovered_at"); ok {
+				g.recovered++
+				g.inc.Resolved = time.UnixMilli(int64(at * 1e3)).UTC()
+				g.inc.Title, g.inc.Summary = f.Title, f.Title
+			} else {
+				g.hung++
+				if g.recovered == 0 {
+					g.inc.Title = f.Title
+				}
+			}
 		}
 	}
 	for _, he := range events {
@@ -290,6 +315,11 @@ func isFault(category string) bool {
 func severity(g *group, inc *traces.Incident, cfg Config) (string, string) {
 	msg := strings.ToLower(inc.Summary)
 	switch inc.Category {
+	case CategoryNCCLHang:
+		if g.recovered > 0 {
+			return traces.SeverityCritical, "H2"
+		}
+		return traces.SeverityCritical, "H1"
 	case CategoryNCCLTimeout:
 		return traces.SeverityCritical, "F1"
 	case CategoryCrash:
@@ -335,6 +365,16 @@ func faultCategory(e traces.Event) (category, subject, title string) {
 		return CategoryCrash, top, "Process crashed in " + top
 	}
 	return "", "", ""
+}
+
+// evidenceValue is a finding's evidence number by name.
+func evidenceValue(f *traces.Finding, name string) (float64, bool) {
+	for _, m := range f.Evidence {
+		if m.Name == name {
+			return m.Value, true
+		}
+	}
+	return 0, false
 }
 
 func firstLine(s string) string {

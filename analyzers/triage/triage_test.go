@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -279,4 +280,37 @@ func FuzzOwnersFile(f *testing.F) {
 		}
 		o.Match(Subject{Job: "j", Category: "c", Hosts: []string{"h"}, Frames: []string{"f"}})
 	})
+}
+
+// An NCCL hang finding is a critical incident on the missing rank, owned
+// through its stack; the finding of its recovery, in a later capture,
+// gives the same incident, resolved.
+func TestNCCLHangIncident(t *testing.T) {
+	hung := finding("nccl-hang", traces.SeverityCritical, "NCCL hang: rank 2 never arrived at collective 140 (AllReduce); 3 rank(s) wait inside it",
+		"h2", 2, 2, 240, 0.5)
+	hung.Subject = "hang-abc"
+	hung.Frames = []string{"load_batch", "main"}
+	owners, err := ParseOwners([]byte("teams: [{name: data-team}]\nrules: [{team: data-team, frames: [load_batch]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	incs := Triage(context.Background(), scope, []traces.Finding{hung}, nil, Config{Owners: owners})
+	if len(incs) != 1 {
+		t.Fatalf("incidents %+v", incs)
+	}
+	inc := incs[0]
+	if inc.Category != CategoryNCCLHang || inc.Severity != traces.SeverityCritical || inc.Rule != "H1" || inc.Title != hung.Title ||
+		!slices.Equal(inc.Ranks, []int{2}) || inc.Scope.Rank != 2 || !inc.Resolved.IsZero() || !slices.Equal(inc.Owners, []string{"data-team"}) {
+		t.Fatalf("incident %+v", inc)
+	}
+	back := hung
+	back.ID, back.Severity = "f-2", traces.SeverityInfo
+	back.Title = "NCCL hang at collective 140 (AllReduce) recovered after 90 s: rank 2 arrived late"
+	back.Evidence = append(back.Evidence, traces.Metric{Name: "recovered", Value: 1}, traces.Metric{Name: "recovered_at", Value: 1.7e9})
+	later := scope
+	later.Capture = "cap-2"
+	res := Triage(context.Background(), later, []traces.Finding{back}, nil, Config{Owners: owners})
+	if len(res) != 1 || res[0].ID != inc.ID || res[0].Rule != "H2" || res[0].Resolved.Unix() != 1_700_000_000 || res[0].Title != back.Title {
+		t.Fatalf("recovery incident %+v, want %s resolved", res, inc.ID)
+	}
 }
