@@ -1,6 +1,7 @@
 package nccl
 
 import (
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
@@ -21,6 +23,8 @@ type attachment struct {
 	path  string // as opened, through /proc/<pid>/root
 	links []link.Link
 	pids  map[int]bool
+	// functions is how many NCCL functions report through its probes.
+	functions int
 	// idleSince is when the last process that maps it went; zero while
 	// some process does.
 	idleSince time.Time
@@ -319,6 +323,12 @@ func (t *Tracer) attachLocked(pid int, m mapping) (*attachment, error) {
 	if err != nil {
 		return nil, err
 	}
+	if entry, ret, ok := t.objs.Multi(); ok {
+		a, err := t.attachMultiLocked(ex, path, entry, ret)
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return a, err
+		}
+	}
 	a := &attachment{path: path, pids: map[int]bool{}}
 	var missing []string
 	reporting := 0 // functions that send records
@@ -351,7 +361,62 @@ func (t *Tracer) attachLocked(pid int, m mapping) (*attachment, error) {
 		return nil, fmt.Errorf("%s exports none of the NCCL functions: not NCCL, or stripped", path)
 	}
 	t.log.Info("attached NCCL uprobes", "library", path, "functions", reporting, "missing", missing)
+	a.functions = reporting
 	return a, nil
+}
+
+// attachMultiLocked puts the same probes on as two uprobe_multi links,
+// the attach cookie naming each function: on detach the kernel waits for
+// its uprobe grace period once per link instead of once per probe.
+func (t *Tracer) attachMultiLocked(ex *link.Executable, path string, entry, ret *ebpf.Program) (*attachment, error) {
+	have, err := functions(path)
+	if err != nil {
+		return nil, err
+	}
+	var syms, retSyms, missing []string
+	var cookies, retCookies []uint64
+	for _, pr := range t.objs.Probes {
+		if !have[pr.Symbol] {
+			missing = append(missing, pr.Symbol)
+			continue
+		}
+		syms, cookies = append(syms, pr.Symbol), append(cookies, pr.Cookie())
+		if pr.Return != nil {
+			retSyms, retCookies = append(retSyms, pr.Symbol), append(retCookies, pr.Cookie())
+		}
+	}
+	if len(retSyms) == 0 {
+		return nil, fmt.Errorf("%s exports none of the NCCL functions: not NCCL, or stripped", path)
+	}
+	in, err := ex.UprobeMulti(syms, entry, &link.UprobeMultiOptions{Cookies: cookies})
+	if err != nil {
+		return nil, fmt.Errorf("uprobe_multi on %s: %w", path, err)
+	}
+	out, err := ex.UretprobeMulti(retSyms, ret, &link.UprobeMultiOptions{Cookies: retCookies})
+	if err != nil {
+		in.Close()
+		return nil, fmt.Errorf("uretprobe_multi on %s: %w", path, err)
+	}
+	t.log.Info("attached NCCL uprobes", "library", path, "functions", len(retSyms), "missing", missing, "links", "uprobe_multi")
+	return &attachment{path: path, links: []link.Link{in, out}, pids: map[int]bool{}, functions: len(retSyms)}, nil
+}
+
+// functions are the function symbols an ELF file defines.
+func functions(path string) (map[string]bool, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the symbols of %s: %w", path, err)
+	}
+	defer f.Close()
+	out := map[string]bool{}
+	dyn, _ := f.DynamicSymbols()
+	syms, _ := f.Symbols()
+	for _, s := range append(dyn, syms...) {
+		if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Section != elf.SHN_UNDEF {
+			out[s.Name] = true
+		}
+	}
+	return out, nil
 }
 
 // attachLoaderLocked probes a dynamic loader's _dl_debug_state.

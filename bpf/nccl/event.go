@@ -157,6 +157,19 @@ type Probe struct {
 	Return  *ebpf.Program
 }
 
+// Cookie is the probe's attach cookie in the uprobe_multi links: its Op,
+// or CookieCommDestroy for the entry-only functions.
+func (p *Probe) Cookie() uint64 {
+	if p.Op == 0 {
+		return CookieCommDestroy
+	}
+	return uint64(p.Op)
+}
+
+// CookieCommDestroy is the attach cookie of ncclCommDestroy and
+// ncclCommAbort (COOKIE_COMM_DESTROY).
+const CookieCommDestroy = 100
+
 // DefaultRingBytes is the default size of the event ring buffer: about
 // 47000 records of slack while user space catches up.
 const DefaultRingBytes = 4 << 20

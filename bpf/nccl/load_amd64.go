@@ -14,7 +14,8 @@ import (
 
 // Objects are the programs and maps loaded into the kernel.
 type Objects struct {
-	objs ncclObjects
+	objs  ncclObjects
+	multi bool
 	// Probes lists every probed function with its programs.
 	Probes []Probe
 }
@@ -40,8 +41,18 @@ func Load(ringBytes int) (*Objects, error) {
 		return nil, fmt.Errorf("reading the embedded NCCL eBPF object: %w", err)
 	}
 	spec.Maps[ncclMapEvents].MaxEntries = uint32(ringBytes)
-	o := &Objects{}
-	if err := spec.LoadAndAssign(&o.objs, nil); err != nil {
+	o := &Objects{multi: true}
+	err = spec.LoadAndAssign(&o.objs, nil)
+	if err != nil && !errors.Is(err, os.ErrPermission) {
+		// A kernel before 6.6 has no uprobe_multi links: load the two
+		// dispatch programs as plain uprobes, unused.
+		for _, name := range []string{ncclProgEntryMulti, ncclProgReturnMulti} {
+			spec.Programs[name].AttachType = ebpf.AttachNone
+		}
+		o.multi = false
+		err = spec.LoadAndAssign(&o.objs, nil)
+	}
+	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
 			err = fmt.Errorf("loading the NCCL eBPF programs was refused (%w): the agent needs CAP_BPF and CAP_PERFMON "+
 				"(or CAP_SYS_ADMIN on kernels before 5.8) to load uprobes, and CAP_SYS_PTRACE plus host PID visibility to read "+
@@ -76,6 +87,14 @@ func Load(ringBytes int) (*Objects, error) {
 		{"ncclCommAbort", 0, p.CommDestroy, nil},
 	}
 	return o, nil
+}
+
+// Multi returns the programs for one uprobe_multi link of every entry
+// probe and one of every return probe, with Probe.Cookie as each
+// function's attach cookie; ok is false on kernels without such links
+// (before 6.6), where each Probe is attached on its own.
+func (o *Objects) Multi() (entry, ret *ebpf.Program, ok bool) {
+	return o.objs.ncclPrograms.EntryMulti, o.objs.ncclPrograms.ReturnMulti, o.multi
 }
 
 // Events is the ring buffer of Event records.

@@ -40,6 +40,9 @@ func (o *Objects) InFlight() ([]Event, error) { return nil, errArch }
 // Close does nothing here.
 func (o *Objects) Close() error { return nil }
 
+// Multi reports no uprobe_multi support here.
+func (o *Objects) Multi() (entry, ret *ebpf.Program, ok bool) { return nil, nil, false }
+
 // MapEvents is nil here.
 func (o *Objects) MapEvents() *ebpf.Map { return nil }
 

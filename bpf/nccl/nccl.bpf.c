@@ -39,6 +39,10 @@ enum nccl_op {
 	OP_COMM_SPLIT = 15,
 };
 
+// The attach cookie of ncclCommDestroy and ncclCommAbort in the
+// uprobe_multi link: entry only, no op of their own.
+#define COOKIE_COMM_DESTROY 100
+
 // How a communicator's comm_id was found (event.flags, comm_info.flags).
 enum comm_id_source {
 	COMM_ID_INIT = 1,  // an init call: hash of the ncclUniqueId
@@ -280,14 +284,12 @@ static __always_inline int init_rank(struct pt_regs *ctx, __u32 op)
 	return save(&in);
 }
 
-SEC("uprobe/ncclCommInitRank")
-int comm_init_rank(struct pt_regs *ctx)
+static __noinline int comm_init_rank_entry(struct pt_regs *ctx)
 {
 	return init_rank(ctx, OP_COMM_INIT_RANK);
 }
 
-SEC("uprobe/ncclCommInitRankConfig")
-int comm_init_rank_config(struct pt_regs *ctx)
+static __noinline int comm_init_rank_config_entry(struct pt_regs *ctx)
 {
 	return init_rank(ctx, OP_COMM_INIT_RANK_CONFIG);
 }
@@ -296,8 +298,7 @@ int comm_init_rank_config(struct pt_regs *ctx)
 // int nId, ncclUniqueId* commIds, ncclConfig_t* config): every rank passes
 // the same ids in the same order, so the first one identifies the
 // communicator.
-SEC("uprobe/ncclCommInitRankScalable")
-int comm_init_rank_scalable(struct pt_regs *ctx)
+static __noinline int comm_init_rank_scalable_entry(struct pt_regs *ctx)
 {
 	struct inflight in = {};
 
@@ -314,8 +315,7 @@ int comm_init_rank_scalable(struct pt_regs *ctx)
 // ncclCommInitAll(ncclComm_t* comm, int ndev, const int* devlist): one
 // process owns every rank; the communicator id is made from the process and
 // the call time, which is unique and shared by the ranks of this call.
-SEC("uprobe/ncclCommInitAll")
-int comm_init_all(struct pt_regs *ctx)
+static __noinline int comm_init_all_entry(struct pt_regs *ctx)
 {
 	struct inflight in = {};
 
@@ -332,8 +332,7 @@ int comm_init_all(struct pt_regs *ctx)
 // counts the parent's splits alike. The child's id mixes the parent's id,
 // that count and the color, as NCCL's own commHash does: equal on the ranks
 // that share a color, different for every other group and split.
-SEC("uprobe/ncclCommSplit")
-int comm_split(struct pt_regs *ctx)
+static __noinline int comm_split_entry(struct pt_regs *ctx)
 {
 	struct inflight in = {};
 	struct comm_key key = {};
@@ -365,32 +364,28 @@ int comm_split(struct pt_regs *ctx)
 }
 
 // ncclAllReduce(sendbuff, recvbuff, count, datatype, op, comm, stream)
-SEC("uprobe/ncclAllReduce")
-int all_reduce(struct pt_regs *ctx)
+static __noinline int all_reduce_entry(struct pt_regs *ctx)
 {
 	return comm_call(OP_ALL_REDUCE, PT_REGS_PARM6(ctx), PT_REGS_PARM3(ctx),
 			 (__s32)PT_REGS_PARM4(ctx), (__s32)PT_REGS_PARM5(ctx), -1);
 }
 
 // ncclAllGather(sendbuff, recvbuff, sendcount, datatype, comm, stream)
-SEC("uprobe/ncclAllGather")
-int all_gather(struct pt_regs *ctx)
+static __noinline int all_gather_entry(struct pt_regs *ctx)
 {
 	return comm_call(OP_ALL_GATHER, PT_REGS_PARM5(ctx), PT_REGS_PARM3(ctx),
 			 (__s32)PT_REGS_PARM4(ctx), -1, -1);
 }
 
 // ncclReduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream)
-SEC("uprobe/ncclReduceScatter")
-int reduce_scatter(struct pt_regs *ctx)
+static __noinline int reduce_scatter_entry(struct pt_regs *ctx)
 {
 	return comm_call(OP_REDUCE_SCATTER, PT_REGS_PARM6(ctx), PT_REGS_PARM3(ctx),
 			 (__s32)PT_REGS_PARM4(ctx), (__s32)PT_REGS_PARM5(ctx), -1);
 }
 
 // ncclBroadcast(sendbuff, recvbuff, count, datatype, root, comm, stream)
-SEC("uprobe/ncclBroadcast")
-int broadcast(struct pt_regs *ctx)
+static __noinline int broadcast_entry(struct pt_regs *ctx)
 {
 	return comm_call(OP_BROADCAST, PT_REGS_PARM6(ctx), PT_REGS_PARM3(ctx),
 			 (__s32)PT_REGS_PARM4(ctx), -1, (__s32)PT_REGS_PARM5(ctx));
@@ -398,8 +393,7 @@ int broadcast(struct pt_regs *ctx)
 
 // ncclReduce(sendbuff, recvbuff, count, datatype, op, root, comm, stream):
 // comm is the 7th argument, on the stack.
-SEC("uprobe/ncclReduce")
-int reduce(struct pt_regs *ctx)
+static __noinline int reduce_entry(struct pt_regs *ctx)
 {
 	return comm_call(OP_REDUCE, stack_arg(ctx, 7), PT_REGS_PARM3(ctx),
 			 (__s32)PT_REGS_PARM4(ctx), (__s32)PT_REGS_PARM5(ctx),
@@ -407,24 +401,21 @@ int reduce(struct pt_regs *ctx)
 }
 
 // ncclAlltoAll(sendbuff, recvbuff, count, datatype, comm, stream)
-SEC("uprobe/ncclAlltoAll")
-int all_to_all(struct pt_regs *ctx)
+static __noinline int all_to_all_entry(struct pt_regs *ctx)
 {
 	return comm_call(OP_ALL_TO_ALL, PT_REGS_PARM5(ctx), PT_REGS_PARM3(ctx),
 			 (__s32)PT_REGS_PARM4(ctx), -1, -1);
 }
 
 // ncclSend(sendbuff, count, datatype, peer, comm, stream)
-SEC("uprobe/ncclSend")
-int send(struct pt_regs *ctx)
+static __noinline int send_entry(struct pt_regs *ctx)
 {
 	return comm_call(OP_SEND, PT_REGS_PARM5(ctx), PT_REGS_PARM2(ctx),
 			 (__s32)PT_REGS_PARM3(ctx), -1, (__s32)PT_REGS_PARM4(ctx));
 }
 
 // ncclRecv(recvbuff, count, datatype, peer, comm, stream)
-SEC("uprobe/ncclRecv")
-int recv(struct pt_regs *ctx)
+static __noinline int recv_entry(struct pt_regs *ctx)
 {
 	return comm_call(OP_RECV, PT_REGS_PARM5(ctx), PT_REGS_PARM2(ctx),
 			 (__s32)PT_REGS_PARM3(ctx), -1, (__s32)PT_REGS_PARM4(ctx));
@@ -433,8 +424,7 @@ int recv(struct pt_regs *ctx)
 // ncclCommDestroy(comm) and ncclCommAbort(comm): forget the communicator,
 // so that a later one allocated at the same address does not inherit its id
 // and rank. No record is sent.
-SEC("uprobe/ncclCommDestroy")
-int comm_destroy(struct pt_regs *ctx)
+static __noinline int comm_destroy_entry(struct pt_regs *ctx)
 {
 	struct comm_key key = { .pid = bpf_get_current_pid_tgid() >> 32, .comm = PT_REGS_PARM1(ctx) };
 
@@ -442,8 +432,7 @@ int comm_destroy(struct pt_regs *ctx)
 	return 0;
 }
 
-SEC("uprobe/ncclGroupStart")
-int group_start(struct pt_regs *ctx)
+static __noinline int group_start_entry(struct pt_regs *ctx)
 {
 	struct inflight in = {};
 
@@ -451,8 +440,7 @@ int group_start(struct pt_regs *ctx)
 	return save(&in);
 }
 
-SEC("uprobe/ncclGroupEnd")
-int group_end(struct pt_regs *ctx)
+static __noinline int group_end_entry(struct pt_regs *ctx)
 {
 	struct inflight in = {};
 
@@ -491,7 +479,7 @@ static __always_inline void register_comm(struct event *ev)
 
 // The return of a probed function: one program per function (so that a
 // nested call's return finds its own entry), sharing this body.
-static __always_inline int finish(struct pt_regs *ctx, __u32 op)
+static __noinline int finish(struct pt_regs *ctx, __u32 op)
 {
 	struct inflight_key key = { .pid_tgid = bpf_get_current_pid_tgid(), .op = op };
 	struct inflight *in = bpf_map_lookup_elem(&inflight, &key);
@@ -556,6 +544,81 @@ RETURN_PROBE(send, OP_SEND)
 RETURN_PROBE(recv, OP_RECV)
 RETURN_PROBE(group_start, OP_GROUP_START)
 RETURN_PROBE(group_end, OP_GROUP_END)
+
+// One program per function, for kernels without uprobe_multi links.
+#define ENTRY_PROBE(name)                     \
+	SEC("uprobe")                         \
+	int name(struct pt_regs *ctx)         \
+	{                                     \
+		return name##_entry(ctx);     \
+	}
+
+ENTRY_PROBE(comm_init_rank)
+ENTRY_PROBE(comm_init_rank_config)
+ENTRY_PROBE(comm_init_rank_scalable)
+ENTRY_PROBE(comm_init_all)
+ENTRY_PROBE(comm_split)
+ENTRY_PROBE(all_reduce)
+ENTRY_PROBE(all_gather)
+ENTRY_PROBE(reduce_scatter)
+ENTRY_PROBE(broadcast)
+ENTRY_PROBE(reduce)
+ENTRY_PROBE(all_to_all)
+ENTRY_PROBE(send)
+ENTRY_PROBE(recv)
+ENTRY_PROBE(comm_destroy)
+ENTRY_PROBE(group_start)
+ENTRY_PROBE(group_end)
+
+// The same probes as two uprobe_multi links per library (Linux >= 6.6):
+// the attach cookie names the function. Detaching a link waits for the
+// kernel's uprobe grace period once, not once per probe: seconds fewer
+// when a library's last process exits or the agent stops.
+SEC("uprobe.multi")
+int entry_multi(struct pt_regs *ctx)
+{
+	switch (bpf_get_attach_cookie(ctx)) {
+	case OP_COMM_INIT_RANK:
+		return comm_init_rank_entry(ctx);
+	case OP_COMM_INIT_RANK_CONFIG:
+		return comm_init_rank_config_entry(ctx);
+	case OP_COMM_INIT_RANK_SCALABLE:
+		return comm_init_rank_scalable_entry(ctx);
+	case OP_COMM_INIT_ALL:
+		return comm_init_all_entry(ctx);
+	case OP_COMM_SPLIT:
+		return comm_split_entry(ctx);
+	case OP_ALL_REDUCE:
+		return all_reduce_entry(ctx);
+	case OP_ALL_GATHER:
+		return all_gather_entry(ctx);
+	case OP_REDUCE_SCATTER:
+		return reduce_scatter_entry(ctx);
+	case OP_BROADCAST:
+		return broadcast_entry(ctx);
+	case OP_REDUCE:
+		return reduce_entry(ctx);
+	case OP_ALL_TO_ALL:
+		return all_to_all_entry(ctx);
+	case OP_SEND:
+		return send_entry(ctx);
+	case OP_RECV:
+		return recv_entry(ctx);
+	case COOKIE_COMM_DESTROY:
+		return comm_destroy_entry(ctx);
+	case OP_GROUP_START:
+		return group_start_entry(ctx);
+	case OP_GROUP_END:
+		return group_end_entry(ctx);
+	}
+	return 0;
+}
+
+SEC("uretprobe.multi")
+int return_multi(struct pt_regs *ctx)
+{
+	return finish(ctx, (__u32)bpf_get_attach_cookie(ctx));
+}
 
 static __always_inline void send_load(__u32 pid, __u32 kind)
 {

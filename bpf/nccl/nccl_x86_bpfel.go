@@ -136,6 +136,7 @@ const (
 	ncclProgCommSplit               = "comm_split"
 	ncclProgCommSplitRet            = "comm_split_ret"
 	ncclProgDlDebugState            = "dl_debug_state"
+	ncclProgEntryMulti              = "entry_multi"
 	ncclProgGroupEnd                = "group_end"
 	ncclProgGroupEndRet             = "group_end_ret"
 	ncclProgGroupStart              = "group_start"
@@ -147,6 +148,7 @@ const (
 	ncclProgReduceRet               = "reduce_ret"
 	ncclProgReduceScatter           = "reduce_scatter"
 	ncclProgReduceScatterRet        = "reduce_scatter_ret"
+	ncclProgReturnMulti             = "return_multi"
 	ncclProgSend                    = "send"
 	ncclProgSendRet                 = "send_ret"
 	ncclVarUnusedEvent              = "unused_event"
@@ -218,6 +220,7 @@ type ncclProgramSpecs struct {
 	CommSplit               *ebpf.ProgramSpec `ebpf:"comm_split"`
 	CommSplitRet            *ebpf.ProgramSpec `ebpf:"comm_split_ret"`
 	DlDebugState            *ebpf.ProgramSpec `ebpf:"dl_debug_state"`
+	EntryMulti              *ebpf.ProgramSpec `ebpf:"entry_multi"`
 	GroupEnd                *ebpf.ProgramSpec `ebpf:"group_end"`
 	GroupEndRet             *ebpf.ProgramSpec `ebpf:"group_end_ret"`
 	GroupStart              *ebpf.ProgramSpec `ebpf:"group_start"`
@@ -229,6 +232,7 @@ type ncclProgramSpecs struct {
 	ReduceRet               *ebpf.ProgramSpec `ebpf:"reduce_ret"`
 	ReduceScatter           *ebpf.ProgramSpec `ebpf:"reduce_scatter"`
 	ReduceScatterRet        *ebpf.ProgramSpec `ebpf:"reduce_scatter_ret"`
+	ReturnMulti             *ebpf.ProgramSpec `ebpf:"return_multi"`
 	Send                    *ebpf.ProgramSpec `ebpf:"send"`
 	SendRet                 *ebpf.ProgramSpec `ebpf:"send_ret"`
 }
@@ -333,6 +337,7 @@ type ncclPrograms struct {
 	CommSplit               *ebpf.Program `ebpf:"comm_split"`
 	CommSplitRet            *ebpf.Program `ebpf:"comm_split_ret"`
 	DlDebugState            *ebpf.Program `ebpf:"dl_debug_state"`
+	EntryMulti              *ebpf.Program `ebpf:"entry_multi"`
 	GroupEnd                *ebpf.Program `ebpf:"group_end"`
 	GroupEndRet             *ebpf.Program `ebpf:"group_end_ret"`
 	GroupStart              *ebpf.Program `ebpf:"group_start"`
@@ -344,6 +349,7 @@ type ncclPrograms struct {
 	ReduceRet               *ebpf.Program `ebpf:"reduce_ret"`
 	ReduceScatter           *ebpf.Program `ebpf:"reduce_scatter"`
 	ReduceScatterRet        *ebpf.Program `ebpf:"reduce_scatter_ret"`
+	ReturnMulti             *ebpf.Program `ebpf:"return_multi"`
 	Send                    *ebpf.Program `ebpf:"send"`
 	SendRet                 *ebpf.Program `ebpf:"send_ret"`
 }
@@ -370,6 +376,7 @@ func (p *ncclPrograms) Close() error {
 		p.CommSplit,
 		p.CommSplitRet,
 		p.DlDebugState,
+		p.EntryMulti,
 		p.GroupEnd,
 		p.GroupEndRet,
 		p.GroupStart,
@@ -381,6 +388,7 @@ func (p *ncclPrograms) Close() error {
 		p.ReduceRet,
 		p.ReduceScatter,
 		p.ReduceScatterRet,
+		p.ReturnMulti,
 		p.Send,
 		p.SendRet,
 	)

@@ -240,11 +240,15 @@ func (d *demo) up(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := d.startAgent(ctx, pids); err != nil {
+	// The hard case: the ranks create their communicator and train before
+	// the agent starts, as when it is upgraded or restarted under a running
+	// job. The agent still names ranks by RANK and matches their
+	// collectives across ranks by pattern.
+	if err := os.WriteFile(filepath.Join(d.runDir, "job", "go"), nil, 0o644); err != nil {
 		return err
 	}
-	// The ranks create their communicator now, after the agent attached.
-	if err := os.WriteFile(filepath.Join(d.runDir, "job", "go"), nil, 0o644); err != nil {
+	time.Sleep(time.Second)
+	if err := d.startAgent(ctx, pids); err != nil {
 		return err
 	}
 	problems := plantedProblems(o)
@@ -540,6 +544,17 @@ func (d *demo) startAggregator(ctx context.Context, token, recvURL, secret strin
 	return alertsOn, nil
 }
 
+// metricValue is the value of an unlabelled metric in Prometheus text.
+func metricValue(body, name string) (float64, bool) {
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
 // startJob starts the ranks, which wait for the go file.
 func (d *demo) startJob() ([]int, error) {
 	o := d.o
@@ -561,7 +576,7 @@ func (d *demo) startJob() ([]int, error) {
 		}
 		pids = append(pids, ch.cmd.Process.Pid)
 	}
-	d.say("job %s: %d ranks (pids %v), RANK/LOCAL_RANK/WORLD_SIZE and SLURM_JOB_ID set, waiting for the agent", o.job, o.ranks, pids)
+	d.say("job %s: %d ranks (pids %v), RANK/LOCAL_RANK/WORLD_SIZE and SLURM_JOB_ID set; they create their communicator before the agent starts", o.job, o.ranks, pids)
 	return pids, nil
 }
 
@@ -584,8 +599,9 @@ func (d *demo) startAgent(ctx context.Context, pids []int) error {
 		"gpu": map[string]any{"simulate_problems": map[string]any{
 			"throttled_gpus": []int{o.throttledGPU}, "starved_gpus": []int{o.loaderRank}, "pids": pids,
 		}},
-		"cpu":    map[string]any{"enabled": o.ebpf, "hz": 99},
-		"nccl":   map[string]any{"enabled": o.ebpf, "scan_interval": "200ms", "step_interval": "1s"},
+		"cpu": map[string]any{"enabled": o.ebpf, "hz": 99},
+		"nccl": map[string]any{"enabled": o.ebpf, "scan_interval": "200ms", "step_interval": "1s",
+			"plugin_socket": filepath.Join(d.runDir, "nccl-plugin.sock")},
 		"kineto": map[string]any{"enabled": false},
 	}
 	path := filepath.Join(d.runDir, "agent.yaml")
@@ -602,11 +618,12 @@ func (d *demo) startAgent(ctx context.Context, pids []int) error {
 	if !o.ebpf {
 		return nil
 	}
-	want := fmt.Sprintf("\nloupe_nccl_attached_processes %d\n", o.ranks)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		body, _ := httpGet(ctx, "http://"+o.agentMetrics+"/metrics")
-		if strings.Contains(body, want) {
+		// At least the job's ranks: other NCCL processes on the machine
+		// count too.
+		if n, ok := metricValue(body, "loupe_nccl_attached_processes"); ok && n >= float64(o.ranks) {
 			d.say("agent: NCCL uprobes attached to %s in all %d ranks", d.bins.lib, o.ranks)
 			return nil
 		}

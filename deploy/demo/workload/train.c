@@ -17,8 +17,8 @@
  *        [--loader R] [--agent HOST:PORT --job JOB] [--no-sync]
  *
  * Rank 0 writes the communicator's unique id to DIR; every rank first waits
- * for DIR/go, so that the agent attaches to libnccl before the communicator
- * is created. SIGTERM or SIGINT ends the loop; the rank then destroys its
+ * for DIR/go (the demo writes it before it starts the agent: the agent
+ * attaches to a job whose communicator exists). SIGTERM or SIGINT ends the loop; the rank then destroys its
  * communicator and exits 0. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
