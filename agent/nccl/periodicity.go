@@ -92,7 +92,7 @@ func DetectIterations(events []traces.NCCLEvent) []traces.Step {
 			// the next; the busiest communicator alone may still repeat.
 			var own []traces.NCCLEvent
 			for _, ev := range evs {
-				if ev.CommID == id && ev.Rank == rank {
+				if commOf(&ev) == id && ev.Rank == rank {
 					own = append(own, ev)
 				}
 			}
@@ -193,7 +193,7 @@ func tokens(evs []traces.NCCLEvent, gaps []int64) []token {
 	ids := map[call]int{}
 	out := make([]token, len(evs))
 	for i, ev := range evs {
-		k := call{ev.Op, ev.CommID, ev.Count, ev.Datatype, ev.Peer}
+		k := call{ev.Op, commOf(&ev), ev.Count, ev.Datatype, ev.Peer}
 		id, ok := ids[k]
 		if !ok {
 			id = len(ids)
@@ -284,7 +284,16 @@ func median(v []int64) int64 {
 	return v[len(v)/2]
 }
 
-// busiestComm is the communicator with the most calls, as (CommID, rank);
+// commOf names a call's communicator within its process: its id, or for
+// one created before the agent attached (id 0), its handle.
+func commOf(ev *traces.NCCLEvent) uint64 {
+	if ev.CommID != 0 {
+		return ev.CommID
+	}
+	return ev.CommHandle
+}
+
+// busiestComm is the communicator with the most calls, as (commOf, rank);
 // ok is false when no call names a communicator.
 func busiestComm(evs []traces.NCCLEvent) (id uint64, rank int32, ok bool) {
 	type comm struct {
@@ -293,8 +302,8 @@ func busiestComm(evs []traces.NCCLEvent) (id uint64, rank int32, ok bool) {
 	}
 	n := map[comm]int{}
 	for _, ev := range evs {
-		if ev.CommID != 0 || ev.Rank >= 0 {
-			n[comm{ev.CommID, ev.Rank}]++
+		if commOf(&ev) != 0 || ev.Rank >= 0 {
+			n[comm{commOf(&ev), ev.Rank}]++
 		}
 	}
 	keys := make([]comm, 0, len(n))
