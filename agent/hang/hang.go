@@ -83,10 +83,13 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Source is the NCCL tracer as the detector sees it (nccl.Tracer).
+// Source is the NCCL tracer as the detector sees it (nccl.Tracer): the
+// probes' events live, the profiler plugin's latest word per communicator
+// when asked.
 type Source interface {
 	Subscribe(buf int) (<-chan traces.NCCLEvent, func())
 	InFlight() ([]nccl.InFlightCall, error)
+	PluginLatest() []traces.NCCLEvent
 }
 
 // Hang is one detected hang, or a hung communicator's recovery.
@@ -274,6 +277,10 @@ func (d *Detector) Run(ctx context.Context) error {
 func (d *Detector) Observe(e traces.NCCLEvent) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.observeLocked(e)
+}
+
+func (d *Detector) observeLocked(e traces.NCCLEvent) {
 	plugin := e.Source == traces.SourcePlugin
 	k := streamKey{e.PID, e.CommHandle}
 	if plugin {
@@ -307,10 +314,13 @@ func (d *Detector) Observe(e traces.NCCLEvent) {
 	if e.CommID != 0 && e.Matched != traces.MatchPattern {
 		s.commID, s.matched = e.CommID, e.Matched
 	}
-	if !s.hasLast || e.Seq > s.last.Seq {
+	newer := !s.hasLast || e.Seq > s.last.Seq
+	if newer {
 		s.last, s.hasLast = e, true
 	}
-	s.recent = append(s.recent, e)
+	if !plugin || newer { // the plugin's latest record comes again at every check
+		s.recent = append(s.recent, e)
+	}
 	if len(s.recent) > 2*recentCalls {
 		s.recent = append(s.recent[:0], s.recent[len(s.recent)-recentCalls:]...)
 	}
@@ -363,8 +373,12 @@ type member struct {
 // Check looks at every communicator once and returns the new hangs and
 // recoveries.
 func (d *Detector) Check() []*Hang {
+	plugin := d.src.PluginLatest()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for _, e := range plugin {
+		d.observeLocked(e)
+	}
 	now := d.now()
 	d.dropIdleLocked(now)
 	var out []*Hang

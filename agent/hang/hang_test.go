@@ -23,10 +23,14 @@ func TestMain(m *testing.M) {
 
 // fakeSource feeds nothing by itself; tests call Observe. Its in-flight
 // calls are what the probes would list.
-type fakeSource struct{ inflight []nccl.InFlightCall }
+type fakeSource struct {
+	inflight []nccl.InFlightCall
+	plugin   []traces.NCCLEvent
+}
 
 func (f *fakeSource) Subscribe(int) (<-chan traces.NCCLEvent, func()) { return nil, func() {} }
 func (f *fakeSource) InFlight() ([]nccl.InFlightCall, error)          { return f.inflight, nil }
+func (f *fakeSource) PluginLatest() []traces.NCCLEvent                { return f.plugin }
 
 var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 
@@ -223,5 +227,36 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%+v accepted", c)
 		}
+	}
+}
+
+// A job traced by the profiler plugin alone (no probes on its processes):
+// each communicator's latest record, read at every check, shows rank 2
+// behind and the others' kernels of the next collective started, not
+// ended.
+func TestDetectorPluginOnly(t *testing.T) {
+	src := &fakeSource{}
+	d, _, now := newDetector(t, src, nil)
+	for r := range int32(4) {
+		seq, end := int64(45), int64(0)
+		if r == 2 {
+			seq, end = 39, t0.Add(time.Second).UnixNano()
+		}
+		src.plugin = append(src.plugin, traces.NCCLEvent{TimeNs: t0.UnixNano(), PID: 1000 + r, Rank: r, NRanks: 4, CommID: 0xabc,
+			Op: "AllReduce", Seq: seq, Count: 8, Datatype: "float32", GlobalRank: r, WorldSize: 4, Matched: traces.MatchPlugin,
+			Source: traces.SourcePlugin, GPUStartNs: t0.Add(time.Millisecond).UnixNano(), GPUEndNs: end})
+	}
+	*now = t0.Add(2 * time.Second)
+	if hs := d.Check(); len(hs) != 0 {
+		t.Fatal("hang before the timeout")
+	}
+	*now = t0.Add(time.Minute)
+	hs := d.Check()
+	if len(hs) != 1 || hs[0].Report.Seq != 40 || hs[0].Report.CommID != 0xabc {
+		t.Fatalf("hangs %+v", hs)
+	}
+	rk := hs[0].Report.Ranks[0]
+	if rk.State != traces.HangRankArrived || !strings.Contains(rk.GPU, "kernel of collective 45 (AllReduce) started at") || !strings.HasSuffix(rk.GPU, "not ended") {
+		t.Errorf("rank 0 %+v: want its kernel of collective 45 started, not ended", rk)
 	}
 }

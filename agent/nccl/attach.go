@@ -226,6 +226,7 @@ func (t *Tracer) forgetLocked(gone map[uint32]bool) {
 		delete(t.ranks, int32(pid))
 	}
 	t.mu.Unlock()
+	t.plugin.forget(gone)
 }
 
 func (t *Tracer) countAttachedLocked() {

@@ -24,13 +24,37 @@ func cpuTime(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// idleCPU is the agent's CPU per second with no NCCL process to trace
+// (scans, timers): what a benchmark's window costs whatever it does.
+func idleCPU(b *testing.B) float64 {
+	b.Helper()
+	c0, t0 := cpuTime(b), time.Now()
+	time.Sleep(2 * time.Second)
+	return float64(cpuTime(b)-c0) / time.Since(t0).Seconds()
+}
+
+// reportAgentCPU reports the agent's CPU per 1000 calls over a window of
+// elapsed, as measured and less the idle cost.
+func reportAgentCPU(b *testing.B, cpu time.Duration, elapsed time.Duration, idle float64) {
+	b.ReportMetric(float64(cpu.Microseconds())*1000/float64(b.N), "agent-cpu-us/1000calls")
+	net := float64(cpu) - idle*elapsed.Seconds()
+	b.ReportMetric(max(net, 0)/1e3*1000/float64(b.N), "net-agent-cpu-us/1000calls")
+}
+
 // runBench runs b.N back-to-back ncclAllReduce calls in the stand-in (no
 // simulated enqueue cost) and returns the program's CPU ns per call, which
 // includes the kernel's probe handling and is little affected by other
 // load on the machine.
 func runBench(b *testing.B, s nccltest.StandIn, dir string, started func(pid int), done func()) float64 {
 	b.Helper()
-	p := nccltest.Start(b, []string{"NCCL_STANDIN_ENQUEUE_US=0"}, s.Rank, "bench", dir, strconv.Itoa(b.N))
+	return runBenchProgram(b, s.Rank, nil, dir, started, done)
+}
+
+// runBenchProgram is runBench with another build of ncclrank and more
+// environment.
+func runBenchProgram(b *testing.B, bin string, env []string, dir string, started func(pid int), done func()) float64 {
+	b.Helper()
+	p := nccltest.Start(b, append([]string{"NCCL_STANDIN_ENQUEUE_US=0"}, env...), bin, "bench", dir, strconv.Itoa(b.N))
 	if started != nil {
 		started(p.Cmd.Process.Pid)
 	}
@@ -73,6 +97,7 @@ func BenchmarkRingBuffer(b *testing.B) {
 		elapsed    time.Duration
 		lost       uint64
 	)
+	idle := idleCPU(b)
 	perCall := runBench(b, s, dir,
 		func(pid int) {
 			waitFor(b, "attach", func() bool { _, ok := tracedPIDs(tr)[pid]; return ok })
@@ -97,7 +122,7 @@ func BenchmarkRingBuffer(b *testing.B) {
 			cpu1 = cpuTime(b)
 		})
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
-	b.ReportMetric(float64((cpu1-cpu0).Microseconds())*1000/float64(b.N), "agent-cpu-us/1000calls")
+	reportAgentCPU(b, cpu1-cpu0, elapsed, idle)
 	b.ReportMetric(perCall, "traced-cpu-ns/call")
 	b.ReportMetric(float64(lost), "lost")
 }
@@ -151,4 +176,88 @@ func BenchmarkScan(b *testing.B) {
 		tr.scan(now)
 	}
 	b.ReportMetric(float64(len(tr.procs)), "processes")
+}
+
+// untracedLib is a copy of the stand-in under a name the tracer does not
+// take for NCCL, for ncclrank-dl: no uprobes, only the plugin if loaded.
+func untracedLib(b *testing.B, s nccltest.StandIn) string {
+	b.Helper()
+	data, err := os.ReadFile(s.Lib)
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "libstandin-collectives.so")
+	if err := os.WriteFile(path, data, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	return path
+}
+
+// pluginBenchEnv runs the stand-in's simulated GPU with no simulated
+// delays, and, with plugin set, Loupe's profiler plugin sending to socket.
+func pluginBenchEnv(lib, plugin, socket string) []string {
+	env := []string{"LOUPE_NCCL_LIB=" + lib, "NCCL_STANDIN_GPU=1", "NCCL_STANDIN_TRANSFER_US=0", "NCCL_STANDIN_PROXY_POLL_US=0"}
+	if plugin != "" {
+		env = append(env, "NCCL_PROFILER_PLUGIN="+plugin, "LOUPE_NCCL_PLUGIN_SOCKET="+socket)
+	}
+	return env
+}
+
+// BenchmarkPluginOverhead is what the profiler plugin costs the job per
+// collective: b.N calls on the stand-in with its simulated GPU (whose proxy
+// thread calls the plugin's kernel and proxy events), first without the
+// plugin, then with it sending to a running receiver; CPU of the whole
+// process (the calling thread, the proxy thread, the plugin's sender).
+func BenchmarkPluginOverhead(b *testing.B) {
+	s := nccltest.Build(b)
+	lib := untracedLib(b, s)
+	cfg := testConfig()
+	cfg.PluginSocket = filepath.Join(b.TempDir(), "plugin.sock")
+	set := metrics.NewSet()
+	startTracerConfig(b, cfg, set)
+	events := set.GetOrCreateCounter("loupe_nccl_plugin_events_total")
+	base := runBenchProgram(b, s.RankDL, pluginBenchEnv(lib, "", ""), b.TempDir(), nil, nil)
+	with := runBenchProgram(b, s.RankDL, pluginBenchEnv(lib, s.Plugin, cfg.PluginSocket), b.TempDir(), nil, nil)
+	b.ReportMetric(base, "base-cpu-ns/call")
+	b.ReportMetric(with, "plugin-cpu-ns/call")
+	b.ReportMetric(with-base, "overhead-ns/call")
+	b.ReportMetric(float64(events.Get()), "records")
+}
+
+// BenchmarkPluginReceiver is the agent's CPU per 1000 collectives on the
+// plugin path alone (no uprobes on the job): b.N calls reported by the
+// plugin, received, decoded, buffered and published to one subscriber.
+func BenchmarkPluginReceiver(b *testing.B) {
+	s := nccltest.Build(b)
+	lib := untracedLib(b, s)
+	cfg := DefaultConfig()
+	cfg.PluginSocket = filepath.Join(b.TempDir(), "plugin.sock")
+	set := metrics.NewSet()
+	tr := startTracerConfig(b, cfg, set)
+	ch, cancel := tr.Subscribe(1 << 16)
+	defer cancel()
+	go func() {
+		for range ch {
+		}
+	}()
+	events := set.GetOrCreateCounter("loupe_nccl_plugin_events_total")
+	lost := set.GetOrCreateCounter("loupe_nccl_plugin_lost_events_total")
+	var cpu0, cpu1 time.Duration
+	var began time.Time
+	idle := idleCPU(b)
+	perCall := runBenchProgram(b, s.RankDL, pluginBenchEnv(lib, s.Plugin, cfg.PluginSocket), b.TempDir(),
+		func(int) { cpu0, began = cpuTime(b), time.Now() },
+		func() {
+			deadline := time.Now().Add(time.Minute + time.Duration(b.N)*20*time.Microsecond)
+			for events.Get()+lost.Get() < uint64(b.N) {
+				if time.Now().After(deadline) {
+					b.Fatalf("%d of %d plugin records", events.Get(), b.N)
+				}
+				time.Sleep(50 * time.Millisecond) // the job is slow: polling less keeps the count honest
+			}
+			cpu1 = cpuTime(b)
+		})
+	reportAgentCPU(b, cpu1-cpu0, time.Since(began), idle)
+	b.ReportMetric(perCall, "traced-cpu-ns/call")
+	b.ReportMetric(float64(lost.Get()), "lost")
 }

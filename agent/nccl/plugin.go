@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
 	"golang.org/x/sys/unix"
@@ -83,9 +84,10 @@ type pluginBatch struct {
 	records []pluginRecord
 }
 
-// parsePluginBatch decodes one datagram. A malformed one is an error saying
-// what is wrong; nothing of it is kept.
-func parsePluginBatch(b []byte) (pluginBatch, error) {
+// parsePluginBatch decodes one datagram, into scratch's storage when it is
+// large enough (the receiver decodes every datagram into the same).
+// A malformed one is an error saying what is wrong; nothing of it is kept.
+func parsePluginBatch(b []byte, scratch []pluginRecord) (pluginBatch, error) {
 	var out pluginBatch
 	if len(b) < pluginHeaderSize {
 		return out, fmt.Errorf("plugin datagram of %d bytes is shorter than its %d-byte header", len(b), pluginHeaderSize)
@@ -106,7 +108,10 @@ func parsePluginBatch(b []byte) (pluginBatch, error) {
 		return out, fmt.Errorf("plugin datagram says %d records of %d bytes but carries %d bytes", n, size, len(b)-pluginHeaderSize)
 	}
 	out.pid, out.lost, out.api = le.Uint32(b[8:]), le.Uint64(b[16:]), le.Uint32(b[24:])
-	out.records = make([]pluginRecord, n)
+	if cap(scratch) < n {
+		scratch = make([]pluginRecord, n)
+	}
+	out.records = scratch[:n]
 	for i := range out.records {
 		r := b[pluginHeaderSize+i*size:]
 		p := &out.records[i]
@@ -125,10 +130,10 @@ func parsePluginBatch(b []byte) (pluginBatch, error) {
 		p.nranks = int32(le.Uint32(r[88:]))
 		p.peer = int32(le.Uint32(r[92:]))
 		p.kind, p.nchannels, p.flags = r[96], r[97], r[98]
-		p.op = pluginOp(cString(r[100:120]))
-		p.datatype = pluginDatatype(cString(r[120:140]))
-		p.algo = intern(cString(r[140:156]))
-		p.proto = intern(cString(r[156:168]))
+		p.op = intern(cString(r[100:120]), nameOp)
+		p.datatype = intern(cString(r[120:140]), nameDatatype)
+		p.algo = intern(cString(r[140:156]), nameAsSent)
+		p.proto = intern(cString(r[156:168]), nameAsSent)
 		p.api = out.api
 		if p.kind != pluginKindColl && p.kind != pluginKindP2P {
 			return pluginBatch{}, fmt.Errorf("plugin record %d: kind %d is neither a collective (1) nor point-to-point (2)", i, p.kind)
@@ -137,45 +142,53 @@ func parsePluginBatch(b []byte) (pluginBatch, error) {
 	return out, nil
 }
 
-func cString(b []byte) string {
+func cString(b []byte) []byte {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
 		b = b[:i]
 	}
-	return string(b)
+	return b
 }
 
-var (
-	internMu sync.Mutex
-	interned = map[string]string{}
+// interned maps the few names the plugin sends, as sent, to the one copy
+// of their row form: decoding a record allocates no strings.
+var interned sync.Map // (kind, raw) -> string
+
+type internKey struct {
+	kind nameKind
+	raw  string
+}
+
+// nameKind says how a sent name becomes a row's.
+type nameKind int
+
+const (
+	nameAsSent   nameKind = iota // algorithms, protocols
+	nameOp                       // ncclFuncToString's: AlltoAll is AllToAll
+	nameDatatype                 // ncclDatatypeToString's: ncclFloat32 is float32
 )
 
-// intern keeps one copy of the few names the plugin sends, so buffered
-// records do not each hold their own.
-func intern(s string) string {
-	internMu.Lock()
-	defer internMu.Unlock()
-	if v, ok := interned[s]; ok {
-		return v
+// intern returns the row form of raw, kept once; at most a few thousand
+// distinct names are kept, as a misbehaving sender could send any.
+func intern(raw []byte, kind nameKind) string {
+	if v, ok := interned.Load(internKey{kind, string(raw)}); ok {
+		return v.(string)
 	}
-	if len(interned) < 1024 {
-		interned[s] = s
+	s := string(raw)
+	switch kind {
+	case nameOp:
+		if s == "AlltoAll" {
+			s = "AllToAll"
+		}
+	case nameDatatype:
+		s = strings.ToLower(strings.TrimPrefix(s, "nccl"))
+	}
+	if internedCount.Add(1) < 4096 {
+		interned.Store(internKey{kind, string(raw)}, s)
 	}
 	return s
 }
 
-// pluginOp turns ncclFuncToString's names into traces.NCCLEvent.Op.
-func pluginOp(s string) string {
-	if s == "AlltoAll" {
-		return "AllToAll"
-	}
-	return intern(s)
-}
-
-// pluginDatatype turns ncclDatatypeToString's names (ncclFloat32) into the
-// probes' (float32).
-func pluginDatatype(s string) string {
-	return intern(strings.ToLower(strings.TrimPrefix(s, "nccl")))
-}
+var internedCount atomic.Int64
 
 // row is the record as a Parquet row on its own (Source plugin).
 func (p *pluginRecord) row() traces.NCCLEvent {
@@ -219,6 +232,17 @@ func datatypeNamed(name string) (int32, int64) {
 	return -1, 0
 }
 
+// latestKey names one communicator's collectives, or its p2p calls, in
+// one process.
+type latestKey struct {
+	pid  int32
+	comm uint64
+	kind uint8
+}
+
+// maxLatest bounds the communicators whose latest record is kept.
+const maxLatest = 1 << 14
+
 // pluginReceiver receives the plugin's datagrams and keeps the recent
 // records.
 type pluginReceiver struct {
@@ -226,7 +250,8 @@ type pluginReceiver struct {
 
 	mu       sync.Mutex
 	recent   *ring[pluginRecord]
-	lastLost map[int32]uint64 // per sender: the plugin's own count of drops
+	latest   map[latestKey]pluginRecord // each communicator's latest record
+	lastLost map[int32]uint64           // per sender: the plugin's own count of drops
 	conn     *net.UnixConn
 	path     string
 }
@@ -237,6 +262,7 @@ func newPluginReceiver(capacity int, set *metrics.Set) *pluginReceiver {
 		lost:     set.GetOrCreateCounter("loupe_nccl_plugin_lost_events_total"),
 		bad:      set.GetOrCreateCounter("loupe_nccl_plugin_bad_datagrams_total"),
 		recent:   newRing[pluginRecord](capacity),
+		latest:   map[latestKey]pluginRecord{},
 		lastLost: map[int32]uint64{},
 	}
 }
@@ -272,12 +298,13 @@ func listenPlugin(path string) (*net.UnixConn, error) {
 }
 
 // serve reads datagrams until conn is closed by stop.
-func (r *pluginReceiver) serve(conn *net.UnixConn, log *slog.Logger, publish func(traces.NCCLEvent)) {
+func (r *pluginReceiver) serve(conn *net.UnixConn, log *slog.Logger) {
 	r.mu.Lock()
 	r.conn, r.path = conn, conn.LocalAddr().String()
 	r.mu.Unlock()
 	buf := make([]byte, pluginMaxDatagram)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+	scratch := make([]pluginRecord, 256)
 	for {
 		n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 		if errors.Is(err, net.ErrClosed) {
@@ -288,7 +315,7 @@ func (r *pluginReceiver) serve(conn *net.UnixConn, log *slog.Logger, publish fun
 			continue
 		}
 		pid, ok := senderPID(oob[:oobn])
-		b, err := parsePluginBatch(buf[:n])
+		b, err := parsePluginBatch(buf[:n], scratch)
 		if err == nil && !ok {
 			err = errors.New("no sender credentials")
 		}
@@ -297,7 +324,7 @@ func (r *pluginReceiver) serve(conn *net.UnixConn, log *slog.Logger, publish fun
 			log.Debug("dropping a datagram on the NCCL profiler plugin's socket", "err", err)
 			continue
 		}
-		r.add(pid, b, publish)
+		r.add(pid, b)
 	}
 }
 
@@ -314,8 +341,9 @@ func senderPID(oob []byte) (int32, bool) {
 	return 0, false
 }
 
-func (r *pluginReceiver) add(pid int32, b pluginBatch, publish func(traces.NCCLEvent)) {
+func (r *pluginReceiver) add(pid int32, b pluginBatch) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if prev := r.lastLost[pid]; b.lost > prev {
 		r.lost.Add(int(b.lost - prev))
 	}
@@ -323,14 +351,40 @@ func (r *pluginReceiver) add(pid int32, b pluginBatch, publish func(traces.NCCLE
 	if len(r.lastLost) > 4096 {
 		clear(r.lastLost) // senders come and go; the counts restart at worst
 	}
-	for i := range b.records {
-		b.records[i].pid = pid
-		r.recent.add(b.records[i])
+	if len(r.latest) > maxLatest {
+		clear(r.latest)
 	}
-	r.mu.Unlock()
-	r.records.Add(len(b.records))
 	for i := range b.records {
-		publish(b.records[i].row())
+		p := &b.records[i]
+		p.pid = pid
+		r.recent.add(*p)
+		k := latestKey{pid, p.commHash, p.kind}
+		if old, ok := r.latest[k]; !ok || p.seq >= old.seq {
+			r.latest[k] = *p
+		}
+	}
+	r.records.Add(len(b.records))
+}
+
+// latestRows are each communicator's latest record, as rows.
+func (r *pluginReceiver) latestRows() []traces.NCCLEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]traces.NCCLEvent, 0, len(r.latest))
+	for _, p := range r.latest {
+		out = append(out, p.row())
+	}
+	return out
+}
+
+// forget drops the latest records of processes that exited.
+func (r *pluginReceiver) forget(gone map[uint32]bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.latest {
+		if gone[uint32(k.pid)] {
+			delete(r.latest, k)
+		}
 	}
 }
 

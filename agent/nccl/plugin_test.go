@@ -43,7 +43,7 @@ func TestParsePluginBatch(t *testing.T) {
 	in := pluginRecord{commHash: 0xabc, seq: 5, ncclSeq: 2, hostStart: 100, hostStop: 130, gpuStart: 140, gpuEnd: 190,
 		gpuWait: 3, netWait: 40, count: 1 << 20, tid: 9, rank: 1, nranks: 4, peer: -1, kind: pluginKindColl,
 		nchannels: 2, flags: pluginFlagGPU, op: "AlltoAll", datatype: "ncclBfloat16", algo: "RING", proto: "SIMPLE"}
-	b, err := parsePluginBatch(pluginDatagram(3, in))
+	b, err := parsePluginBatch(pluginDatagram(3, in), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestParsePluginBatch(t *testing.T) {
 		"record size": func() []byte { d := pluginDatagram(0, in); d[6] = 10; return d }(),
 		"kind":        func() []byte { d := pluginDatagram(0, in); d[pluginHeaderSize+96] = 9; return d }(),
 	} {
-		if _, err := parsePluginBatch(bad); err == nil {
+		if _, err := parsePluginBatch(bad, nil); err == nil {
 			t.Errorf("%s datagram accepted", name)
 		}
 	}
@@ -80,7 +80,7 @@ func FuzzParsePluginBatch(f *testing.F) {
 	f.Add(pluginDatagram(7))
 	f.Add([]byte("LPN1"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		b, err := parsePluginBatch(data)
+		b, err := parsePluginBatch(data, make([]pluginRecord, 1))
 		if err != nil {
 			return
 		}
@@ -109,8 +109,10 @@ func TestMergePlugin(t *testing.T) {
 	recv := newPluginReceiver(16, metrics.NewSet())
 	pending := rec(1010, 100, 8)
 	pending.flags, pending.gpuEnd = pluginFlagGPU|pluginFlagPending, 0
-	recv.add(10, pluginBatch{records: []pluginRecord{pending, rec(1010, 100, 8), rec(2005, 101, 16), rec(4003, 103, 8), rec(9000, 104, 8)}},
-		func(traces.NCCLEvent) {})
+	recv.add(10, pluginBatch{records: []pluginRecord{pending, rec(1010, 100, 8), rec(2005, 101, 16), rec(4003, 103, 8), rec(9000, 104, 8)}})
+	if latest := recv.latestRows(); len(latest) != 1 || latest[0].Seq != 104 || latest[0].Source != traces.SourcePlugin {
+		t.Fatalf("latest %+v, want the communicator's record 104", latest)
+	}
 	got := mergePlugin(rows, recv.between(0, 1e9), 0, 10000)
 	if len(got) != 5 {
 		t.Fatalf("%d rows, want 4 merged and one of the plugin's own: %+v", len(got), got)

@@ -289,7 +289,7 @@ func (t *Tracer) Run(ctx context.Context) error {
 			t.log.Warn("NCCL profiler plugin receiver off: GPU-side times of jobs that load the plugin are lost", "socket", t.cfg.PluginSocket, "err", err)
 		} else {
 			t.log.Info("receiving the NCCL profiler plugin's records", "socket", t.cfg.PluginSocket)
-			wg.Go(func() { t.plugin.serve(conn, t.log, t.publishPlugin) })
+			wg.Go(func() { t.plugin.serve(conn, t.log) })
 		}
 	}
 	defer func() {
@@ -422,13 +422,19 @@ func (t *Tracer) deliver(ev *bpfnccl.Event) {
 	t.publishLocked(rec.row())
 }
 
-// publishPlugin hands a profiler plugin record to the subscribers.
-func (t *Tracer) publishPlugin(row traces.NCCLEvent) {
+// PluginLatest returns the profiler plugin's latest record of each
+// communicator of each process (its collectives, and its point-to-point
+// calls apart), as rows of their own (Source plugin): what each GPU last
+// ran, or still runs when GPUEndNs is 0.
+func (t *Tracer) PluginLatest() []traces.NCCLEvent {
+	rows := t.plugin.latestRows()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	r := t.rankOfLocked(row.PID)
-	row.GlobalRank, row.WorldSize = r.rank, r.world
-	t.publishLocked(row)
+	for i := range rows {
+		r := t.rankOfLocked(rows[i].PID)
+		rows[i].GlobalRank, rows[i].WorldSize = r.rank, r.world
+	}
+	return rows
 }
 
 func (t *Tracer) publishLocked(row traces.NCCLEvent) {
@@ -441,9 +447,8 @@ func (t *Tracer) publishLocked(row traces.NCCLEvent) {
 	}
 }
 
-// Subscribe returns live events: the probes' (Source uprobe) and the
-// profiler plugin's (Source plugin, each reported when NCCL finished it,
-// not merged with the probes'); buf is the channel's capacity. Events that
+// Subscribe returns the probes' live events (the profiler plugin's are in
+// Events and PluginLatest); buf is the channel's capacity. Events that
 // find the channel full are dropped (and counted in
 // loupe_nccl_subscriber_dropped_events_total) so a slow reader never stalls
 // the tracer. Call cancel when done; the channel is closed by cancel or

@@ -22,7 +22,8 @@
  * its enqueue or the previous kernel's end, whichever is later (a slow GPU:
  * the compute before each collective takes that long), and ends
  * NCCL_STANDIN_TRANSFER_US
- * (default 20) after every rank's kernel has started, which the ranks see
+ * (default 20) after every rank's kernel has started (its proxy sees it
+ * NCCL_STANDIN_PROXY_POLL_US, default 50, later), which the ranks see
  * in a shared file under NCCL_STANDIN_DIR. A rank that never calls a
  * collective leaves the others' kernels waiting: a hang. Its GPU timer runs
  * 1234.5 s ahead of CLOCK_REALTIME, which the plugin must convert.
@@ -357,7 +358,7 @@ static void run_kernel(struct ncclComm *c, struct work *w)
 	prof_stop(step);
 	prof_stop(op);
 	args.kernelCh.pTimer = (uint64_t)(end + GPU_SKEW_NS);
-	usleep(50); /* NCCL's proxy polls the kernel's counters */
+	usleep(env_long("NCCL_STANDIN_PROXY_POLL_US", 50)); /* NCCL's proxy polls the kernel's counters */
 	for (int i = 0; i < CHANNELS; i++) {
 		prof_record(ch[i], ncclProfilerKernelChStop, &args);
 		prof_stop(ch[i]);
