@@ -734,7 +734,7 @@ static void maybe_hang(void)
 	long ms = env_long("NCCL_STANDIN_HANG_MS", 0);
 	int64_t until = now_ns() + ms * 1000000LL;
 	while (ms == 0 || now_ns() < until)
-		usleep(1000);
+		usleep(100000); /* asleep, as a thread waiting on a peer is */
 }
 
 static ncclResult_t coll(ncclComm_t comm, ncclDataType_t datatype, int func, size_t count, int root)
