@@ -11,13 +11,20 @@ export LOUPE_MINIO_BIN     := $(CACHE_BIN)/minio
 export LOUPE_VERSITYGW_BIN := $(CACHE_BIN)/versitygw
 export LOUPE_HELM_BIN      := $(CACHE_BIN)/helm
 
+
+.PHONY: plugin
 .PHONY: help build test bench generate lint tools minio versitygw helm fmt manifests demo ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## build loupe-agent and loupe-aggregator into bin/
+build: plugin ## build loupe-agent, loupe-aggregator and the NCCL profiler plugin into bin/
 	$(GO) build -o bin/ ./agent/cmd/loupe-agent ./aggregator/cmd/loupe-aggregator
+
+CC ?= gcc
+plugin: ## build the NCCL profiler plugin bin/libnccl-profiler-loupe.so (needs a C compiler)
+	@mkdir -p bin
+	$(CC) -shared -fPIC -O2 -Wall -Werror -Wextra -o bin/libnccl-profiler-loupe.so agent/nccl/plugin/loupe_profiler.c -lpthread
 
 demo: ## run Loupe end to end on 8 simulated GPUs with planted problems (MinIO when make minio built it); Ctrl-C stops it
 	$(GO) build -o .cache/demo/loupe-demo ./deploy/demo
