@@ -11,9 +11,7 @@ export LOUPE_MINIO_BIN     := $(CACHE_BIN)/minio
 export LOUPE_VERSITYGW_BIN := $(CACHE_BIN)/versitygw
 export LOUPE_HELM_BIN      := $(CACHE_BIN)/helm
 
-
-.PHONY: plugin
-.PHONY: help build test bench generate lint tools minio versitygw helm fmt manifests demo ui
+.PHONY: help build plugin test bench generate lint tools minio versitygw helm fmt manifests demo ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
