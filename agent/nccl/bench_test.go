@@ -193,6 +193,17 @@ func untracedLib(b *testing.B, s nccltest.StandIn) string {
 	return path
 }
 
+// pluginBench runs a tracer with cfg and a plugin socket, and returns the
+// stand-in, its untraced copy, the socket and the tracer's metrics.
+func pluginBench(b *testing.B, cfg Config) (nccltest.StandIn, string, string, *metrics.Set) {
+	b.Helper()
+	s := nccltest.Build(b)
+	cfg.PluginSocket = filepath.Join(b.TempDir(), "plugin.sock")
+	set := metrics.NewSet()
+	startTracerConfig(b, cfg, set)
+	return s, untracedLib(b, s), cfg.PluginSocket, set
+}
+
 // pluginBenchEnv runs the stand-in's simulated GPU with no simulated
 // delays, and, with plugin set, Loupe's profiler plugin sending to socket.
 func pluginBenchEnv(lib, plugin, socket string) []string {
@@ -209,15 +220,10 @@ func pluginBenchEnv(lib, plugin, socket string) []string {
 // plugin, then with it sending to a running receiver; CPU of the whole
 // process (the calling thread, the proxy thread, the plugin's sender).
 func BenchmarkPluginOverhead(b *testing.B) {
-	s := nccltest.Build(b)
-	lib := untracedLib(b, s)
-	cfg := testConfig()
-	cfg.PluginSocket = filepath.Join(b.TempDir(), "plugin.sock")
-	set := metrics.NewSet()
-	startTracerConfig(b, cfg, set)
+	s, lib, socket, set := pluginBench(b, testConfig())
 	events := set.GetOrCreateCounter("loupe_nccl_plugin_events_total")
 	base := runBenchProgram(b, s.RankDL, pluginBenchEnv(lib, "", ""), b.TempDir(), nil, nil)
-	with := runBenchProgram(b, s.RankDL, pluginBenchEnv(lib, s.Plugin, cfg.PluginSocket), b.TempDir(), nil, nil)
+	with := runBenchProgram(b, s.RankDL, pluginBenchEnv(lib, s.Plugin, socket), b.TempDir(), nil, nil)
 	b.ReportMetric(base, "base-cpu-ns/call")
 	b.ReportMetric(with, "plugin-cpu-ns/call")
 	b.ReportMetric(with-base, "overhead-ns/call")
@@ -225,27 +231,17 @@ func BenchmarkPluginOverhead(b *testing.B) {
 }
 
 // BenchmarkPluginReceiver is the agent's CPU per 1000 collectives on the
-// plugin path alone (no uprobes on the job): b.N calls reported by the
-// plugin, received, decoded, buffered and published to one subscriber.
+// plugin path alone (no uprobes on the job), with the default scan
+// interval: b.N calls reported by the plugin, received, decoded and
+// buffered.
 func BenchmarkPluginReceiver(b *testing.B) {
-	s := nccltest.Build(b)
-	lib := untracedLib(b, s)
-	cfg := DefaultConfig()
-	cfg.PluginSocket = filepath.Join(b.TempDir(), "plugin.sock")
-	set := metrics.NewSet()
-	tr := startTracerConfig(b, cfg, set)
-	ch, cancel := tr.Subscribe(1 << 16)
-	defer cancel()
-	go func() {
-		for range ch {
-		}
-	}()
+	s, lib, socket, set := pluginBench(b, DefaultConfig())
 	events := set.GetOrCreateCounter("loupe_nccl_plugin_events_total")
 	lost := set.GetOrCreateCounter("loupe_nccl_plugin_lost_events_total")
 	var cpu0, cpu1 time.Duration
 	var began time.Time
 	idle := idleCPU(b)
-	perCall := runBenchProgram(b, s.RankDL, pluginBenchEnv(lib, s.Plugin, cfg.PluginSocket), b.TempDir(),
+	perCall := runBenchProgram(b, s.RankDL, pluginBenchEnv(lib, s.Plugin, socket), b.TempDir(),
 		func(int) { cpu0, began = cpuTime(b), time.Now() },
 		func() {
 			deadline := time.Now().Add(time.Minute + time.Duration(b.N)*20*time.Microsecond)

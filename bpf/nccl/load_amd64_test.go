@@ -62,12 +62,7 @@ func TestOpsMatchObject(t *testing.T) {
 
 // Load verifies every program in the kernel.
 func TestLoad(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("loading eBPF needs root (or CAP_BPF+CAP_PERFMON); run the tests as root")
-		}
-		t.Skip("loading eBPF needs root")
-	}
+	needRoot(t)
 	o, err := Load(0)
 	if err != nil {
 		t.Fatal(err)
@@ -99,12 +94,7 @@ func TestLoad(t *testing.T) {
 // The exec hook and the loader probe send a MapEvent record for this test's
 // children: a program that execs, and its dynamic loader at startup.
 func TestLoadRecords(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("loading eBPF needs root (or CAP_BPF+CAP_PERFMON); run the tests as root")
-		}
-		t.Skip("loading eBPF needs root")
-	}
+	needRoot(t)
 	o, err := Load(0)
 	if err != nil {
 		t.Fatal(err)
@@ -214,5 +204,17 @@ func TestLoadKindsMatchObject(t *testing.T) {
 	}
 	if got := binary.Size(ncclLoad{}); got != MapEventSize {
 		t.Fatalf("struct load is %d bytes in the object, MapEventSize is %d", got, MapEventSize)
+	}
+}
+
+// needRoot fails in CI and skips elsewhere without the privileges to load
+// eBPF.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("loading eBPF needs root (or CAP_BPF+CAP_PERFMON); run the tests as root")
+		}
+		t.Skip("loading eBPF needs root")
 	}
 }

@@ -590,34 +590,41 @@ static ncclResult_t finalize(void *context)
 
 /* ---- v5 and v6 ---- */
 
+/* FILL_DESCR copies what the plugin follows from a v4 or v5 descriptor
+ * e into d: the members it reads have the same names in both. */
+#define FILL_DESCR(d, e)                                        \
+	do {                                                    \
+		switch ((e)->type) {                            \
+		case ncclProfileColl:                           \
+			(d).seq_number = (e)->coll.seqNumber;   \
+			(d).func = (e)->coll.func;              \
+			(d).count = (e)->coll.count;            \
+			(d).root_or_peer = (e)->coll.root;      \
+			(d).datatype = (e)->coll.datatype;      \
+			(d).nchannels = (e)->coll.nChannels;    \
+			(d).algo = (e)->coll.algo;              \
+			(d).proto = (e)->coll.proto;            \
+			break;                                  \
+		case ncclProfileP2p:                            \
+			(d).func = (e)->p2p.func;               \
+			(d).count = (e)->p2p.count;             \
+			(d).datatype = (e)->p2p.datatype;       \
+			(d).root_or_peer = (e)->p2p.peer;       \
+			(d).nchannels = (e)->p2p.nChannels;     \
+			break;                                  \
+		case ncclProfileProxyOp:                        \
+			(d).pid = (e)->proxyOp.pid;             \
+			break;                                  \
+		case ncclProfileKernelCh:                       \
+			(d).ptimer = (e)->kernelCh.pTimer;      \
+			break;                                  \
+		}                                               \
+	} while (0)
+
 static ncclResult_t start_v5(void *context, void **handle, ncclProfilerEventDescr_v5_t *e)
 {
 	struct descr d = { .type = e->type, .parent = e->parentObj, .rank = e->rank, .root_or_peer = -1 };
-	switch (e->type) {
-	case ncclProfileColl:
-		d.seq_number = e->coll.seqNumber;
-		d.func = e->coll.func;
-		d.count = e->coll.count;
-		d.root_or_peer = e->coll.root;
-		d.datatype = e->coll.datatype;
-		d.nchannels = e->coll.nChannels;
-		d.algo = e->coll.algo;
-		d.proto = e->coll.proto;
-		break;
-	case ncclProfileP2p:
-		d.func = e->p2p.func;
-		d.count = e->p2p.count;
-		d.datatype = e->p2p.datatype;
-		d.root_or_peer = e->p2p.peer;
-		d.nchannels = e->p2p.nChannels;
-		break;
-	case ncclProfileProxyOp:
-		d.pid = e->proxyOp.pid;
-		break;
-	case ncclProfileKernelCh:
-		d.ptimer = e->kernelCh.pTimer;
-		break;
-	}
+	FILL_DESCR(d, e);
 	return start_common(context, handle, &d);
 }
 
@@ -683,33 +690,9 @@ static ncclResult_t init_v4(void **context, int *mask, const char *name, uint64_
 static ncclResult_t start_v4(void *context, void **handle, ncclProfilerEventDescr_v4_t *e)
 {
 	struct descr d = { .type = e->type, .parent = e->parentObj, .rank = e->rank, .root_or_peer = -1 };
-	switch (e->type) {
-	case ncclProfileColl:
+	FILL_DESCR(d, e);
+	if (e->type == ncclProfileColl || e->type == ncclProfileP2p)
 		d.parent = NULL; /* the group event, which is not followed */
-		d.seq_number = e->coll.seqNumber;
-		d.func = e->coll.func;
-		d.count = e->coll.count;
-		d.root_or_peer = e->coll.root;
-		d.datatype = e->coll.datatype;
-		d.nchannels = e->coll.nChannels;
-		d.algo = e->coll.algo;
-		d.proto = e->coll.proto;
-		break;
-	case ncclProfileP2p:
-		d.parent = NULL;
-		d.func = e->p2p.func;
-		d.count = e->p2p.count;
-		d.datatype = e->p2p.datatype;
-		d.root_or_peer = e->p2p.peer;
-		d.nchannels = e->p2p.nChannels;
-		break;
-	case ncclProfileProxyOp:
-		d.pid = e->proxyOp.pid;
-		break;
-	case ncclProfileKernelCh:
-		d.ptimer = e->kernelCh.pTimer;
-		break;
-	}
 	return start_common(context, handle, &d);
 }
 
