@@ -2,7 +2,7 @@
 // (a duration, or a range of iterations), raises the GPU sampling rate, runs
 // the CPU profiler over the matched processes, and when the window closes
 // writes one bundle of GPU samples, the CPU profile, NCCL calls, step
-// boundaries and fault events into the spool, commits it and wakes the
+// boundaries, the run's step history and fault events into the spool, commits it and wakes the
 // uploader.
 //
 // The sources are small interfaces so that the daemon can leave out any
@@ -554,6 +554,9 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 		if err := traces.WriteTable(bw, traces.PartSteps, c.src.Steps.Steps(req.Job, start, end)); err != nil {
 			return nil, err
 		}
+		if err := writeHistory(bw, c.src.Steps, req.Job); err != nil {
+			return nil, err
+		}
 	}
 	if prof != nil {
 		if err := bw.WriteProfile(prof); err != nil {
@@ -574,6 +577,19 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	}
 	committed = true
 	return out, nil
+}
+
+// writeHistory adds the run's step history from its first step seen, so
+// that the capture can be judged against the start of the run.
+func writeHistory(bw *traces.BundleWriter, tr *steps.Tracker, job string) error {
+	spans, dropped := tr.History(job)
+	if len(spans) == 0 {
+		return nil
+	}
+	if dropped > 0 {
+		bw.Note("step history: %d steps after its full-resolution head were dropped because restarts left too little to merge within steps.history_spans", dropped)
+	}
+	return traces.WriteTable(bw, traces.PartStepHistory, spans)
 }
 
 func (c *Capturer) manifest(req Request, start, end time.Time) traces.Manifest {

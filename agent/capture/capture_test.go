@@ -265,6 +265,11 @@ func TestIterationCapture(t *testing.T) {
 	if m.Trigger.Kind != traces.TriggerStableIteration || m.Trigger.StartIteration != 10 || m.Trigger.Iterations != 5 || m.Trigger.Reason != "settled" {
 		t.Errorf("trigger %+v", m.Trigger)
 	}
+	// The step history reaches back to the run's first step, before the window.
+	hist := readTable[traces.StepSpan](t, h.spool.committed[0], traces.PartStepHistory)
+	if len(hist) < 15 || hist[0].FirstIteration != 0 || hist[0].PID != 10 || hist[0].Steps != 1 || hist[0].MinNs != int64(5*time.Millisecond) {
+		t.Errorf("step history %+v, want every step from iteration 0", hist)
+	}
 	var iters []int64
 	for _, s := range readTable[traces.Step](t, h.spool.committed[0], traces.PartSteps) {
 		iters = append(iters, s.Iteration)

@@ -225,6 +225,8 @@ var flagDocs = map[string]string{
 	"trigger.cooldown":         "least time between automatic captures of a job run",
 	"capture.default_duration": "window of an on-demand capture that names no duration or iterations",
 	"capture.max_duration":     "longest timed window accepted",
+	"steps.history_head":       "steps of a run the step history keeps at full resolution from the first one seen",
+	"steps.history_spans":      "rows that summarize the rest of a run's step history (merged pairwise beyond)",
 }
 
 // bindFlags registers a flag for every YAML key of the struct v, named by
