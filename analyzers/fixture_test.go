@@ -25,6 +25,7 @@ type hostBundle struct {
 	samples   []traces.GPUSample
 	nccl      []traces.NCCLEvent
 	steps     []traces.Step
+	history   []traces.StepSpan
 	events    []traces.Event
 	profile   *profile.Profile
 }
@@ -80,6 +81,9 @@ func writeCapture(tb testing.TB, dir string, hosts ...hostBundle) *Input {
 		}
 		if hb.steps != nil {
 			must(traces.WriteTable(w, traces.PartSteps, hb.steps))
+		}
+		if hb.history != nil {
+			must(traces.WriteTable(w, traces.PartStepHistory, hb.history))
 		}
 		if hb.events != nil {
 			must(w.WriteEvents(hb.events))
