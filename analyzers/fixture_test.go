@@ -21,6 +21,7 @@ type hostBundle struct {
 	name      string
 	ranks     []int // one per GPU: GPU i runs ranks[i]
 	seconds   float64
+	start     time.Time // the window's start; t0 when zero
 	simulated bool
 	samples   []traces.GPUSample
 	nccl      []traces.NCCLEvent
@@ -52,10 +53,14 @@ func writeCapture(tb testing.TB, dir string, hosts ...hostBundle) *Input {
 		if secs == 0 {
 			secs = 10
 		}
+		start := hb.start
+		if start.IsZero() {
+			start = t0
+		}
 		m := traces.Manifest{
 			CaptureID: "cap1", Cluster: "c1", Job: "train", Run: "r1", Host: hb.name,
 			Ranks: hb.ranks, WorldSize: world, Simulated: hb.simulated,
-			Start: t0, End: t0.Add(time.Duration(secs * float64(time.Second))),
+			Start: start, End: start.Add(time.Duration(secs * float64(time.Second))),
 			Trigger:      traces.Trigger{Kind: traces.TriggerOnDemand, Reason: "test"},
 			AgentVersion: "test",
 		}

@@ -45,6 +45,12 @@ type finding struct {
 	Targets        []target
 	Evidence       []traces.Metric // about the whole finding
 	Recommendation string
+	// OneOff, when set, is a cost in GPU-seconds paid once per occurrence
+	// (a warm-up), not a share of every hour: the runner's projection over
+	// the job's life then counts Occurrences of it instead of
+	// extrapolating the window.
+	OneOff      float64
+	Occurrences int
 }
 
 // report turns f into one traces.Finding: scope from its targets, severity
@@ -68,6 +74,9 @@ func (f *finding) report(pass *Pass) {
 		lost += t.Lost
 	}
 	out.Impact = traces.Impact{GPUSeconds: lost, WindowShare: share(lost, windowGPUSeconds(pass.Input))}
+	if f.OneOff > 0 {
+		out.Impact.Projected = &traces.Projection{OneOff: true, OneOffGPUSeconds: f.OneOff, Occurrences: max(f.Occurrences, 1)}
+	}
 	out.Evidence = append(out.Evidence, f.Evidence...)
 	if len(ts) == 1 {
 		out.Evidence = append(out.Evidence, ts[0].Evidence...)

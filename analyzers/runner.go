@@ -127,6 +127,16 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 	}
 	wg.Wait()
 	rep := &Report{Runs: runs, Findings: slices.Concat(found...)}
+	if len(rep.Findings) > 0 {
+		life := lifeOf(ctx, in)
+		for i := range rep.Findings {
+			f := &rep.Findings[i]
+			project(f, life)
+			if len(life.inputs) > 0 {
+				f.Lineage.Inputs = slices.Compact(slices.Sorted(slices.Values(slices.Concat(f.Lineage.Inputs, life.inputs))))
+			}
+		}
+	}
 	slices.SortStableFunc(rep.Findings, compareFindings)
 	return rep
 }
@@ -219,10 +229,12 @@ func FindingID(f *traces.Finding) string {
 
 var severityRank = map[string]int{traces.SeverityCritical: 0, traces.SeverityWarning: 1, traces.SeverityInfo: 2}
 
-// compareFindings orders findings most severe first, then by impact.
+// compareFindings orders findings most severe first, then by projected
+// impact over the job's life, then by the window's.
 func compareFindings(a, b traces.Finding) int {
 	return cmp.Or(
 		cmp.Compare(severityRank[a.Severity], severityRank[b.Severity]),
+		cmp.Compare(b.Impact.RankValue(), a.Impact.RankValue()),
 		cmp.Compare(b.Impact.GPUSeconds, a.Impact.GPUSeconds),
 		cmp.Compare(a.Analyzer, b.Analyzer),
 		cmp.Compare(a.ID, b.ID),

@@ -92,7 +92,9 @@ cudaStreamBeginCapture / cudaGraphInstantiate, Triton and cuDNN autotuning,
 lazy function loading). Verdict: pass (info) when settled, the capture and
 traffic came after warm-up and a stable-iteration capture holds no compile
 or autotune work; fail (warning) otherwise. Impact: for training, the
-warm-up steps' time above the steady median, times the ranks.`,
+warm-up steps' time above the steady median, times the ranks: in the
+window, the warm-up steps it holds; over the job's life, a one-off cost
+paid at every process start the history shows.`,
 		Requires: []string{traces.PartStepHistory, traces.PartSteps, traces.PartEvents, traces.KinetoDir},
 		Run:      func(pass *Pass) error { return runWarmup(pass, cfg) },
 	}
@@ -536,8 +538,9 @@ func reportWarmup(pass *Pass, cfg WarmupConfig, what string, ser trainingSeries,
 		f.Recommendation = warmupAdvice(training, failures)
 	}
 	// Training warm-up costs every rank the time its steps spent above the
-	// steady median.
-	var excess float64
+	// steady median: once per process start, and inside the window only
+	// for the steps the window holds.
+	var excess, inWindow float64
 	if training && r.end > 0 {
 		steady := make([]float64, 0, len(s)-r.end)
 		for _, p := range s[r.end:] {
@@ -546,12 +549,16 @@ func reportWarmup(pass *Pass, cfg WarmupConfig, what string, ser trainingSeries,
 		slices.Sort(steady)
 		med := quantile(steady, 0.5)
 		for _, p := range s[:r.end] {
-			excess += max(p.v-med, 0) * float64(max(p.n, 1))
+			e := max(p.v-med, 0) * float64(max(p.n, 1)) * float64(nranks)
+			excess += e
+			if !time.Unix(0, p.t).Before(m.Start) {
+				inWindow += e
+			}
 		}
-		excess *= float64(nranks)
+		f.OneOff, f.Occurrences = excess, ser.restarts+1
 	}
 	for _, h := range hostList {
-		f.Targets = append(f.Targets, target{Host: h, GPU: -1, Rank: -1, Severity: sev, Lost: excess / float64(len(hostList))})
+		f.Targets = append(f.Targets, target{Host: h, GPU: -1, Rank: -1, Severity: sev, Lost: inWindow / float64(len(hostList))})
 	}
 	f.report(pass)
 }

@@ -50,7 +50,7 @@ func agentHost(t *testing.T, name string, cfg steps.Config, ranks []int, pidOf f
 		at = at.Add(time.Duration(dur(i) * float64(time.Second)))
 	}
 	hist, _ := tr.History("train")
-	return hostBundle{name: name, ranks: ranks, seconds: winEnd.Sub(winStart).Seconds(), steps: tr.Steps("train", winStart, winEnd), history: hist}, at
+	return hostBundle{name: name, ranks: ranks, start: winStart, seconds: winEnd.Sub(winStart).Seconds(), steps: tr.Steps("train", winStart, winEnd), history: hist}, at
 }
 
 func stableAt(in *Input, iter int64) {
@@ -101,9 +101,15 @@ func TestWarmupFromStepHistory(t *testing.T) {
 			if fs[0].Severity != traces.SeverityInfo || !strings.Contains(fs[0].Title, "Warm-up verified") {
 				t.Errorf("finding %q (%s), want a passed verdict", fs[0].Title, fs[0].Severity)
 			}
-			// About 200 steps x 0.35 s average excess on 4 ranks.
-			if g := fs[0].Impact.GPUSeconds; g < 4*200*0.3 || g > 4*200*0.4 {
-				t.Errorf("warm-up cost %v GPU-s, want about 280", g)
+			// The warm-up cost nothing inside the window; over the run,
+			// about 200 steps x 0.35 s average excess on 4 ranks, once.
+			p := fs[0].Impact.Projected
+			if fs[0].Impact.GPUSeconds != 0 || p == nil || !p.OneOff || p.Occurrences != 1 ||
+				p.OneOffGPUSeconds < 4*200*0.3 || p.OneOffGPUSeconds > 4*200*0.4 || math.Abs(p.GPUHoursRun-p.OneOffGPUSeconds/3600) > 1e-9 {
+				t.Errorf("impact %+v projected %+v, want none in the window and a one-off of about 280 GPU-s", fs[0].Impact, p)
+			}
+			if p != nil && (p.RunStartFrom != traces.RunStartStepHistory || !p.RunStart.Equal(t0)) {
+				t.Errorf("run start %v from %q, want the first step at %v from the step history", p.RunStart, p.RunStartFrom, t0)
 			}
 		})
 	}
@@ -151,4 +157,7 @@ func TestWarmupHistoryAfterRestart(t *testing.T) {
 		t.Errorf("warm-up length %v, want the restarted process's 200", w)
 	}
 	check(t, fs[0], map[string]float64{"restarts": 1, "capture_after_warmup": 1, "verdict_pass": 1})
+	if p := fs[0].Impact.Projected; p == nil || p.Occurrences != 2 || p.GPUHoursRun < 2*p.OneOffGPUSeconds/3600-1e-9 {
+		t.Errorf("projection %+v, want the warm-up paid at both process starts", p)
+	}
 }

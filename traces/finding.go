@@ -93,6 +93,53 @@ type Impact struct {
 	GPUSeconds float64 `json:"gpu_seconds"`
 	// WindowShare is the share of the window's GPU time lost, in [0,1].
 	WindowShare float64 `json:"window_share"`
+	// Projected is what the finding costs over the job's life, projected
+	// from the window; nil in findings written before projections existed.
+	Projected *Projection `json:"projected,omitempty"`
+}
+
+// Projection extrapolates a finding over the job's life. It is a
+// projection, not a measurement: Basis says what it assumes.
+type Projection struct {
+	// GPUHoursPerDay is what the problem costs the job per day it runs.
+	GPUHoursPerDay float64 `json:"gpu_hours_per_day"`
+	// GPUHoursRun is what it has cost over the run so far.
+	GPUHoursRun float64 `json:"gpu_hours_run"`
+	// Share is the share of the job's GPU time the problem costs, in [0,1]
+	// (for a one-off cost, the run's share so far).
+	Share float64 `json:"share"`
+	// GPUs is the job's GPU count.
+	GPUs int `json:"gpus"`
+	// RunStart is when the run began, according to RunStartFrom, and
+	// RunHours how long it had run at the end of the capture.
+	RunStart     time.Time `json:"run_start"`
+	RunStartFrom string    `json:"run_start_from"`
+	RunHours     float64   `json:"run_hours"`
+	// OneOff is set for a cost paid once per occurrence (a warm-up), not a
+	// share of every hour: then OneOffGPUSeconds is one occurrence's cost
+	// and Occurrences how often the run paid it.
+	OneOff           bool    `json:"one_off,omitempty"`
+	OneOffGPUSeconds float64 `json:"one_off_gpu_seconds,omitempty"`
+	Occurrences      int     `json:"occurrences,omitempty"`
+	// Basis states the projection in words, with its assumptions.
+	Basis string `json:"basis"`
+}
+
+// Where a projection's run start comes from, most reliable first.
+const (
+	RunStartStepHistory  = "step_history"
+	RunStartProcessStart = "process_start"
+	RunStartCapture      = "capture_window"
+)
+
+// RankValue is what findings are ranked by fleet-wide: the projected
+// GPU-hours per day; 0 for findings stored without a projection, which
+// then rank by their window GPU-seconds, after the others.
+func (i Impact) RankValue() float64 {
+	if i.Projected != nil {
+		return i.Projected.GPUHoursPerDay
+	}
+	return 0
 }
 
 // Lineage names what a finding was computed from.

@@ -115,6 +115,9 @@ type Process struct {
 	Container string `json:"container,omitempty"`
 	Pod       string `json:"pod,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
+	// Started is when the process started, when known; a projection of a
+	// finding falls back on it for the run's start.
+	Started time.Time `json:"started,omitzero"`
 }
 
 // Part is one file of a bundle.
