@@ -110,7 +110,9 @@ func lifeOf(ctx context.Context, in *Input) jobLife {
 
 // project fills in f's projection over the job's life. A finding whose
 // analyzer marked its cost as one-off keeps that; any other problem is
-// taken to cost the job its window share for as long as it runs.
+// taken to cost the job its share of the window for as long as it runs:
+// the window's GPU-seconds lost over the window's time on the job's GPUs,
+// or the share the analyzer measured on ScopeGPUs of them.
 func project(f *traces.Finding, l jobLife) {
 	p := f.Impact.Projected
 	if p == nil {
@@ -135,9 +137,13 @@ func project(f *traces.Finding, l jobLife) {
 		p.Basis = fmt.Sprintf("projection: a one-off cost of %.2f GPU-hours paid %d time(s) in the run's %.1f h so far (run start from %s); per day, assuming it recurs no more often than that",
 			p.OneOffGPUSeconds/3600, max(p.Occurrences, 1), p.RunHours, from)
 	} else {
-		p.Share = f.Impact.WindowShare
-		if l.gpuSeconds > 0 {
+		switch {
+		case p.ScopeGPUs > 0 && l.gpus > 0:
+			p.Share = min(p.Share*float64(p.ScopeGPUs)/float64(l.gpus), 1)
+		case l.gpuSeconds > 0:
 			p.Share = share(f.Impact.GPUSeconds, l.gpuSeconds)
+		default:
+			p.Share = f.Impact.WindowShare
 		}
 		p.GPUHoursPerDay = p.Share * float64(l.gpus) * 24
 		p.GPUHoursRun = p.Share * float64(l.gpus) * p.RunHours

@@ -140,3 +140,25 @@ func corruptPart(t *testing.T, in *Input, part string) {
 		t.Fatal(err)
 	}
 }
+
+// A share measured on one rank's trace is that GPU's share: projected over
+// a job of 8 GPUs it is an eighth of the job, the same GPU-hours. A
+// one-off cost counts its occurrences and is spread over at least a day.
+func TestProjectScopesAndOneOffs(t *testing.T) {
+	l := jobLife{gpus: 8, gpuSeconds: 8 * 60, start: t0.Add(-47 * time.Hour), startFrom: traces.RunStartStepHistory, end: t0.Add(time.Hour)}
+	rank := traces.Finding{Impact: traces.Impact{GPUSeconds: 0.001, WindowShare: 0.5, Projected: &traces.Projection{Share: 0.5, ScopeGPUs: 1}}}
+	project(&rank, l)
+	if p := rank.Impact.Projected; !near(p.Share, 0.5/8) || !near(p.GPUHoursPerDay, 12) || !near(p.GPUHoursRun, 0.5*48) {
+		t.Errorf("rank-scoped projection %+v, want an eighth of the job: 12 GPU-h a day, 24 over 48 h", p)
+	}
+	warm := traces.Finding{Impact: traces.Impact{Projected: &traces.Projection{OneOff: true, OneOffGPUSeconds: 3600, Occurrences: 3}}}
+	project(&warm, l)
+	if p := warm.Impact.Projected; !near(p.GPUHoursRun, 3) || !near(p.GPUHoursPerDay, 3.0/2) || !strings.Contains(p.Basis, "3 time(s)") {
+		t.Errorf("one-off projection %+v, want 3 GPU-h over 48 h: 1.5 a day", p)
+	}
+	l.start = l.end.Add(-time.Hour)
+	project(&warm, l)
+	if p := warm.Impact.Projected; !near(p.GPUHoursPerDay, 3) {
+		t.Errorf("one-off within the first day: %v GPU-h per day, want all 3 of it", p.GPUHoursPerDay)
+	}
+}

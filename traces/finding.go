@@ -110,6 +110,10 @@ type Projection struct {
 	Share float64 `json:"share"`
 	// GPUs is the job's GPU count.
 	GPUs int `json:"gpus"`
+	// ScopeGPUs, when an analyzer measured the share on fewer GPUs than
+	// the job's (one rank's trace), is how many; the projection then
+	// scales Share to the job.
+	ScopeGPUs int `json:"scope_gpus,omitempty"`
 	// RunStart is when the run began, according to RunStartFrom, and
 	// RunHours how long it had run at the end of the capture.
 	RunStart     time.Time `json:"run_start"`

@@ -265,8 +265,9 @@ func severityRank(s string) int {
 	return 3
 }
 
-// Findings returns matching findings, the most costly first (GPU-seconds
-// lost, then severity), and how many matched before the limit.
+// Findings returns matching findings, the most costly first (projected
+// GPU-hours per day over the job's life, then GPU-seconds lost in the
+// window, then severity), and how many matched before the limit.
 func (ix *Index) Findings(q Query) (list []traces.Finding, total int) {
 	ix.mu.RLock()
 	for _, e := range ix.captures {
@@ -283,6 +284,9 @@ func (ix *Index) Findings(q Query) (list []traces.Finding, total int) {
 	}
 	ix.mu.RUnlock()
 	slices.SortFunc(list, func(a, b traces.Finding) int {
+		if c := cmp.Compare(b.Impact.RankValue(), a.Impact.RankValue()); c != 0 {
+			return c
+		}
 		if c := cmp.Compare(b.Impact.GPUSeconds, a.Impact.GPUSeconds); c != 0 {
 			return c
 		}

@@ -1,6 +1,7 @@
 package views_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -359,18 +360,26 @@ func TestPagesInChromium(t *testing.T) {
 		res.Body.Close()
 		load(t, ctx, base+"/findings", "findings")
 		type table struct {
-			Rows  int
-			Links []string
-			GPUs  []float64
+			Rows   int
+			Links  []string
+			PerDay []float64
+			Basis  []string
 		}
 		tb := eval[table](t, ctx, `(() => { const rows = [...document.querySelectorAll("table.findings tbody tr")];
 			return { rows: rows.length, links: rows.map((r) => r.querySelector("a.job-link").getAttribute("href")),
-				gpus: rows.map((r) => parseFloat(r.children[4].textContent.replace(/,/g, ""))) }; })()`)
+				perDay: rows.map((r) => parseFloat(r.children[4].dataset.perDay)), basis: rows.map((r) => r.children[4].title) }; })()`)
 		if api.Total == 0 || tb.Rows != api.Total {
 			t.Fatalf("findings table has %d rows, the API %d findings", tb.Rows, api.Total)
 		}
-		if !slices.IsSortedFunc(tb.GPUs, func(a, b float64) int { return int(b*1000 - a*1000) }) {
-			t.Errorf("findings not ranked by impact: %v", tb.GPUs)
+		// Ranked fleet-wide by the projected GPU-hours per day, each stated
+		// as a projection with its basis.
+		if !slices.IsSortedFunc(tb.PerDay, func(a, b float64) int { return cmp.Compare(b, a) }) {
+			t.Errorf("findings not ranked by projected impact: %v", tb.PerDay)
+		}
+		for i, b := range tb.Basis {
+			if !strings.HasPrefix(b, "projection: ") {
+				t.Errorf("row %d: projected impact without its basis: %q", i, b)
+			}
 		}
 		if !slices.Contains(tb.Links, "/jobs/c1/"+trainJob+"/r1?capture=cap-1") {
 			t.Errorf("no link to the training job's page: %v", tb.Links)
@@ -387,7 +396,7 @@ func TestPagesInChromium(t *testing.T) {
 			{"job=" + inferJob, 0},
 		} {
 			load(t, ctx, base+"/findings?"+tc.query, "findings")
-			rows := eval[[]string](t, ctx, `[...document.querySelectorAll("table.findings tbody tr")].map((r) => r.dataset.severity + " " + r.children[7].textContent)`)
+			rows := eval[[]string](t, ctx, `[...document.querySelectorAll("table.findings tbody tr")].map((r) => r.dataset.severity + " " + r.children[8].textContent)`)
 			if len(rows) != tc.rows {
 				t.Errorf("findings?%s: rows %q, want %d", tc.query, rows, tc.rows)
 			}
