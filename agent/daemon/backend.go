@@ -230,7 +230,7 @@ func (d *Daemon) processes(pids []int, keep func(attribution.Info) bool) []trace
 // does not give comes from the step markers.
 func (d *Daemon) process(info attribution.Info) traces.Process {
 	p := traces.Process{PID: info.PID, Comm: info.Comm, Rank: info.Rank, LocalRank: info.LocalRank, GPU: -1,
-		Container: info.Container, Pod: info.Pod, Namespace: info.Namespace}
+		Container: info.Container, Pod: info.Pod, Namespace: info.Namespace, Started: info.Started}
 	if d.gpu != nil {
 		for _, g := range d.gpu.Processes() {
 			if g.PID == info.PID {

@@ -225,8 +225,14 @@ var flagDocs = map[string]string{
 	"trigger.cooldown":         "least time between automatic captures of a job run",
 	"capture.default_duration": "window of an on-demand capture that names no duration or iterations",
 	"capture.max_duration":     "longest timed window accepted",
-	"steps.history_head":       "steps of a run the step history keeps at full resolution from the first one seen",
-	"steps.history_spans":      "rows that summarize the rest of a run's step history (merged pairwise beyond)",
+
+	// The run's step history and Kubernetes job names.
+	"attribution.kubernetes_api":        "Kubernetes API server that names pods' jobs from their owners and labels (empty: in-cluster when in a pod; off: never)",
+	"attribution.kubernetes_token_file": "bearer token for the Kubernetes API (the pod's service account)",
+	"attribution.kubernetes_ca_file":    "CA certificate of the Kubernetes API server",
+	"attribution.job_cache_ttl":         "how long a pod's job looked up in the Kubernetes API is trusted",
+	"steps.history_head":                "steps of a run the step history keeps at full resolution from the first one seen",
+	"steps.history_spans":               "rows that summarize the rest of a run's step history (merged pairwise beyond)",
 }
 
 // bindFlags registers a flag for every YAML key of the struct v, named by
