@@ -16,6 +16,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/loupe-dev/loupe/agent/daemon"
@@ -128,6 +129,8 @@ type objects struct {
 	accounts    []corev1.ServiceAccount
 	configMaps  []corev1.ConfigMap
 	secrets     []corev1.Secret
+	roles       []rbacv1.ClusterRole
+	bindings    []rbacv1.ClusterRoleBinding
 }
 
 func decodeStrict(t *testing.T, name string, data []byte) objects {
@@ -162,6 +165,12 @@ func decodeStrict(t *testing.T, name string, data []byte) objects {
 		case "Secret":
 			objs.secrets = append(objs.secrets, corev1.Secret{})
 			err = yaml.UnmarshalStrict([]byte(doc), &objs.secrets[len(objs.secrets)-1])
+		case "ClusterRole":
+			objs.roles = append(objs.roles, rbacv1.ClusterRole{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.roles[len(objs.roles)-1])
+		case "ClusterRoleBinding":
+			objs.bindings = append(objs.bindings, rbacv1.ClusterRoleBinding{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.bindings[len(objs.bindings)-1])
 		default:
 			t.Fatalf("%s document %d: unexpected kind %q", name, i, meta.Kind)
 		}
@@ -253,6 +262,11 @@ func TestHelmChart(t *testing.T) {
 	}
 
 	checkConfigs(t, decodeStrict(t, "helm template (defaults)", rendered))
+	checkGPUNode(t, decodeStrict(t, "helm template (defaults)", rendered), "nvidia", true)
+	plain := decodeStrict(t, "helm template (no runtime class, no Kubernetes job names)",
+		helmTemplate(t, helm, "--set", "agent.runtimeClassName=", "--set", "agent.kubernetesJobNames=false"))
+	checkGPUNode(t, plain, "", false)
+	checkConfigs(t, plain)
 
 	// The plain manifests are the chart rendered with its defaults; they must
 	// not drift from it (regenerate with make manifests).
@@ -331,6 +345,80 @@ func checkConfigs(t *testing.T, objs objects) {
 			if err != nil {
 				t.Errorf("ConfigMap %s: %s is refused by its binary: %v", cm.Name, name, err)
 			}
+		}
+	}
+}
+
+// checkGPUNode asserts what lets the agent see the node's GPUs and name
+// its jobs: the NVIDIA runtime class, the NVIDIA container toolkit's
+// variables, and (when job names come from Kubernetes) a read-only role
+// bound to the agent with its token mounted, else none and the API off.
+func checkGPUNode(t *testing.T, objs objects, runtimeClass string, jobNames bool) {
+	t.Helper()
+	ds := objs.daemonSets[0].Spec.Template.Spec
+	if got := ds.RuntimeClassName; runtimeClass == "" && got != nil || runtimeClass != "" && (got == nil || *got != runtimeClass) {
+		t.Errorf("agent runtimeClassName %v, want %q", got, runtimeClass)
+	}
+	env := map[string]string{}
+	for _, e := range ds.Containers[0].Env {
+		env[e.Name] = e.Value
+	}
+	if env["NVIDIA_VISIBLE_DEVICES"] != "all" || !slices.Contains(strings.Split(env["NVIDIA_DRIVER_CAPABILITIES"], ","), "utility") ||
+		!slices.Contains(strings.Split(env["NVIDIA_DRIVER_CAPABILITIES"], ","), "compute") {
+		t.Errorf("agent NVIDIA env %v, want NVIDIA_VISIBLE_DEVICES=all and capabilities compute,utility", env)
+	}
+	mounted := ds.AutomountServiceAccountToken != nil && *ds.AutomountServiceAccountToken
+	var agentCfg string
+	for _, cm := range objs.configMaps {
+		if cm.Name == "loupe-agent" {
+			agentCfg = cm.Data["agent.yaml"]
+		}
+	}
+	if !jobNames {
+		if len(objs.roles)+len(objs.bindings) != 0 || mounted || !strings.Contains(agentCfg, `kubernetes_api: "off"`) {
+			t.Errorf("without Kubernetes job names: %d roles, %d bindings, token mounted %v, config %q; want none, none, false, the API off",
+				len(objs.roles), len(objs.bindings), mounted, agentCfg)
+		}
+		return
+	}
+	if len(objs.roles) != 1 || len(objs.bindings) != 1 || !mounted {
+		t.Fatalf("%d ClusterRoles, %d bindings, token mounted %v; want the agent's read-only role, bound, with its token", len(objs.roles), len(objs.bindings), mounted)
+	}
+	readable := map[string]bool{}
+	for _, r := range objs.roles[0].Rules {
+		for _, v := range r.Verbs {
+			if v != "get" && v != "list" && v != "watch" {
+				t.Errorf("agent role may %s %v: want read-only", v, r.Resources)
+			}
+		}
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				readable[g+"/"+res] = true
+			}
+		}
+	}
+	for _, want := range []string{"/pods", "batch/jobs", "apps/replicasets"} {
+		if !readable[want] {
+			t.Errorf("agent role cannot read %s (has %v)", want, readable)
+		}
+	}
+	b := objs.bindings[0]
+	if b.RoleRef.Name != objs.roles[0].Name || len(b.Subjects) != 1 || b.Subjects[0].Name != ds.ServiceAccountName || b.Subjects[0].Kind != "ServiceAccount" {
+		t.Errorf("binding %+v does not bind the agent's service account %s to its role", b, ds.ServiceAccountName)
+	}
+}
+
+// The agent image ships libdcgm from NVIDIA's packages (DCGM 4: libdcgm.so.4
+// and the profiling module) and the NVIDIA container toolkit's variables.
+func TestAgentImageHasDCGM(t *testing.T) {
+	data, err := os.ReadFile("docker/agent.Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"developer.download.nvidia.com/compute/cuda/repos/debian12/", "cuda-keyring",
+		"datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-proprietary", "NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"} {
+		if !bytes.Contains(data, []byte(want)) {
+			t.Errorf("agent.Dockerfile lacks %q", want)
 		}
 	}
 }
