@@ -29,6 +29,7 @@ type Collector struct {
 	driver   string
 	hostname string
 	metrics  *healthMetrics
+	counters []exported // the families /metrics serves
 
 	prof       profiler      // nil without DCGM (or its simulation)
 	dcgm       *dcgmProfiler // the real DCGM session, polled by Run
@@ -52,6 +53,9 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Collector, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if _, err := loadCounters(cfg.Collectors); err != nil {
+		return nil, err
+	}
 	if cfg.Simulate > 0 {
 		sim := NewSimulator(cfg.Simulate, cfg.Sim)
 		return newCollector(cfg, logger, set, sim.Interface(), sim), nil
@@ -70,6 +74,12 @@ func newCollector(cfg Config, logger *slog.Logger, set *metrics.Set, lib nvml.In
 	if c.hostname == "" {
 		c.hostname, _ = os.Hostname()
 	}
+	counters, err := loadCounters(cfg.Collectors)
+	if err != nil { // New checked the file; it changed since
+		c.log.Error("gpu collectors file unusable; serving every family", "err", err)
+		counters = exportable
+	}
+	c.counters = counters
 	c.metrics = newHealthMetrics(set, sim != nil)
 	c.onNVMLError = func(err error) {
 		c.metrics.errors("nvml")
@@ -260,7 +270,7 @@ func (c *Collector) slowLoop(ctx context.Context) {
 			if d.lost.Load() {
 				continue
 			}
-			sf, procs, err := d.readSlow(now, c.captures.Load() > 0, c.onNVMLError)
+			sf, x, procs, err := d.readSlow(now, c.captures.Load() > 0, c.onNVMLError)
 			if err != nil {
 				c.markLost(d)
 				continue
@@ -269,8 +279,16 @@ func (c *Collector) slowLoop(ctx context.Context) {
 			if c.cfg.Pods != nil {
 				pod[0], pod[1], pod[2] = c.cfg.Pods.GPU(d.info.UUID)
 			}
+			if d.migTicks--; d.migTicks <= 0 {
+				d.migs, d.migTicks = d.listMIG(), migRefreshTicks
+			}
+			mig := readMIG(d.migs, c.onNVMLError)
 			d.mu.Lock()
-			d.slow = sf
+			for i, m := range d.migs {
+				mig[i].labels = c.migLabelSet(d, m)
+			}
+			d.mig = mig
+			d.slow, d.extra = sf, x
 			if d.supported.Load()&uint32(fProcesses) != 0 {
 				d.procs = procs
 			}
