@@ -20,9 +20,9 @@ type migInstance struct {
 
 // migSnapshot is what a scrape reads of one MIG instance.
 type migSnapshot struct {
-	labels                          string
+	labels                           string
 	fbUsedMiB, fbFreeMiB, fbTotalMiB int64
-	ok                              bool
+	ok                               bool
 }
 
 // migRefreshTicks is how many steady intervals pass between two listings of
