@@ -47,6 +47,9 @@ type GPUSample struct {
 	ProfPCIeRxBps   int64   `parquet:"prof_pcie_rx_bps"`
 	ProfNVLinkTxBps int64   `parquet:"prof_nvlink_tx_bps"`
 	ProfNVLinkRxBps int64   `parquet:"prof_nvlink_rx_bps"`
+	// ProfTimeNs is when DCGM took the profiling values (0 when unknown):
+	// rows with the same time repeat one DCGM sample.
+	ProfTimeNs int64 `parquet:"prof_time_ns,timestamp(nanosecond)"`
 }
 
 // Clock event reason bits (NVML's nvmlClocksEventReason*).

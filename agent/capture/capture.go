@@ -30,8 +30,9 @@ import (
 type GPUSource interface {
 	Devices() []traces.GPUInfo
 	Simulated() bool
-	// BeginCapture raises the sampling rate until end is called.
-	BeginCapture() (end func())
+	// BeginCapture raises the sampling rate until end is called; notes
+	// are what the manifest should say about the window's GPU data.
+	BeginCapture() (end func(), notes []string)
 	Samples(from, to time.Time) []traces.GPUSample
 	Events(from, to time.Time) []traces.Event
 }
@@ -387,7 +388,9 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 	}
 	var endGPU func()
 	if c.src.GPU != nil {
-		endGPU = c.src.GPU.BeginCapture()
+		var gpuNotes []string
+		endGPU, gpuNotes = c.src.GPU.BeginCapture()
+		notes = append(notes, gpuNotes...)
 	}
 	closeGPU := func() {
 		if endGPU != nil {

@@ -26,17 +26,18 @@ import (
 type fakeGPU struct {
 	mu         sync.Mutex
 	begun, end int
+	notes      []string // what BeginCapture says about the window
 }
 
 func (g *fakeGPU) Devices() []traces.GPUInfo {
 	return []traces.GPUInfo{{Index: 0, UUID: "GPU-a", Name: "sim"}, {Index: 1, UUID: "GPU-b", Name: "sim"}}
 }
 func (g *fakeGPU) Simulated() bool { return true }
-func (g *fakeGPU) BeginCapture() func() {
+func (g *fakeGPU) BeginCapture() (func(), []string) {
 	g.mu.Lock()
 	g.begun++
 	g.mu.Unlock()
-	return func() { g.mu.Lock(); g.end++; g.mu.Unlock() }
+	return func() { g.mu.Lock(); g.end++; g.mu.Unlock() }, g.notes
 }
 func (g *fakeGPU) Samples(from, to time.Time) []traces.GPUSample {
 	var out []traces.GPUSample
@@ -283,6 +284,21 @@ func TestIterationCapture(t *testing.T) {
 	}
 	if slices.Contains(iters, 5) || slices.Contains(iters, 17) {
 		t.Errorf("steps %v reach far outside the window", iters)
+	}
+}
+
+// What the GPU collector says about a window (a DCGM that refused the
+// capture rate) reaches the manifest.
+func TestGPUNotesReachTheManifest(t *testing.T) {
+	gpu := &fakeGPU{notes: []string{"dcgm: DCGM refused a 10ms update interval"}}
+	h := newHarness(t, Sources{GPU: gpu}, Config{})
+	st, err := h.c.Submit(Request{Job: "j", Run: "r", Duration: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.waitState(t, st.ID)
+	if m := readBundle(t, h.spool.committed[0]); !slices.Contains(m.Notes, gpu.notes[0]) {
+		t.Errorf("notes %q, want the GPU collector's %q", m.Notes, gpu.notes[0])
 	}
 }
 

@@ -34,9 +34,14 @@ type Collector struct {
 	prof       profiler      // nil without DCGM (or its simulation)
 	dcgm       *dcgmProfiler // the real DCGM session, polled by Run
 	profReason string
+	// multiplexNote, when set, goes into every capture: DCGM collects the
+	// profiling fields in turns on these GPUs.
+	multiplexNote string
 
 	events   eventLog
 	captures atomic.Int32
+	capMu    sync.Mutex // serializes the first BeginCapture and the last end
+	capNotes []string   // what the open captures' DCGM rate change noted
 	wake     chan struct{}
 	running  atomic.Bool
 
@@ -149,7 +154,23 @@ func (c *Collector) openProfiler() {
 		}
 		c.prof, c.dcgm, c.profReason = p, p, "ok"
 		c.metrics.reason("loupe_dcgm_available", c.profReason, 1)
+		if p.sharedMajor != "" && c.preHopper() {
+			c.multiplexNote = "dcgm: DCGM multiplexes the profiling fields on these pre-Hopper GPUs: " + p.sharedMajor +
+				" share hardware counters and are collected in turns, so each is measured part of the time and consecutive samples of a field may come from different passes"
+			c.log.Info("DCGM multiplexes the profiling fields on these GPUs", "groups", p.sharedMajor)
+		}
 	}
+}
+
+// preHopper reports whether any device predates Hopper, whose profiling
+// counters (before GPM) DCGM multiplexes.
+func (c *Collector) preHopper() bool {
+	for _, d := range c.devs {
+		if a, ret := d.h.GetArchitecture(); ret == nvml.SUCCESS && a < nvml.DEVICE_ARCH_HOPPER {
+			return true
+		}
+	}
+	return false
 }
 
 // nvmlReason is a short, stable label value for an NVML start-up failure.
@@ -204,7 +225,7 @@ func (c *Collector) Run(ctx context.Context) error {
 // capture is open, the steady interval otherwise.
 func (c *Collector) period() time.Duration {
 	if c.captures.Load() > 0 {
-		return min(c.cfg.Interval, time.Duration(float64(time.Second)/c.cfg.CaptureHz))
+		return c.capturePeriod()
 	}
 	return c.cfg.Interval
 }
@@ -339,17 +360,46 @@ func (c *Collector) Devices() []traces.GPUInfo {
 func (c *Collector) Simulated() bool { return c.sim != nil }
 
 // BeginCapture raises sampling to CaptureHz until the returned end is
-// called. Captures nest: the rate falls back only when the last one ends.
-// end may be called more than once.
-func (c *Collector) BeginCapture() (end func()) {
+// called: NVML's readings, and DCGM's profiling fields, which DCGM is told
+// to update at that rate too (the steady watch is restored after). Captures
+// nest: the rates fall back only when the last one ends. end may be called
+// more than once. notes say what the capture's manifest should know: a
+// DCGM that refused the rate, or that multiplexes the fields.
+func (c *Collector) BeginCapture() (end func(), notes []string) {
+	c.capMu.Lock()
 	if c.captures.Add(1) == 1 {
 		c.nudge()
+		c.capNotes = nil
+		if c.dcgm != nil {
+			c.capNotes = c.dcgm.raise(c.capturePeriod())
+		}
+		for _, n := range c.capNotes {
+			c.log.Warn("capture rate for DCGM", "note", n)
+		}
+	}
+	notes = slices.Clone(c.capNotes)
+	c.capMu.Unlock()
+	if c.multiplexNote != "" {
+		notes = append(notes, c.multiplexNote)
 	}
 	return sync.OnceFunc(func() {
+		c.capMu.Lock()
+		defer c.capMu.Unlock()
 		if c.captures.Add(-1) == 0 {
 			c.nudge()
+			if c.dcgm != nil {
+				if err := c.dcgm.restore(); err != nil {
+					c.metrics.errors("dcgm")
+					c.log.Warn("DCGM profiling fields not back at the steady interval", "err", err)
+				}
+			}
 		}
-	})
+	}), notes
+}
+
+// capturePeriod is the sampling period inside a capture window.
+func (c *Collector) capturePeriod() time.Duration {
+	return min(c.cfg.Interval, time.Duration(float64(time.Second)/c.cfg.CaptureHz))
 }
 
 func (c *Collector) nudge() {
