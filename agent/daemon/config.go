@@ -231,6 +231,7 @@ var flagDocs = map[string]string{
 	"attribution.kubernetes_token_file": "bearer token for the Kubernetes API (the pod's service account)",
 	"attribution.kubernetes_ca_file":    "CA certificate of the Kubernetes API server",
 	"attribution.job_cache_ttl":         "how long a pod's job looked up in the Kubernetes API is trusted",
+	"gpu.collectors":                    "counters file in dcgm-exporter's format: the DCGM_FI_* families /metrics serves",
 	"steps.history_head":                "steps of a run the step history keeps at full resolution from the first one seen",
 	"steps.history_spans":               "rows that summarize the rest of a run's step history (merged pairwise beyond)",
 }

@@ -193,7 +193,7 @@ func (c *Collector) buildLabels(d *device, mig *migInstance, pod [3]string) stri
 		add("GPU_I_ID", strconv.Itoa(mig.giID))
 	}
 	add("Hostname", c.hostname)
-	add(driverVersionField, c.driver)
+	add("DCGM_FI_DRIVER_VERSION", c.driver)
 	if pod[0] != "" {
 		add("container", pod[2])
 		add("namespace", pod[1])
