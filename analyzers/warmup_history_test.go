@@ -1,6 +1,7 @@
 package analyzers
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -28,7 +29,7 @@ func rampThenFlat(seed uint64, warm int) func(i int64) float64 {
 // iteration from to to-1, step times from dur (seconds), and returns the
 // host's bundle as the agent writes it: the run's step history and the
 // window's steps from iteration winFrom to winTo.
-func agentHost(t *testing.T, name string, cfg steps.Config, ranks []int, pidOf func(rank int) int, from, to int64, start time.Time, dur func(i int64) float64, winFrom, winTo int64, tr *steps.Tracker) (hostBundle, time.Time) {
+func agentHost(t testing.TB, name string, cfg steps.Config, ranks []int, pidOf func(rank int) int, from, to int64, start time.Time, dur func(i int64) float64, winFrom, winTo int64, tr *steps.Tracker) (hostBundle, time.Time) {
 	t.Helper()
 	if tr == nil {
 		tr = steps.New(cfg)
@@ -160,4 +161,35 @@ func TestWarmupHistoryAfterRestart(t *testing.T) {
 	if p := fs[0].Impact.Projected; p == nil || p.Occurrences != 2 || p.GPUHoursRun < 2*p.OneOffGPUSeconds/3600-1e-9 {
 		t.Errorf("projection %+v, want the warm-up paid at both process starts", p)
 	}
+}
+
+// BenchmarkWarmupHistory judges a run's step history the agent keeps at its
+// bounds (2000 steps, then 1000 merged spans) on every rank of 128 hosts of
+// 8 ranks: 3 million rows.
+func BenchmarkWarmupHistory(b *testing.B) {
+	const hosts, perHost = 128, 8
+	cfg := steps.Config{}
+	dur := rampThenFlat(9, 200)
+	var hbs []hostBundle
+	for h := range hosts {
+		tr := steps.New(cfg)
+		var ranks []int
+		for r := range perHost {
+			ranks = append(ranks, h*perHost+r)
+		}
+		hb, _ := agentHost(b, fmt.Sprintf("h%03d", h), cfg, ranks, pid, 0, 20001, t0, dur, 19000, 19020, tr)
+		hb.steps = nil
+		hbs = append(hbs, hb)
+	}
+	in := writeCapture(b, "", hbs...)
+	hbs = nil // the fixture's rows are on disk now
+	stableAt(in, 19000)
+	b.ReportAllocs()
+	for b.Loop() {
+		fs, err := Run(b.Context(), in, []*Analyzer{Warmup})
+		if err != nil || len(fs) != 1 {
+			b.Fatalf("findings %v, %v", fs, err)
+		}
+	}
+	b.ReportMetric(float64(hosts*perHost), "ranks")
 }
