@@ -276,20 +276,19 @@ func (d *device) readExtra(x extraFields, errs func(error)) (extraFields, error)
 			x.pcieReplays = int64(n)
 		}
 	}
-	if d.wants(fEncoder) {
-		u, _, ret := d.h.GetEncoderUtilization()
-		if ok, err := d.ok(fEncoder, ret, errs); err != nil {
-			return x, err
-		} else if ok {
-			x.encUtil = u
+	for _, v := range []struct {
+		f    field
+		read func() (uint32, uint32, nvml.Return)
+		dst  *uint32
+	}{{fEncoder, d.h.GetEncoderUtilization, &x.encUtil}, {fDecoder, d.h.GetDecoderUtilization, &x.decUtil}} {
+		if !d.wants(v.f) {
+			continue
 		}
-	}
-	if d.wants(fDecoder) {
-		u, _, ret := d.h.GetDecoderUtilization()
-		if ok, err := d.ok(fDecoder, ret, errs); err != nil {
+		u, _, ret := v.read()
+		if ok, err := d.ok(v.f, ret, errs); err != nil {
 			return x, err
 		} else if ok {
-			x.decUtil = u
+			*v.dst = u
 		}
 	}
 	if d.wants(fMemReserved) {
