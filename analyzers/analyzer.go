@@ -5,9 +5,9 @@
 //
 // Run executes a list of analyzers over one job capture in parallel. The
 // analyzers read the capture's parts through the streaming helpers of this
-// package (EachGPUSample, EachNCCLEvent, EachStep, EachEvent, ReadCPUProfile),
-// which hand out one host and one batch of rows at a time, so that memory
-// does not grow with the size of the capture.
+// package (EachGPUSample, EachNCCLEvent, EachStep, EachStepSpan, EachEvent,
+// ReadCPUProfile), which hand out one host and one batch of rows at a time,
+// so that memory does not grow with the size of the capture.
 package analyzers
 
 import (
