@@ -64,7 +64,9 @@ the agent saw, spans of merged steps past its head, each standing for its
 mean), so that a capture taken after warm-up still sees the warm-up; from
 the window's steps.parquet when a capture has no history. Of a history,
 each rank's last process segment is judged (after its last restart: a new
-PID or an iteration that went back), and the restarts are counted. Inference
+PID or an iteration that went back), up to the capture's window when at
+least MinPoints come before it (profiling slows the window's steps a
+little), and the restarts are counted. Inference
 request latencies come from the latency events of events.jsonl (POST
 /v1/latency on the agent; those naming another job are ignored); each
 series is judged on its own.
@@ -446,6 +448,27 @@ func runWarmup(pass *Pass, cfg WarmupConfig) error {
 // latency) and reports the verdict.
 func reportWarmup(pass *Pass, cfg WarmupConfig, what string, ser trainingSeries, compile WarmupEvents, hasKineto bool) {
 	s, hosts, nranks := ser.points, ser.hosts, ser.ranks
+	var hostList []*Host
+	for i := range pass.Input.Hosts {
+		if h := &pass.Input.Hosts[i]; hosts[h] {
+			hostList = append(hostList, h)
+		}
+	}
+	m := hostList[0].Manifest
+	// A history reaches into the capture's own window, whose profiling
+	// slows steps a little: the run is judged up to the window when there
+	// is enough of it, so the measurement does not fail its own check.
+	if ser.fromHistory {
+		cut := slices.IndexFunc(s, func(p point) bool {
+			if m.Trigger.StartIteration > 0 {
+				return p.iter >= m.Trigger.StartIteration
+			}
+			return !time.Unix(0, p.t).Before(m.Start)
+		})
+		if cut >= cfg.MinPoints {
+			s = s[:cut]
+		}
+	}
 	r := detectWarmup(s, cfg)
 	training := nranks > 0
 	endT, endIter := s[r.end].t, s[r.end].iter
@@ -460,13 +483,6 @@ func reportWarmup(pass *Pass, cfg WarmupConfig, what string, ser trainingSeries,
 		}
 		failures = append(failures, fmt.Sprintf("%s never settles: %s", what, why))
 	}
-	var hostList []*Host
-	for i := range pass.Input.Hosts {
-		if h := &pass.Input.Hosts[i]; hosts[h] {
-			hostList = append(hostList, h)
-		}
-	}
-	m := hostList[0].Manifest
 	captureAfter := true
 	if training && r.end > 0 {
 		if m.Trigger.StartIteration > 0 {

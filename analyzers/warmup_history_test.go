@@ -126,6 +126,26 @@ func TestWarmupFromStepHistory(t *testing.T) {
 	check(t, fs[0], map[string]float64{"from_step_history": 0, "history_first_iteration": 549, "warmup_iterations": 0})
 }
 
+// The capture's own window, slowed by profiling, does not fail the check
+// of a run that settled before it.
+func TestWarmupHistoryLeavesTheWindowOut(t *testing.T) {
+	warm := rampThenFlat(6, 100)
+	profiled := func(i int64) float64 {
+		if i >= 150 {
+			return warm(i) * 1.15
+		}
+		return warm(i)
+	}
+	h0, _ := agentHost(t, "h0", steps.Config{}, []int{0, 1}, pid, 0, 181, t0, profiled, 150, 180, nil)
+	in := writeCapture(t, "", h0)
+	stableAt(in, 150)
+	fs := run(t, Warmup, in)
+	if len(fs) != 1 {
+		t.Fatalf("findings %+v", fs)
+	}
+	check(t, fs[0], map[string]float64{"settled": 1, "verdict_pass": 1, "points": 150})
+}
+
 // A run whose step time keeps growing (a leak) never settles, and the
 // verdict fails even though the capture came late in the run.
 func TestWarmupHistoryNeverSettles(t *testing.T) {
