@@ -38,6 +38,7 @@ import (
 	"github.com/loupe-dev/loupe/agent/trigger"
 	"github.com/loupe-dev/loupe/agent/upload"
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/promtext"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -465,10 +466,7 @@ func (d *Daemon) close() {
 
 func (d *Daemon) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		d.writeMetrics(w)
-	})
+	mux.HandleFunc("GET /metrics", promtext.Handler(d.writeMetrics, metricsHelp, promtext.RuntimeHelp))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")

@@ -21,7 +21,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"github.com/loupe-dev/loupe/aggregator/httpjson"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -30,8 +30,10 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/loupe-dev/loupe/aggregator/findings"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"github.com/loupe-dev/loupe/aggregator/watcher"
 	"github.com/loupe-dev/loupe/analyzers"
+	"github.com/loupe-dev/loupe/traces/promtext"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -105,11 +107,10 @@ func New(cfg Config) *Server {
 	s.route("/api/v1/", "unknown", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusNotFound, "no API endpoint %s %s; see the aggregator's README for /api/v1/ endpoints", r.Method, r.URL.Path)
 	})
-	s.route("GET /metrics", "metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	s.route("GET /metrics", "metrics", promtext.Handler(func(w io.Writer) {
 		s.cfg.Metrics.WritePrometheus(w)
 		metrics.WriteProcessMetrics(w)
-	})
+	}, MetricsHelp, promtext.RuntimeHelp))
 	s.route("GET /healthz", "healthz", s.healthz)
 	return s
 }
@@ -138,7 +139,7 @@ func (s *Server) route(pattern, name string, h http.HandlerFunc) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		h(sw, r)
 		s.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`loupe_aggregator_http_requests_total{route=%q,code="%d"}`, name, sw.code)).Inc()
-		s.cfg.Metrics.GetOrCreateHistogram(fmt.Sprintf(`loupe_aggregator_http_request_duration_seconds{route=%q}`, name)).UpdateDuration(start)
+		s.cfg.Metrics.GetOrCreatePrometheusHistogram(fmt.Sprintf(`loupe_aggregator_http_request_duration_seconds{route=%q}`, name)).UpdateDuration(start)
 	})
 }
 
