@@ -122,13 +122,13 @@ func parse(b []byte) []*family {
 			}
 			continue // HELP lines are written anew; other comments dropped
 		}
-		name := string(line[:sampleNameEnd(line)])
-		f := byName[name]
+		name := line[:sampleNameEnd(line)]
+		f := byName[string(name)] // no allocation for a lookup
 		if f == nil {
-			f = byName[baseOf(name, byName)]
+			f = baseOf(name, byName)
 		}
 		if f == nil {
-			f = get(name)
+			f = get(string(name))
 		}
 		f.lines = append(f.lines, line)
 	}
@@ -142,17 +142,17 @@ func sampleNameEnd(line []byte) int {
 	return len(line)
 }
 
-// baseOf names the summary or histogram family that a _sum, _count or
-// _bucket sample belongs to, or "" when it belongs to none.
-func baseOf(name string, fams map[string]*family) string {
+// baseOf returns the summary or histogram family that a _sum, _count or
+// _bucket sample belongs to, or nil when it belongs to none.
+func baseOf(name []byte, fams map[string]*family) *family {
 	for _, suffix := range []string{"_sum", "_count", "_bucket"} {
-		base, ok := strings.CutSuffix(name, suffix)
+		base, ok := bytes.CutSuffix(name, []byte(suffix))
 		if !ok {
 			continue
 		}
-		if f := fams[base]; f != nil && (f.typ == "histogram" || f.typ == "summary" && suffix != "_bucket") {
-			return base
+		if f := fams[string(base)]; f != nil && (f.typ == "histogram" || f.typ == "summary" && suffix != "_bucket") {
+			return f
 		}
 	}
-	return ""
+	return nil
 }
