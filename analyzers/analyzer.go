@@ -130,7 +130,7 @@ func (h *Host) GPURank(gpu int) int {
 	}
 	rank := -1
 	for _, p := range h.Manifest.Processes {
-		if p.GPU == gpu {
+		if p.Uses(gpu) {
 			if rank >= 0 && rank != p.Rank {
 				return -1
 			}
