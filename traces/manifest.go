@@ -99,6 +99,26 @@ func (m *Manifest) OwnsGPU(gpu int) bool {
 	return false
 }
 
+// GPURank returns the global rank that uses GPU index gpu, or -1 when the
+// manifest does not say or several ranks share the device.
+func (m *Manifest) GPURank(gpu int) int {
+	for _, g := range m.GPUs {
+		if g.Index == gpu && len(g.Ranks) == 1 {
+			return g.Ranks[0]
+		}
+	}
+	rank := -1
+	for _, p := range m.Processes {
+		if p.Uses(gpu) {
+			if rank >= 0 && rank != p.Rank {
+				return -1
+			}
+			rank = p.Rank
+		}
+	}
+	return rank
+}
+
 // Uses reports whether the process uses GPU index gpu.
 func (p *Process) Uses(gpu int) bool {
 	return gpu >= 0 && (p.GPU == gpu || slices.Contains(p.GPUs, gpu))

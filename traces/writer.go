@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/google/pprof/profile"
@@ -134,15 +135,31 @@ func (p *PartWriter) Abort() {
 	delete(p.w.names, p.name)
 }
 
+// Keys of the key-value metadata every bundle table carries.
+const (
+	// MetaSchemaVersion holds SchemaVersion, in decimal.
+	MetaSchemaVersion = "loupe.schema_version"
+	// MetaTable holds the part's name, e.g. gpu_samples.parquet.
+	MetaTable = "loupe.table"
+)
+
 // WriteTable writes rows as a zstd-compressed Parquet part. T is one of the
-// row types of this package (GPUSample, NCCLEvent, Step).
+// row types of this package (GPUSample, NCCLEvent, Step). The rows'
+// identity columns are filled in place from the bundle's manifest.
 func WriteTable[T any](w *BundleWriter, name string, rows []T) error {
+	for i := range rows {
+		if r, ok := any(&rows[i]).(identified); ok {
+			r.identify(&w.m)
+		}
+	}
 	pw, err := w.Create(name, MediaParquet)
 	if err != nil {
 		return err
 	}
 	tw := parquet.NewGenericWriter[T](pw, parquet.Compression(&zstd.Codec{}),
-		parquet.CreatedBy("loupe", "v1", ""))
+		parquet.CreatedBy("loupe", "v1", ""),
+		parquet.KeyValueMetadata(MetaSchemaVersion, strconv.Itoa(SchemaVersion)),
+		parquet.KeyValueMetadata(MetaTable, name))
 	if _, err := tw.Write(rows); err != nil {
 		pw.Abort()
 		return fmt.Errorf("bundle part %q: write parquet: %w", name, err)
