@@ -14,10 +14,19 @@ import (
 	"github.com/loupe-dev/loupe/traces/promtext/promtexttest"
 )
 
-// dcgmExporterNames are the families promtool flags that keep their names
-// and labels for dcgm-exporter compatibility: dashboards and alerts built
-// for dcgm-exporter must work unchanged on the agent.
-var dcgmExporterNames = map[string]string{}
+// dcgmExporterNames are the families promtool flags that keep dcgm-exporter's
+// names and labels (modelName, UUID, Hostname; counters without _total):
+// dashboards and alerts built for dcgm-exporter must work unchanged on the
+// agent. loupe_gpu_lost carries the same labels, so it joins with them.
+func dcgmExporterNames(t *testing.T, scrape []byte) map[string]string {
+	out := map[string]string{"loupe_gpu_lost": "dcgm-exporter's label names, to join with its series"}
+	for name := range promtexttest.Families(t, scrape) {
+		if strings.HasPrefix(name, "DCGM_FI_") {
+			out[name] = "dcgm-exporter's name and labels"
+		}
+	}
+	return out
+}
 
 // The agent's scrape after a capture with every collector that runs here
 // (eBPF ones as root) has HELP and TYPE on every family and passes
@@ -56,7 +65,7 @@ func TestMetricsHelp(t *testing.T) {
 	promtexttest.RequireHelp(t, []byte(scrape), "agent/daemon/metrics_help.go")
 	promtexttest.RequireSourceHelp(t, "..", regexp.MustCompile(`^(loupe|DCGM_FI_(DEV|PROF))_[a-zA-Z0-9_]+($|\{)`),
 		"agent/daemon/metrics_help.go", metricsHelp, promtext.RuntimeHelp)
-	promtexttest.Lint(t, []byte(scrape), dcgmExporterNames)
+	promtexttest.Lint(t, []byte(scrape), dcgmExporterNames(t, []byte(scrape)))
 	if t.Failed() {
 		t.Logf("scrape:\n%s", scrape)
 	}

@@ -49,6 +49,9 @@ func Write(w io.Writer, write func(io.Writer), tables ...Help) error {
 	fams := parse(in.Bytes())
 	bw := bufio.NewWriterSize(w, min(max(in.Len()+in.Len()/4, 4096), 1<<20))
 	for _, f := range fams {
+		if runtimeCounters[f.name] {
+			f.typ = "counter"
+		}
 		bw.WriteString("# HELP ")
 		bw.WriteString(f.name)
 		if h := lookup(tables, f.name); h != "" {

@@ -73,3 +73,22 @@ var RuntimeHelp = Help{
 	"process_pressure_memory_stalled_seconds_total": "Time all tasks of the process's cgroup were stalled on memory (PSI).",
 	"process_cgroup_cpu_throttled_seconds_total":    "Time the process's cgroup was throttled by its CPU quota.",
 }
+
+// runtimeCounters are cumulative values (from /proc/<pid>/io) that
+// VictoriaMetrics/metrics types as gauges; Write serves them as counters.
+var runtimeCounters = map[string]bool{
+	"process_io_read_bytes_total":            true,
+	"process_io_written_bytes_total":         true,
+	"process_io_read_syscalls_total":         true,
+	"process_io_write_syscalls_total":        true,
+	"process_io_storage_read_bytes_total":    true,
+	"process_io_storage_written_bytes_total": true,
+}
+
+// RuntimeLintExcused are the runtime families whose names promtool
+// flags; they keep VictoriaMetrics' names, which dashboards already use.
+var RuntimeLintExcused = map[string]string{
+	"go_cpu_count":       "a gauge named _count by VictoriaMetrics/metrics",
+	"go_gc_forced_count": "a counter named _count by VictoriaMetrics/metrics",
+	"go_cgo_calls_count": "a counter named _count by VictoriaMetrics/metrics",
+}

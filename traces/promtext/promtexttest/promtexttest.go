@@ -101,53 +101,49 @@ func RequireHelp(t testing.TB, scrape []byte, table string) {
 	}
 }
 
-// Problem is one complaint of promtool about a family.
-type Problem struct{ Family, Text string }
-
 // Lint runs `promtool check metrics` over the scrape and fails the test on
-// every problem that allowed does not excuse (family -> why it keeps its
-// name, e.g. dcgm-exporter compatibility). An allowed family that promtool
-// no longer flags fails too, so the list stays true.
-func Lint(t testing.TB, scrape []byte, allowed map[string]string) []Problem {
+// every problem that allowed (family -> why it keeps its name, e.g.
+// dcgm-exporter compatibility) or promtext.RuntimeLintExcused does not
+// excuse. An excused family that promtool no longer flags fails too, so
+// the list stays true.
+func Lint(t testing.TB, scrape []byte, allowed map[string]string) {
 	t.Helper()
 	bin := Promtool(t)
 	cmd := exec.Command(bin, "check", "metrics")
 	cmd.Stdin = bytes.NewReader(scrape)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) {
 		t.Fatalf("run %s: %v", bin, err)
 	}
-	var probs []Problem
-	for _, line := range strings.Split(stdout.String()+stderr.String(), "\n") {
-		// "name: text", as promtool's linter writes each problem.
-		name, text, ok := strings.Cut(strings.TrimSpace(line), ": ")
-		if !ok || !metricName.MatchString(name) {
-			if strings.TrimSpace(line) != "" && err != nil && !ok {
-				t.Errorf("promtool: %s", line)
-			}
-			continue
-		}
-		probs = append(probs, Problem{name, text})
+	// Exit 3 means lint problems only, one "family problem" per line.
+	if err != nil && exit.ExitCode() != 3 {
+		t.Fatalf("promtool check metrics failed (exit %d): %s", exit.ExitCode(), out)
 	}
-	if err != nil && exit.ExitCode() != 3 { // 3: lint problems only
-		t.Fatalf("promtool check metrics failed (exit %d): %s%s", exit.ExitCode(), stdout.String(), stderr.String())
+	excused := func(name string) bool {
+		_, a := allowed[name]
+		_, r := promtext.RuntimeLintExcused[name]
+		return a || r
 	}
 	flagged := map[string]bool{}
-	for _, p := range probs {
-		flagged[p.Family] = true
-		if _, ok := allowed[p.Family]; !ok {
-			t.Errorf("promtool check metrics: %s: %s", p.Family, p.Text)
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if name == "" {
+			continue
+		}
+		flagged[name] = true
+		if !metricName.MatchString(name) || !excused(name) {
+			t.Errorf("promtool check metrics: %s", line)
 		}
 	}
-	for name, why := range allowed {
-		if !flagged[name] && Families(t, scrape)[name] != nil {
-			t.Errorf("%s is excused (%s) but promtool no longer flags it: drop it from the list", name, why)
+	fams := Families(t, scrape)
+	for _, ex := range []map[string]string{allowed, promtext.RuntimeLintExcused} {
+		for name, why := range ex {
+			if !flagged[name] && fams[name] != nil {
+				t.Errorf("%s is excused (%s) but promtool no longer flags it: drop it from the list", name, why)
+			}
 		}
 	}
-	return probs
 }
 
 var metricName = regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
