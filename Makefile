@@ -12,8 +12,11 @@ export LOUPE_MINIO_BIN     := $(CACHE_BIN)/minio
 export LOUPE_VERSITYGW_BIN := $(CACHE_BIN)/versitygw
 export LOUPE_HELM_BIN      := $(CACHE_BIN)/helm
 export LOUPE_PROMTOOL_BIN  := $(CACHE_BIN)/promtool
+# DuckDB (npm @duckdb/node-api) for the test that runs the README's query.
+DUCKDB_DIR := $(CURDIR)/.cache/duckdb
+export LOUPE_DUCKDB_NODE_PATH := $(DUCKDB_DIR)/node_modules
 
-.PHONY: help build test bench generate lint tools minio versitygw helm promtool fmt manifests demo ui
+.PHONY: help build test bench generate lint tools minio versitygw helm promtool duckdb fmt manifests demo ui
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,12 +44,13 @@ lint: ## gofmt and go vet
 fmt: ## gofmt every Go file
 	gofmt -w $$(git ls-files '*.go')
 
-tools: minio versitygw helm promtool ## build the servers and tools the tests use (MinIO, versitygw, helm, promtool)
+tools: minio versitygw helm promtool duckdb ## build the servers and tools the tests use (MinIO, versitygw, helm, promtool; DuckDB from npm)
 
 minio: $(CACHE_BIN)/minio
 versitygw: $(CACHE_BIN)/versitygw
 helm: $(CACHE_BIN)/helm
 promtool: $(CACHE_BIN)/promtool
+duckdb: $(DUCKDB_DIR)/node_modules/@duckdb/node-api/package.json
 
 ui: ## regenerate dashboards/static/ui/vendor from the npm lockfile (needs npm); commit the result
 	cd dashboards/web && npm ci --no-audit --no-fund && npm run build
@@ -65,6 +69,13 @@ $(CACHE_BIN)/helm:
 $(CACHE_BIN)/promtool:
 	@echo "building promtool $(PROMTOOL_VERSION) into $(CACHE_BIN) (several minutes, once)"
 	GOBIN=$(CACHE_BIN) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
+$(DUCKDB_DIR)/node_modules/@duckdb/node-api/package.json: traces/testdata/duckdb/package-lock.json
+	@echo "installing DuckDB (npm @duckdb/node-api) into $(DUCKDB_DIR)"
+	mkdir -p $(DUCKDB_DIR)
+	cp traces/testdata/duckdb/package.json traces/testdata/duckdb/package-lock.json $(DUCKDB_DIR)/
+	cd $(DUCKDB_DIR) && npm ci --no-audit --no-fund
+	touch $@
 
 $(CACHE_BIN)/versitygw:
 	@echo "building versitygw $(VERSITYGW_VERSION) into $(CACHE_BIN) (about 2.5 minutes, once)"
