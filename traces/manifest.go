@@ -43,6 +43,12 @@ const (
 	DefaultMaxPartSize int64 = 8 << 30
 )
 
+// ProfileTimeLabel is the numeric label of a CPU profile sample that says
+// when its samples were read from the kernel (Unix nanoseconds): they were
+// taken in the agent's drain interval (about a second) before it. It puts
+// CPU samples on a capture's timeline (ExportChrome).
+const ProfileTimeLabel = "time_ns"
+
 // Trigger kinds.
 const (
 	TriggerStableIteration = "stable-iteration"
