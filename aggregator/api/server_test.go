@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -389,5 +390,29 @@ func TestTraceExportGzipAndKernels(t *testing.T) {
 	}
 	if len(body) >= len(plain) {
 		t.Errorf("gzip body %d bytes, plain %d", len(body), len(plain))
+	}
+}
+
+// /readyz fails until the index is built, while /healthz (liveness)
+// answers all along: a starting replica is not restarted, only kept out of
+// the Service.
+func TestReadiness(t *testing.T) {
+	var ready atomic.Bool
+	srv := httptest.NewServer(api.New(api.Config{Index: findings.NewIndex(nil), Logger: quiet, Ready: ready.Load}))
+	defer srv.Close()
+	code := func(path string) int {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code("/readyz") != http.StatusServiceUnavailable || code("/healthz") != http.StatusOK {
+		t.Errorf("before the index: readyz %d, healthz %d", code("/readyz"), code("/healthz"))
+	}
+	ready.Store(true)
+	if code("/readyz") != http.StatusOK {
+		t.Errorf("after the index: readyz %d", code("/readyz"))
 	}
 }
