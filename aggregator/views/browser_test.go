@@ -128,6 +128,13 @@ func screenshot(t testing.TB, ctx context.Context, name string) {
 func startAggregator(t *testing.T) string {
 	t.Helper()
 	_, root := seed(t)
+	return serveStore(t, root, "cap-1", trainJob, inferJob)
+}
+
+// serveStore runs a real aggregator over the store in root and waits until
+// capture id of each job is analyzed.
+func serveStore(t *testing.T, root, id string, jobs ...string) string {
+	t.Helper()
 	cfg := aggregator.DefaultConfig()
 	cfg.Store = "file://" + root
 	cfg.SweepInterval = 100 * time.Millisecond
@@ -145,8 +152,8 @@ func startAggregator(t *testing.T) string {
 	wg.Go(func() { svc.Serve(ctx, ln) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	deadline := time.Now().Add(60 * time.Second)
-	for _, job := range []string{trainJob, inferJob} {
-		for !svc.Index.Done(capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: "cap-1"}) {
+	for _, job := range jobs {
+		for !svc.Index.Done(capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: id}) {
 			if time.Now().After(deadline) {
 				t.Fatalf("capture of %s not analyzed after 60 s", job)
 			}
