@@ -62,13 +62,13 @@ type JobView struct {
 	Hosts        []JobHost        `json:"hosts"`
 	// Trace downloads the whole capture as Chrome/Perfetto trace JSON; empty
 	// when it has too many hosts (each host has its own link).
-	Trace    string           `json:"trace,omitempty"`
-	Steps    StepView         `json:"steps"`
-	NCCL     []RankSkew       `json:"nccl_skew"`
+	Trace string     `json:"trace,omitempty"`
+	Steps StepView   `json:"steps"`
+	NCCL  []RankSkew `json:"nccl_skew"`
 	// Arrival is the rank x collective heatmap of arrival lateness: where
 	// a straggler of synchronous ranks shows, since their step times are
 	// equal (every rank waits at the same collective).
-	Arrival ArrivalView `json:"arrival"`
+	Arrival  ArrivalView      `json:"arrival"`
 	Kernels  KernelView       `json:"kernels"`
 	Notes    []string         `json:"notes,omitempty"`
 	Findings []traces.Finding `json:"findings"`
