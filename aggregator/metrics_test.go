@@ -47,21 +47,7 @@ func TestMetricsHelp(t *testing.T) {
 	m.GPUs = []traces.GPUInfo{{Index: 1, UUID: "GPU-1", Ranks: []int{1}}}
 	aggtest.Put(t, st, m, map[string][]byte{traces.PartEvents: plantedEvents(t, m.Start)})
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	svc, err := aggregator.New(ctx, cfg, analyzers.All, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { svc.Serve(ctx, ln) })
-	defer wg.Wait()
-	defer cancel()
-	base := "http://" + ln.Addr().String()
+	base, _ := serveReplica(t, cfg)
 	waitFor(t, "a signed alert", func() bool { return len(rv.counts()) > 0 })
 	var fleet map[string]any
 	getJSON(t, base+api.ViewsPrefix+"fleet", http.StatusOK, &fleet)
@@ -82,4 +68,26 @@ func TestMetricsHelp(t *testing.T) {
 	if t.Failed() {
 		t.Logf("scrape:\n%s", scrape)
 	}
+}
+
+// serveReplica runs an aggregator replica of cfg with every analyzer on a
+// loopback port until the test ends; it returns the base URL and the
+// service.
+func serveReplica(t *testing.T, cfg aggregator.Config) (string, *aggregator.Service) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	svc, err := aggregator.New(ctx, cfg, analyzers.All, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { svc.Serve(ctx, ln) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return "http://" + ln.Addr().String(), svc
 }

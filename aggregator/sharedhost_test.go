@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,7 +19,6 @@ import (
 	"github.com/loupe-dev/loupe/agent/gpu"
 	"github.com/loupe-dev/loupe/aggregator"
 	aggapi "github.com/loupe-dev/loupe/aggregator/api"
-	"github.com/loupe-dev/loupe/analyzers"
 	"github.com/loupe-dev/loupe/traces"
 )
 
@@ -89,16 +87,7 @@ func TestSharedHostFindingsGoToTheGPUsJob(t *testing.T) {
 
 	acfg := aggregator.DefaultConfig()
 	acfg.Store, acfg.SweepInterval, acfg.LeaseTTL = storeURL, 50*time.Millisecond, 10*time.Second
-	svc, err := aggregator.New(ctx, acfg, analyzers.All, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wg.Go(func() { svc.Serve(ctx, ln) })
-	base := "http://" + ln.Addr().String()
+	base, _ := serveReplica(t, acfg)
 	for i, job := range []string{"gpu-job", "cpu-job"} {
 		waitFor(t, job+"'s capture analyzed", func() bool {
 			var resp aggapi.CaptureResponse

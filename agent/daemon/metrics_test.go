@@ -51,7 +51,14 @@ func TestMetricsHelp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	rep, err := c.Capture(ctx, api.CaptureRequest{Job: "train", Duration: 200 * time.Millisecond})
+	// The capture service starts with Run; ask until it answers.
+	var rep api.CaptureReply
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if rep, err = c.Capture(ctx, api.CaptureRequest{Job: "train", Duration: 200 * time.Millisecond}); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,6 +80,16 @@ func browser(t testing.TB) (context.Context, func() []string) {
 	}
 }
 
+// checkPageErrors fails the test at its end if a page threw or logged an
+// error.
+func checkPageErrors(t *testing.T, pageErrors func() []string) {
+	t.Cleanup(func() {
+		if errs := pageErrors(); len(errs) > 0 {
+			t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
+		}
+	})
+}
+
 // load opens url and waits until the page says it has drawn (or failed).
 func load(t testing.TB, ctx context.Context, url, page string) {
 	t.Helper()
@@ -166,11 +176,7 @@ func serveStore(t *testing.T, root, id string, jobs ...string) string {
 func TestPagesInChromium(t *testing.T) {
 	ctx, pageErrors := browser(t)
 	base := startAggregator(t)
-	t.Cleanup(func() {
-		if errs := pageErrors(); len(errs) > 0 {
-			t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
-		}
-	})
+	checkPageErrors(t, pageErrors)
 
 	t.Run("fleet", func(t *testing.T) {
 		load(t, ctx, base+"/fleet?from=2026-11-25T12:00:00Z&to=2026-11-25T12:01:00Z&bucket=5s", "fleet")

@@ -66,11 +66,7 @@ func seedSync(t *testing.T) string {
 func TestFirstScreensShowTheProblem(t *testing.T) {
 	ctx, pageErrors := browser(t)
 	base := serveStore(t, seedSync(t), "cap-sync", syncJob)
-	t.Cleanup(func() {
-		if errs := pageErrors(); len(errs) > 0 {
-			t.Errorf("page errors:\n%s", strings.Join(errs, "\\n"))
-		}
-	})
+	checkPageErrors(t, pageErrors)
 
 	t.Run("fleet", func(t *testing.T) {
 		load(t, ctx, base+"/fleet", "fleet")
