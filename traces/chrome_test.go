@@ -2,6 +2,7 @@ package traces_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -272,4 +273,55 @@ func TestExportChromeFlowsKernelsCPU(t *testing.T) {
 			t.Errorf("no thread named %q in %v", name, threads)
 		}
 	}
+}
+
+// BenchmarkExportChrome exports one host's 20 s capture: 8 GPUs sampled at
+// 100 Hz, 8 ranks of 100 steps and 2000 NCCL calls each (half all-reduces,
+// linked by flows), 5000 Kineto kernels per rank. It reports the JSON's
+// size and what gzip (BestSpeed, as the API sends it) makes of it.
+func BenchmarkExportChrome(b *testing.B) {
+	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	m := testManifest()
+	m.Start, m.End = t0, t0.Add(20*time.Second)
+	tl := traces.Timeline{Manifest: &m}
+	for i := range 2000 {
+		for g := range int32(8) {
+			tl.GPU = append(tl.GPU, traces.GPUSample{TimeNs: t0.Add(time.Duration(i) * 10 * time.Millisecond).UnixNano(), GPU: g,
+				GPUUtil: 97, PowerW: 612.5, SMClockMHz: 1980, ProfValid: true, SMActive: 0.61, TensorActive: 0.32, DRAMActive: 0.4})
+		}
+	}
+	for r := range int32(8) {
+		for i := range int64(100) {
+			at := t0.Add(time.Duration(i) * 200 * time.Millisecond).UnixNano()
+			tl.Steps = append(tl.Steps, traces.Step{Rank: r, PID: 100 + r, Iteration: 500 + i, StartNs: at, EndNs: at + 199e6, Source: traces.StepSourceMarker})
+			for k := range int64(20) {
+				op := "AllReduce"
+				if k%2 == 1 {
+					op = "Send"
+				}
+				tl.NCCL = append(tl.NCCL, traces.NCCLEvent{TimeNs: at + k*9e6 + int64(r)*1e4, DurationNs: 40_000, PID: 100 + r, TID: 7, Rank: r, NRanks: 8,
+					CommID: 0xabc, Op: op, Seq: i*20 + k, Count: 1 << 20, Datatype: "bfloat16", Bytes: 2 << 20, Peer: -1})
+			}
+			for k := range int64(50) {
+				tl.Kernels = append(tl.Kernels, traces.Span{Rank: r, Track: "stream 7", Name: "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64",
+					Cat: "kernel", StartNs: at + k*3_900_000, DurNs: 3_500_000})
+			}
+		}
+	}
+	var plain, zipped int
+	b.ReportAllocs()
+	for b.Loop() {
+		var buf bytes.Buffer
+		if err := traces.ExportChrome(&buf, tl); err != nil {
+			b.Fatal(err)
+		}
+		plain = buf.Len()
+		var z bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&z, gzip.BestSpeed)
+		zw.Write(buf.Bytes())
+		zw.Close()
+		zipped = z.Len()
+	}
+	b.ReportMetric(float64(plain)/1e6, "MB-json")
+	b.ReportMetric(float64(zipped)/1e6, "MB-gzip")
 }

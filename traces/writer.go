@@ -143,15 +143,15 @@ const (
 	MetaTable = "loupe.table"
 )
 
+// identifyBatch is how many rows WriteTable copies at a time to fill in
+// their identity, leaving the caller's rows as they are.
+const identifyBatch = 4096
+
 // WriteTable writes rows as a zstd-compressed Parquet part. T is one of the
-// row types of this package (GPUSample, NCCLEvent, Step). The rows'
-// identity columns are filled in place from the bundle's manifest.
+// row types of this package (GPUSample, NCCLEvent, Step). The identity
+// columns of each row written are filled from the bundle's manifest; the
+// caller's rows are not changed.
 func WriteTable[T any](w *BundleWriter, name string, rows []T) error {
-	for i := range rows {
-		if r, ok := any(&rows[i]).(identified); ok {
-			r.identify(&w.m)
-		}
-	}
 	pw, err := w.Create(name, MediaParquet)
 	if err != nil {
 		return err
@@ -160,9 +160,20 @@ func WriteTable[T any](w *BundleWriter, name string, rows []T) error {
 		parquet.CreatedBy("loupe", "v1", ""),
 		parquet.KeyValueMetadata(MetaSchemaVersion, strconv.Itoa(SchemaVersion)),
 		parquet.KeyValueMetadata(MetaTable, name))
-	if _, err := tw.Write(rows); err != nil {
-		pw.Abort()
-		return fmt.Errorf("bundle part %q: write parquet: %w", name, err)
+	batch := make([]T, 0, min(len(rows), identifyBatch))
+	for len(rows) > 0 {
+		n := min(len(rows), identifyBatch)
+		batch = append(batch[:0], rows[:n]...)
+		rows = rows[n:]
+		for i := range batch {
+			if r, ok := any(&batch[i]).(identified); ok {
+				r.identify(&w.m)
+			}
+		}
+		if _, err := tw.Write(batch); err != nil {
+			pw.Abort()
+			return fmt.Errorf("bundle part %q: write parquet: %w", name, err)
+		}
 	}
 	if err := tw.Close(); err != nil {
 		pw.Abort()
