@@ -1,6 +1,7 @@
 package traces_test
 
 import (
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -26,6 +27,12 @@ func TestStepHistoryRoundTrip(t *testing.T) {
 	}
 	if got := readPart[traces.StepSpan](t, dir, traces.PartStepHistory); !reflect.DeepEqual(got, rows) {
 		t.Errorf("step history differs after round trip:\n got %+v\nwant %+v", got, rows)
+	}
+	// The table describes itself: every row names its capture.
+	named, err := traces.ReadTableFile[traces.StepSpan](filepath.Join(dir, traces.PartStepHistory), traces.Columns("cluster", "job", "run", "capture", "host", "rank"))
+	must(t, err)
+	if m := testManifest(); len(named) != len(rows) || named[2].Job != m.Job || named[2].Host != m.Host || named[2].Rank != 3 {
+		t.Errorf("identity of the history rows %+v, want the manifest's %s/%s", named, m.Job, m.Host)
 	}
 	if got := rows[1].MeanNs(); got != 250e6 {
 		t.Errorf("MeanNs of 8 steps over 2 s = %d, want 250 ms", got)

@@ -225,15 +225,64 @@ var flagDocs = map[string]string{
 	"trigger.cooldown":         "least time between automatic captures of a job run",
 	"capture.default_duration": "window of an on-demand capture that names no duration or iterations",
 	"capture.max_duration":     "longest timed window accepted",
+	"capture.max_concurrent":   "captures pending or running at once",
+	"capture.start_timeout":    "how long a capture waits for its start (or end) iteration",
 
-	// The run's step history and Kubernetes job names.
+	"attribution.job_env_vars":          "environment variables that name a process's job, tried in order",
+	"attribution.pod_resources_socket":  "the kubelet's pod-resources socket, for pod and container names",
+	"attribution.proc_root":             "where the host's /proc is mounted (a container's view of it)",
+	"attribution.refresh_interval":      "how often the pods' GPUs are listed from the kubelet",
+	"attribution.timeout":               "bound on one call to the kubelet",
 	"attribution.kubernetes_api":        "Kubernetes API server that names pods' jobs from their owners and labels (empty: in-cluster when in a pod; off: never)",
 	"attribution.kubernetes_token_file": "bearer token for the Kubernetes API (the pod's service account)",
 	"attribution.kubernetes_ca_file":    "CA certificate of the Kubernetes API server",
 	"attribution.job_cache_ttl":         "how long a pod's job looked up in the Kubernetes API is trusted",
-	"gpu.collectors":                    "counters file in dcgm-exporter's format: the DCGM_FI_* families /metrics serves",
-	"steps.history_head":                "steps of a run the step history keeps at full resolution from the first one seen",
-	"steps.history_spans":               "rows that summarize the rest of a run's step history (merged pairwise beyond)",
+
+	"gpu.interval":                         "steady GPU sampling period",
+	"gpu.capture_hz":                       "GPU sampling rate inside a capture window (10-100)",
+	"gpu.ring_seconds":                     "GPU sample history kept per device; a capture window cannot be longer",
+	"gpu.dcgm.enabled":                     "collect the DCGM profiling fields (SM active, tensor, DRAM, ...)",
+	"gpu.dcgm.mode":                        "embedded (a host engine inside the agent) or standalone (connect to nv-hostengine)",
+	"gpu.dcgm.address":                     "nv-hostengine address in standalone mode: host:port or a unix socket path",
+	"gpu.dcgm.fields_interval":             "how often DCGM updates the profiling fields (inside a capture window: at the capture rate)",
+	"gpu.collectors":                       "counters file in dcgm-exporter's format: the DCGM_FI_* families /metrics serves",
+	"gpu.simulate_problems.throttled_gpus": "simulated GPUs that run hot and throttle (demo, tests)",
+	"gpu.simulate_problems.starved_gpus":   "simulated GPUs that wait for input most of every step (demo, tests)",
+	"gpu.simulate_problems.pids":           "pids shown as the simulated GPUs' processes, round-robin; 0 leaves a GPU without one",
+
+	"cpu.enabled":        "eBPF CPU stack sampling",
+	"cpu.hz":             "CPU samples per second per CPU (up to 999)",
+	"cpu.drain_interval": "how often the kernel's sample counts are read and symbolized",
+
+	"nccl.enabled":           "eBPF uprobes on libnccl",
+	"nccl.scan_interval":     "how often /proc is scanned for processes that map libnccl",
+	"nccl.buffer_events":     "recent NCCL calls kept in memory for capture windows (64 bytes each)",
+	"nccl.ring_buffer_bytes": "size of the kernel ring buffer for NCCL calls (a power of two)",
+	"nccl.step_interval":     "how often recent NCCL calls are searched for iteration boundaries",
+	"nccl.step_lookback":     "NCCL history each search for iteration boundaries covers",
+
+	"kineto.enabled":    "dynolog-compatible Kineto daemon (PyTorch traces with no code change)",
+	"kineto.endpoint":   "Kineto IPC endpoint name the jobs send to",
+	"kineto.socket_dir": "socket files here instead of the abstract namespace; must match the jobs' KINETO_IPC_SOCKET_DIR",
+	"kineto.rpc_addr":   "dynolog JSON RPC address for the dyno CLI (empty: off)",
+	"kineto.keepalive":  "drop Kineto processes that have not polled for this long",
+	"kineto.trace_dir":  "where requested Kineto traces are written; the jobs must see the same path",
+
+	"steps.history":       "steps kept per rank for capture bundles",
+	"steps.stale":         "silence after which a less preferred step source of the rank takes over",
+	"steps.forget":        "drop a job's rank that has been silent this long",
+	"steps.max_ranks":     "(job, rank) pairs tracked at once",
+	"steps.history_head":  "steps of a run the step history keeps at full resolution from the first one seen",
+	"steps.history_spans": "rows that summarize the rest of a run's step history (merged pairwise beyond)",
+
+	"logs.files":          "log files and globs to tail for faults and rebalances (container logs too)",
+	"logs.poll_interval":  "how often the log files are checked for new lines",
+	"logs.max_line_bytes": "longer log lines are cut",
+	"logs.max_events":     "log events kept for captures; the oldest go first",
+
+	"upload.interval":     "how often the spool is rescanned for captures to upload",
+	"upload.backoff_base": "first upload retry's maximum delay; each retry doubles it",
+	"upload.backoff_max":  "longest delay between upload retries",
 }
 
 // bindFlags registers a flag for every YAML key of the struct v, named by

@@ -29,7 +29,8 @@ type Collector struct {
 	driver   string
 	hostname string
 	metrics  *healthMetrics
-	counters []exported // the families /metrics serves
+	counters []exported        // the families /metrics serves
+	help     map[string]string // their help texts from the counters file
 
 	prof       profiler      // nil without DCGM (or its simulation)
 	dcgm       *dcgmProfiler // the real DCGM session, polled by Run
@@ -58,7 +59,7 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Collector, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if _, err := loadCounters(cfg.Collectors); err != nil {
+	if _, _, err := loadCounters(cfg.Collectors); err != nil {
 		return nil, err
 	}
 	if cfg.Simulate > 0 {
@@ -79,12 +80,12 @@ func newCollector(cfg Config, logger *slog.Logger, set *metrics.Set, lib nvml.In
 	if c.hostname == "" {
 		c.hostname, _ = os.Hostname()
 	}
-	counters, err := loadCounters(cfg.Collectors)
+	counters, help, err := loadCounters(cfg.Collectors)
 	if err != nil { // New checked the file; it changed since
 		c.log.Error("gpu collectors file unusable; serving every family", "err", err)
 		counters = exportable
 	}
-	c.counters = counters
+	c.counters, c.help = counters, help
 	c.metrics = newHealthMetrics(set, sim != nil)
 	c.onNVMLError = func(err error) {
 		c.metrics.errors("nvml")
@@ -355,6 +356,11 @@ func (c *Collector) Devices() []traces.GPUInfo {
 	}
 	return out
 }
+
+// Help returns the help texts the counters file gives its families (none
+// without a file): they take precedence over the agent's own descriptions,
+// as dcgm-exporter serves its file's.
+func (c *Collector) Help() map[string]string { return c.help }
 
 // Simulated reports whether the GPUs are simulated.
 func (c *Collector) Simulated() bool { return c.sim != nil }

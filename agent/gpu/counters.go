@@ -28,11 +28,11 @@ type Counter struct {
 // the type and unit its files give it, the reading it needs (a family whose
 // reading never succeeded is left out, as dcgm-exporter leaves blank fields
 // out) and how to get it from a device's snapshot, or from one MIG
-// instance's when the field exists per instance.
+// instance's when the field exists per instance. Its help text is the
+// counters file's, else the daemon's table of help texts (metrics_help.go).
 type exported struct {
 	name string
 	typ  string
-	help string
 	need field
 	get  func(x *snapshot) float64
 	mig  func(m *migSnapshot) float64
@@ -45,49 +45,49 @@ type exported struct {
 // DCGM measures); units are DCGM's: MiB, W, mJ, MHz, C, %, KB/s for NVML's
 // PCIe throughput, ratios for the DCP fields, bytes/s for their byte rates.
 var exportable = []exported{
-	{"DCGM_FI_DEV_SM_CLOCK", typeGauge, "SM clock frequency (MHz).", fSMClock, func(x *snapshot) float64 { return float64(x.s.SMClockMHz) }, nil},
-	{"DCGM_FI_DEV_MEM_CLOCK", typeGauge, "Memory clock frequency (MHz).", fMemClock, func(x *snapshot) float64 { return float64(x.s.MemClockMHz) }, nil},
-	{"DCGM_FI_DEV_MEMORY_TEMP", typeGauge, "Memory temperature (C).", fMemTemp, func(x *snapshot) float64 { return float64(x.s.MemTempC) }, nil},
-	{"DCGM_FI_DEV_GPU_TEMP", typeGauge, "GPU temperature (C).", fGPUTemp, func(x *snapshot) float64 { return float64(x.s.GPUTempC) }, nil},
-	{"DCGM_FI_DEV_POWER_USAGE", typeGauge, "Power draw (W).", fPower, func(x *snapshot) float64 { return float64(x.s.PowerW) }, nil},
-	{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", typeCounter, "Energy consumed since the driver loaded (mJ).", fEnergy, func(x *snapshot) float64 { return float64(x.s.EnergyMJ) }, nil},
-	{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", typeCounter, "PCIe transmit throughput from NVML (KB/s).", fPCIe, func(x *snapshot) float64 { return float64(x.s.PCIeTxBps / 1024) }, nil},
-	{"DCGM_FI_DEV_PCIE_RX_THROUGHPUT", typeCounter, "PCIe receive throughput from NVML (KB/s).", fPCIe, func(x *snapshot) float64 { return float64(x.s.PCIeRxBps / 1024) }, nil},
-	{"DCGM_FI_DEV_PCIE_REPLAY_COUNTER", typeCounter, "PCIe replays (retries) since the driver loaded.", fPCIeReplay, func(x *snapshot) float64 { return float64(x.x.pcieReplays) }, nil},
-	{"DCGM_FI_DEV_GPU_UTIL", typeGauge, "GPU utilization (%).", fUtil, func(x *snapshot) float64 { return float64(x.s.GPUUtil) }, nil},
-	{"DCGM_FI_DEV_MEM_COPY_UTIL", typeGauge, "Memory copy utilization (%).", fUtil, func(x *snapshot) float64 { return float64(x.s.MemCopyUtil) }, nil},
-	{"DCGM_FI_DEV_ENC_UTIL", typeGauge, "Video encoder utilization (%).", fEncoder, func(x *snapshot) float64 { return float64(x.x.encUtil) }, nil},
-	{"DCGM_FI_DEV_DEC_UTIL", typeGauge, "Video decoder utilization (%).", fDecoder, func(x *snapshot) float64 { return float64(x.x.decUtil) }, nil},
-	{"DCGM_FI_DEV_XID_ERRORS", typeGauge, "The last XID error seen (its code).", 0, func(x *snapshot) float64 { return float64(x.xid) }, nil},
-	{"DCGM_FI_DEV_FB_FREE", typeGauge, "Framebuffer memory free (MiB).", fMemory, func(x *snapshot) float64 { return float64(x.s.FBFreeMiB) },
+	{"DCGM_FI_DEV_SM_CLOCK", typeGauge, fSMClock, func(x *snapshot) float64 { return float64(x.s.SMClockMHz) }, nil},
+	{"DCGM_FI_DEV_MEM_CLOCK", typeGauge, fMemClock, func(x *snapshot) float64 { return float64(x.s.MemClockMHz) }, nil},
+	{"DCGM_FI_DEV_MEMORY_TEMP", typeGauge, fMemTemp, func(x *snapshot) float64 { return float64(x.s.MemTempC) }, nil},
+	{"DCGM_FI_DEV_GPU_TEMP", typeGauge, fGPUTemp, func(x *snapshot) float64 { return float64(x.s.GPUTempC) }, nil},
+	{"DCGM_FI_DEV_POWER_USAGE", typeGauge, fPower, func(x *snapshot) float64 { return float64(x.s.PowerW) }, nil},
+	{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", typeCounter, fEnergy, func(x *snapshot) float64 { return float64(x.s.EnergyMJ) }, nil},
+	{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", typeCounter, fPCIe, func(x *snapshot) float64 { return float64(x.s.PCIeTxBps / 1024) }, nil},
+	{"DCGM_FI_DEV_PCIE_RX_THROUGHPUT", typeCounter, fPCIe, func(x *snapshot) float64 { return float64(x.s.PCIeRxBps / 1024) }, nil},
+	{"DCGM_FI_DEV_PCIE_REPLAY_COUNTER", typeCounter, fPCIeReplay, func(x *snapshot) float64 { return float64(x.x.pcieReplays) }, nil},
+	{"DCGM_FI_DEV_GPU_UTIL", typeGauge, fUtil, func(x *snapshot) float64 { return float64(x.s.GPUUtil) }, nil},
+	{"DCGM_FI_DEV_MEM_COPY_UTIL", typeGauge, fUtil, func(x *snapshot) float64 { return float64(x.s.MemCopyUtil) }, nil},
+	{"DCGM_FI_DEV_ENC_UTIL", typeGauge, fEncoder, func(x *snapshot) float64 { return float64(x.x.encUtil) }, nil},
+	{"DCGM_FI_DEV_DEC_UTIL", typeGauge, fDecoder, func(x *snapshot) float64 { return float64(x.x.decUtil) }, nil},
+	{"DCGM_FI_DEV_XID_ERRORS", typeGauge, 0, func(x *snapshot) float64 { return float64(x.xid) }, nil},
+	{"DCGM_FI_DEV_FB_FREE", typeGauge, fMemory, func(x *snapshot) float64 { return float64(x.s.FBFreeMiB) },
 		func(m *migSnapshot) float64 { return float64(m.fbFreeMiB) }},
-	{"DCGM_FI_DEV_FB_USED", typeGauge, "Framebuffer memory used (MiB).", fMemory, func(x *snapshot) float64 { return float64(x.s.FBUsedMiB) },
+	{"DCGM_FI_DEV_FB_USED", typeGauge, fMemory, func(x *snapshot) float64 { return float64(x.s.FBUsedMiB) },
 		func(m *migSnapshot) float64 { return float64(m.fbUsedMiB) }},
-	{"DCGM_FI_DEV_FB_RESERVED", typeGauge, "Framebuffer memory reserved by the driver (MiB).", fMemReserved, func(x *snapshot) float64 { return float64(x.x.fbReservedMiB) }, nil},
-	{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", typeCounter, "NVLink data sent and received over all links since the driver loaded (bytes).", fNVLink, func(x *snapshot) float64 { return float64(x.x.nvlinkBytes) }, nil},
-	{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", typeGauge, "vGPU license status: 1 licensed, 0 not.", fVGPULicense, func(x *snapshot) float64 { return float64(x.x.vgpuLicensed) }, nil},
-	{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", typeCounter, "Rows remapped for uncorrectable memory errors.", fRemapped, func(x *snapshot) float64 { return float64(x.x.remapUncorrectable) }, nil},
-	{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", typeCounter, "Rows remapped for correctable memory errors.", fRemapped, func(x *snapshot) float64 { return float64(x.x.remapCorrectable) }, nil},
-	{"DCGM_FI_DEV_ROW_REMAP_FAILURE", typeGauge, "Whether a row remapping has failed: 1 yes, 0 no.", fRemapped, func(x *snapshot) float64 { return float64(x.x.remapFailed) }, nil},
-	{"DCGM_FI_PROF_GR_ENGINE_ACTIVE", typeGauge, "Share of time the graphics or compute engine is active (ratio).", fProf, func(x *snapshot) float64 { return float64(x.s.GrEngineActive) }, nil},
-	{"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", typeGauge, "Share of cycles the tensor pipe is active (ratio).", fProf, func(x *snapshot) float64 { return float64(x.s.TensorActive) }, nil},
-	{"DCGM_FI_PROF_DRAM_ACTIVE", typeGauge, "Share of cycles the device memory interface moves data (ratio).", fProf, func(x *snapshot) float64 { return float64(x.s.DRAMActive) }, nil},
-	{"DCGM_FI_PROF_PCIE_TX_BYTES", typeCounter, "PCIe transmit rate, headers and payload (bytes/s).", fProf, func(x *snapshot) float64 { return float64(x.s.ProfPCIeTxBps) }, nil},
-	{"DCGM_FI_PROF_PCIE_RX_BYTES", typeCounter, "PCIe receive rate, headers and payload (bytes/s).", fProf, func(x *snapshot) float64 { return float64(x.s.ProfPCIeRxBps) }, nil},
+	{"DCGM_FI_DEV_FB_RESERVED", typeGauge, fMemReserved, func(x *snapshot) float64 { return float64(x.x.fbReservedMiB) }, nil},
+	{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", typeCounter, fNVLink, func(x *snapshot) float64 { return float64(x.x.nvlinkBytes) }, nil},
+	{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", typeGauge, fVGPULicense, func(x *snapshot) float64 { return float64(x.x.vgpuLicensed) }, nil},
+	{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", typeCounter, fRemapped, func(x *snapshot) float64 { return float64(x.x.remapUncorrectable) }, nil},
+	{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", typeCounter, fRemapped, func(x *snapshot) float64 { return float64(x.x.remapCorrectable) }, nil},
+	{"DCGM_FI_DEV_ROW_REMAP_FAILURE", typeGauge, fRemapped, func(x *snapshot) float64 { return float64(x.x.remapFailed) }, nil},
+	{"DCGM_FI_PROF_GR_ENGINE_ACTIVE", typeGauge, fProf, func(x *snapshot) float64 { return float64(x.s.GrEngineActive) }, nil},
+	{"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", typeGauge, fProf, func(x *snapshot) float64 { return float64(x.s.TensorActive) }, nil},
+	{"DCGM_FI_PROF_DRAM_ACTIVE", typeGauge, fProf, func(x *snapshot) float64 { return float64(x.s.DRAMActive) }, nil},
+	{"DCGM_FI_PROF_PCIE_TX_BYTES", typeCounter, fProf, func(x *snapshot) float64 { return float64(x.s.ProfPCIeTxBps) }, nil},
+	{"DCGM_FI_PROF_PCIE_RX_BYTES", typeCounter, fProf, func(x *snapshot) float64 { return float64(x.s.ProfPCIeRxBps) }, nil},
 	// Beyond dcgm-exporter's defaults: what its DCP file adds, and what
 	// Loupe's own dashboards read.
-	{"DCGM_FI_PROF_SM_ACTIVE", typeGauge, "Share of cycles an SM has at least one warp assigned (ratio).", fProf, func(x *snapshot) float64 { return float64(x.s.SMActive) }, nil},
-	{"DCGM_FI_PROF_SM_OCCUPANCY", typeGauge, "Resident warps over the SM's maximum (ratio).", fProf, func(x *snapshot) float64 { return float64(x.s.SMOccupancy) }, nil},
-	{"DCGM_FI_PROF_PIPE_FP64_ACTIVE", typeGauge, "Share of cycles the FP64 pipe is active (ratio).", fProf, func(x *snapshot) float64 { return float64(x.s.FP64Active) }, nil},
-	{"DCGM_FI_PROF_PIPE_FP32_ACTIVE", typeGauge, "Share of cycles the FP32 pipe is active (ratio).", fProf, func(x *snapshot) float64 { return float64(x.s.FP32Active) }, nil},
-	{"DCGM_FI_PROF_PIPE_FP16_ACTIVE", typeGauge, "Share of cycles the FP16 pipe is active (ratio).", fProf, func(x *snapshot) float64 { return float64(x.s.FP16Active) }, nil},
-	{"DCGM_FI_PROF_NVLINK_TX_BYTES", typeCounter, "NVLink transmit rate, payload only (bytes/s).", fProf, func(x *snapshot) float64 { return float64(x.s.ProfNVLinkTxBps) }, nil},
-	{"DCGM_FI_PROF_NVLINK_RX_BYTES", typeCounter, "NVLink receive rate, payload only (bytes/s).", fProf, func(x *snapshot) float64 { return float64(x.s.ProfNVLinkRxBps) }, nil},
-	{"DCGM_FI_DEV_FB_TOTAL", typeGauge, "Framebuffer memory in total (MiB).", fMemory, func(x *snapshot) float64 { return float64(x.s.FBTotalMiB) },
+	{"DCGM_FI_PROF_SM_ACTIVE", typeGauge, fProf, func(x *snapshot) float64 { return float64(x.s.SMActive) }, nil},
+	{"DCGM_FI_PROF_SM_OCCUPANCY", typeGauge, fProf, func(x *snapshot) float64 { return float64(x.s.SMOccupancy) }, nil},
+	{"DCGM_FI_PROF_PIPE_FP64_ACTIVE", typeGauge, fProf, func(x *snapshot) float64 { return float64(x.s.FP64Active) }, nil},
+	{"DCGM_FI_PROF_PIPE_FP32_ACTIVE", typeGauge, fProf, func(x *snapshot) float64 { return float64(x.s.FP32Active) }, nil},
+	{"DCGM_FI_PROF_PIPE_FP16_ACTIVE", typeGauge, fProf, func(x *snapshot) float64 { return float64(x.s.FP16Active) }, nil},
+	{"DCGM_FI_PROF_NVLINK_TX_BYTES", typeCounter, fProf, func(x *snapshot) float64 { return float64(x.s.ProfNVLinkTxBps) }, nil},
+	{"DCGM_FI_PROF_NVLINK_RX_BYTES", typeCounter, fProf, func(x *snapshot) float64 { return float64(x.s.ProfNVLinkRxBps) }, nil},
+	{"DCGM_FI_DEV_FB_TOTAL", typeGauge, fMemory, func(x *snapshot) float64 { return float64(x.s.FBTotalMiB) },
 		func(m *migSnapshot) float64 { return float64(m.fbTotalMiB) }},
-	{"DCGM_FI_DEV_CLOCKS_EVENT_REASONS", typeGauge, "Clock event (throttle) reasons, NVML's bit set.", fClockEvents, func(x *snapshot) float64 { return float64(x.s.ClockEventReasons) }, nil},
-	{"DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", typeCounter, "Single-bit ECC errors, aggregate.", fECC, func(x *snapshot) float64 { return float64(x.s.ECCSingleBit) }, nil},
-	{"DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", typeCounter, "Double-bit ECC errors, aggregate.", fECC, func(x *snapshot) float64 { return float64(x.s.ECCDoubleBit) }, nil},
+	{"DCGM_FI_DEV_CLOCKS_EVENT_REASONS", typeGauge, fClockEvents, func(x *snapshot) float64 { return float64(x.s.ClockEventReasons) }, nil},
+	{"DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", typeCounter, fECC, func(x *snapshot) float64 { return float64(x.s.ECCSingleBit) }, nil},
+	{"DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", typeCounter, fECC, func(x *snapshot) float64 { return float64(x.s.ECCDoubleBit) }, nil},
 }
 
 // driverVersionField is the one field served as a label (of every series),
@@ -140,32 +140,34 @@ func ParseCounters(r io.Reader) ([]Counter, error) {
 }
 
 // selectCounters resolves counters against what the agent collects: the
-// families to serve, in the file's order, with the file's type and help.
-// A field the agent does not collect is an error that says which it does.
-func selectCounters(cs []Counter) ([]exported, error) {
+// families to serve, in the file's order, with the file's type, and the
+// file's help texts. A field the agent does not collect is an error that
+// says which it does.
+func selectCounters(cs []Counter) ([]exported, map[string]string, error) {
 	var out []exported
+	help := map[string]string{}
 	for _, c := range cs {
 		if c.Type == typeLabel {
 			if c.Field != driverVersionField {
-				return nil, fmt.Errorf("counters: field %s as a label: only %s is served as a label", c.Field, driverVersionField)
+				return nil, nil, fmt.Errorf("counters: field %s as a label: only %s is served as a label", c.Field, driverVersionField)
 			}
 			continue
 		}
 		i := slices.IndexFunc(exportable, func(e exported) bool { return e.name == c.Field })
 		if i < 0 {
-			return nil, fmt.Errorf("counters: field %s is not collected by loupe-agent; it serves %s", c.Field, exportableNames())
+			return nil, nil, fmt.Errorf("counters: field %s is not collected by loupe-agent; it serves %s", c.Field, exportableNames())
 		}
 		e := exportable[i]
 		e.typ = c.Type
 		if c.Help != "" {
-			e.help = c.Help
+			help[c.Field] = c.Help
 		}
 		out = append(out, e)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("counters: the file names no field to serve")
+		return nil, nil, fmt.Errorf("counters: the file names no field to serve")
 	}
-	return out, nil
+	return out, help, nil
 }
 
 func exportableNames() string {
@@ -176,24 +178,25 @@ func exportableNames() string {
 	return strings.Join(names, ", ")
 }
 
-// loadCounters reads the counters file at path; an empty path serves every
-// family the agent collects.
-func loadCounters(path string) ([]exported, error) {
+// loadCounters reads the counters file at path: the families to serve and
+// the file's help texts. An empty path serves every family the agent
+// collects.
+func loadCounters(path string) ([]exported, map[string]string, error) {
 	if path == "" {
-		return exportable, nil
+		return exportable, nil, nil
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("gpu collectors file: %w", err)
+		return nil, nil, fmt.Errorf("gpu collectors file: %w", err)
 	}
 	defer f.Close()
 	cs, err := ParseCounters(f)
 	if err != nil {
-		return nil, fmt.Errorf("gpu collectors file %s: %w", path, err)
+		return nil, nil, fmt.Errorf("gpu collectors file %s: %w", path, err)
 	}
-	out, err := selectCounters(cs)
+	out, help, err := selectCounters(cs)
 	if err != nil {
-		return nil, fmt.Errorf("gpu collectors file %s: %w", path, err)
+		return nil, nil, fmt.Errorf("gpu collectors file %s: %w", path, err)
 	}
-	return out, nil
+	return out, help, nil
 }

@@ -231,7 +231,7 @@ func TestParseCounters(t *testing.T) {
 		{[]Counter{{Field: "DCGM_FI_DEV_NAME", Type: "label"}}, "only DCGM_FI_DRIVER_VERSION"},
 		{[]Counter{{Field: "DCGM_FI_DRIVER_VERSION", Type: "label"}}, "names no field"},
 	} {
-		if _, err := selectCounters(tc.cs); err == nil || !strings.Contains(err.Error(), tc.err) {
+		if _, _, err := selectCounters(tc.cs); err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("selectCounters(%+v): err %v, want %q", tc.cs, err, tc.err)
 		}
 	}
@@ -257,7 +257,7 @@ func FuzzParseCounters(f *testing.F) {
 			}
 			seen[c.Field] = true
 		}
-		if sel, err := selectCounters(cs); err == nil {
+		if sel, _, err := selectCounters(cs); err == nil {
 			for _, e := range sel {
 				if e.get == nil {
 					t.Fatalf("selected %s without a reading", e.name)

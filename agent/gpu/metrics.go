@@ -96,7 +96,7 @@ func (c *Collector) writeGPUMetrics(w io.Writer) {
 				continue
 			}
 			if !header {
-				writeHeader(&b, m)
+				c.writeHeader(&b, m)
 				header = true
 			}
 			writeLine(&b, m.name, x.labels, m.get(x))
@@ -124,15 +124,19 @@ func (c *Collector) writeGPUMetrics(w io.Writer) {
 	_, _ = w.Write(b.Bytes())
 }
 
-// writeHeader writes a family's HELP and TYPE lines as dcgm-exporter does,
-// from the counters file (or the agent's defaults): dashboards and recording
-// rules built for it see the same types.
-func writeHeader(b *bytes.Buffer, m exported) {
-	b.WriteString("# HELP ")
-	b.WriteString(m.name)
-	b.WriteByte(' ')
-	b.WriteString(helpEscaper.Replace(m.help))
-	b.WriteString("\n# TYPE ")
+// writeHeader writes a family's TYPE line, with the counters file's (or the
+// agent's) type as dcgm-exporter does, so that dashboards and recording
+// rules built for it see the same types; and its HELP line when the file
+// gives a text (the daemon's exposition fills in the others').
+func (c *Collector) writeHeader(b *bytes.Buffer, m exported) {
+	if h := c.help[m.name]; h != "" {
+		b.WriteString("# HELP ")
+		b.WriteString(m.name)
+		b.WriteByte(' ')
+		b.WriteString(helpEscaper.Replace(h))
+		b.WriteByte('\n')
+	}
+	b.WriteString("# TYPE ")
 	b.WriteString(m.name)
 	b.WriteByte(' ')
 	b.WriteString(m.typ)
