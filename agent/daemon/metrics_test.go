@@ -77,3 +77,33 @@ func TestMetricsHelp(t *testing.T) {
 		t.Logf("scrape:\n%s", scrape)
 	}
 }
+
+// A counters file in dcgm-exporter's format chooses the GPU families of
+// /metrics, with its types, and its help texts win over the agent's.
+func TestCountersFileOnMetrics(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.SimulateGPUs = 2
+	path := filepath.Join(t.TempDir(), "counters.csv")
+	if err := os.WriteFile(path, []byte("DCGM_FI_DEV_GPU_UTIL, gauge, How busy (file's words).\nDCGM_FI_DEV_POWER_USAGE, counter,\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.GPU.Collectors = path
+	d := start(t, cfg)
+	var scrape string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if scrape = get(t, "http://"+d.MetricsAddr()+"/metrics"); strings.Contains(scrape, "\nDCGM_FI_DEV_POWER_USAGE{") {
+			break
+		}
+	}
+	for _, want := range []string{
+		"# HELP DCGM_FI_DEV_GPU_UTIL How busy (file's words).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n",
+		"# HELP DCGM_FI_DEV_POWER_USAGE " + metricsHelp["DCGM_FI_DEV_POWER_USAGE"] + "\n# TYPE DCGM_FI_DEV_POWER_USAGE counter\n",
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
+	if strings.Contains(scrape, "DCGM_FI_DEV_FB_USED") {
+		t.Error("the scrape serves a family the counters file leaves out")
+	}
+}
