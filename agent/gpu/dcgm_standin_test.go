@@ -156,9 +156,11 @@ func TestDCGMAtCaptureRate(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // the first tick at the new rate
 		n, samples := window(t, c, 600*time.Millisecond, 10*time.Millisecond)
 		end()
-		// 100 Hz for 0.6 s is 60 ticks; a loaded machine misses some.
-		if samples < 20 || n < samples*2/3 {
-			t.Errorf("capture window: %d distinct DCGM samples in %d samples, want a new one at nearly every 10 ms tick", n, samples)
+		// 100 Hz for 0.6 s is 60 ticks and as many DCGM updates; a loaded
+		// machine misses ticks, and polls that fall between two updates
+		// repeat one. The steady watch would give at most one.
+		if samples < 15 || n < 10 || 3*n < samples {
+			t.Errorf("capture window: %d distinct DCGM samples in %d samples, want new DCGM samples at the capture rate", n, samples)
 		}
 		time.Sleep(100 * time.Millisecond)
 		if n, _ := window(t, c, 1100*time.Millisecond, time.Second); n > 2 {
