@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/loupe-dev/loupe/agent/logtail"
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/logparse"
 )
 
 // cri wraps a line as containerd writes it, at t0+at.
@@ -17,7 +17,7 @@ func cri(at time.Duration, line string) string {
 
 // parseLog runs lines through the agent's log parser, as the tailer would.
 func parseLog(lines []string) []traces.Event {
-	p := logtail.NewParser(0)
+	p := logparse.NewParser(0)
 	var out []traces.Event
 	for _, l := range lines {
 		out = p.Feed([]byte(l), t0, out)

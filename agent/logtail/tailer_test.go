@@ -11,6 +11,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/logparse"
 )
 
 const cudaLine = "RuntimeError: CUDA error: an illegal memory access was encountered\n"
@@ -46,7 +47,7 @@ func TestTailerFollowsFiles(t *testing.T) {
 	tl.poll(false)
 	appendFile(t, old, "or: first\n")
 	tl.poll(false)
-	if ev := all(tl); len(ev) != 1 || ev[0].Attrs["error"] != "first" || ev[0].Attrs[AttrSource] != old {
+	if ev := all(tl); len(ev) != 1 || ev[0].Attrs["error"] != "first" || ev[0].Attrs[logparse.AttrSource] != old {
 		t.Fatalf("after append: %+v", ev)
 	}
 
@@ -107,7 +108,7 @@ func TestTailerPodAttribution(t *testing.T) {
 	}
 	tl := New(Config{Files: []string{filepath.Join(dir, "log/pods/*/*/*.log")}}, nil, nil)
 	tl.poll(true)
-	appendFile(t, filepath.Join(pod, "0.log"), "2026-11-25T10:00:07Z stderr F "+cudaLine)
+	appendFile(t, filepath.Join(pod, "0.log"), time.Now().UTC().Format(time.RFC3339Nano)+" stderr F "+cudaLine)
 	tl.poll(false)
 	ev := all(tl)
 	if len(ev) != 1 || ev[0].Attrs["pod"] != "infer-0" || ev[0].Attrs["namespace"] != "ml" || ev[0].Attrs["container"] != "consumer" {

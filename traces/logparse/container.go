@@ -1,4 +1,4 @@
-package logtail
+package logparse
 
 import (
 	"bytes"
@@ -25,10 +25,18 @@ type record struct {
 	time    time.Time // zero when the wrapper carried none
 	stream  string    // stdout or stderr; "" for plain files
 	partial bool      // more of the same line follows
+	// From a journald or syslog wrapper.
+	host, unit string
+	pid        int
 }
 
-// unwrap decodes a container runtime's wrapper around line.
-func unwrap(line []byte) record {
+// unwrap decodes a container runtime's or journald's wrapper around line.
+func unwrap(line []byte, ref time.Time) record {
+	if len(line) > 0 && line[0] == '{' && bytes.Contains(line, []byte(`"__REALTIME_TIMESTAMP"`)) {
+		if r, ok := journalJSON(line); ok {
+			return r
+		}
+	}
 	if len(line) > 0 && line[0] == '{' && bytes.Contains(line, []byte(`"log"`)) {
 		var d struct {
 			Log    *string `json:"log"`
@@ -62,7 +70,7 @@ func unwrap(line []byte) record {
 			}
 		}
 	}
-	return record{text: string(line)}
+	return syslogLine(string(line), ref)
 }
 
 func isDigit(b byte) bool { return b >= '0' && b <= '9' }

@@ -1,4 +1,4 @@
-package logtail
+package logparse
 
 import (
 	"strconv"
@@ -70,9 +70,10 @@ func TestParseLines(t *testing.T) {
 				"[2026-11-25 10:00:01,400] INFO [Consumer clientId=c1, groupId=g] Member Zq3yHYbjQ-O1RDgB_Ht5qw with epoch 5 transitioned from ACKNOWLEDGING to STABLE. (org.apache.kafka.clients.consumer.internals.ConsumerMembershipManager)",
 			},
 			want: []map[string]string{
-				{"phase": "start", "protocol": "consumer", "strategy": "cooperative", "generation": "0", "member_id": "Zq3yHYbjQ-O1RDgB_Ht5qw"},
-				{"phase": "start", "generation": "4"},
-				{"phase": "end", "generation": "4", "time": "10:00:01.300"},
+				{"phase": "state", "protocol": "consumer", "strategy": "cooperative", "generation": "0", "member_id": "Zq3yHYbjQ-O1RDgB_Ht5qw", "from": "UNSUBSCRIBED", "to": "JOINING"},
+				{"phase": "state", "generation": "4", "from": "JOINING", "to": "RECONCILING"},
+				{"phase": "state", "generation": "4", "from": "RECONCILING", "to": "ACKNOWLEDGING", "time": "10:00:01.300"},
+				{"phase": "state", "generation": "5", "from": "ACKNOWLEDGING", "to": "STABLE"},
 			},
 		},
 		{
@@ -94,11 +95,13 @@ func TestParseLines(t *testing.T) {
 			lines: []string{
 				"[2026-11-25 10:00:00,000] torch.distributed.elastic.agent.server.api: [INFO] [default] Worker group FAILED. 3/3 attempts left; will restart worker group",
 				"[2026-11-25 10:00:20,000] torch.distributed.elastic.agent.server.api: [INFO] [default] Rendezvous complete for workers. Result: restart_count=1 master_addr=n0 master_port=29500",
+				"[2026-11-25 10:00:20,001] torch.distributed.elastic.agent.server.api: [INFO] [default] Starting worker group",
 				"I1125 10:05:00.000000 140 torch/distributed/elastic/agent/server/api.py:868] [trainer] Detected 2 new nodes from group_rank=0; will restart worker group",
 			},
 			want: []map[string]string{
 				{"client": "torchelastic", "phase": "start", "group": "default", "reason": "failed", "attempts_left": "3", "time": "10:00:00.000"},
-				{"phase": "end", "generation": "1"},
+				{"phase": "step", "generation": "1"},
+				{"phase": "end", "generation": "1", "time": "10:00:20.001"},
 				{"phase": "start", "group": "trainer", "reason": "new_nodes", "new_nodes": "2"},
 			},
 		},
@@ -144,9 +147,9 @@ func TestParseLines(t *testing.T) {
 				`  File "/app/serve.py", line 5, in forward`,
 				"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.11 GiB",
 			},
+			// The OOM is what the process died of: one event, with the stack.
 			want: []map[string]string{
-				{"kind": "crash", "stack": "forward (/app/serve.py:5)", "exception": "torch.OutOfMemoryError"},
-				{"kind": "oom", "gpu": "0", "tried_to_allocate": "20.00 MiB"},
+				{"kind": "oom", "gpu": "0", "tried_to_allocate": "20.00 MiB", "stack": "forward (/app/serve.py:5)", "exception": "torch.OutOfMemoryError", "fatal": "true"},
 			},
 		},
 		{
