@@ -17,8 +17,9 @@
 // The wrapper's time, host, unit and pid are taken and the wrapper removed
 // before the program's own text is parsed. A line with no time of its own
 // (worker output without a logging prefix) takes the time of the nearest
-// timestamped line of the same stream: the latest one before it, or, before
-// any, the first one after it.
+// timestamped line of the same stream, counted in lines (the earlier one on
+// a tie): a worker's traceback printed just before the launcher reports the
+// failure gets the report's time, not that of the last line an hour ago.
 package logparse
 
 import (
@@ -112,8 +113,10 @@ type Parser struct {
 	restarts string            // restart_count of the latest elastic rendezvous
 	role     string            // the elastic agent's role, from its latest "[role]" line
 	rdGroups map[string]string // librdkafka client name -> group
-	last     time.Time
-	held     []traces.Event // stamped when the first timestamped line comes
+	last     time.Time         // of the latest dated line
+	lastNo   int               // its line number
+	lineNo   int               // lines parsed
+	held     []heldEvent       // events of undated lines since the latest dated one
 	// Source is added to every event's attributes when set.
 	Source Source
 	// Ref dates timestamps that carry no year (glog, BSD syslog): they are
@@ -135,8 +138,8 @@ func NewParser(maxLine int) *Parser {
 // wrapper and all) and appends the events it completes to out. A line
 // without a time of its own takes readAt when readAt is set (a line just
 // written, read as it arrives); with a zero readAt (history) it takes the
-// nearest timestamped line's time, and events before the stream's first
-// timestamp wait in the parser until it comes (or Flush).
+// nearest timestamped line's time: its events wait in the parser until the
+// next dated line (or Flush) shows which is nearer.
 func (p *Parser) Feed(raw []byte, readAt time.Time, out []traces.Event) []traces.Event {
 	rec := unwrap(raw, p.ref())
 	if b := p.partial[rec.stream]; b != nil || rec.partial {
@@ -162,15 +165,18 @@ func (p *Parser) Line(text string, fallback time.Time, out []traces.Event) []tra
 	return p.parse(record{text: text}, fallback, out)
 }
 
-// Flush ends the stream: events still waiting for a timestamp take
-// fallback (or the Unix epoch when that is zero, so that they are kept
-// and visibly undated).
+// Flush ends the stream: events still waiting for a timestamp take the
+// latest one, or fallback when the stream had none (the Unix epoch when
+// that is zero too, so that they are kept and visibly undated).
 func (p *Parser) Flush(fallback time.Time, out []traces.Event) []traces.Event {
-	for _, e := range p.held {
-		if !fallback.IsZero() {
-			e.TimeNs = fallback.UnixNano()
+	for _, h := range p.held {
+		switch {
+		case !p.last.IsZero():
+			h.e.TimeNs = p.last.UnixNano()
+		case !fallback.IsZero():
+			h.e.TimeNs = fallback.UnixNano()
 		}
-		out = append(out, e)
+		out = append(out, h.e)
 	}
 	p.held = p.held[:0]
 	return out
@@ -194,13 +200,13 @@ func (p *Parser) parse(rec record, readAt time.Time, out []traces.Event) []trace
 	if t, ok := leadingTime(text, p.ref()); ok && !dated {
 		when, dated = t, true
 	}
+	p.lineNo++
 	switch {
 	case dated:
-		p.last = when
 	case !readAt.IsZero():
 		when = readAt
-	case !p.last.IsZero():
-		when = p.last
+	case !p.last.IsZero() && p.lineNo-p.lastNo <= 1:
+		when = p.last // right after a dated line: nothing nearer to wait for
 	}
 	n := len(out)
 	crash, ended, inTraceback := p.traceback(text, when, rank)
@@ -225,20 +231,50 @@ func (p *Parser) parse(rec record, readAt time.Time, out []traces.Event) []trace
 			e.PID = rec.pid
 		}
 	}
-	if when.IsZero() && len(p.held) < maxHeld {
-		// Undated so far: wait for the stream's first timestamp.
-		p.held = append(p.held, out[n:]...)
-		return out[:n]
-	}
-	if dated && len(p.held) > 0 {
-		held := p.held
-		p.held = nil
-		for i := range held {
-			held[i].TimeNs = when.UnixNano()
+	switch {
+	case when.IsZero() && len(p.held) < maxHeld:
+		// Undated: wait for the next dated line to see which is nearer.
+		for i := n; i < len(out); i++ {
+			p.held = append(p.held, heldEvent{out[i], p.lineNo})
 		}
-		out = append(out[:n], append(held, out[n:]...)...)
+		return out[:n]
+	case when.IsZero():
+		for i := n; i < len(out); i++ {
+			out[i].TimeNs = p.last.UnixNano() // too many waiting: the latest time known
+		}
+	case dated:
+		out = p.release(when, out, n)
+		p.last, p.lastNo = when, p.lineNo
 	}
 	return out
+}
+
+// heldEvent is an event of an undated line, waiting for the next dated
+// line of the stream.
+type heldEvent struct {
+	e    traces.Event
+	line int
+}
+
+// release dates the held events, now that line p.lineNo gave the time
+// next: each takes the nearer of the dated lines around it (the earlier
+// on a tie, the next when there was none before), and goes into out
+// before the events from n on, which came from the dated line.
+func (p *Parser) release(next time.Time, out []traces.Event, n int) []traces.Event {
+	if len(p.held) == 0 {
+		return out
+	}
+	held := make([]traces.Event, len(p.held))
+	for i, h := range p.held {
+		t := next
+		if !p.last.IsZero() && h.line-p.lastNo <= p.lineNo-h.line {
+			t = p.last
+		}
+		h.e.TimeNs = t.UnixNano()
+		held[i] = h.e
+	}
+	p.held = p.held[:0]
+	return append(out[:n], append(held, out[n:]...)...)
 }
 
 // line runs the single-line parsers. Each is gated on a literal so that

@@ -41,7 +41,7 @@ import (
 // librdkafka (debug=cgrp; the default logger prints
 // "%7|<unix time>|<FACILITY>|<client name>| [thrd:main]: <message>"):
 //
-//	CGRPJOINSTATE  Group "G" changed join state A -> B (state S)   start when A is init (AttrFresh) or steady, end when B is steady
+//	CGRPJOINSTATE  Group "G" changed join state A -> B (state S)   start when A is init (AttrFresh) or steady, end when B is steady, step when B is wait-join
 //	JOINGROUP      JoinGroup response: GenerationId N, Protocol P, LeaderId L, my MemberId M, ...   step
 //	REBALANCE, ASSIGN lines naming EAGER or COOPERATIVE             step, giving the strategy
 //
@@ -112,6 +112,7 @@ func (p *Parser) java(text string, when time.Time, rank int, out []traces.Event)
 	}
 	switch {
 	case strings.HasPrefix(msg, "Member ") && strings.Contains(msg, " transitioned from "):
+		p.protocol = ProtocolConsumer // only the consumer protocol logs member states
 		from, to, _ := strings.Cut(after(msg, " transitioned from "), " to ")
 		to, _, _ = strings.Cut(to, " ")
 		e := ev(PhaseState)
@@ -128,7 +129,7 @@ func (p *Parser) java(text string, when time.Time, rank int, out []traces.Event)
 		e.Attrs[AttrMemberID] = field(msg, "Member ")
 		e.Attrs[AttrReason] = strings.TrimSuffix(strings.TrimSpace(after(msg, ") due to ")), ".")
 		return append(out, e)
-	case strings.HasPrefix(msg, "Subscribed to topic(s):"):
+	case strings.HasPrefix(msg, "Subscribed to topic(s):") || strings.HasPrefix(msg, "Subscribed to pattern:"):
 		return append(out, ev(PhaseReset))
 	case strings.HasPrefix(msg, "Request joining group due to:"):
 		e := ev(PhaseStart)
@@ -263,6 +264,8 @@ func (p *Parser) librdkafka(text string, when time.Time, rank int, out []traces.
 			phase = PhaseEnd
 		case from == "init" || from == "steady":
 			phase = PhaseStart
+		case to == "wait-join":
+			phase = PhaseStep // the JoinGroup goes out: when a slow member rejoins
 		default:
 			return out
 		}
