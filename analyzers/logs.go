@@ -21,8 +21,9 @@ type LogOptions struct {
 	// Job names the capture (default "logs").
 	Job string
 	// DefaultHost holds the events whose lines named no host (plain files,
-	// container logs); when empty, each file is a host of its own, named
-	// after the file (one consumer pod or one torchrun node per file).
+	// container logs); when empty, each pod (from a kubelet log path) or
+	// else each file is a host of its own, named after it (one consumer pod
+	// or one torchrun node per file).
 	DefaultHost string
 	// GPUsPerHost is how many GPUs each host is given, for the GPU time
 	// the analyzers charge (rebalance pauses, lost GPUs); 0 charges none.
@@ -46,7 +47,7 @@ func LogInput(events []traces.Event, opts LogOptions) (*Input, error) {
 	byHost := map[string][]traces.Event{}
 	first, last := events[0].TimeNs, events[0].TimeNs
 	for _, e := range events {
-		h := sanitizeComponent(cmp.Or(e.Attrs[logparse.AttrHost], opts.DefaultHost, strings.TrimSuffix(baseName(e.Attrs[logparse.AttrSource]), ".gz"), "local"))
+		h := sanitizeComponent(cmp.Or(e.Attrs[logparse.AttrHost], opts.DefaultHost, e.Attrs["pod"], strings.TrimSuffix(baseName(e.Attrs[logparse.AttrSource]), ".gz"), "local"))
 		byHost[h] = append(byHost[h], e)
 		first, last = min(first, e.TimeNs), max(last, e.TimeNs)
 	}

@@ -272,6 +272,7 @@ type memberPause struct {
 // classicRebalances groups members' pauses by generation.
 func classicRebalances(evs []hostEvent) []GroupChange {
 	type stream struct {
+		host                *Host
 		member, gen, reason string
 		open, joinAt        int64
 		fresh               bool
@@ -285,15 +286,16 @@ func classicRebalances(evs []hostEvent) []GroupChange {
 			st = &stream{open: -1}
 			streams[sk] = st
 		}
+		st.host = he.host
 		a := e.Attrs
 		switch a[logparse.AttrPhase] {
 		case logparse.PhaseReset:
-			*st = stream{open: -1, fresh: true}
+			*st = stream{host: he.host, open: -1, fresh: true}
 		case logparse.PhaseLeave:
-			*st = stream{open: -1, fresh: true}
+			*st = stream{host: he.host, open: -1, fresh: true}
 		case logparse.PhaseStart:
 			if a[logparse.AttrFresh] == "true" {
-				*st = stream{open: -1, fresh: true}
+				*st = stream{host: he.host, open: -1, fresh: true}
 			}
 			if id := a[logparse.AttrMemberID]; id != "" {
 				st.member = id
@@ -323,13 +325,14 @@ func classicRebalances(evs []hostEvent) []GroupChange {
 				from = e.TimeNs
 			}
 			pauses = append(pauses, memberPause{he.host, cmp.Or(st.member, a[logparse.AttrMember]), st.gen, from, max(st.joinAt, from), e.TimeNs, st.fresh, st.reason, false})
-			st.open, st.joinAt, st.fresh, st.reason = -1, 0, false, ""
+			// The next pause belongs to the generation its member logs next.
+			st.open, st.joinAt, st.fresh, st.reason, st.gen = -1, 0, false, "", ""
 		}
 	}
 	end := logEnd(evs)
 	for _, sk := range slices.Sorted(maps.Keys(streams)) {
 		if st := streams[sk]; st.open >= 0 {
-			pauses = append(pauses, memberPause{nil, st.member, "open", st.open, max(st.joinAt, st.open), max(end, st.open), st.fresh, st.reason, true})
+			pauses = append(pauses, memberPause{st.host, st.member, "open", st.open, max(st.joinAt, st.open), max(end, st.open), st.fresh, st.reason, true})
 		}
 	}
 	// One rebalance per generation; pauses whose generation was never

@@ -161,23 +161,29 @@ type HostEvent struct {
 
 // group accumulates the findings or events of one incident.
 type group struct {
-	subject string
-	inc     traces.Incident
-	share   float64
-	worst   string
-	count   int
-	fatal   bool // a fault the process died of
-	firstNs int64
-	timeout time.Duration // of the first fault event: how far back its cause may lie
-	frames  []string
-	fixes   []string
+	subject  string
+	inc      traces.Incident
+	share    float64
+	worst    string
+	count    int
+	fatal    bool // a fault the process died of
+	firstNs  int64
+	lookback time.Duration // how far before the first fault event its cause may lie
+	frames   []string
+	fixes    []string
 }
 
-// linkXID ties an NCCL timeout or error to the latest XID (or lost GPU)
-// seen on any host of the job within the fault's timeout plus a minute
-// before it, preferring XIDs that hw-faults judged critical.
+// ncclErrorLookback is how far before an NCCL error its XID may lie: a
+// collective's default timeout (torch.distributed's 30 min for NCCL in
+// older releases, the longest in use).
+const ncclErrorLookback = 30 * time.Minute
+
+// linkXID ties an NCCL timeout or error to an XID (or lost GPU) seen on
+// any host of the job within the fault's timeout (an error: 30 min) plus a
+// minute before it: one hw-faults judged critical first, an XID before a
+// lost GPU, then the latest.
 func linkXID(g *group, xidEvents []HostEvent, groups map[string]*group, order []string) {
-	from := g.firstNs - (g.timeout + time.Minute).Nanoseconds()
+	from := g.firstNs - (g.lookback + time.Minute).Nanoseconds()
 	var best *HostEvent
 	var bestHW *group
 	for i := range xidEvents {
@@ -188,7 +194,9 @@ func linkXID(g *group, xidEvents []HostEvent, groups map[string]*group, order []
 		hw := hardwareGroup(x, groups, order)
 		critical := hw != nil && hw.worst == traces.SeverityCritical
 		bestCritical := bestHW != nil && bestHW.worst == traces.SeverityCritical
-		if best == nil || critical && !bestCritical || critical == bestCritical && x.Event.TimeNs > best.Event.TimeNs {
+		isXID, bestXID := x.Event.Kind == traces.EventXID, best != nil && best.Event.Kind == traces.EventXID
+		if best == nil || critical && !bestCritical ||
+			critical == bestCritical && (isXID && !bestXID || isXID == bestXID && x.Event.TimeNs > best.Event.TimeNs) {
 			best, bestHW = x, hw
 		}
 	}
@@ -316,7 +324,10 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 			g.inc.ImpactGPUHours += faultCost(e, cfg).Hours() * float64(cfg.WorldSize)
 		}
 		if g.firstNs == 0 || e.TimeNs < g.firstNs {
-			g.firstNs, g.timeout = e.TimeNs, faultCost(e, cfg)
+			g.firstNs, g.lookback = e.TimeNs, faultCost(e, cfg)
+			if e.Kind == traces.EventNCCLError {
+				g.lookback = ncclErrorLookback
+			}
 		}
 		addPlace(&g.inc, host, e.Rank)
 		if st := e.Attrs["stack"]; st != "" {

@@ -31,7 +31,7 @@ type record struct {
 }
 
 // unwrap decodes a container runtime's or journald's wrapper around line.
-func unwrap(line []byte, ref time.Time) record {
+func unwrap(line []byte, ref time.Time, loc *time.Location) record {
 	if len(line) > 0 && line[0] == '{' && bytes.Contains(line, []byte(`"__REALTIME_TIMESTAMP"`)) {
 		if r, ok := journalJSON(line); ok {
 			return r
@@ -70,7 +70,7 @@ func unwrap(line []byte, ref time.Time) record {
 			}
 		}
 	}
-	return syslogLine(string(line), ref)
+	return syslogLine(string(line), ref, loc)
 }
 
 func isDigit(b byte) bool { return b >= '0' && b <= '9' }

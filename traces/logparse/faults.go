@@ -11,7 +11,7 @@ import (
 // Fault lines, as the kernel driver, PyTorch and the CUDA runtime print them:
 //
 //	NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.
-//	NVRM: GPU at PCI:0000:3b:00: GPU-5e0f... has fallen off the bus.
+//	NVRM: GPU 0000:3b:00.0: GPU has fallen off the bus.
 //	[Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1024, OpType=ALLREDUCE, NumelIn=..., NumelOut=..., Timeout(ms)=600000) ran for 600042 milliseconds before timing out.
 //	torch.distributed.DistBackendError: NCCL error in: .../ProcessGroupNCCL.cpp:1970, unhandled system error (run with NCCL_DEBUG=INFO for details), NCCL version 2.20.5
 //	torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB ...
@@ -148,8 +148,10 @@ func nvrm(text string, when time.Time, out []traces.Event) []traces.Event {
 		}
 		e.Attrs["xid_message"] = strings.TrimSpace(rest)
 		return append(out, e)
-	case strings.HasPrefix(msg, "GPU at PCI:") && strings.Contains(msg, "fallen off the bus"):
-		addr, _, _ := strings.Cut(msg[len("GPU at PCI:"):], " ")
+	case strings.HasPrefix(msg, "GPU ") && strings.Contains(msg, "fallen off the bus"):
+		// "GPU 0000:3b:00.0: GPU has fallen off the bus." or
+		// "GPU at PCI:0000:3b:00: ... has fallen off the bus."
+		addr, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(msg, "GPU "), "at "), " ")
 		e := newEvent(traces.EventGPULost, text, when, -1)
 		e.Attrs[AttrPCI] = pciAddr(strings.TrimSuffix(addr, ":"))
 		return append(out, e)

@@ -28,14 +28,14 @@ import (
 
 // syslogLine takes a journald or syslog prefix off s; without one, s is
 // the program's text as it is.
-func syslogLine(s string, ref time.Time) record {
+func syslogLine(s string, ref time.Time, loc *time.Location) record {
 	var (
 		when time.Time
 		rest string
 	)
 	switch {
 	case len(s) > 25 && s[4] == '-' && s[7] == '-' && s[10] == 'T' && s[13] == ':':
-		t, n, ok := isoTime(s)
+		t, n, ok := isoTime(s, loc)
 		if !ok || s[n-1] != 'Z' && !strings.ContainsAny(s[19:n], "+-") {
 			return record{text: s} // journald always writes the zone
 		}
@@ -48,13 +48,13 @@ func syslogLine(s string, ref time.Time) record {
 				end++
 			}
 		}
-		t, ok := yearless("Jan _2 15:04:05.999999999", s[:end], ref)
+		t, ok := yearless("Jan _2 15:04:05.999999999", s[:end], ref, loc)
 		if !ok {
 			return record{text: s}
 		}
 		when, rest = t, s[end:]
 	case len(s) > 26 && s[0] == '[' && s[25] == ']' && isMonth(s[5:8]):
-		t, err := time.ParseInLocation("Mon Jan _2 15:04:05 2006", s[1:25], time.Local)
+		t, err := time.ParseInLocation("Mon Jan _2 15:04:05 2006", s[1:25], loc)
 		if err != nil {
 			return record{text: s}
 		}

@@ -123,6 +123,16 @@ type Parser struct {
 	// taken in Ref's year, or the year before when that would put them
 	// more than a day after Ref. Zero means the time of the call.
 	Ref time.Time
+	// Location is the zone of timestamps printed without one (nil: the
+	// machine's local zone).
+	Location *time.Location
+}
+
+func (p *Parser) loc() *time.Location {
+	if p.Location == nil {
+		return time.Local
+	}
+	return p.Location
 }
 
 // NewParser returns a parser that joins partial container lines up to
@@ -141,7 +151,7 @@ func NewParser(maxLine int) *Parser {
 // nearest timestamped line's time: its events wait in the parser until the
 // next dated line (or Flush) shows which is nearer.
 func (p *Parser) Feed(raw []byte, readAt time.Time, out []traces.Event) []traces.Event {
-	rec := unwrap(raw, p.ref())
+	rec := unwrap(raw, p.ref(), p.loc())
 	if b := p.partial[rec.stream]; b != nil || rec.partial {
 		if b == nil {
 			b = &strings.Builder{}
@@ -197,7 +207,7 @@ func (p *Parser) parse(rec record, readAt time.Time, out []traces.Event) []trace
 	when, dated := rec.time, !rec.time.IsZero()
 	// The wrapper's timestamp (runtime, journald) has a zone and the
 	// host's clock: it wins over one the program printed.
-	if t, ok := leadingTime(text, p.ref()); ok && !dated {
+	if t, ok := leadingTime(text, p.ref(), p.loc()); ok && !dated {
 		when, dated = t, true
 	}
 	p.lineNo++
@@ -358,7 +368,7 @@ func isWord(s string) bool {
 // optionally after a level), librdkafka's "%7|1764064800.123|", or glog's
 // "I1125 10:00:00.123456" (no year: dated by ref, see Parser.Ref). A
 // timestamp without a zone is local time.
-func leadingTime(s string, ref time.Time) (time.Time, bool) {
+func leadingTime(s string, ref time.Time, loc *time.Location) (time.Time, bool) {
 	s = strings.TrimLeft(s, "[ ")
 	// torch elastic's "[INFO] 2026-11-25 10:00:00,123 api: ...": the level first.
 	for _, level := range []string{"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"} {
@@ -369,7 +379,7 @@ func leadingTime(s string, ref time.Time) (time.Time, bool) {
 	}
 	switch {
 	case len(s) >= 19 && s[4] == '-' && s[7] == '-' && (s[10] == ' ' || s[10] == 'T') && s[13] == ':' && s[16] == ':':
-		t, _, ok := isoTime(s)
+		t, _, ok := isoTime(s, loc)
 		return t, ok
 	case len(s) > 4 && s[0] == '%' && isDigit(s[1]) && s[2] == '|':
 		num, _, ok := strings.Cut(s[3:], "|")
@@ -391,14 +401,14 @@ func leadingTime(s string, ref time.Time) (time.Time, bool) {
 				end++
 			}
 		}
-		return yearless("0102 15:04:05.999999999", s[1:end], ref)
+		return yearless("0102 15:04:05.999999999", s[1:end], ref, loc)
 	}
 	return time.Time{}, false
 }
 
 // isoTime parses "2006-01-02[T ]15:04:05[.frac][Z|+07:00|+0700]" at the
 // start of s, returning the time and its length.
-func isoTime(s string) (time.Time, int, bool) {
+func isoTime(s string, loc *time.Location) (time.Time, int, bool) {
 	if len(s) < 19 {
 		return time.Time{}, 0, false
 	}
@@ -425,18 +435,18 @@ func isoTime(s string) (time.Time, int, bool) {
 		t, err := time.Parse(layout+"Z0700", v+s[end:end+5])
 		return t, end + 5, err == nil
 	}
-	t, err := time.ParseInLocation(layout, v, time.Local)
+	t, err := time.ParseInLocation(layout, v, loc)
 	return t, end, err == nil
 }
 
 // yearless parses a timestamp printed without a year, in ref's year, or
 // the year before when that would be more than a day after ref (December
 // lines read in January).
-func yearless(layout, v string, ref time.Time) (time.Time, bool) {
+func yearless(layout, v string, ref time.Time, loc *time.Location) (time.Time, bool) {
 	if ref.IsZero() {
 		ref = time.Now()
 	}
-	t, err := time.ParseInLocation("2006 "+layout, strconv.Itoa(ref.Year())+" "+v, time.Local)
+	t, err := time.ParseInLocation("2006 "+layout, strconv.Itoa(ref.Year())+" "+v, loc)
 	if err != nil {
 		return time.Time{}, false
 	}

@@ -87,6 +87,7 @@ func TestParseLines(t *testing.T) {
 			want: []map[string]string{
 				{"phase": "step", "client": "librdkafka", "strategy": "eager", "group": "infer", "member": "rdkafka#consumer-1"},
 				{"phase": "start", "time": "10:00:00.501"},
+				{"phase": "step", "reason": "wait-unassign-call -> wait-join"},
 				{"phase": "end", "time": "10:00:03.250"},
 			},
 		},
@@ -226,7 +227,7 @@ func TestLeadingTime(t *testing.T) {
 		{"2026-13-45 99:00:00 bad", ""},
 	}
 	for _, tt := range tests {
-		got, ok := leadingTime(tt.in, ref)
+		got, ok := leadingTime(tt.in, ref, time.Local)
 		if s := got.UTC().Format(time.RFC3339Nano); ok != (tt.want != "") || ok && s != tt.want {
 			t.Errorf("leadingTime(%q) = %s, %v; want %q", tt.in, s, ok, tt.want)
 		}
