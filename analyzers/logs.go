@@ -30,6 +30,13 @@ type LogOptions struct {
 	GPUsPerHost int
 }
 
+// HostOf names the host bundle LogInput puts e in: the host its line
+// named, else DefaultHost, else its pod, else its file (without .gz).
+func (opts LogOptions) HostOf(e traces.Event) string {
+	return sanitizeComponent(cmp.Or(e.Attrs[logparse.AttrHost], opts.DefaultHost, e.Attrs["pod"],
+		strings.TrimSuffix(baseName(e.Attrs[logparse.AttrSource]), ".gz"), "local"))
+}
+
 // LogInput turns events parsed from logs users already have into one job
 // capture, so that the analyzers (rebalance, hw-faults) and triage run with
 // no agent and no store: one host bundle per host the lines name (journald
@@ -47,7 +54,7 @@ func LogInput(events []traces.Event, opts LogOptions) (*Input, error) {
 	byHost := map[string][]traces.Event{}
 	first, last := events[0].TimeNs, events[0].TimeNs
 	for _, e := range events {
-		h := sanitizeComponent(cmp.Or(e.Attrs[logparse.AttrHost], opts.DefaultHost, e.Attrs["pod"], strings.TrimSuffix(baseName(e.Attrs[logparse.AttrSource]), ".gz"), "local"))
+		h := opts.HostOf(e)
 		byHost[h] = append(byHost[h], e)
 		first, last = min(first, e.TimeNs), max(last, e.TimeNs)
 	}

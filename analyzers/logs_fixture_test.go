@@ -56,7 +56,8 @@ func TestLogFixtures(t *testing.T) {
 				}
 				defer f.Close()
 				rel, _ := filepath.Rel(dir, p)
-				_, err = logparse.ReadStream(f, want.ref, 0, logparse.SourceOf("/"+rel), func(e traces.Event) error {
+				opts := logparse.StreamOptions{Ref: want.ref, Location: time.UTC, Source: logparse.SourceOf("/" + rel)}
+				_, err = logparse.ReadStream(f, opts, func(e traces.Event) error {
 					e.Attrs[logparse.AttrSource] = rel
 					events = append(events, e)
 					return nil

@@ -13,16 +13,29 @@ import (
 	"github.com/loupe-dev/loupe/traces"
 )
 
+// StreamOptions say how ReadStream reads one stream.
+type StreamOptions struct {
+	// Ref dates timestamps without a year (Parser.Ref); a file's
+	// modification time is a good one.
+	Ref time.Time
+	// Location is the zone of timestamps without one (nil: local).
+	Location *time.Location
+	// MaxLine cuts longer lines (0: DefaultMaxLineBytes).
+	MaxLine int
+	// Source is the pod and container, from a kubelet log path.
+	Source Source
+}
+
 // ReadStream parses a whole log stream that already exists (a file, a
 // rotated file, a journal export) with its own timestamps: gzip-compressed
 // input (rotated .gz files) is decompressed, journalctl -o export input is
 // recognised by its first line, and every other line goes through
 // Parser.Feed with no read time, so that undated lines take the nearest
-// timestamped line's time. ref dates timestamps without a year (Parser.Ref;
-// a file's modification time is a good one). Lines over maxLine bytes are
-// cut. fn receives each event in the order the stream produced them; an
-// error from fn stops the reading. It returns the number of lines read.
-func ReadStream(r io.Reader, ref time.Time, maxLine int, source Source, fn func(traces.Event) error) (int, error) {
+// timestamped line's time. fn receives each event in the order the stream
+// produced them; an error from fn stops the reading. It returns the number
+// of lines read.
+func ReadStream(r io.Reader, opts StreamOptions, fn func(traces.Event) error) (int, error) {
+	maxLine, ref := opts.MaxLine, opts.Ref
 	if maxLine <= 0 {
 		maxLine = DefaultMaxLineBytes
 	}
@@ -36,7 +49,7 @@ func ReadStream(r io.Reader, ref time.Time, maxLine int, source Source, fn func(
 		br = bufio.NewReaderSize(gz, 64<<10)
 	}
 	p := NewParser(maxLine)
-	p.Ref, p.Source = ref, source
+	p.Ref, p.Source, p.Location = ref, opts.Source, opts.Location
 	var out []traces.Event
 	emit := func() error {
 		for _, e := range out {
