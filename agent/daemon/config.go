@@ -225,6 +225,7 @@ var flagDocs = map[string]string{
 	"trigger.cooldown":         "least time between automatic captures of a job run",
 	"capture.default_duration": "window of an on-demand capture that names no duration or iterations",
 	"capture.max_duration":     "longest timed window accepted",
+	"logs.history_job":         "job name of the log-only bundles carrying the history of log files found after start-up",
 }
 
 // bindFlags registers a flag for every YAML key of the struct v, named by

@@ -68,11 +68,14 @@ type Config struct {
 	MaxLineBytes int `yaml:"max_line_bytes"`
 	// MaxEvents bounds the events kept for captures; the oldest go first.
 	MaxEvents int `yaml:"max_events"`
+	// HistoryJob names the job of the log-only bundles that carry the
+	// history of files found after start-up.
+	HistoryJob string `yaml:"history_job"`
 }
 
 // DefaultConfig returns the defaults (no files).
 func DefaultConfig() Config {
-	return Config{PollInterval: DefaultPollInterval, MaxLineBytes: DefaultMaxLineBytes, MaxEvents: DefaultMaxEvents}
+	return Config{PollInterval: DefaultPollInterval, MaxLineBytes: DefaultMaxLineBytes, MaxEvents: DefaultMaxEvents, HistoryJob: "logs"}
 }
 
 // Validate checks the globs and bounds.
@@ -85,6 +88,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PollInterval < 0 || c.MaxLineBytes < 0 || c.MaxEvents < 0 {
 		errs = append(errs, errors.New("logs: poll_interval, max_line_bytes and max_events must not be negative"))
+	}
+	if err := traces.ValidateComponent(c.HistoryJob); err != nil {
+		errs = append(errs, fmt.Errorf("logs.history_job: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -181,3 +181,32 @@ func BenchmarkTailer(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)*10000/b.Elapsed().Seconds(), "lines/s")
 }
+
+// A file found after start-up is read from its start: the events of lines
+// older than the moment it was found go to History, once the whole of what
+// it held then has been read (a poll reads at most readChunk), and the
+// fresh ones to the ring.
+func TestTailerHistory(t *testing.T) {
+	dir := t.TempDir()
+	tl := New(Config{Files: []string{filepath.Join(dir, "*.log")}}, nil, nil)
+	tl.poll(true)
+	old := "2026-11-24T10:00:00Z stderr F RuntimeError: CUDA error: old\n"
+	filler := strings.Repeat("2026-11-24T10:00:01Z stdout F INFO step 10 loss 2.31 lr 0.0001 tokens/s 12345\n", readChunk/64)
+	fresh := time.Now().UTC().Format(time.RFC3339Nano) + " stderr F RuntimeError: CUDA error: fresh\n"
+	appendFile(t, filepath.Join(dir, "found.log"), old+filler+fresh)
+	tl.poll(false)
+	if h := tl.History(); h != nil {
+		t.Fatalf("history handed out before the file was read to its end: %d events", len(h))
+	}
+	tl.poll(false)
+	h := tl.History()
+	if len(h) != 1 || h[0].Attrs["error"] != "old" || h[0].TimeNs != time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC).UnixNano() {
+		t.Fatalf("history %+v", h)
+	}
+	if ev := all(tl); len(ev) != 1 || ev[0].Attrs["error"] != "fresh" {
+		t.Fatalf("ring %+v", ev)
+	}
+	if tl.History() != nil {
+		t.Fatal("history handed out twice")
+	}
+}
