@@ -13,7 +13,7 @@ import (
 // KinetoKernels is the kernel breakdown report.
 var KinetoKernels = &Analyzer{
 	Name:    "kineto-kernel-breakdown",
-	Version: "1",
+	Version: "2",
 	Doc: `top GPU kernels by total time, per rank
 
 From each rank's Kineto trace, as HolisticTraceAnalysis's

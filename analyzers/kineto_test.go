@@ -156,7 +156,7 @@ func TestKinetoRank0(t *testing.T) {
 	if len(r.Streams) != 2 || r.Streams[0] != wantS[0] || r.Streams[1] != wantS[1] {
 		t.Errorf("streams\n got %+v\nwant %+v", r.Streams, wantS)
 	}
-	if r.Overlap.Communication != us(130) || r.Overlap.Overlapped != us(69) || roundPct(r.Overlap.Ratio()) != 53.08 {
+	if r.Overlap.Communication != us(130) || r.Overlap.Overlapped != us(69) || RoundPct(r.Overlap.Ratio()) != 53.08 {
 		t.Errorf("overlap %+v ratio %v", r.Overlap, r.Overlap.Ratio())
 	}
 	// By default the launches HTA counts: cudaLaunchKernel, ExC and the
@@ -586,7 +586,7 @@ func TestKinetoMatchesHTA(t *testing.T) {
 		}
 		r := rs[0]
 		b := r.Temporal
-		got := hta{micros(b.Idle), micros(b.Compute), micros(b.NonCompute), micros(b.Span), roundPct(r.Overlap.Ratio()),
+		got := hta{micros(b.Idle), micros(b.Compute), micros(b.NonCompute), micros(b.Span), RoundPct(r.Overlap.Ratio()),
 			[3]float64{micros(r.Streams[0].HostWait), micros(r.Streams[0].KernelWait), micros(r.Streams[0].Other)},
 			r.Launch.Launches, r.Launch.ShortKernels, r.Launch.DelayOutliers, micros(r.Launch.MaxDelay)}
 		if got != tc.want {
