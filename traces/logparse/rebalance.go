@@ -118,7 +118,7 @@ func (p *Parser) java(text string, when time.Time, rank int, out []traces.Event)
 		e := ev(PhaseState)
 		e.Attrs[AttrProtocol] = ProtocolConsumer
 		e.Attrs[AttrStrategy] = StrategyCooperative
-		if i := strings.Index(msg, " with epoch "); i > 0 && msg[len("Member "):i] != "<no ID>" {
+		if i := strings.Index(msg, " with epoch "); i >= len("Member ") && msg[len("Member "):i] != "<no ID>" {
 			e.Attrs[AttrMemberID] = msg[len("Member "):i]
 		}
 		e.Attrs[AttrGeneration] = number(after(msg, " with epoch "))
