@@ -119,9 +119,10 @@ type Parser struct {
 	held     []heldEvent       // events of undated lines since the latest dated one
 	// Source is added to every event's attributes when set.
 	Source Source
-	// Ref dates timestamps that carry no year (glog, BSD syslog): they are
+	// Ref dates timestamps that carry no year (glog, BSD syslog) until the
+	// stream has a dated line (then that line dates the next): they are
 	// taken in Ref's year, or the year before when that would put them
-	// more than a day after Ref. Zero means the time of the call.
+	// more than a day after Ref. Zero means the time of the first line.
 	Ref time.Time
 	// Location is the zone of timestamps printed without one (nil: the
 	// machine's local zone).
@@ -196,10 +197,10 @@ func (p *Parser) ref() time.Time {
 	switch {
 	case !p.last.IsZero():
 		return p.last
-	case !p.Ref.IsZero():
-		return p.Ref
+	case p.Ref.IsZero():
+		p.Ref = time.Now() // once: a clock read per line costs more than the parse
 	}
-	return time.Now()
+	return p.Ref
 }
 
 func (p *Parser) parse(rec record, readAt time.Time, out []traces.Event) []traces.Event {
@@ -441,7 +442,8 @@ func isoTime(s string, loc *time.Location) (time.Time, int, bool) {
 
 // yearless parses a timestamp printed without a year, in ref's year, or
 // the year before when that would be more than a day after ref (December
-// lines read in January).
+// lines read in January), or the year after when more than half a year
+// before it (a stream going on past New Year).
 func yearless(layout, v string, ref time.Time, loc *time.Location) (time.Time, bool) {
 	if ref.IsZero() {
 		ref = time.Now()
@@ -450,8 +452,11 @@ func yearless(layout, v string, ref time.Time, loc *time.Location) (time.Time, b
 	if err != nil {
 		return time.Time{}, false
 	}
-	if t.Sub(ref) > 24*time.Hour {
+	switch {
+	case t.Sub(ref) > 24*time.Hour:
 		t = t.AddDate(-1, 0, 0)
+	case ref.Sub(t) > 183*24*time.Hour:
+		t = t.AddDate(1, 0, 0)
 	}
 	return t, true
 }

@@ -296,6 +296,9 @@ func BenchmarkParser(b *testing.B) {
 		{"java-rebalance", "[2026-11-25 10:00:05,000] INFO [Consumer clientId=consumer-infer-1, groupId=infer] Adding newly assigned partitions: requests-0"},
 		{"docker-json", `{"log":"GET /v1/infer 200 12ms\n","stream":"stdout","time":"2026-11-25T10:00:09.5Z"}`},
 		{"plain", "plain application log line without anything of interest in it, but of typical length"},
+		{"journal-plain", "2026-11-25T10:00:05.123456+0000 gpu-node-2 python3[6161]: [rank6]: INFO step 10 loss 2.31 lr 0.0001 tokens/s 12345"},
+		{"journal-xid", "2026-11-25T10:01:00.000200+0000 gpu-node-1 kernel: NVRM: Xid (PCI:0000:18:00): 79, pid=3131, name=python3, GPU has fallen off the bus."},
+		{"glog-elastic", "I1125 10:20:31.002000 140 torch/distributed/elastic/agent/server/api.py:685] [default] Starting worker group"},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			p := NewParser(0)
