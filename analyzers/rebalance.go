@@ -13,51 +13,6 @@ import (
 	"github.com/loupe-dev/loupe/traces/logparse"
 )
 
-// Rebalance accounting, by definition. The events are those of
-// traces/logparse (kind rebalance); a group is one client kind (Kafka Java,
-// librdkafka, torch elastic) and group id (elastic: the agent's role).
-//
-//   - Members are identified by their member id (the coordinator's, as the
-//     client logs it); the client id is only a label, since a restarted pod
-//     keeps its client id and gets a new member id. Lines before a member
-//     id is known belong to the stream (file and client id) they came from
-//     and go to the member id that stream learns next; "Subscribed to
-//     topic(s)" (a new consumer instance) and a LeaveGroup start the stream
-//     afresh.
-//   - Classic protocol (Java, librdkafka): a rebalance is one generation.
-//     Each member's pause runs from its first start (request to join,
-//     revocation) after its previous assignment to its next assignment;
-//     the pauses that end in generation N make rebalance N, which starts
-//     at the earliest of them and ends at the latest. With an eager
-//     assignor (range, roundrobin, sticky, or unknown, the classic default
-//     range first) every member stops consuming for its pause: the GPU
-//     time idled on a host is the union of its members' pauses times its
-//     GPUs, within the window; the first join of a new instance (a pod
-//     starting) is left out of that, being start-up rather than a pause.
-//     With a cooperative assignor members keep their other partitions, so
-//     nothing is charged as idle.
-//   - Consumer protocol (KIP-848): a reconciliation runs from the first
-//     member leaving STABLE (or joining) until every member is STABLE again
-//     and every partition revoked meanwhile has been assigned again (when a
-//     new owner's log is missing, until all were STABLE, and the partitions
-//     never seen again are counted). It is reported as a reconciliation and
-//     never as stop-the-world idle time: members keep consuming what they
-//     are not asked to give up.
-//   - torch elastic: a restart runs from the first worker stopped (a
-//     worker failing, a closing signal, "Worker group FAILED", "Detected N
-//     new nodes", "Stopping worker group") to the new worker group started
-//     ("Starting worker group") on every agent that stopped. Every GPU of
-//     the job idles for it.
-//   - Start, end and pause (downtime) are per rebalance, not per member.
-//     Percentiles are nearest-rank (sorted[ceil(q*n)-1], always one of the
-//     values), with linear interpolation between closest ranks (numpy's
-//     default) as a second figure.
-//   - A storm is StormCount rebalances starting within StormWindow; storm
-//     windows that overlap are merged, so a long rolling restart is one
-//     storm however many windows of K it contains.
-//   - A rebalance still open when the logs (or the window) end counts up
-//     to that end and is marked unfinished.
-
 // RebalanceConfig tunes the rebalance analyzer.
 type RebalanceConfig struct {
 	// StormCount rebalances of one group within StormWindow make a storm,
@@ -120,7 +75,54 @@ const (
 	KindRestart        = "restart"        // torch elastic
 )
 
-// GroupChange is one rebalance, reconciliation or restart of one group.
+// GroupChange is one rebalance, reconciliation or restart of one group,
+// accounted by definition. The events are those of traces/logparse (kind
+// rebalance); a group is one client kind (Kafka Java, librdkafka, torch
+// elastic) and group id (elastic: the agent's role).
+//
+//   - Members are identified by their member id (the coordinator's, as the
+//     client logs it); the client id is only a label, since a restarted pod
+//     keeps its client id and gets a new member id. Lines before a member
+//     id is known belong to the stream (file and client id) they came from
+//     and go to the member id that stream learns next; "Subscribed to
+//     topic(s)" (a new consumer instance) and a LeaveGroup start the stream
+//     afresh.
+//   - Classic protocol (Java, librdkafka): a rebalance is one generation.
+//     Each member's pause runs from its first start (request to join,
+//     revocation) after its previous assignment to its next assignment;
+//     the pauses that end in generation N make rebalance N, which starts
+//     at the earliest of them and ends at the latest. With an eager
+//     assignor (range, roundrobin, sticky, or unknown, the classic default
+//     range first) every member stops consuming for its pause: the GPU
+//     time idled on a host is the union of its members' pauses times its
+//     GPUs, within the window; the first join of a new instance (a pod
+//     starting) is left out of that, being start-up rather than a pause.
+//     With a cooperative assignor members keep their other partitions, so
+//     nothing is charged as idle.
+//   - Consumer protocol (KIP-848): a reconciliation runs from the first
+//     member leaving STABLE (or joining) until every member is STABLE again
+//     and every partition revoked meanwhile has been assigned again (when a
+//     new owner's log is missing, until all were STABLE, and the partitions
+//     never seen again are counted, 30 s on). Members learn of a change at
+//     their next heartbeat, so a member leaving STABLE within 5 s (the
+//     default heartbeat interval) of the others settling is the same
+//     reconciliation. It is reported as a reconciliation and never as
+//     stop-the-world idle time: members keep consuming what they are not
+//     asked to give up.
+//   - torch elastic: a restart runs from the first worker stopped (a
+//     worker failing, a closing signal, "Worker group FAILED", "Detected N
+//     new nodes", "Stopping worker group") to the new worker group started
+//     ("Starting worker group") on every agent that stopped. Every GPU of
+//     the job idles for it.
+//   - Start, end and pause (downtime) are per rebalance, not per member.
+//     Percentiles are nearest-rank (sorted[ceil(q*n)-1], always one of the
+//     values), with linear interpolation between closest ranks (numpy's
+//     default) as a second figure.
+//   - A storm is StormCount rebalances starting within StormWindow; storm
+//     windows that overlap are merged, so a long rolling restart is one
+//     storm however many windows of K it contains.
+//   - A rebalance still open when the logs (or the window) end counts up
+//     to that end and is marked unfinished.
 type GroupChange struct {
 	Client, Group string
 	Kind          string

@@ -8,17 +8,6 @@ import (
 	"time"
 )
 
-// Container runtimes wrap each line a program prints:
-//
-//	CRI (containerd, CRI-O):  2026-11-25T10:00:00.123456789Z stdout F message
-//	                          (P instead of F marks a partial line; the next
-//	                          record of the stream continues it)
-//	Docker json-file:         {"log":"message\n","stream":"stdout","time":"2026-11-25T10:00:00.1Z"}
-//	                          (a "log" without its trailing newline is partial)
-//
-// unwrap recognises both and returns the program's own text; other lines
-// pass through unchanged.
-
 // record is one line as the program printed it, or part of one.
 type record struct {
 	text    string

@@ -8,28 +8,6 @@ import (
 	"github.com/loupe-dev/loupe/traces"
 )
 
-// Fault lines, as the kernel driver, PyTorch and the CUDA runtime print them:
-//
-//	NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.
-//	NVRM: GPU 0000:3b:00.0: GPU has fallen off the bus.
-//	[Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1024, OpType=ALLREDUCE, NumelIn=..., NumelOut=..., Timeout(ms)=600000) ran for 600042 milliseconds before timing out.
-//	torch.distributed.DistBackendError: NCCL error in: .../ProcessGroupNCCL.cpp:1970, unhandled system error (run with NCCL_DEBUG=INFO for details), NCCL version 2.20.5
-//	torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB ...
-//	RuntimeError: CUDA error: an illegal memory access was encountered
-//	Traceback (most recent call last):
-//	  File "/app/train.py", line 42, in <module>
-//	    main()
-//	ValueError: ...
-//
-// NCCL timeouts (nccl_watchdog), other NCCL failures (nccl_error) and
-// crashes are told apart; when the exception that ends a traceback is
-// itself one of these faults (an OOM, a CUDA or NCCL error), one event of
-// that fault carries the stack, with AttrFatal "true", instead of a crash
-// event beside it. An out-of-memory line that says the program retries
-// gets AttrRetry "true". XIDs carry the code, AttrPCI and the pid and name
-// the driver logged; the GPU index is left -1 for whoever knows the host's
-// PCI addresses (the analyzers, from the manifest).
-
 func ncclWatchdog(text string, when time.Time, rank int) traces.Event {
 	if rank < 0 {
 		if r, err := strconv.Atoi(number(after(text, "Rank "))); err == nil {

@@ -13,19 +13,6 @@ import (
 	"time"
 )
 
-// Journald and syslog put a prefix before each message:
-//
-//	short-iso-precise  2026-11-25T10:00:00.123456+0000 gpu-node-1 kernel: NVRM: Xid (PCI:0000:3b:00): 79, ...
-//	short-iso          2026-11-25T10:00:00+00:00 gpu-node-1 python3[4242]: [rank3]: Traceback ...
-//	short-precise      Nov 25 10:00:00.123456 gpu-node-1 kernel: ...
-//	short (and BSD syslog files)  Nov 25 10:00:00 gpu-node-1 consumer[77]: ...
-//	dmesg -T           [Tue Nov 25 10:00:00 2026] NVRM: Xid ...
-//	-o json            {"__REALTIME_TIMESTAMP":"1795600800123456","_HOSTNAME":"gpu-node-1","SYSLOG_IDENTIFIER":"kernel","MESSAGE":"NVRM: ..."}
-//
-// (newer systemd writes the ISO zone as +00:00, older as +0000). The host
-// becomes AttrHost, the identifier AttrUnit, the pid Event.PID. -o export
-// (binary-safe KEY=value blocks) is read by ExportReader.
-
 // syslogLine takes a journald or syslog prefix off s; without one, s is
 // the program's text as it is.
 func syslogLine(s string, ref time.Time, loc *time.Location) record {

@@ -1,25 +1,3 @@
-// Package logparse turns the log lines that training jobs, inference
-// consumers and GPU hosts already write into traces.Event records: the
-// group-membership changes of Kafka consumers (Java client, classic and
-// KIP-848 protocols, librdkafka) and torch elastic agents, and faults
-// (kernel NVRM XID lines, NCCL watchdog timeouts and NCCL errors, CUDA
-// errors, out-of-memory errors, Python crash stack traces).
-//
-// It sits under traces/ because both sides use it: the agent's log tailer
-// (agent/logtail) feeds it the lines it follows, and the aggregator's
-// analyze-logs command feeds it files a user already has. The events it
-// makes, their kinds and attributes, are the contract the analyzers read
-// (rebalance, hw-faults, triage); the attributes are listed below.
-//
-// Each line may come wrapped: by a container runtime (CRI, Docker
-// json-file), by journald (journalctl -o short, short-precise, short-iso,
-// short-iso-precise, json; syslog files in the same layouts) or by dmesg -T.
-// The wrapper's time, host, unit and pid are taken and the wrapper removed
-// before the program's own text is parsed. A line with no time of its own
-// (worker output without a logging prefix) takes the time of the nearest
-// timestamped line of the same stream, counted in lines (the earlier one on
-// a tie): a worker's traceback printed just before the launcher reports the
-// failure gets the report's time, not that of the last line an hour ago.
 package logparse
 
 import (

@@ -8,57 +8,6 @@ import (
 	"github.com/loupe-dev/loupe/traces"
 )
 
-// Group-membership lines of the Kafka Java client, librdkafka and torch
-// elastic become traces.EventRebalance events (AttrClient, AttrGroup,
-// AttrPhase and the attributes below). The analyzer (analyzers.Rebalances)
-// turns them into rebalances.
-//
-// Kafka Java client, classic protocol (AbstractCoordinator,
-// ConsumerCoordinator, ConsumerRebalanceListenerInvoker; every line
-// prefixed "[Consumer clientId=C, groupId=G] ", with "instanceId=I, " first
-// under static membership), all INFO:
-//
-//	Subscribed to topic(s): <topics>                            reset (a new consumer instance)
-//	Request joining group due to: <reason>                      start (a member id in the reason is kept)
-//	Revoke previously assigned partitions <list>                start (AttrPartitions)
-//	Lost previously assigned partitions <list>                  start (session expired)
-//	(Re-)joining group                                          start
-//	Successfully joined group with generation Generation{generationId=N, memberId='M', protocol='P'}   step
-//	Successfully synced group in generation Generation{...}     step
-//	Adding newly assigned partitions: <list>                    end (AttrPartitions)
-//	Member M sending LeaveGroup request to coordinator H (id: N rack: R) due to <reason>   leave
-//
-// and in the configuration dump at start-up "group.protocol = classic|consumer"
-// and "partition.assignment.strategy = [class ...Assignor, ...]".
-//
-// Kafka Java client, consumer protocol (KIP-848; AbstractMembershipManager
-// logs every state change at INFO, the listener invoker the partitions):
-//
-//	Member M with epoch E transitioned from A to B.             state (AttrFrom A, AttrTo B, AttrGeneration E)
-//	Revoking previously assigned partitions <list>              start (AttrPartitions)
-//	Adding newly assigned partitions: <list>                    end (AttrPartitions)
-//
-// librdkafka (debug=cgrp; the default logger prints
-// "%7|<unix time>|<FACILITY>|<client name>| [thrd:main]: <message>"):
-//
-//	CGRPJOINSTATE  Group "G" changed join state A -> B (state S)   start when A is init (AttrFresh) or steady, end when B is steady, step when B is wait-join
-//	JOINGROUP      JoinGroup response: GenerationId N, Protocol P, LeaderId L, my MemberId M, ...   step
-//	REBALANCE, ASSIGN lines naming EAGER or COOPERATIVE             step, giving the strategy
-//
-// torch elastic (torch/distributed/elastic/agent/server/api.py and
-// multiprocessing/api.py; the "[role]" is the agent's role, the group):
-//
-//	Sending process P closing signal SIGTERM                              start (reason signal): a worker is being stopped
-//	failed (exitcode: X) local_rank: R (pid: P) of binary: B              start (reason worker_failed, exitcode, local_rank)
-//	[role] Worker group FAILED. 2/3 attempts left; will restart worker group   start (reason failed, attempts_left)
-//	[role] Detected 1 new nodes from group_rank=0; will restart worker group   start (reason new_nodes)
-//	[role] Stopping worker group                                          start (reason stopping)
-//	[role] Rendezvous complete for workers. Result: ... restart_count=N   step (restart_count may follow on the next lines)
-//	[role] Starting worker group                                          end (AttrGeneration: the restart_count)
-//
-// A restart's downtime runs from its first start, the first worker
-// stopped, to the end, the new worker group started.
-
 func rebalanceEvent(text string, when time.Time, rank int, client, group, member, phase string) traces.Event {
 	e := newEvent(traces.EventRebalance, text, when, rank)
 	e.Attrs[AttrClient], e.Attrs[AttrGroup], e.Attrs[AttrMember], e.Attrs[AttrPhase] = client, group, member, phase
