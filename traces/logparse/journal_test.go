@@ -88,35 +88,7 @@ func TestJournalAndKernelLines(t *testing.T) {
 			for _, l := range tt.lines {
 				got = p.Feed([]byte(l), time.Time{}, got)
 			}
-			got = p.Flush(time.Time{}, got)
-			if len(got) != len(tt.want) {
-				t.Fatalf("got %d events, want %d: %+v", len(got), len(tt.want), got)
-			}
-			for i, w := range tt.want {
-				e := got[i]
-				for k, v := range w {
-					var have string
-					switch k {
-					case "kind":
-						have = e.Kind
-					case "rank":
-						have = itoa(e.Rank)
-					case "gpu":
-						have = itoa(e.GPU)
-					case "pid":
-						have = itoa(e.PID)
-					case "code":
-						have = itoa(int(e.Code))
-					case "time":
-						have = time.Unix(0, e.TimeNs).UTC().Format("15:04:05.000000")
-					default:
-						have = e.Attrs[k]
-					}
-					if have != v {
-						t.Errorf("event %d %s = %q, want %q (event %+v)", i, k, have, v, e)
-					}
-				}
-			}
+			checkEvents(t, p.Flush(time.Time{}, got), tt.want)
 		})
 	}
 }

@@ -181,32 +181,43 @@ func TestParseLines(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := parseAll(tt.lines...)
-			if len(got) != len(tt.want) {
-				t.Fatalf("got %d events, want %d: %+v", len(got), len(tt.want), got)
-			}
-			for i, w := range tt.want {
-				e := got[i]
-				for k, v := range w {
-					var have string
-					switch k {
-					case "kind":
-						have = e.Kind
-					case "rank":
-						have = itoa(e.Rank)
-					case "gpu":
-						have = itoa(e.GPU)
-					case "time":
-						have = time.Unix(0, e.TimeNs).UTC().Format("15:04:05.000")
-					default:
-						have = e.Attrs[k]
-					}
-					if have != v {
-						t.Errorf("event %d %s = %q, want %q (event %+v)", i, k, have, v, e)
-					}
-				}
-			}
+			checkEvents(t, parseAll(tt.lines...), tt.want)
 		})
+	}
+}
+
+// checkEvents compares events with what is wanted of each: "kind", "rank",
+// "gpu", "pid", "code", "time" (UTC, compared to as many digits as the
+// wanted value has) and attributes by name.
+func checkEvents(t *testing.T, got []traces.Event, want []map[string]string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("got %d events, want %d: %+v", len(got), len(want), got)
+	}
+	for i, w := range want {
+		e := got[i]
+		for k, v := range w {
+			var have string
+			switch k {
+			case "kind":
+				have = e.Kind
+			case "rank":
+				have = itoa(e.Rank)
+			case "gpu":
+				have = itoa(e.GPU)
+			case "pid":
+				have = itoa(e.PID)
+			case "code":
+				have = itoa(int(e.Code))
+			case "time":
+				have = time.Unix(0, e.TimeNs).UTC().Format("15:04:05.000000000")[:len(v)]
+			default:
+				have = e.Attrs[k]
+			}
+			if have != v {
+				t.Errorf("event %d %s = %q, want %q (event %+v)", i, k, have, v, e)
+			}
+		}
 	}
 }
 
