@@ -267,3 +267,34 @@ func checkIncidents(t *testing.T, got []traces.Incident, want []*wantBlock) {
 		}
 	}
 }
+
+// An XID read from a journal names its GPU by PCI address; hw-faults maps
+// it to the manifest's GPU (NVML's "00000000:18:00.0" spelling) and keeps
+// the address only when no GPU matches.
+func TestXIDMappedByPCI(t *testing.T) {
+	p := logparse.NewParser(0)
+	var events []traces.Event
+	for _, l := range []string{
+		"2026-11-25T10:01:00.000200+0000 gpu-node-1 kernel: NVRM: Xid (PCI:0000:18:00): 79, pid=3131, name=python3, GPU has fallen off the bus.",
+		"2026-11-25T10:02:00.000000+0000 gpu-node-1 kernel: NVRM: Xid (PCI:0000:c1:00): 13, pid=3131, name=python3, Graphics Exception",
+	} {
+		events = p.Feed([]byte(l), time.Time{}, events)
+	}
+	in, err := LogInput(events, LogOptions{GPUsPerHost: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Hosts[0].Manifest.GPUs[1].PCIBusID = "00000000:18:00.0"
+	in.Hosts[0].Manifest.GPUs[1].Ranks = []int{9}
+	fs := run(t, HWFaults, in)
+	if len(fs) != 2 {
+		t.Fatalf("findings %+v", fs)
+	}
+	slices.SortFunc(fs, func(a, b traces.Finding) int { return strings.Compare(a.Title, b.Title) })
+	if f := fs[1]; f.Title != "XID 79: GPU has fallen off the bus" || f.Scope.GPU != 1 || f.Scope.Rank != 9 {
+		t.Errorf("XID 79 not mapped to GPU 1 (rank 9): %+v", f)
+	}
+	if f := fs[0]; f.Title != "XID 13: graphics engine exception (GPU at PCI 0000:c1:00)" || f.Scope.GPU != -1 {
+		t.Errorf("unmatched XID: %+v", f)
+	}
+}
