@@ -9,7 +9,7 @@ import (
 // KinetoTemporal is the temporal breakdown report.
 var KinetoTemporal = &Analyzer{
 	Name:    "kineto-temporal-breakdown",
-	Version: "1",
+	Version: "2",
 	Doc: `temporal breakdown of each rank's GPU time: computation, communication, memory, idle
 
 From each rank's Kineto trace, as HolisticTraceAnalysis's

@@ -156,10 +156,21 @@ func TestKinetoRank0(t *testing.T) {
 	if len(r.Streams) != 2 || r.Streams[0] != wantS[0] || r.Streams[1] != wantS[1] {
 		t.Errorf("streams\n got %+v\nwant %+v", r.Streams, wantS)
 	}
-	if r.Overlap.Communication != us(130) || r.Overlap.Overlapped != us(69) || roundPct(r.Overlap.Ratio()) != 53.08 {
+	if r.Overlap.Communication != us(130) || r.Overlap.Overlapped != us(69) || RoundPct(r.Overlap.Ratio()) != 53.08 {
 		t.Errorf("overlap %+v ratio %v", r.Overlap, r.Overlap.Ratio())
 	}
-	l := r.Launch
+	// By default the launches HTA counts: cudaLaunchKernel, ExC and the
+	// memory call.
+	if l := r.Launch; l.Launches != 5 || len(l.ByAPI) != 3 || l.ByAPI["cudaLaunchKernel"] != 3 || l.ByAPI["cudaLaunchKernelExC"] != 1 || l.ByAPI["cudaMemcpyAsync"] != 1 {
+		t.Errorf("HTA's launch set: %+v", l)
+	}
+	ext := DefaultKinetoOptions()
+	ext.ExtendedLaunchAPIs = true
+	extended, err := KinetoSummaries(context.Background(), in, ext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := extended[0].Launch
 	wantAPI := map[string]int64{"cudaLaunchKernel": 3, "cudaLaunchKernelExC": 1, "cuLaunchKernel": 1,
 		"cuLaunchKernelEx": 1, "cudaGraphLaunch": 2, "cudaMemcpyAsync": 1}
 	if l.Launches != 9 || l.ShortKernels != 2 || l.DelayOutliers != 3 || l.RuntimeOutliers != 0 ||
@@ -568,14 +579,14 @@ func TestKinetoMatchesHTA(t *testing.T) {
 			t.Fatal(err)
 		}
 		opts := DefaultKinetoOptions()
-		opts.HTALaunchAPIsOnly = true
+		opts.ExtendedLaunchAPIs = false
 		rs, err := KinetoSummaries(context.Background(), in, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		r := rs[0]
 		b := r.Temporal
-		got := hta{micros(b.Idle), micros(b.Compute), micros(b.NonCompute), micros(b.Span), roundPct(r.Overlap.Ratio()),
+		got := hta{micros(b.Idle), micros(b.Compute), micros(b.NonCompute), micros(b.Span), RoundPct(r.Overlap.Ratio()),
 			[3]float64{micros(r.Streams[0].HostWait), micros(r.Streams[0].KernelWait), micros(r.Streams[0].Other)},
 			r.Launch.Launches, r.Launch.ShortKernels, r.Launch.DelayOutliers, micros(r.Launch.MaxDelay)}
 		if got != tc.want {
@@ -680,5 +691,37 @@ func TestKinetoFolderRefusesForeignJSON(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), name+" is not a Kineto trace") {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// Nanosecond-resolution traces: HTA reads ts and dur as doubles, and at
+// 1.7e15 us doubles are 0.25 us apart, so "…456.001" is …456.0 to it: the
+// kernel starts at 456 (ceil) and ends at floor(456.0 + 10.0) = 466, 10 us;
+// exact decimal rounding would start it at 457 and give 9 us. The second
+// kernel, "…500.700" for 3.3 us, is …500.75 as a double: 501 .. floor(504.05)
+// = 504, 3 us (exactly 501 .. 504 too). Span 456 .. 504 = 48 us, busy 13,
+// idle 35.
+func TestKinetoRoundsAsHTA(t *testing.T) {
+	trace := `{"schemaVersion": 1, "traceEvents": [
+{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 1712191898123450.000, "dur": 4.000, "args": {"correlation": 1}},
+{"ph": "X", "cat": "kernel", "name": "k1", "pid": 0, "tid": 7, "ts": 1712191898123456.001, "dur": 10.000, "args": {"correlation": 1, "stream": 7}},
+{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 1712191898123470.000, "dur": 4.000, "args": {"correlation": 2}},
+{"ph": "X", "cat": "kernel", "name": "k2", "pid": 0, "tid": 7, "ts": 1712191898123500.700, "dur": 3.300, "args": {"correlation": 2, "stream": 7}}
+]}`
+	r, err := analyzeKineto(context.Background(), strings.NewReader(trace), DefaultKinetoOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := r.Temporal; b.Span != us(48) || b.Compute != us(13) || b.Idle != us(35) {
+		t.Errorf("HTA rounding: %+v", b)
+	}
+	opts := DefaultKinetoOptions()
+	opts.HTARounding = false
+	r, err = analyzeKineto(context.Background(), strings.NewReader(trace), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := r.Temporal; b.Span != 47999*time.Nanosecond || b.Compute != 13300*time.Nanosecond {
+		t.Errorf("exact nanoseconds: %+v", b)
 	}
 }

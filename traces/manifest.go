@@ -53,6 +53,10 @@ const ProfileTimeLabel = "time_ns"
 const (
 	TriggerStableIteration = "stable-iteration"
 	TriggerOnDemand        = "on-demand"
+	// TriggerLogHistory: a log-only bundle of events from log lines older
+	// than any capture window (a log file found with history, or logs
+	// analyzed offline).
+	TriggerLogHistory = "log-history"
 )
 
 // Manifest describes one host's share of one capture. It is stored as

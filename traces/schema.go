@@ -148,7 +148,8 @@ const (
 	EventXID          = "xid"
 	EventECC          = "ecc"
 	EventGPULost      = "gpu_lost"
-	EventNCCLWatchdog = "nccl_watchdog"
+	EventNCCLWatchdog = "nccl_watchdog" // a collective timed out
+	EventNCCLError    = "nccl_error"    // NCCL failed otherwise (system, internal, remote error)
 	EventCUDAError    = "cuda_error"
 	EventOOM          = "oom"
 	EventCrash        = "crash"

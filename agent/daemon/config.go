@@ -276,6 +276,7 @@ var flagDocs = map[string]string{
 	"upload.interval":     "how often the spool is rescanned for captures to upload",
 	"upload.backoff_base": "first upload retry's maximum delay; each retry doubles it",
 	"upload.backoff_max":  "longest delay between upload retries",
+	"logs.history_job":    "job name of the log-only bundles carrying the history of log files found after start-up",
 }
 
 // bindFlags registers a flag for every YAML key of the struct v, named by
