@@ -23,6 +23,10 @@ const (
 	KinetoDir      = "kineto/"
 )
 
+// PartStepHistory is the run's step history from its first step (StepSpan
+// rows), so that analyzers judge the start of the run, not only the window.
+const PartStepHistory = "step_history.parquet"
+
 // Media types of the parts.
 const (
 	MediaParquet = "application/vnd.apache.parquet"
