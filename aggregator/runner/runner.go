@@ -94,12 +94,14 @@ func New(cfg Config) *Runner {
 	}
 }
 
-// Versions maps each analyzer's name to its version.
+// Versions maps each analyzer's name to its version, and the correlation
+// step's (analyzers.RootCause), which runs after any of them.
 func Versions(list []*analyzers.Analyzer) map[string]string {
-	v := make(map[string]string, len(list))
+	v := make(map[string]string, len(list)+1)
 	for _, a := range list {
 		v[a.Name] = a.Version
 	}
+	v[analyzers.RootCause.Name] = analyzers.RootCause.Version
 	return v
 }
 
@@ -164,6 +166,10 @@ func (r *Runner) work(m mode, c *capture.Capture, rec *findings.Record) []*analy
 	}
 	stale := rec.Stale(r.versions)
 	var list []*analyzers.Analyzer
+	if slices.Contains(stale, analyzers.RootCause.Name) {
+		// Only the correlation is stale: re-correlate the stored findings.
+		list = []*analyzers.Analyzer{}
+	}
 	for _, a := range r.cfg.Analyzers {
 		if slices.Contains(stale, a.Name) {
 			list = append(list, a)
@@ -310,7 +316,8 @@ func (r *Runner) analyze(ctx context.Context, c *capture.Capture, list []*analyz
 			}
 		}
 	}
-	rec.Findings = dedup(rec.Findings)
+	// A backfill re-joins the kept findings with the new ones.
+	rec.Findings = dedup(analyzers.Correlate(in, rec.Findings))
 	newTag, err := findings.Write(ctx, r.cfg.Store, rec, etag)
 	if err != nil {
 		return Outcome{}, err
