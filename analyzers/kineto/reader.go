@@ -78,12 +78,15 @@ type Event struct {
 	Cat  []byte
 	Name []byte
 
-	Ts, Dur        int64
-	HasTs, HasDur  bool
-	HasCat         bool
-	Correlation    int64 // args.correlation, -1 when absent
-	Stream         int64 // args.stream, -1 when absent or not a number
-	ExternalID     int64 // args["External id"], -1 when absent
+	Ts, Dur       int64
+	HasTs, HasDur bool
+	HasCat        bool
+	Correlation   int64 // args.correlation, -1 when absent
+	Stream        int64 // args.stream, -1 when absent or not a number
+	ExternalID    int64 // args["External id"], -1 when absent
+	// Flops is args.flops, the floating-point operations PyTorch's profiler
+	// counts for an operator when run with_flops=True; -1 when absent.
+	Flops          int64
 	HasCorrelation bool
 }
 
@@ -394,7 +397,7 @@ func (r *Reader) event() error {
 	ev.Cat, ev.Name = ev.Cat[:0], ev.Name[:0]
 	ev.Ts, ev.Dur = 0, 0
 	ev.HasTs, ev.HasDur, ev.HasCat, ev.HasCorrelation = false, false, false, false
-	ev.Correlation, ev.Stream, ev.ExternalID = -1, -1, -1
+	ev.Correlation, ev.Stream, ev.ExternalID, ev.Flops = -1, -1, -1, -1
 	return s.eachMember(func(key []byte) error {
 		switch string(key) {
 		case "ph":
@@ -462,6 +465,8 @@ func (r *Reader) args() error {
 			dst = &ev.Stream
 		case "External id":
 			dst = &ev.ExternalID
+		case "flops":
+			dst = &ev.Flops
 		default:
 			return s.skipValue(3)
 		}
