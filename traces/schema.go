@@ -145,6 +145,9 @@ const (
 	EventRebalance    = "rebalance"
 	EventLatency      = "latency"
 	EventNote         = "note"
+	// EventCheckpoint is a checkpoint save the job logged (Attrs "phase":
+	// start or end when the line says which).
+	EventCheckpoint = "checkpoint"
 )
 
 // Event is one line of events.jsonl: a fault or notable event on the host.
