@@ -285,9 +285,11 @@ func (r *Runner) analyze(ctx context.Context, c *capture.Capture, list []*analyz
 		Partial:          in.Partial,
 		MissingRanks:     in.MissingRanks,
 		Simulated:        c.Simulated(),
+		Parts:            c.Parts(),
 		AnalyzerVersions: map[string]string{},
 		Findings:         rep.Findings,
 	}
+	rec.Start, rec.End = c.Window()
 	ran := make([]string, 0, len(list))
 	for _, run := range rep.Runs {
 		ran = append(ran, run.Name)

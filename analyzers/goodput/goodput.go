@@ -8,7 +8,9 @@
 //
 // The run's wall time is [start, end): start is the earliest of the ranks'
 // first steps and the start times of the processes that ran them (from the
-// manifests), end the last step's end. Its GPU time is
+// manifests), end the end of the last step every rank has recorded (a
+// merged row is written when it is full, so ranks' histories end a little
+// apart; steps past end are left for the next capture). Its GPU time is
 //
 //	G = (end - start) x (R + I)
 //
@@ -53,7 +55,8 @@
 //	             gap after it, per checkpoint the span holds)
 //
 // restart: between a segment's last step and the next segment's first
-// step: the failure, the new process's start-up and initialization.
+// step (or the run's end, when that step comes after it): the failure, the
+// new process's start-up and initialization.
 //
 //	restart = next segment's first step start - last step end
 //
@@ -68,7 +71,7 @@
 //
 // idle_gpu: GPUs allocated to the job (the same pod as its processes, in the
 // manifests) that run no rank, for the whole wall time; and a rank's time
-// after its last step until the run's end.
+// after its last step, when it has no later one, until the run's end.
 //
 //	idle_gpu = I x (end - start) + sum over ranks of (end - last step end)
 //
@@ -270,15 +273,19 @@ func Compute(r *Run, opt Options) *traces.Goodput {
 	var firstIter, lastIter int64 = math.MaxInt64, math.MinInt64
 	for _, rank := range ranks {
 		st := c.rank(rank, r.ranks[rank])
-		steady = append(steady, st.m)
+		if st.m > 0 {
+			steady = append(steady, st.m)
+		}
 		g.Restarts = max(g.Restarts, st.restarts)
 		firstIter, lastIter = min(firstIter, st.firstIter), max(lastIter, st.lastIter)
 	}
 	if g.IdleGPUs > 0 {
 		c.add(traces.CauseIdle, c.start, c.end, wall*float64(g.IdleGPUs))
 	}
-	slices.Sort(steady)
-	g.StepSeconds = steady[len(steady)/2]
+	if len(steady) > 0 {
+		slices.Sort(steady)
+		g.StepSeconds = steady[len(steady)/2]
+	}
 	g.Steps = lastIter - firstIter + 1
 	g.GPUSeconds = wall * float64(len(ranks)+g.IdleGPUs)
 	g.ProductiveGPUSeconds = c.total[productive]
@@ -329,9 +336,10 @@ func clean(ss []span) []span {
 			if s.pid == p.pid && s.first == p.first {
 				continue
 			}
-			if s.start < p.end {
-				s.start = min(p.end, s.end)
+			if s.end <= p.end && s.start < p.end {
+				continue // inside the previous span
 			}
+			s.start = max(s.start, p.end)
 		}
 		out = append(out, s)
 	}
@@ -339,7 +347,8 @@ func clean(ss []span) []span {
 }
 
 // bounds sets the run's wall time: the earliest first step or start of a
-// process that ran a rank's first steps, to the last step's end.
+// process that ran a rank's first steps, to the end of the last step every
+// rank has recorded.
 func (c *computer) bounds(ranks []int32) {
 	started := map[int32]int64{} // pid -> start
 	for _, m := range c.r.Manifests {
@@ -349,7 +358,7 @@ func (c *computer) bounds(ranks []int32) {
 			}
 		}
 	}
-	c.start, c.end = math.MaxInt64, math.MinInt64
+	c.start, c.end = math.MaxInt64, math.MaxInt64
 	var unknown []int32
 	for _, rank := range ranks {
 		ss := c.r.ranks[rank]
@@ -360,9 +369,11 @@ func (c *computer) bounds(ranks []int32) {
 		} else if !ok {
 			unknown = append(unknown, rank)
 		}
+		rankEnd := int64(math.MinInt64)
 		for _, s := range ss {
-			c.end = max(c.end, s.end)
+			rankEnd = max(rankEnd, s.end)
 		}
+		c.end = min(c.end, rankEnd)
 	}
 	if len(unknown) > 0 {
 		c.notes = append(c.notes, fmt.Sprintf("the start of the process that ran the first steps is not known for %d of %d ranks "+
@@ -425,7 +436,12 @@ type rankStats struct {
 
 // rank splits one rank's time line.
 func (c *computer) rank(rank int32, ss []span) rankStats {
-	segs := segments(ss)
+	segs := segments(ss, c.end)
+	if len(segs) == 0 {
+		// Its first step came after the run's end: all start-up so far.
+		c.addTime(traces.CauseStartup, c.start, c.end)
+		return rankStats{firstIter: ss[0].first, lastIter: ss[0].first}
+	}
 	st := rankStats{restarts: len(segs) - 1, firstIter: segs[0][0].first, lastIter: segs[0][0].first}
 	c.addTime(traces.CauseStartup, c.start, segs[0][0].start)
 	// lowest[k] is the lowest iteration any later segment starts at.
@@ -443,14 +459,24 @@ func (c *computer) rank(rank int32, ss []span) rankStats {
 		st.m = c.segment(rank, seg, lowest[k])
 		st.lastIter = max(st.lastIter, seg[len(seg)-1].last())
 	}
+	// A rank whose steps stop before the run's end: restarting when its
+	// next process's steps come later, idle otherwise.
 	last := segs[len(segs)-1]
-	c.addTime(traces.CauseIdle, last[len(last)-1].end, c.end)
+	tail := traces.CauseIdle
+	end := &last[len(last)-1]
+	if i := slices.IndexFunc(ss, func(s span) bool { return s.start >= c.end }); i >= 0 && (ss[i].pid != end.pid || ss[i].first <= end.last()) {
+		tail = traces.CauseRestart
+	}
+	c.addTime(tail, last[len(last)-1].end, c.end)
 	return st
 }
 
 // segments splits a rank's spans where the PID changes or the iteration
-// goes back, and sets each span's cover.
-func segments(ss []span) [][]span {
+// goes back, and sets each span's cover; spans are cut at the run's end.
+func segments(ss []span, runEnd int64) [][]span {
+	if i := slices.IndexFunc(ss, func(s span) bool { return s.start >= runEnd }); i >= 0 {
+		ss = ss[:i]
+	}
 	var segs [][]span
 	begin := 0
 	for i := 1; i <= len(ss); i++ {
@@ -463,8 +489,15 @@ func segments(ss []span) [][]span {
 			if j+1 < len(seg) {
 				end = seg[j+1].start
 			}
-			seg[j].cover = float64(max(0, end-seg[j].start)) / 1e9
+			full := float64(max(0, end-seg[j].start)) / 1e9
+			seg[j].cover = full
 			seg[j].nominalSteps = float64(seg[j].steps)
+		}
+		// The span that crosses the run's end keeps the steps before it.
+		if s := &seg[len(seg)-1]; s.end > runEnd && s.cover > 0 {
+			kept := float64(runEnd-s.start) / 1e9
+			s.nominalSteps *= kept / s.cover
+			s.cover, s.end = kept, runEnd
 		}
 		segs = append(segs, seg)
 		begin = i
@@ -483,7 +516,8 @@ func (s *span) longest() float64 {
 	if s.pre && !s.keepsLong {
 		return s.mean()
 	}
-	return max(float64(s.longestStep)/1e9, s.mean())
+	// A longest step beyond the span's own length is bad input.
+	return min(max(float64(s.longestStep)/1e9, s.mean()), s.cover)
 }
 
 // segment splits one segment's time; a later segment starting at
@@ -522,7 +556,8 @@ func (c *computer) segment(rank int32, seg []span, lowest int64) float64 {
 		left := steady
 		if w >= 0 {
 			for _, cause := range inStepCauses {
-				amount := steady * c.windows[w].Shares[cause]
+				// Shares above 1 together are cut, in this order.
+				amount := min(left, steady*max(0, c.windows[w].Shares[cause]))
 				c.add(cause, a, b, amount)
 				left -= amount
 			}
@@ -561,8 +596,8 @@ func cutAt(seg []span, it int64, m float64) ([]span, int64) {
 	j := sort.Search(len(seg), func(j int) bool { return seg[j].last() >= it })
 	s := seg[j]
 	before := float64(it - s.first) // steps of the span before the cut
-	if before == 0 {
-		return seg[:j], s.start
+	if before <= 0 {
+		return seg[:j], s.start // it falls between spans
 	}
 	pre := s
 	pre.pre, pre.nominalSteps = true, before
