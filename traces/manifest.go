@@ -121,12 +121,13 @@ type Process struct {
 	Container string `json:"container,omitempty"`
 	Pod       string `json:"pod,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
+	// Started is when the process started, when known; a projection of a
+	// finding falls back on it for the run's start.
+	Started time.Time `json:"started,omitzero"`
 	// Image is the container image the process runs, as its container
 	// runtime names it; NCCLVersion the version of the libnccl it maps.
 	Image       string `json:"image,omitempty"`
 	NCCLVersion string `json:"nccl_version,omitempty"`
-	// Started is when the process started; zero when unknown.
-	Started time.Time `json:"started,omitzero"`
 }
 
 // Software is what a job ran on, summed up over its manifests: the

@@ -1,6 +1,6 @@
 // Package attribution says who a GPU process belongs to: its job and rank
 // (from its environment), its container (from its cgroup) and the
-// container's image (from the runtime's state), when it started, and, on
+// container's image (from the runtime's state), and, on
 // Kubernetes, its pod and namespace (from the kubelet pod-resources API,
 // which maps GPU UUIDs to the containers they were allocated to).
 //
@@ -74,10 +74,10 @@ type Info struct {
 	ContainerID string
 	// PodUID comes from the cgroup path of a Kubernetes container.
 	PodUID string
+	// Started is when the process started (zero when unknown).
+	Started time.Time
 	// Image is the container's image, from its runtime's state.
 	Image string
-	// Started is when the process started; zero when unknown.
-	Started time.Time
 }
 
 // Variables that carry ranks, in the order launchers set them: torchrun,
@@ -101,9 +101,6 @@ type Resolver struct {
 	byGPU   map[string]podRef
 	images  map[string]string // container ID -> image ("" when none is known)
 	lastErr error
-
-	bootOnce sync.Once
-	boot     time.Time
 }
 
 // New returns a Resolver. Zero fields of cfg take their defaults.
@@ -168,7 +165,6 @@ func (r *Resolver) Process(pid int) (Info, error) {
 		info.ContainerID, info.PodUID = parseCgroup(cg)
 	}
 	info.Image = r.imageOf(info.ContainerID)
-	info.Started = r.started(pid)
 	for _, g := range info.GPUs {
 		if p, ok := r.lookup(g); ok {
 			info.Pod, info.Namespace, info.Container = p.pod, p.namespace, p.container

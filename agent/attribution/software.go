@@ -1,14 +1,11 @@
 package attribution
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"time"
 )
 
 // Container state as the runtimes keep it on the host, one folder per
@@ -102,59 +99,4 @@ func readImage(path string) string {
 		}
 	}
 	return ""
-}
-
-// userHZ is the unit of /proc/<pid>/stat's start time: USER_HZ, 100 on
-// every Linux architecture the agent runs on.
-const userHZ = 100
-
-// started is when process pid started: its start time in clock ticks after
-// boot (field 22 of /proc/<pid>/stat) plus the boot time (btime of
-// /proc/stat); zero when either cannot be read.
-func (r *Resolver) started(pid int) time.Time {
-	boot := r.bootTime()
-	data, err := os.ReadFile(filepath.Join(r.cfg.ProcRoot, strconv.Itoa(pid), "stat"))
-	if err != nil || boot.IsZero() {
-		return time.Time{}
-	}
-	ticks, ok := statStartTicks(data)
-	if !ok {
-		return time.Time{}
-	}
-	return boot.Add(time.Duration(ticks) * time.Second / userHZ)
-}
-
-// statStartTicks parses field 22 (starttime) of a /proc/<pid>/stat line.
-// The comm field (2) is in parentheses and may hold spaces and
-// parentheses, so fields are counted after the last ')'.
-func statStartTicks(stat []byte) (int64, bool) {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, false
-	}
-	fields := strings.Fields(string(stat[i+1:]))
-	const startField = 22 - 3 // fields after comm start at field 3
-	if len(fields) <= startField {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(fields[startField], 10, 64)
-	return n, err == nil && n >= 0
-}
-
-// bootTime reads btime from /proc/stat once.
-func (r *Resolver) bootTime() time.Time {
-	r.bootOnce.Do(func() {
-		data, err := os.ReadFile(filepath.Join(r.cfg.ProcRoot, "stat"))
-		if err != nil {
-			return
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if v, ok := strings.CutPrefix(line, "btime "); ok {
-				if s, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
-					r.boot = time.Unix(s, 0).UTC()
-				}
-			}
-		}
-	})
-	return r.boot
 }

@@ -67,9 +67,6 @@ func TestEndToEnd(t *testing.T) {
 	if i := slices.IndexFunc(m.Processes, func(p traces.Process) bool { return p.PID == os.Getpid() }); i < 0 ||
 		m.Processes[i].Rank != 0 || m.Processes[i].GPU != 0 || m.Processes[i].Comm == "" {
 		t.Errorf("processes %+v lack this test (pid %d, rank 0, gpu 0)", m.Processes, os.Getpid())
-	} else if st := m.Processes[i].Started; st.After(base.Add(time.Second)) || st.Before(base.Add(-time.Hour)) {
-		// btime has whole seconds: the start time is known to within one.
-		t.Errorf("this process started at %v by the manifest, want shortly before %v", st, base)
 	}
 	// The simulated GPUs run go-nvml's DGX H100 mock: its driver and CUDA.
 	if m.DriverVersion != "550.54.15" || m.CUDAVersion != "12.4" {
