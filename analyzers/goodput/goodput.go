@@ -23,7 +23,11 @@
 // (one step, or n_j merged steps) covers c_j seconds, from its start to the
 // next span's start (to its end for the last), so that time between steps
 // counts with the step before it; its mean step is u_j = c_j / n_j. The
-// segment's steady step m is the median of u_j weighted by n_j.
+// segment's steady step m is the median of its single steps (the history's
+// full-resolution head) when it has at least 20; else the median of the
+// rank's single steps (a restarted process whose history is all merged
+// rows, whose means hold the checkpoints); else the median of u_j weighted
+// by n_j.
 //
 // # Causes
 //
@@ -51,8 +55,9 @@
 // in the step time.
 //
 //	checkpoint = sum over checkpoint steps of c_j - n_j x m
-//	             (a merged span: at most its longest step's excess plus the
-//	             gap after it, per checkpoint the span holds)
+//	             (a merged span holds k = round((c_j - n_j x m) / (L_j - m))
+//	             saves, L_j its longest step, and gives at most
+//	             k x (L_j - m) plus the gap after it)
 //
 // restart: between a segment's last step and the next segment's first
 // step (or the run's end, when that step comes after it): the failure, the
@@ -443,6 +448,7 @@ func (c *computer) rank(rank int32, ss []span) rankStats {
 		return rankStats{firstIter: ss[0].first, lastIter: ss[0].first}
 	}
 	st := rankStats{restarts: len(segs) - 1, firstIter: segs[0][0].first, lastIter: segs[0][0].first}
+	headStep := singleStepMedian(ss, 1)
 	c.addTime(traces.CauseStartup, c.start, segs[0][0].start)
 	// lowest[k] is the lowest iteration any later segment starts at.
 	lowest := make([]int64, len(segs))
@@ -456,7 +462,7 @@ func (c *computer) rank(rank int32, ss []span) rankStats {
 			prev := segs[k-1]
 			c.addTime(traces.CauseRestart, prev[len(prev)-1].end, seg[0].start)
 		}
-		st.m = c.segment(rank, seg, lowest[k])
+		st.m = c.segment(rank, seg, lowest[k], headStep)
 		st.lastIter = max(st.lastIter, seg[len(seg)-1].last())
 	}
 	// A rank whose steps stop before the run's end: restarting when its
@@ -523,8 +529,14 @@ func (s *span) longest() float64 {
 // segment splits one segment's time; a later segment starting at
 // iteration lowest makes the work from there on lost. It returns the
 // segment's steady step.
-func (c *computer) segment(rank int32, seg []span, lowest int64) float64 {
-	m := steadyStep(seg)
+func (c *computer) segment(rank int32, seg []span, lowest int64, headStep float64) float64 {
+	m := singleStepMedian(seg, minSingleSteps)
+	if m == 0 {
+		m = headStep
+	}
+	if m == 0 {
+		m = steadyStep(seg)
+	}
 	end := seg[len(seg)-1].end
 	kept := seg
 	if lowest <= seg[len(seg)-1].last() {
@@ -565,6 +577,26 @@ func (c *computer) segment(rank int32, seg []span, lowest int64) float64 {
 		c.add(productive, a, b, left)
 	}
 	return m
+}
+
+// minSingleSteps is how many single steps a segment needs for its own
+// steady step.
+const minSingleSteps = 20
+
+// singleStepMedian is the median of the single steps (one-step rows) of
+// ss, 0 when it has fewer than least.
+func singleStepMedian(ss []span, least int) float64 {
+	var ds []float64
+	for i := range ss {
+		if ss[i].steps == 1 && ss[i].cover > 0 {
+			ds = append(ds, ss[i].cover)
+		}
+	}
+	if len(ds) < least {
+		return 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2]
 }
 
 // steadyStep is the median mean step of a segment's spans, weighted by
@@ -697,12 +729,17 @@ func (c *computer) checkpoints(rank int32, seg []span, warm int, m float64) []fl
 		}
 		for i, j := range longs {
 			if i > 0 && fits(i-1) || i < len(gaps) && fits(i) {
-				// A merged span longer than the period holds several saves.
-				_, width := measure(ps[i])
-				out[j] = max(out[j], math.Round(width/g), 1)
+				out[j] = 1
 			}
 		}
 		break
+	}
+	// A merged row may hold several saves: as many of its longest step's
+	// excess as its excess holds.
+	for j := range out {
+		if s := &seg[j]; out[j] > 0 && s.nominalSteps > 1 {
+			out[j] = max(1, math.Round((s.cover-s.nominalSteps*m)/(s.longest()-m)))
+		}
 	}
 	return out
 }

@@ -115,13 +115,18 @@ func plant() *planted {
 }
 
 // run builds the Run of p: every rank's processes, head and merge rows as
-// given, and a manifest naming the first processes' start.
-func (p *planted) run(head, merge int) *Run {
+// given (the head only for the first process when headOnce, as the agent
+// keeps one head per run), and a manifest naming the first processes' start.
+func (p *planted) run(head, merge int, headOnce bool) *Run {
 	r := &Run{Cluster: "c1", Job: "llm", Run: "r1", Capture: "cap-9", Windows: p.windows}
 	m := &traces.Manifest{Cluster: "c1", Job: "llm", Run: "r1", Host: "node-1", DriverVersion: "550.54.15"}
 	for rank, procs := range p.procs {
-		for _, pr := range procs {
-			for _, s := range pr.spans(int32(rank), head, merge) {
+		for i, pr := range procs {
+			h := head
+			if i > 0 && headOnce {
+				h = 0
+			}
+			for _, s := range pr.spans(int32(rank), h, merge) {
 				r.Add(&s)
 			}
 		}
@@ -156,13 +161,19 @@ func TestPlantedCauses(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		head, merge int
+		headOnce    bool
 	}{
-		{"2000 steps at full resolution, then rows of 100", 2000, 100},
-		{"all at full resolution", math.MaxInt, 1},
-		{"rows of 500 from the first step", 0, 500},
+		{"2000 steps at full resolution, then rows of 100", 2000, 100, false},
+		// The agent's bound: a 2000-step head per run, at most 1000 tail
+		// rows merged pairwise: rows of 64 here, the restarted process all
+		// in the tail.
+		{"the agent's head and tail", 2000, 64, true},
+		{"rows of 4096, each holding two saves", 2000, 4096, true},
+		{"all at full resolution", math.MaxInt, 1, false},
+		{"rows of 500 from the first step", 0, 500, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g := Compute(p.run(tc.head, tc.merge), Options{FLOPsPerStep: 0.4 * 989e12 * 8, Now: t0})
+			g := Compute(p.run(tc.head, tc.merge, tc.headOnce), Options{FLOPsPerStep: 0.4 * 989e12 * 8, Now: t0})
 			if g == nil {
 				t.Fatal("no goodput")
 			}
