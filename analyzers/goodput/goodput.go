@@ -185,7 +185,9 @@ type Run struct {
 	Checkpoints []Checkpoint
 	Windows     []Window
 
-	ranks map[int32][]span
+	ranks    map[int32][]span
+	open     []span // rows of openRank not filed in ranks yet
+	openRank int32
 }
 
 // Add takes one step history row.
@@ -193,15 +195,33 @@ func (r *Run) Add(s *traces.StepSpan) {
 	if s.Steps <= 0 || s.EndNs < s.StartNs {
 		return
 	}
-	if r.ranks == nil {
-		r.ranks = map[int32][]span{}
+	// Rows come rank by rank: the map is touched when the rank changes.
+	if r.open == nil || r.openRank != s.Rank {
+		r.flush()
+		if r.ranks == nil {
+			r.ranks = map[int32][]span{}
+		}
+		r.open, r.openRank = r.ranks[s.Rank], s.Rank
+		if r.open == nil {
+			// The agent keeps about 3000 rows per rank.
+			r.open = make([]span, 0, 4096)
+		}
 	}
-	r.ranks[s.Rank] = append(r.ranks[s.Rank], span{pid: s.PID, steps: s.Steps, first: s.FirstIteration,
+	r.open = append(r.open, span{pid: s.PID, steps: s.Steps, first: s.FirstIteration,
 		start: s.StartNs, end: s.EndNs, longestStep: s.MaxNs})
+}
+
+// flush files the rows of the rank being added.
+func (r *Run) flush() {
+	if r.open != nil {
+		r.ranks[r.openRank] = r.open
+		r.open = nil
+	}
 }
 
 // Spans is how many step history rows were added.
 func (r *Run) Spans() int {
+	r.flush()
 	n := 0
 	for _, ss := range r.ranks {
 		n += len(ss)
@@ -217,20 +237,35 @@ type computer struct {
 	end      int64
 	windows  []Window
 	measured map[string]bool
-	// per cause and "" (productive): GPU-seconds, and by bucket.
-	total   map[string]float64
-	buckets map[string][]float64
+	shares [][len(inStepCauses)]float64 // per window, in inStepCauses order
+	// per cause index (productive first): GPU-seconds, and by bucket.
+	total   [nCauses]float64
+	buckets [nCauses][]float64
 	bucketS float64
 	ckpts   map[int][]int64 // rank (-1: any) -> sorted times
 	notes   []string
 }
 
-// productive keys the productive time in computer's maps.
-const productive = ""
+// Cause indexes of computer's tables: the productive time, then
+// traces.Causes in order.
+const (
+	productive = iota
+	startup
+	warmup
+	checkpoint
+	dataStall
+	straggler
+	comm
+	restart
+	lostWork
+	idle
+	nCauses
+)
 
 // Compute computes the run's goodput. It returns nil when the step history
 // holds no step.
 func Compute(r *Run, opt Options) *traces.Goodput {
+	r.flush()
 	if len(r.ranks) == 0 {
 		return nil
 	}
@@ -240,7 +275,7 @@ func Compute(r *Run, opt Options) *traces.Goodput {
 	if opt.Now.IsZero() {
 		opt.Now = time.Now()
 	}
-	c := &computer{r: r, opt: opt, total: map[string]float64{}, buckets: map[string][]float64{}, ckpts: map[int][]int64{}}
+	c := &computer{r: r, opt: opt, ckpts: map[int][]int64{}}
 	ranks := make([]int32, 0, len(r.ranks))
 	for rank, ss := range r.ranks {
 		ranks = append(ranks, rank)
@@ -251,9 +286,13 @@ func Compute(r *Run, opt Options) *traces.Goodput {
 	c.windows = slices.Clone(r.Windows)
 	slices.SortFunc(c.windows, func(a, b Window) int { return a.Start.Compare(b.Start) })
 	c.measured = map[string]bool{}
-	for _, w := range c.windows {
+	c.shares = make([][len(inStepCauses)]float64, len(c.windows))
+	for i, w := range c.windows {
 		for k, v := range w.Measured {
 			c.measured[k] = c.measured[k] || v
+		}
+		for j, cause := range inStepCauses {
+			c.shares[i][j] = max(0, w.Shares[cause])
 		}
 	}
 	for _, cp := range r.Checkpoints {
@@ -285,7 +324,7 @@ func Compute(r *Run, opt Options) *traces.Goodput {
 		firstIter, lastIter = min(firstIter, st.firstIter), max(lastIter, st.lastIter)
 	}
 	if g.IdleGPUs > 0 {
-		c.add(traces.CauseIdle, c.start, c.end, wall*float64(g.IdleGPUs))
+		c.add(idle, c.start, c.end, wall*float64(g.IdleGPUs))
 	}
 	if len(steady) > 0 {
 		slices.Sort(steady)
@@ -296,8 +335,8 @@ func Compute(r *Run, opt Options) *traces.Goodput {
 	g.ProductiveGPUSeconds = c.total[productive]
 	g.Timeline.Productive = c.buckets[productive]
 	runtime := 0.0
-	for _, cause := range traces.Causes {
-		b := traces.Badput{Cause: cause, GPUSeconds: c.total[cause], Share: share(c.total[cause], g.GPUSeconds), Measured: true}
+	for i, cause := range traces.Causes {
+		b := traces.Badput{Cause: cause, GPUSeconds: c.total[i+1], Share: share(c.total[i+1], g.GPUSeconds), Measured: true}
 		if inStep[cause] {
 			b.Measured = c.measured[cause]
 			if !b.Measured {
@@ -307,7 +346,7 @@ func Compute(r *Run, opt Options) *traces.Goodput {
 			runtime += b.GPUSeconds
 		}
 		g.Badput = append(g.Badput, b)
-		if bs := c.buckets[cause]; bs != nil {
+		if bs := c.buckets[i+1]; bs != nil {
 			g.Timeline.Badput[cause] = bs
 		}
 	}
@@ -321,7 +360,8 @@ func Compute(r *Run, opt Options) *traces.Goodput {
 // inStepCauses are the causes measured in capture windows; needs says
 // what shows them.
 var (
-	inStepCauses = []string{traces.CauseDataStall, traces.CauseStraggler, traces.CauseComm}
+	inStepCauses = [...]string{traces.CauseDataStall, traces.CauseStraggler, traces.CauseComm}
+	inStepIndex  = [...]int{dataStall, straggler, comm}
 	inStep       = map[string]bool{traces.CauseDataStall: true, traces.CauseStraggler: true, traces.CauseComm: true}
 	needs        = map[string]string{
 		traces.CauseDataStall: "a CPU profile and GPU samples",
@@ -404,7 +444,7 @@ func (c *computer) timeline(wall float64) {
 
 // add charges amount GPU-seconds to cause, spread over the wall time
 // [a, b) (Unix ns) for the timeline.
-func (c *computer) add(cause string, a, b int64, amount float64) {
+func (c *computer) add(cause int, a, b int64, amount float64) {
 	if amount <= 0 {
 		return
 	}
@@ -428,7 +468,7 @@ func (c *computer) add(cause string, a, b int64, amount float64) {
 }
 
 // addTime charges the wall time [a, b) of one rank to cause.
-func (c *computer) addTime(cause string, a, b int64) {
+func (c *computer) addTime(cause int, a, b int64) {
 	c.add(cause, a, b, float64(b-a)/1e9)
 }
 
@@ -444,12 +484,15 @@ func (c *computer) rank(rank int32, ss []span) rankStats {
 	segs := segments(ss, c.end)
 	if len(segs) == 0 {
 		// Its first step came after the run's end: all start-up so far.
-		c.addTime(traces.CauseStartup, c.start, c.end)
+		c.addTime(startup, c.start, c.end)
 		return rankStats{firstIter: ss[0].first, lastIter: ss[0].first}
 	}
 	st := rankStats{restarts: len(segs) - 1, firstIter: segs[0][0].first, lastIter: segs[0][0].first}
-	headStep := singleStepMedian(ss, 1)
-	c.addTime(traces.CauseStartup, c.start, segs[0][0].start)
+	headStep := 0.0
+	if len(segs) > 1 {
+		headStep = singleStepMedian(ss, 1) // else the segment's own is the rank's
+	}
+	c.addTime(startup, c.start, segs[0][0].start)
 	// lowest[k] is the lowest iteration any later segment starts at.
 	lowest := make([]int64, len(segs))
 	next := int64(math.MaxInt64)
@@ -460,7 +503,7 @@ func (c *computer) rank(rank int32, ss []span) rankStats {
 	for k, seg := range segs {
 		if k > 0 {
 			prev := segs[k-1]
-			c.addTime(traces.CauseRestart, prev[len(prev)-1].end, seg[0].start)
+			c.addTime(restart, prev[len(prev)-1].end, seg[0].start)
 		}
 		st.m = c.segment(rank, seg, lowest[k], headStep)
 		st.lastIter = max(st.lastIter, seg[len(seg)-1].last())
@@ -468,10 +511,10 @@ func (c *computer) rank(rank int32, ss []span) rankStats {
 	// A rank whose steps stop before the run's end: restarting when its
 	// next process's steps come later, idle otherwise.
 	last := segs[len(segs)-1]
-	tail := traces.CauseIdle
+	tail := idle
 	end := &last[len(last)-1]
 	if i := slices.IndexFunc(ss, func(s span) bool { return s.start >= c.end }); i >= 0 && (ss[i].pid != end.pid || ss[i].first <= end.last()) {
-		tail = traces.CauseRestart
+		tail = restart
 	}
 	c.addTime(tail, last[len(last)-1].end, c.end)
 	return st
@@ -535,6 +578,9 @@ func (c *computer) segment(rank int32, seg []span, lowest int64, headStep float6
 		m = headStep
 	}
 	if m == 0 {
+		m = singleStepMedian(seg, 1)
+	}
+	if m == 0 {
 		m = steadyStep(seg)
 	}
 	end := seg[len(seg)-1].end
@@ -542,7 +588,7 @@ func (c *computer) segment(rank int32, seg []span, lowest int64, headStep float6
 	if lowest <= seg[len(seg)-1].last() {
 		var cut int64
 		kept, cut = cutAt(seg, lowest, m)
-		c.addTime(traces.CauseLostWork, cut, end)
+		c.addTime(lostWork, cut, end)
 	}
 	if len(kept) == 0 {
 		return m
@@ -554,12 +600,12 @@ func (c *computer) segment(rank int32, seg []span, lowest int64, headStep float6
 		s := &kept[j]
 		a := s.start
 		b := a + int64(s.cover*1e9)
-		excess, cause := 0.0, ""
+		excess, cause := 0.0, productive
 		switch {
 		case j < warm:
-			excess, cause = s.nominalSteps*max(0, s.mean()-m), traces.CauseWarmup
+			excess, cause = s.nominalSteps*max(0, s.mean()-m), warmup
 		case ckpt[j] > 0:
-			excess, cause = min(s.cover-s.nominalSteps*m, ckpt[j]*(s.longest()-m)+max(0, s.cover-float64(s.end-s.start)/1e9)), traces.CauseCheckpoint
+			excess, cause = min(s.cover-s.nominalSteps*m, ckpt[j]*(s.longest()-m)+max(0, s.cover-float64(s.end-s.start)/1e9)), checkpoint
 		}
 		excess = min(max(0, excess), s.cover)
 		c.add(cause, a, b, excess)
@@ -567,10 +613,10 @@ func (c *computer) segment(rank int32, seg []span, lowest int64, headStep float6
 		w = c.nearest(w, (a+b)/2)
 		left := steady
 		if w >= 0 {
-			for _, cause := range inStepCauses {
+			for k, sh := range c.shares[w] {
 				// Shares above 1 together are cut, in this order.
-				amount := min(left, steady*max(0, c.windows[w].Shares[cause]))
-				c.add(cause, a, b, amount)
+				amount := min(left, steady*sh)
+				c.add(inStepIndex[k], a, b, amount)
 				left -= amount
 			}
 		}
@@ -592,11 +638,52 @@ func singleStepMedian(ss []span, least int) float64 {
 			ds = append(ds, ss[i].cover)
 		}
 	}
-	if len(ds) < least {
+	if len(ds) < least || len(ds) == 0 {
 		return 0
 	}
-	slices.Sort(ds)
-	return ds[len(ds)/2]
+	return nth(ds, len(ds)/2)
+}
+
+// nth returns the k-th smallest of ds (reordering it) in linear time:
+// quickselect, the pivot the median of three.
+func nth(ds []float64, k int) float64 {
+	lo, hi := 0, len(ds)-1
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if ds[mid] < ds[lo] {
+			ds[mid], ds[lo] = ds[lo], ds[mid]
+		}
+		if ds[hi] < ds[lo] {
+			ds[hi], ds[lo] = ds[lo], ds[hi]
+		}
+		if ds[hi] < ds[mid] {
+			ds[hi], ds[mid] = ds[mid], ds[hi]
+		}
+		pivot := ds[mid]
+		i, j := lo, hi
+		for i <= j {
+			for ds[i] < pivot {
+				i++
+			}
+			for ds[j] > pivot {
+				j--
+			}
+			if i <= j {
+				ds[i], ds[j] = ds[j], ds[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return ds[k]
+		}
+	}
+	return ds[k]
 }
 
 // steadyStep is the median mean step of a segment's spans, weighted by

@@ -294,3 +294,36 @@ func TestRestartFromScratchAndIdleGPU(t *testing.T) {
 		t.Error("an empty history has a goodput")
 	}
 }
+
+func TestNth(t *testing.T) {
+	for n := 1; n < 60; n++ {
+		for seed := range 5 {
+			ds := make([]float64, n)
+			for i := range ds {
+				ds[i] = float64((i*7919 + seed*104729) % 37) // duplicates on purpose
+			}
+			sorted := slices.Clone(ds)
+			slices.Sort(sorted)
+			for k := range n {
+				if got := nth(slices.Clone(ds), k); got != sorted[k] {
+					t.Fatalf("n %d seed %d: nth %d = %v, want %v", n, seed, k, got, sorted[k])
+				}
+			}
+		}
+	}
+}
+
+// The cause indexes follow traces.Causes.
+func TestCauseIndexes(t *testing.T) {
+	want := map[int]string{startup: traces.CauseStartup, warmup: traces.CauseWarmup, checkpoint: traces.CauseCheckpoint,
+		dataStall: traces.CauseDataStall, straggler: traces.CauseStraggler, comm: traces.CauseComm,
+		restart: traces.CauseRestart, lostWork: traces.CauseLostWork, idle: traces.CauseIdle}
+	if len(traces.Causes) != nCauses-1 {
+		t.Fatalf("%d causes, %d indexes", len(traces.Causes), nCauses-1)
+	}
+	for i, name := range traces.Causes {
+		if want[i+1] != name {
+			t.Errorf("index %d is %q, traces.Causes has %q", i+1, want[i+1], name)
+		}
+	}
+}
