@@ -237,7 +237,7 @@ type computer struct {
 	end      int64
 	windows  []Window
 	measured map[string]bool
-	shares [][len(inStepCauses)]float64 // per window, in inStepCauses order
+	shares   [][len(inStepCauses)]float64 // per window, in inStepCauses order
 	// per cause index (productive first): GPU-seconds, and by bucket.
 	total   [nCauses]float64
 	buckets [nCauses][]float64
