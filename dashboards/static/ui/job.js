@@ -6,6 +6,7 @@ import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, ready } from "
 import { rasterHeatmap } from "./heatmap.js";
 import { drawFlame } from "./flame.js";
 import { findingsTable } from "./findings-table.js";
+import { drawGoodput } from "./goodput-chart.js";
 
 const main = document.getElementById("main");
 const [, , cluster, job, run] = location.pathname.split("/").map(decodeURIComponent);
@@ -108,7 +109,9 @@ function draw(v) {
   const stepBox = el("div", { id: "steps", style: "width:100%" });
   const stepHist = chartBox("step-hist", 280), kernHist = chartBox("kernel-hist", 280), skewBox = chartBox("nccl-skew", 300);
   const flameBox = el("div", { id: "flame-box" });
+  const goodputBox = el("div", { class: "card", id: "goodput" }, el("p", { class: "muted" }, "Loading…"));
   main.replaceChildren(...header(v),
+    el("h2", {}, "Goodput of this run: where its GPU time went"), goodputBox,
     el("h2", {}, "Step time by rank and iteration", v.simulated ? " " : "", v.simulated ? el("span", { class: "badge sim" }, "simulated") : ""),
     el("div", { class: "card" },
       s.ranks.length ? stepBox : el("p", { class: "muted" }, "No steps in this capture (steps.parquet is missing or empty)."),
@@ -136,6 +139,7 @@ function draw(v) {
   if (v.kernels.histogram.counts.length) charts.kernelHist = histogram(kernHist, v.kernels.histogram, "kernel duration (µs)", (x) => fmt(x, x < 10 ? 1 : 0));
   if (v.nccl_skew.length) charts.skew = skewChart(skewBox, v.nccl_skew);
   flamePicker(v, flameBox);
+  drawGoodput(goodputBox, cluster, job, run);
   loupe.job = { view: v, hotRanks: hot.map((x) => x.rank), charts };
   ready("job");
 }
