@@ -145,8 +145,9 @@ const (
 	EventRebalance    = "rebalance"
 	EventLatency      = "latency"
 	EventNote         = "note"
-	// EventCheckpoint is a checkpoint save the job logged (Attrs "phase":
-	// start or end when the line says which).
+	// EventCheckpoint is a checkpoint save the job reported (Attrs "phase":
+	// start or end when known); goodput counts a long step holding one as
+	// checkpointing.
 	EventCheckpoint = "checkpoint"
 )
 

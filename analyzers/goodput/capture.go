@@ -14,7 +14,7 @@ var ErrNoHistory = errors.New("no host bundle has a step history (step_history.p
 
 // FromCapture computes the goodput of a capture's run: the step history
 // its hosts carry (the run from its first step up to the capture), the
-// checkpoint saves logged in its events, the process start times of its
+// checkpoint events of its events.jsonl, the process start times of its
 // manifests and of earlier ones (a restarted run's first processes are
 // gone by its latest capture), and the windows of the run's captures.
 func FromCapture(ctx context.Context, in *analyzers.Input, earlier []*traces.Manifest, windows []Window, opt Options) (*traces.Goodput, error) {

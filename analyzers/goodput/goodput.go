@@ -1,7 +1,7 @@
 // Package goodput splits a job run's GPU time into productive training
 // steps and badput by cause, from the run's step history (step_history.parquet,
 // every rank from its first step), the capture windows' findings, the
-// manifests and the checkpoint saves the job logged. Every number can be
+// manifests and the capture's checkpoint events. Every number can be
 // checked by hand from these definitions.
 //
 // # The run
@@ -44,15 +44,15 @@
 //	warmup = sum over warm-up spans of n_j x max(0, u_j - m)
 //
 // checkpoint: long steps (a step at least 2 m long: u_j >= 2 m, or a merged
-// span whose longest step is) that line up with checkpoint activity:
-// either a checkpoint save the job logged on that rank falls inside the
-// step (events.jsonl, kind checkpoint, from log lines of PyTorch Lightning,
-// DeepSpeed, Megatron-LM, Hugging Face and the like), or the segment's long
-// steps recur regularly: at least three, and at least two thirds of the
-// gaps between consecutive ones, in iterations or in seconds, within 10 %
-// (or the spans' own length) of the median gap. Periodic evaluation recurs
-// the same way and is counted here too. A long step that fits neither stays
-// in the step time.
+// span whose longest step is) that line up with checkpoint activity. The
+// signal that covers the whole run is in the step history: the segment's
+// long steps recur regularly, as saves every N iterations or minutes do: at
+// least three, and at least two thirds of the gaps between consecutive
+// ones, in iterations or in seconds, within 10 % (or the spans' own length)
+// of the median gap. Periodic evaluation recurs the same way and is counted
+// here too. Inside a capture window, a long step that holds a checkpoint
+// event of its rank (events.jsonl, kind checkpoint) counts as well, regular
+// or not. A long step that fits neither stays in the step time.
 //
 //	checkpoint = sum over checkpoint steps of c_j - n_j x m
 //	             (a merged span holds k = round((c_j - n_j x m) / (L_j - m))
@@ -153,7 +153,7 @@ type Options struct {
 	Now time.Time
 }
 
-// Checkpoint is a checkpoint save the job logged: when, and by which rank
+// Checkpoint is a checkpoint save the job reported: when, and by which rank
 // (-1: any rank).
 type Checkpoint struct {
 	TimeNs int64
@@ -755,7 +755,7 @@ func warmupEnd(seg []span, m float64) int {
 }
 
 // checkpoints returns, per span, how many checkpoint saves it holds (0 for
-// none): long spans after the warm-up that overlap a logged save, or whose
+// none): long spans after the warm-up that hold a reported save, or whose
 // long steps recur regularly.
 func (c *computer) checkpoints(rank int32, seg []span, warm int, m float64) []float64 {
 	out := make([]float64, len(seg))
@@ -831,7 +831,7 @@ func (c *computer) checkpoints(rank int32, seg []span, warm int, m float64) []fl
 	return out
 }
 
-// logged reports whether the job logged a checkpoint save on rank (or on
+// logged reports whether the job reported a checkpoint save on rank (or on
 // any rank) inside [a, b).
 func (c *computer) logged(rank int, a, b int64) bool {
 	for _, r := range []int{rank, -1} {
