@@ -770,7 +770,7 @@ func (c *computer) checkpoints(rank int32, seg []span, warm int, m float64) []fl
 	}
 	for _, j := range longs {
 		a := seg[j].start
-		if c.logged(int(rank), a, a+int64(seg[j].cover*1e9)) {
+		if c.reported(int(rank), a, a+int64(seg[j].cover*1e9)) {
 			out[j] = 1
 		}
 	}
@@ -831,9 +831,9 @@ func (c *computer) checkpoints(rank int32, seg []span, warm int, m float64) []fl
 	return out
 }
 
-// logged reports whether the job reported a checkpoint save on rank (or on
+// reported reports whether the job reported a checkpoint save on rank (or on
 // any rank) inside [a, b).
-func (c *computer) logged(rank int, a, b int64) bool {
+func (c *computer) reported(rank int, a, b int64) bool {
 	for _, r := range []int{rank, -1} {
 		ts := c.ckpts[r]
 		i, _ := slices.BinarySearch(ts, a)
