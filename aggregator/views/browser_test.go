@@ -128,9 +128,24 @@ func screenshot(t testing.TB, ctx context.Context, name string) {
 func startAggregator(t *testing.T) string {
 	t.Helper()
 	_, root := seed(t)
+	var ids []capture.ID
+	for _, job := range []string{trainJob, inferJob} {
+		ids = append(ids, capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: "cap-1"})
+	}
+	return serveAggregator(t, root, nil, ids)
+}
+
+// serveAggregator runs a real aggregator over the store in root, its
+// configuration changed by edit (when not nil), and waits until the
+// captures ids are analyzed.
+func serveAggregator(t *testing.T, root string, edit func(*aggregator.Config), ids []capture.ID) string {
+	t.Helper()
 	cfg := aggregator.DefaultConfig()
 	cfg.Store = "file://" + root
 	cfg.SweepInterval = 100 * time.Millisecond
+	if edit != nil {
+		edit(&cfg)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	svc, err := aggregator.New(ctx, cfg, analyzers.All, log)
@@ -145,10 +160,10 @@ func startAggregator(t *testing.T) string {
 	wg.Go(func() { svc.Serve(ctx, ln) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	deadline := time.Now().Add(60 * time.Second)
-	for _, job := range []string{trainJob, inferJob} {
-		for !svc.Index.Done(capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: "cap-1"}) {
+	for _, id := range ids {
+		for !svc.Index.Done(id) {
 			if time.Now().After(deadline) {
-				t.Fatalf("capture of %s not analyzed after 60 s", job)
+				t.Fatalf("capture %s not analyzed after 60 s", id)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

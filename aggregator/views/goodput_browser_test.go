@@ -1,13 +1,8 @@
 package views_test
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"math"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +11,6 @@ import (
 	"github.com/loupe-dev/loupe/aggregator"
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/internal/aggtest"
-	"github.com/loupe-dev/loupe/analyzers"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -50,34 +44,10 @@ func startGoodputAggregator(t *testing.T) string {
 	for _, p := range []aggtest.RunPlan{llm, llm2, vit, old} {
 		ids = append(ids, aggtest.PutRun(t, st, p)...)
 	}
-	cfg := aggregator.DefaultConfig()
-	cfg.Store = "file://" + root
-	cfg.SweepInterval = 100 * time.Millisecond
-	cfg.GPUHourPrice = goodputPrice
-	cfg.FLOPsPerStep = map[string]float64{"llm": 0.35 * 989e12 * 4} // 35 % of four H100s at 1 s a step
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := aggregator.New(ctx, cfg, analyzers.All, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { svc.Serve(ctx, ln) })
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	deadline := time.Now().Add(60 * time.Second)
-	for _, id := range ids {
-		for !svc.Index.Done(id) {
-			if time.Now().After(deadline) {
-				t.Fatalf("capture %s not analyzed after 60 s", id)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return "http://" + ln.Addr().String()
+	return serveAggregator(t, root, func(cfg *aggregator.Config) {
+		cfg.GPUHourPrice = goodputPrice
+		cfg.FLOPsPerStep = map[string]float64{"llm": 0.35 * 989e12 * 4} // 35 % of four H100s at 1 s a step
+	}, ids)
 }
 
 func TestGoodputPagesInChromium(t *testing.T) {
