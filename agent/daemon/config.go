@@ -225,6 +225,8 @@ var flagDocs = map[string]string{
 	"trigger.cooldown":         "least time between automatic captures of a job run",
 	"capture.default_duration": "window of an on-demand capture that names no duration or iterations",
 	"capture.max_duration":     "longest timed window accepted",
+
+	"attribution.container_state_dirs": "container runtimes' state folders on the host (containerd, CRI-O, Docker), where a process's image is named",
 }
 
 // bindFlags registers a flag for every YAML key of the struct v, named by
