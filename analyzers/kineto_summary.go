@@ -104,6 +104,15 @@ const (
 	otherNames        = "(other names)"
 )
 
+// FLOPsPerStep is the operators' FLOPs per profiler step, 0 when the
+// trace has no flops arguments or no steps.
+func (r *KinetoRank) FLOPsPerStep() float64 {
+	if r.Steps == 0 {
+		return 0
+	}
+	return r.FLOPs / float64(r.Steps)
+}
+
 // KinetoRank is everything Loupe measures in one rank's Kineto trace.
 type KinetoRank struct {
 	Host *Host  `json:"-"`
@@ -120,6 +129,9 @@ type KinetoRank struct {
 	DroppedLastStep int64 `json:"dropped_last_step"`
 	// Steps is how many distinct ProfilerStep markers the trace has.
 	Steps int `json:"steps"`
+	// FLOPs sums the operators' flops arguments (a trace recorded with
+	// with_flops=True); 0 without them.
+	FLOPs float64 `json:"flops,omitempty"`
 
 	Temporal RankBreakdown `json:"temporal"`
 	Streams  []StreamIdle  `json:"streams"`
@@ -367,6 +379,9 @@ func (b *rankBuilder) event(ev *kineto.Event) {
 	if ev.Stream >= 0 {
 		b.gpuEvent(ev)
 		return
+	}
+	if ev.Flops > 0 && string(ev.Cat) == "cpu_op" {
+		b.out.FLOPs += float64(ev.Flops)
 	}
 	if n, ok := profilerStep(ev.Name); ok && (string(ev.Cat) == "user_annotation" || string(ev.Cat) == "cpu_op") {
 		if start, _ := b.span(ev); len(b.steps) == 0 || start > b.lastStep {

@@ -96,7 +96,10 @@ func rank0Events() []kev {
 		{Ph: "M", Name: "process_name", Pid: 0, Args: map[string]any{"name": "python"}},
 		step(1, 0, 1000),
 		step(2, 1000, 1000), // the last step: what it launches is left out
-		{Ph: "X", Cat: "cpu_op", Name: "aten::mm", Pid: 100, Tid: 100, Ts: 9, Dur: dur(10), Args: map[string]any{"External id": 5, "Input Dims": [][]int{{64, 64}, {64, 64}}}},
+		{Ph: "X", Cat: "cpu_op", Name: "aten::mm", Pid: 100, Tid: 100, Ts: 9, Dur: dur(10), Args: map[string]any{"External id": 5, "Input Dims": [][]int{{64, 64}, {64, 64}}, "flops": 2 * 64 * 64 * 64}},
+		// with_flops=True writes a float now and then; a user annotation's flops do not count.
+		{Ph: "X", Cat: "cpu_op", Name: "aten::addmm", Pid: 100, Tid: 100, Ts: 1005, Dur: dur(3), Args: map[string]any{"flops": json.Number("1.5e6")}},
+		{Ph: "X", Cat: "user_annotation", Name: "fwd", Pid: 100, Tid: 100, Ts: 1004, Dur: dur(9), Args: map[string]any{"flops": 7}},
 		launch("cudaLaunchKernel", 10, 5, 1),
 		launch("cudaLaunchKernel", 12, 5, 2),
 		launch("cudaLaunchKernel", 14, 3, 7),
@@ -140,6 +143,13 @@ func TestKinetoRank0(t *testing.T) {
 	r := ranks[0]
 	if r.Rank != 0 || r.WorldSize != 3 || r.Steps != 2 || r.DroppedLastStep != 2 || r.GPUEvents != 10 {
 		t.Errorf("rank %d world %d steps %d dropped %d gpu events %d", r.Rank, r.WorldSize, r.Steps, r.DroppedLastStep, r.GPUEvents)
+	}
+	if want := (524288 + 1.5e6) / 2; r.FLOPs != 524288+1.5e6 || r.FLOPsPerStep() != want {
+		t.Errorf("flops %v, %v per step; want the two operators' over 2 steps, %v", r.FLOPs, r.FLOPsPerStep(), want)
+	}
+	fs := run(t, KinetoTemporal, in)
+	if len(fs) != 1 || evidence(fs[0])[FLOPsPerStepMetric] != (524288+1.5e6)/2 {
+		t.Errorf("temporal breakdown findings %+v: want flops_per_step in the evidence", fs)
 	}
 	wantT := RankBreakdown{Rank: 0, Span: us(420), Idle: us(161), Compute: us(158), NonCompute: us(101),
 		Communication: us(61), Memory: us(20), Other: us(20)}

@@ -232,6 +232,7 @@ var flagDocs = map[string]string{
 	"attribution.pod_resources_socket": "the kubelet's pod-resources socket, for pod and container names",
 	"attribution.proc_root":            "where the host's /proc is mounted (a container's view of it)",
 	"attribution.refresh_interval":     "how often the pods' GPUs are listed from the kubelet",
+	"attribution.container_state_dirs": "container runtimes' state folders on the host (containerd, CRI-O, Docker), where a process's image is named",
 	"attribution.timeout":              "bound on one call to the kubelet",
 
 	"gpu.interval":                         "steady GPU sampling period",

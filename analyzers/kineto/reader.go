@@ -89,7 +89,10 @@ type Event struct {
 	Correlation         int64 // args.correlation, -1 when absent
 	Stream              int64 // args.stream, -1 when absent or not a number
 	ExternalID          int64 // args["External id"], -1 when absent
-	HasCorrelation      bool
+	// Flops is args.flops, the floating-point operations PyTorch's profiler
+	// counts for an operator when run with_flops=True; -1 when absent.
+	Flops          int64
+	HasCorrelation bool
 }
 
 // Reader streams the events of one trace.
@@ -407,7 +410,7 @@ func (r *Reader) event() error {
 	ev.Cat, ev.Name = ev.Cat[:0], ev.Name[:0]
 	ev.Ts, ev.Dur, ev.TsMicros, ev.DurMicros = 0, 0, 0, 0
 	ev.HasTs, ev.HasDur, ev.HasCat, ev.HasCorrelation = false, false, false, false
-	ev.Correlation, ev.Stream, ev.ExternalID = -1, -1, -1
+	ev.Correlation, ev.Stream, ev.ExternalID, ev.Flops = -1, -1, -1, -1
 	return s.eachMember(func(key []byte) error {
 		switch string(key) {
 		case "ph":
@@ -475,6 +478,8 @@ func (r *Reader) args() error {
 			dst = &ev.Stream
 		case "External id":
 			dst = &ev.ExternalID
+		case "flops":
+			dst = &ev.Flops
 		default:
 			return s.skipValue(3)
 		}
