@@ -61,7 +61,9 @@ func Run(ctx context.Context, in *Input, list []*Analyzer) ([]traces.Finding, er
 	return rep.Findings, errors.Join(errs...)
 }
 
-// Execute is Run with the outcome of every analyzer.
+// Execute is Run with the outcome of every analyzer. The correlation step
+// (RootCause) runs last, over all their findings, and is reported as one
+// more run.
 func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 	versions := make(map[string]string, len(list))
 	for _, a := range list {
@@ -126,7 +128,18 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 		}()
 	}
 	wg.Wait()
-	rep := &Report{Runs: runs, Findings: slices.Concat(found...)}
+	start := time.Now()
+	rep := &Report{Runs: runs, Findings: Correlate(in, slices.Concat(found...))}
+	joined := 0
+	for _, f := range rep.Findings {
+		if f.Analyzer == RootCause.Name {
+			joined++
+		}
+	}
+	rep.Runs = append(rep.Runs, AnalyzerRun{Name: RootCause.Name, Version: RootCause.Version, Status: StatusOK,
+		Findings: joined, Duration: time.Since(start)})
+	// Every finding, root causes included, gets its projection over the
+	// job's life, by which they are then ranked.
 	if len(rep.Findings) > 0 {
 		life := lifeOf(ctx, in)
 		for i := range rep.Findings {
@@ -136,8 +149,8 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 				f.Lineage.Inputs = slices.Compact(slices.Sorted(slices.Values(slices.Concat(f.Lineage.Inputs, life.inputs))))
 			}
 		}
+		slices.SortStableFunc(rep.Findings, compareFindings)
 	}
-	slices.SortStableFunc(rep.Findings, compareFindings)
 	return rep
 }
 

@@ -179,13 +179,18 @@ const (
 	EventXID          = "xid"
 	EventECC          = "ecc"
 	EventGPULost      = "gpu_lost"
-	EventNCCLWatchdog = "nccl_watchdog"
+	EventNCCLWatchdog = "nccl_watchdog" // a collective timed out
+	EventNCCLError    = "nccl_error"    // NCCL failed otherwise (system, internal, remote error)
 	EventCUDAError    = "cuda_error"
 	EventOOM          = "oom"
 	EventCrash        = "crash"
 	EventRebalance    = "rebalance"
 	EventLatency      = "latency"
 	EventNote         = "note"
+	// EventCheckpoint is a checkpoint save the job reported (Attrs "phase":
+	// start or end when known); goodput counts a long step holding one as
+	// checkpointing.
+	EventCheckpoint = "checkpoint"
 )
 
 // Event is one line of events.jsonl: a fault or notable event on the host.

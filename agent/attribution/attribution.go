@@ -1,5 +1,6 @@
 // Package attribution says who a GPU process belongs to: its job and rank
-// (from its environment), its container (from its cgroup) and, on
+// (from its environment), its container (from its cgroup) and the
+// container's image (from the runtime's state), and, on
 // Kubernetes, its pod and namespace (from the kubelet pod-resources API,
 // which maps GPU UUIDs to the containers they were allocated to) and the
 // pod's workload (from its owner references and labels, read from the
@@ -49,6 +50,10 @@ type Config struct {
 	KubernetesCAFile    string `yaml:"kubernetes_ca_file"`
 	// JobCacheTTL is how long a pod's job, once looked up, is trusted.
 	JobCacheTTL time.Duration `yaml:"job_cache_ttl"`
+	// ContainerStateDirs are the container runtimes' state folders on the
+	// host, where a container's image is named (read through
+	// ProcRoot/1/root, the host's root with hostPID).
+	ContainerStateDirs []string `yaml:"container_state_dirs"`
 }
 
 // DefaultConfig returns the settings for a plain host or a DaemonSet with
@@ -63,6 +68,7 @@ func DefaultConfig() Config {
 		KubernetesTokenFile: serviceAccountDir + "/token",
 		KubernetesCAFile:    serviceAccountDir + "/ca.crt",
 		JobCacheTTL:         10 * time.Minute,
+		ContainerStateDirs:  defaultContainerStateDirs,
 	}
 }
 
@@ -89,6 +95,8 @@ type Info struct {
 	PodUID string
 	// Started is when the process started (zero when unknown).
 	Started time.Time
+	// Image is the container's image, from its runtime's state.
+	Image string
 }
 
 // Variables that carry ranks, in the order launchers set them: torchrun,
@@ -115,6 +123,7 @@ type Resolver struct {
 	mu      sync.RWMutex
 	byGPU   map[string]podRef
 	jobs    map[string]kubeEntry // "namespace/pod" -> its workload
+	images  map[string]string    // container ID -> image ("" when none is known)
 	lastErr error
 }
 
@@ -139,11 +148,14 @@ func New(cfg Config, logger *slog.Logger) *Resolver {
 	if cfg.JobCacheTTL <= 0 {
 		cfg.JobCacheTTL = def.JobCacheTTL
 	}
+	if cfg.ContainerStateDirs == nil {
+		cfg.ContainerStateDirs = def.ContainerStateDirs
+	}
 	if logger == nil {
 		logger = slog.Default()
 	}
 	r := &Resolver{cfg: cfg, log: logger.With("component", "attribution"), wanted: map[string]bool{"NVIDIA_VISIBLE_DEVICES": true},
-		now: time.Now, jobs: map[string]kubeEntry{}}
+		now: time.Now, jobs: map[string]kubeEntry{}, images: map[string]string{}}
 	r.btime = sync.OnceValues(func() (time.Time, error) { return bootTime(cfg.ProcRoot) })
 	kube, err := newKubeClient(cfg)
 	if err != nil {
@@ -191,6 +203,7 @@ func (r *Resolver) Process(pid int) (Info, error) {
 			info.Started = startTime(st, boot)
 		}
 	}
+	info.Image = r.imageOf(info.ContainerID)
 	for _, g := range info.GPUs {
 		if p, ok := r.lookup(g); ok {
 			r.setPod(&info, p)
