@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/loupe-dev/loupe/agent/logtail"
 	"github.com/loupe-dev/loupe/aggregator"
 	"github.com/loupe-dev/loupe/aggregator/alerts"
 	"github.com/loupe-dev/loupe/aggregator/api"
@@ -26,6 +25,7 @@ import (
 	"github.com/loupe-dev/loupe/aggregator/internal/aggtest"
 	"github.com/loupe-dev/loupe/analyzers"
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/logparse"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -72,7 +72,7 @@ func (rv *receiver) counts() map[string]int {
 // plantedEvents are a capture's faults as the agent's log tailer makes
 // them, plus an XID from the GPU collector.
 func plantedEvents(t *testing.T, start time.Time) []byte {
-	p := logtail.NewParser(0)
+	p := logparse.NewParser(0)
 	at := func(d time.Duration) string { return start.Add(d).UTC().Format(time.RFC3339Nano) }
 	var evs []traces.Event
 	for _, l := range []string{
@@ -133,7 +133,7 @@ rules:
 		t.Fatal(err)
 	}
 	m := aggtest.Manifest("llm-train", "cap-faults", "gpu-node-1", 4, 0, 1, 2, 3)
-	m.GPUs = []traces.GPUInfo{{Index: 0, UUID: "GPU-0"}, {Index: 1, UUID: "GPU-1"}, {Index: 2, UUID: "GPU-2"}, {Index: 3, UUID: "GPU-3"}}
+	m.GPUs = []traces.GPUInfo{{Index: 0, UUID: "GPU-0", Ranks: []int{0}}, {Index: 1, UUID: "GPU-1", Ranks: []int{1}}, {Index: 2, UUID: "GPU-2", Ranks: []int{2}}, {Index: 3, UUID: "GPU-3", Ranks: []int{3}}}
 	aggtest.Put(t, st, m, map[string][]byte{traces.PartEvents: plantedEvents(t, m.Start)})
 	id := capture.ID{Cluster: "c1", Job: "llm-train", Run: "r1", Capture: "cap-faults"}
 

@@ -5,9 +5,9 @@
 //
 // Run executes a list of analyzers over one job capture in parallel. The
 // analyzers read the capture's parts through the streaming helpers of this
-// package (EachGPUSample, EachNCCLEvent, EachStep, EachEvent, ReadCPUProfile),
-// which hand out one host and one batch of rows at a time, so that memory
-// does not grow with the size of the capture.
+// package (EachGPUSample, EachNCCLEvent, EachStep, EachStepSpan, EachEvent,
+// ReadCPUProfile), which hand out one host and one batch of rows at a time,
+// so that memory does not grow with the size of the capture.
 package analyzers
 
 import (
@@ -88,6 +88,17 @@ type Input struct {
 	// Partial is set when the capture is analyzed without every rank.
 	Partial      bool
 	MissingRanks []int
+	// Kineto says how the Kineto analyzers read traces; nil means
+	// DefaultKinetoOptions (HTA's definitions).
+	Kineto *KinetoOptions
+}
+
+// KinetoOptions returns the options the Kineto analyzers use on in.
+func (in *Input) KinetoOptions() KinetoOptions {
+	if in.Kineto == nil {
+		return DefaultKinetoOptions()
+	}
+	return *in.Kineto
 }
 
 // Host is one committed host bundle of the capture.
@@ -122,23 +133,7 @@ func (h *Host) Seconds() float64 {
 
 // GPURank returns the global rank that uses GPU index gpu on this host, or
 // -1 when the manifest does not say or several ranks share the device.
-func (h *Host) GPURank(gpu int) int {
-	for _, g := range h.Manifest.GPUs {
-		if g.Index == gpu && len(g.Ranks) == 1 {
-			return g.Ranks[0]
-		}
-	}
-	rank := -1
-	for _, p := range h.Manifest.Processes {
-		if p.GPU == gpu {
-			if rank >= 0 && rank != p.Rank {
-				return -1
-			}
-			rank = p.Rank
-		}
-	}
-	return rank
-}
+func (h *Host) GPURank(gpu int) int { return h.Manifest.GPURank(gpu) }
 
 // RankGPU returns the GPU index a rank uses on this host, or -1.
 func (h *Host) RankGPU(rank int) int {

@@ -22,10 +22,12 @@ type hostBundle struct {
 	name      string
 	ranks     []int // one per GPU: GPU i runs ranks[i]
 	seconds   float64
+	start     time.Time // the window's start; t0 when zero
 	simulated bool
 	samples   []traces.GPUSample
 	nccl      []traces.NCCLEvent
 	steps     []traces.Step
+	history   []traces.StepSpan
 	events    []traces.Event
 	profile   *profile.Profile
 	hang      string // nccl_hang.json
@@ -53,10 +55,14 @@ func writeCapture(tb testing.TB, dir string, hosts ...hostBundle) *Input {
 		if secs == 0 {
 			secs = 10
 		}
+		start := hb.start
+		if start.IsZero() {
+			start = t0
+		}
 		m := traces.Manifest{
 			CaptureID: "cap1", Cluster: "c1", Job: "train", Run: "r1", Host: hb.name,
 			Ranks: hb.ranks, WorldSize: world, Simulated: hb.simulated,
-			Start: t0, End: t0.Add(time.Duration(secs * float64(time.Second))),
+			Start: start, End: start.Add(time.Duration(secs * float64(time.Second))),
 			Trigger:      traces.Trigger{Kind: traces.TriggerOnDemand, Reason: "test"},
 			AgentVersion: "test",
 		}
@@ -82,6 +88,9 @@ func writeCapture(tb testing.TB, dir string, hosts ...hostBundle) *Input {
 		}
 		if hb.steps != nil {
 			must(traces.WriteTable(w, traces.PartSteps, hb.steps))
+		}
+		if hb.history != nil {
+			must(traces.WriteTable(w, traces.PartStepHistory, hb.history))
 		}
 		if hb.events != nil {
 			must(w.WriteEvents(hb.events))

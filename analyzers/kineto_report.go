@@ -21,8 +21,11 @@ func (r *KinetoRank) where() string {
 }
 
 // kinetoFinding is a finding about one rank's trace: scoped to its host and
-// rank, its impact the GPU time lost over the rank's traced GPU span.
+// rank, its impact the GPU time lost over the rank's traced GPU span, which
+// is also the share of that one GPU the projection over the job's life
+// starts from (the trace may cover less than the capture window).
 func kinetoFinding(r *KinetoRank, title, severity string, lost time.Duration, ev []traces.Metric, rec string) traces.Finding {
+	rankShare := share(float64(lost), float64(r.Temporal.Span))
 	return traces.Finding{
 		Title:    title,
 		Severity: severity,
@@ -31,8 +34,9 @@ func kinetoFinding(r *KinetoRank, title, severity string, lost time.Duration, ev
 			GPU:  r.Host.RankGPU(r.Rank),
 			Rank: r.Rank,
 		},
-		Evidence:       ev,
-		Impact:         traces.Impact{GPUSeconds: lost.Seconds(), WindowShare: share(float64(lost), float64(r.Temporal.Span))},
+		Evidence: ev,
+		Impact: traces.Impact{GPUSeconds: lost.Seconds(), WindowShare: rankShare,
+			Projected: &traces.Projection{Share: rankShare, ScopeGPUs: 1}},
 		Recommendation: rec,
 	}
 }

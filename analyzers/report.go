@@ -45,15 +45,36 @@ type finding struct {
 	Targets        []target
 	Evidence       []traces.Metric // about the whole finding
 	Recommendation string
+	// OneOff, when set, is a cost in GPU-seconds paid once per occurrence
+	// (a warm-up), not a share of every hour: the runner's projection over
+	// the job's life then counts Occurrences of it instead of
+	// extrapolating the window.
+	OneOff      float64
+	Occurrences int
 }
 
-// report turns f into one traces.Finding: scope from its targets, severity
-// the worst of theirs, impact their summed loss over the window's GPU-seconds.
+// report turns f into a traces.Finding: scope from its targets, severity
+// the worst of theirs, impact their summed loss over the window's
+// GPU-seconds. Targets on GPUs that no process of the job uses are the
+// host's, not the job's: they become a second, host-wide finding.
 func (f *finding) report(pass *Pass) {
-	if len(f.Targets) == 0 {
+	var job, host []target
+	for _, t := range f.Targets {
+		if t.GPU >= 0 && !t.Host.Manifest.OwnsGPU(t.GPU) {
+			host = append(host, t)
+		} else {
+			job = append(job, t)
+		}
+	}
+	f.reportTargets(pass, job, false)
+	f.reportTargets(pass, host, true)
+}
+
+func (f *finding) reportTargets(pass *Pass, targets []target, hostWide bool) {
+	if len(targets) == 0 {
 		return
 	}
-	ts := slices.Clone(f.Targets)
+	ts := slices.Clone(targets)
 	slices.SortStableFunc(ts, func(a, b target) int {
 		return cmp.Or(cmp.Compare(severityRank[a.Severity], severityRank[b.Severity]), cmp.Compare(b.Lost, a.Lost))
 	})
@@ -63,12 +84,24 @@ func (f *finding) report(pass *Pass) {
 		Scope:          scopeOf(ts),
 		Recommendation: f.Recommendation,
 	}
+	if hostWide {
+		out.Scope.HostWide = true
+		out.Recommendation = "No process of this job uses the GPU: this is the host's problem, not the job's. " + f.Recommendation
+	}
 	var lost float64
 	for _, t := range ts {
 		lost += t.Lost
 	}
 	out.Impact = traces.Impact{GPUSeconds: lost, WindowShare: share(lost, windowGPUSeconds(pass.Input))}
+	if f.OneOff > 0 {
+		out.Impact.Projected = &traces.Projection{OneOff: true, OneOffGPUSeconds: f.OneOff, Occurrences: max(f.Occurrences, 1)}
+	}
 	out.Evidence = append(out.Evidence, f.Evidence...)
+	for _, t := range ts[:min(len(ts), traces.MaxTargets)] {
+		out.Targets = append(out.Targets, traces.Target{
+			Host: t.Host.Manifest.Host, GPU: t.GPU, Rank: t.Rank, Severity: t.Severity, GPUSeconds: t.Lost, Evidence: t.Evidence,
+		})
+	}
 	if len(ts) == 1 {
 		out.Evidence = append(out.Evidence, ts[0].Evidence...)
 	} else {

@@ -61,7 +61,9 @@ func Run(ctx context.Context, in *Input, list []*Analyzer) ([]traces.Finding, er
 	return rep.Findings, errors.Join(errs...)
 }
 
-// Execute is Run with the outcome of every analyzer.
+// Execute is Run with the outcome of every analyzer. The correlation step
+// (RootCause) runs last, over all their findings, and is reported as one
+// more run.
 func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 	versions := make(map[string]string, len(list))
 	for _, a := range list {
@@ -126,8 +128,29 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 		}()
 	}
 	wg.Wait()
-	rep := &Report{Runs: runs, Findings: slices.Concat(found...)}
-	slices.SortStableFunc(rep.Findings, compareFindings)
+	start := time.Now()
+	rep := &Report{Runs: runs, Findings: Correlate(in, slices.Concat(found...))}
+	joined := 0
+	for _, f := range rep.Findings {
+		if f.Analyzer == RootCause.Name {
+			joined++
+		}
+	}
+	rep.Runs = append(rep.Runs, AnalyzerRun{Name: RootCause.Name, Version: RootCause.Version, Status: StatusOK,
+		Findings: joined, Duration: time.Since(start)})
+	// Every finding, root causes included, gets its projection over the
+	// job's life, by which they are then ranked.
+	if len(rep.Findings) > 0 {
+		life := lifeOf(ctx, in)
+		for i := range rep.Findings {
+			f := &rep.Findings[i]
+			project(f, life)
+			if len(life.inputs) > 0 {
+				f.Lineage.Inputs = slices.Compact(slices.Sorted(slices.Values(slices.Concat(f.Lineage.Inputs, life.inputs))))
+			}
+		}
+		slices.SortStableFunc(rep.Findings, compareFindings)
+	}
 	return rep
 }
 
@@ -219,10 +242,12 @@ func FindingID(f *traces.Finding) string {
 
 var severityRank = map[string]int{traces.SeverityCritical: 0, traces.SeverityWarning: 1, traces.SeverityInfo: 2}
 
-// compareFindings orders findings most severe first, then by impact.
+// compareFindings orders findings most severe first, then by projected
+// impact over the job's life, then by the window's.
 func compareFindings(a, b traces.Finding) int {
 	return cmp.Or(
 		cmp.Compare(severityRank[a.Severity], severityRank[b.Severity]),
+		cmp.Compare(b.Impact.RankValue(), a.Impact.RankValue()),
 		cmp.Compare(b.Impact.GPUSeconds, a.Impact.GPUSeconds),
 		cmp.Compare(a.Analyzer, b.Analyzer),
 		cmp.Compare(a.ID, b.ID),

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"maps"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -203,14 +202,7 @@ func TestRunCorruptPart(t *testing.T) {
 	in := writeCapture(t, "", hostBundle{name: "h1", ranks: []int{0, 1}, samples: series(2, 10, nil),
 		steps: []traces.Step{{Rank: 0, StartNs: 1, EndNs: 2}}})
 	path := in.Hosts[0].Key(traces.PartGPUSamples)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[len(data)/2] ^= 0xff
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	corruptPart(t, in, traces.PartGPUSamples)
 	rep := Execute(t.Context(), in, []*Analyzer{SMUnderuse, StepImbalance})
 	if r := rep.Runs[0]; r.Status != StatusFailed || !strings.Contains(r.Reason, filepath.Base(path)) || !strings.Contains(r.Reason, "checksum") {
 		t.Errorf("sm-underuse on a corrupt part: %+v", r)

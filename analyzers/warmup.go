@@ -55,13 +55,21 @@ var Warmup = NewWarmup(DefaultWarmupConfig())
 func NewWarmup(cfg WarmupConfig) *Analyzer {
 	return &Analyzer{
 		Name:    "warmup",
-		Version: "1",
+		Version: "2",
 		Doc: `warm-up verification: where step time or request latency settles
 
-Series: training step times from steps.parquet (per iteration, the median
-over ranks), and inference request latencies from the latency events of
-events.jsonl (POST /v1/latency on the agent; those naming another job are
-ignored), each on its own.
+Series: training step times (per iteration, the median over ranks) from
+the run's step history (step_history.parquet: every step from the first
+the agent saw, spans of merged steps past its head, each standing for its
+mean), so that a capture taken after warm-up still sees the warm-up; from
+the window's steps.parquet when a capture has no history. Of a history,
+each rank's last process segment is judged (after its last restart: a new
+PID or an iteration that went back), up to the capture's window when at
+least MinPoints come before it (profiling slows the window's steps a
+little), and the restarts are counted. Inference
+request latencies come from the latency events of events.jsonl (POST
+/v1/latency on the agent; those naming another job are ignored); each
+series is judged on its own.
 
 Change points: the series is taken in logarithms (so a shift is a ratio and
 spikes weigh less) and split where one mean-shift fits best by least
@@ -76,7 +84,8 @@ robust coefficient of variation (1.4826 MAD / median) is at most MaxTailCV
 from its first to its last point.
 
 Reported: warm-up length in iterations (requests) and seconds, the p99 of
-the first FirstMinutes (2 min) against the steady state's p99, whether the
+the first FirstMinutes (2 min) against the steady state's p99 (over single
+steps, not merged spans, where there are enough), whether the
 stable-iteration capture began after the warm-up (its start iteration, else
 its start time), whether traffic did (no warm-up seen in served latencies),
 and compile, JIT, CUDA-graph capture and autotune events counted in the
@@ -85,8 +94,10 @@ cudaStreamBeginCapture / cudaGraphInstantiate, Triton and cuDNN autotuning,
 lazy function loading). Verdict: pass (info) when settled, the capture and
 traffic came after warm-up and a stable-iteration capture holds no compile
 or autotune work; fail (warning) otherwise. Impact: for training, the
-warm-up steps' time above the steady median, times the ranks.`,
-		Requires: []string{traces.PartSteps, traces.PartEvents, traces.KinetoDir},
+warm-up steps' time above the steady median, times the ranks: in the
+window, the warm-up steps it holds; over the job's life, a one-off cost
+paid at every process start the history shows.`,
+		Requires: []string{traces.PartStepHistory, traces.PartSteps, traces.PartEvents, traces.KinetoDir},
 		Run:      func(pass *Pass) error { return runWarmup(pass, cfg) },
 	}
 }
@@ -136,7 +147,13 @@ type point struct {
 	t    int64   // Unix ns
 	iter int64   // iteration, or request number
 	v    float64 // seconds
+	// n is how many steps the point stands for: 1, or the steps of a merged
+	// span of the step history (v is then their mean).
+	n int64
 }
+
+// single reports whether the point is one step or request, not a mean.
+func (p point) single() bool { return p.n <= 1 }
 
 // warmupResult is what detectWarmup finds in a series.
 type warmupResult struct {
@@ -193,6 +210,11 @@ func detectWarmup(s []point, cfg WarmupConfig) warmupResult {
 	}
 	slices.Sort(vals)
 	med := quantile(vals, 0.5)
+	// Percentiles need single steps: a merged span's mean hides its tail.
+	singles := singleValues(tail)
+	if len(singles) < max(cfg.MinSegment, 2) {
+		singles = vals
+	}
 	dev := make([]float64, len(vals))
 	for i, v := range vals {
 		dev[i] = math.Abs(v - med)
@@ -213,27 +235,75 @@ func detectWarmup(s []point, cfg WarmupConfig) warmupResult {
 	}
 	r.tooShortSteady = float64(len(tail)) < cfg.MinSteadyShare*float64(n) || len(tail) < m
 	r.settled = !r.tooShortSteady && r.tailCV <= cfg.MaxTailCV && math.Abs(r.drift) <= cfg.MaxTailDrift
-	r.tailP99 = quantile(vals, 0.99)
-	var first []float64
+	r.tailP99 = quantile(singles, 0.99)
+	var head []point
 	for _, p := range s {
 		if p.t-s[0].t < cfg.FirstMinutes.Nanoseconds() {
-			first = append(first, p.v)
+			head = append(head, p)
 		}
 	}
-	slices.Sort(first)
+	first := singleValues(head)
+	if len(first) == 0 {
+		for _, p := range head {
+			first = append(first, p.v)
+		}
+		slices.Sort(first)
+	}
 	r.firstP99 = quantile(first, 0.99)
 	return r
 }
 
-func runWarmup(pass *Pass, cfg WarmupConfig) error {
-	in := pass.Input
-	// Training: per iteration, the median step time over ranks.
-	type iterAcc struct {
-		start int64
-		durs  []float64
+// singleValues returns the sorted values of the points that are one step each.
+func singleValues(s []point) []float64 {
+	var out []float64
+	for _, p := range s {
+		if p.single() {
+			out = append(out, p.v)
+		}
 	}
+	slices.Sort(out)
+	return out
+}
+
+// iterAcc gathers one iteration's (or merged span's) step times over ranks.
+type iterAcc struct {
+	start int64
+	n     int64
+	durs  []float64
+}
+
+// trainingSeries is the training series and where it came from.
+type trainingSeries struct {
+	points []point
+	hosts  map[*Host]bool
+	ranks  int
+	// fromHistory is set when the series is the run's step history rather
+	// than the capture window's steps; restarts then counts the process
+	// restarts before the segment judged (the most they were on any rank).
+	fromHistory bool
+	restarts    int
+}
+
+// medianSeries turns per-iteration accumulators into a series: the median
+// over ranks, in iteration order.
+func medianSeries(iters map[int64]*iterAcc) []point {
+	var s []point
+	for _, it := range slices.Sorted(maps.Keys(iters)) {
+		a := iters[it]
+		slices.Sort(a.durs)
+		med := a.durs[len(a.durs)/2]
+		if len(a.durs)%2 == 0 {
+			med = (a.durs[len(a.durs)/2-1] + med) / 2
+		}
+		s = append(s, point{t: a.start, iter: it, v: med, n: a.n})
+	}
+	return s
+}
+
+// windowSeries is the training series of the capture window's steps.parquet.
+func windowSeries(pass *Pass) (trainingSeries, error) {
 	iters := map[int64]*iterAcc{}
-	stepHosts := map[*Host]bool{}
+	ts := trainingSeries{hosts: map[*Host]bool{}}
 	ranks := map[int32]bool{}
 	err := EachStep(pass, func(h *Host, s *traces.Step) error {
 		if s.EndNs <= s.StartNs {
@@ -241,17 +311,89 @@ func runWarmup(pass *Pass, cfg WarmupConfig) error {
 		}
 		a := iters[s.Iteration]
 		if a == nil {
-			a = &iterAcc{start: s.StartNs}
+			a = &iterAcc{start: s.StartNs, n: 1}
 			iters[s.Iteration] = a
 		}
 		a.start = min(a.start, s.StartNs)
 		a.durs = append(a.durs, float64(s.EndNs-s.StartNs)/1e9)
-		stepHosts[h] = true
+		ts.hosts[h] = true
 		ranks[s.Rank] = true
 		return nil
 	})
+	ts.points, ts.ranks = medianSeries(iters), len(ranks)
+	return ts, err
+}
+
+// historySeries is the training series of the run's step history: for each
+// rank its last process segment (rows after the last PID change or
+// iteration that went back: the process the capture saw, with its own
+// warm-up), then per span start the median over ranks. Two scans keep
+// memory to one accumulator per span start, not every rank's rows.
+func historySeries(pass *Pass) (trainingSeries, error) {
+	type segment struct {
+		pid      int32
+		next     int64 // iteration after the last row
+		startNs  int64 // first row of the current segment
+		restarts int
+	}
+	segs := map[int32]*segment{}
+	err := EachStepSpan(pass, func(_ *Host, sp *traces.StepSpan) error {
+		if sp.Steps <= 0 || sp.EndNs <= sp.StartNs {
+			return nil
+		}
+		g := segs[sp.Rank]
+		switch {
+		case g == nil:
+			segs[sp.Rank] = &segment{pid: sp.PID, next: sp.FirstIteration + int64(sp.Steps), startNs: sp.StartNs}
+			return nil
+		case sp.PID != g.pid || sp.FirstIteration < g.next:
+			g.pid, g.startNs = sp.PID, sp.StartNs
+			g.restarts++
+		}
+		g.next = sp.FirstIteration + int64(sp.Steps)
+		return nil
+	})
+	ts := trainingSeries{hosts: map[*Host]bool{}, ranks: len(segs), fromHistory: true}
+	if err != nil || len(segs) == 0 {
+		return ts, err
+	}
+	for _, g := range segs {
+		ts.restarts = max(ts.restarts, g.restarts)
+	}
+	iters := map[int64]*iterAcc{}
+	err = EachStepSpan(pass, func(h *Host, sp *traces.StepSpan) error {
+		g := segs[sp.Rank]
+		if g == nil || sp.Steps <= 0 || sp.EndNs <= sp.StartNs || sp.PID != g.pid || sp.StartNs < g.startNs {
+			return nil
+		}
+		a := iters[sp.FirstIteration]
+		if a == nil {
+			a = &iterAcc{start: sp.StartNs, n: int64(sp.Steps)}
+			iters[sp.FirstIteration] = a
+		}
+		a.start = min(a.start, sp.StartNs)
+		a.n = min(a.n, int64(sp.Steps))
+		a.durs = append(a.durs, float64(sp.MeanNs())/1e9)
+		ts.hosts[h] = true
+		return nil
+	})
+	ts.points = medianSeries(iters)
+	return ts, err
+}
+
+func runWarmup(pass *Pass, cfg WarmupConfig) error {
+	in := pass.Input
+	// Training: per iteration, the median step time over ranks, from the
+	// run's step history when the capture carries one (the window alone
+	// cannot show a warm-up that ended before it), else from the window.
+	train, err := historySeries(pass)
 	if err != nil {
 		return err
+	}
+	if len(train.points) < cfg.MinPoints {
+		if train, err = windowSeries(pass); err != nil {
+			return err
+		}
 	}
 	// Inference: latency values in time order.
 	var lat []point
@@ -289,31 +431,44 @@ func runWarmup(pass *Pass, cfg WarmupConfig) error {
 		}
 	}
 
-	if len(iters) >= cfg.MinPoints {
-		var s []point
-		for _, it := range slices.Sorted(maps.Keys(iters)) {
-			a := iters[it]
-			slices.Sort(a.durs)
-			med := a.durs[len(a.durs)/2]
-			if len(a.durs)%2 == 0 {
-				med = (a.durs[len(a.durs)/2-1] + med) / 2
-			}
-			s = append(s, point{t: a.start, iter: it, v: med})
-		}
-		reportWarmup(pass, cfg, "step time", s, stepHosts, len(ranks), compile, hasKineto)
+	if len(train.points) >= cfg.MinPoints {
+		reportWarmup(pass, cfg, "step time", train, compile, hasKineto)
 	}
 	if len(lat) >= cfg.MinPoints {
 		slices.SortStableFunc(lat, func(a, b point) int { return cmp.Compare(a.t, b.t) })
 		for i := range lat {
 			lat[i].iter = int64(i)
 		}
-		reportWarmup(pass, cfg, "request latency", lat, latHosts, 0, compile, hasKineto)
+		reportWarmup(pass, cfg, "request latency", trainingSeries{points: lat, hosts: latHosts}, compile, hasKineto)
 	}
 	return nil
 }
 
-// reportWarmup judges one series and reports the verdict.
-func reportWarmup(pass *Pass, cfg WarmupConfig, what string, s []point, hosts map[*Host]bool, nranks int, compile WarmupEvents, hasKineto bool) {
+// reportWarmup judges one series (training when it has ranks, else request
+// latency) and reports the verdict.
+func reportWarmup(pass *Pass, cfg WarmupConfig, what string, ser trainingSeries, compile WarmupEvents, hasKineto bool) {
+	s, hosts, nranks := ser.points, ser.hosts, ser.ranks
+	var hostList []*Host
+	for i := range pass.Input.Hosts {
+		if h := &pass.Input.Hosts[i]; hosts[h] {
+			hostList = append(hostList, h)
+		}
+	}
+	m := hostList[0].Manifest
+	// A history reaches into the capture's own window, whose profiling
+	// slows steps a little: the run is judged up to the window when there
+	// is enough of it, so the measurement does not fail its own check.
+	if ser.fromHistory {
+		cut := slices.IndexFunc(s, func(p point) bool {
+			if m.Trigger.StartIteration > 0 {
+				return p.iter >= m.Trigger.StartIteration
+			}
+			return !time.Unix(0, p.t).Before(m.Start)
+		})
+		if cut >= cfg.MinPoints {
+			s = s[:cut]
+		}
+	}
 	r := detectWarmup(s, cfg)
 	training := nranks > 0
 	endT, endIter := s[r.end].t, s[r.end].iter
@@ -322,16 +477,12 @@ func reportWarmup(pass *Pass, cfg WarmupConfig, what string, s []point, hosts ma
 		why := fmt.Sprintf("its steady part varies %.0f %% and drifts %+.0f %%", 100*r.tailCV, 100*r.drift)
 		if r.tooShortSteady {
 			why = "it is still changing at the end of the window"
+			if ser.fromHistory {
+				why = "it is still changing at the end of the run so far"
+			}
 		}
 		failures = append(failures, fmt.Sprintf("%s never settles: %s", what, why))
 	}
-	var hostList []*Host
-	for i := range pass.Input.Hosts {
-		if h := &pass.Input.Hosts[i]; hosts[h] {
-			hostList = append(hostList, h)
-		}
-	}
-	m := hostList[0].Manifest
 	captureAfter := true
 	if training && r.end > 0 {
 		if m.Trigger.StartIteration > 0 {
@@ -370,7 +521,12 @@ func reportWarmup(pass *Pass, cfg WarmupConfig, what string, s []point, hosts ma
 		metric("settled", b2f(r.settled), "bool"),
 	}
 	if training {
-		ev = append(ev, metric("capture_after_warmup", b2f(captureAfter), "bool"))
+		ev = append(ev, metric("capture_after_warmup", b2f(captureAfter), "bool"),
+			metric("from_step_history", b2f(ser.fromHistory), "bool"),
+			metric("history_first_iteration", float64(s[0].iter), unitCount))
+		if ser.fromHistory {
+			ev = append(ev, metric("restarts", float64(ser.restarts), unitCount))
+		}
 	} else {
 		ev = append(ev, metric("traffic_after_warmup", b2f(trafficAfter), "bool"))
 	}
@@ -384,17 +540,23 @@ func reportWarmup(pass *Pass, cfg WarmupConfig, what string, s []point, hosts ma
 
 	f := finding{Evidence: ev}
 	sev := traces.SeverityInfo
-	if len(failures) == 0 {
+	switch {
+	case len(failures) == 0 && training && !ser.fromHistory && r.end == 0 && s[0].iter > 0:
+		// The window began mid-run: a warm-up before it cannot be seen.
+		f.Title = fmt.Sprintf("No warm-up within the window (from iteration %d); the capture has no step history, so the start of the run was not judged", s[0].iter)
+		f.Recommendation = "Run an agent that writes step_history.parquet (every capture carries the run's steps from its first), so that the warm-up is judged from the start of the run."
+	case len(failures) == 0:
 		f.Title = fmt.Sprintf("Warm-up verified: %s settles after %d %s (%.0f s)", what, endIter-s[0].iter, unit, float64(endT-s[0].t)/1e9)
 		f.Recommendation = "Nothing to do: the series settles and measurements came after warm-up."
-	} else {
+	default:
 		sev = traces.SeverityWarning
 		f.Title = "Warm-up check failed: " + failures[0]
 		f.Recommendation = warmupAdvice(training, failures)
 	}
 	// Training warm-up costs every rank the time its steps spent above the
-	// steady median.
-	var excess float64
+	// steady median: once per process start, and inside the window only
+	// for the steps the window holds.
+	var excess, inWindow float64
 	if training && r.end > 0 {
 		steady := make([]float64, 0, len(s)-r.end)
 		for _, p := range s[r.end:] {
@@ -403,12 +565,16 @@ func reportWarmup(pass *Pass, cfg WarmupConfig, what string, s []point, hosts ma
 		slices.Sort(steady)
 		med := quantile(steady, 0.5)
 		for _, p := range s[:r.end] {
-			excess += max(p.v-med, 0)
+			e := max(p.v-med, 0) * float64(max(p.n, 1)) * float64(nranks)
+			excess += e
+			if !time.Unix(0, p.t).Before(m.Start) {
+				inWindow += e
+			}
 		}
-		excess *= float64(nranks)
+		f.OneOff, f.Occurrences = excess, ser.restarts+1
 	}
 	for _, h := range hostList {
-		f.Targets = append(f.Targets, target{Host: h, GPU: -1, Rank: -1, Severity: sev, Lost: excess / float64(len(hostList))})
+		f.Targets = append(f.Targets, target{Host: h, GPU: -1, Rank: -1, Severity: sev, Lost: inWindow / float64(len(hostList))})
 	}
 	f.report(pass)
 }

@@ -14,8 +14,11 @@ import (
 	"flag"
 	"io"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/loupe-dev/loupe/agent/daemon"
@@ -128,6 +131,11 @@ type objects struct {
 	accounts    []corev1.ServiceAccount
 	configMaps  []corev1.ConfigMap
 	secrets     []corev1.Secret
+	roles       []rbacv1.ClusterRole
+	bindings    []rbacv1.ClusterRoleBinding
+	pdbs        []policyv1.PodDisruptionBudget
+	svcMonitors []monitoringv1.ServiceMonitor
+	podMonitors []monitoringv1.PodMonitor
 }
 
 func decodeStrict(t *testing.T, name string, data []byte) objects {
@@ -162,6 +170,21 @@ func decodeStrict(t *testing.T, name string, data []byte) objects {
 		case "Secret":
 			objs.secrets = append(objs.secrets, corev1.Secret{})
 			err = yaml.UnmarshalStrict([]byte(doc), &objs.secrets[len(objs.secrets)-1])
+		case "ClusterRole":
+			objs.roles = append(objs.roles, rbacv1.ClusterRole{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.roles[len(objs.roles)-1])
+		case "ClusterRoleBinding":
+			objs.bindings = append(objs.bindings, rbacv1.ClusterRoleBinding{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.bindings[len(objs.bindings)-1])
+		case "PodDisruptionBudget":
+			objs.pdbs = append(objs.pdbs, policyv1.PodDisruptionBudget{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.pdbs[len(objs.pdbs)-1])
+		case "ServiceMonitor":
+			objs.svcMonitors = append(objs.svcMonitors, monitoringv1.ServiceMonitor{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.svcMonitors[len(objs.svcMonitors)-1])
+		case "PodMonitor":
+			objs.podMonitors = append(objs.podMonitors, monitoringv1.PodMonitor{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.podMonitors[len(objs.podMonitors)-1])
 		default:
 			t.Fatalf("%s document %d: unexpected kind %q", name, i, meta.Kind)
 		}
@@ -187,8 +210,8 @@ func helmTemplate(t *testing.T, helm string, args ...string) []byte {
 // checkSecurity asserts the security settings that matter for each workload.
 func checkSecurity(t *testing.T, objs objects, dcgmProfiling bool) {
 	t.Helper()
-	if len(objs.daemonSets) != 1 || len(objs.deployments) != 1 || len(objs.services) != 1 || len(objs.accounts) != 2 || len(objs.configMaps) != 2 {
-		t.Fatalf("rendered %d DaemonSets, %d Deployments, %d Services, %d ServiceAccounts, %d ConfigMaps; want 1, 1, 1, 2, 2",
+	if len(objs.daemonSets) != 1 || len(objs.deployments) != 1 || len(objs.services) != 2 || len(objs.accounts) != 2 || len(objs.configMaps) != 2 {
+		t.Fatalf("rendered %d DaemonSets, %d Deployments, %d Services, %d ServiceAccounts, %d ConfigMaps; want 1, 1, 2, 2, 2",
 			len(objs.daemonSets), len(objs.deployments), len(objs.services), len(objs.accounts), len(objs.configMaps))
 	}
 	ds := objs.daemonSets[0].Spec.Template.Spec
@@ -235,8 +258,58 @@ func checkSecurity(t *testing.T, objs objects, dcgmProfiling bool) {
 	if asc == nil || len(asc.Capabilities.Drop) != 1 || len(asc.Capabilities.Add) != 0 || !*asc.ReadOnlyRootFilesystem {
 		t.Error("aggregator must drop every capability and have a read-only root file system")
 	}
-	if agg.ServiceAccountName != "loupe-aggregator" || objs.services[0].Spec.Ports[0].Port != 8080 {
-		t.Errorf("aggregator service account %q, service port %d", agg.ServiceAccountName, objs.services[0].Spec.Ports[0].Port)
+	if svc := service(t, objs, "loupe-aggregator"); agg.ServiceAccountName != "loupe-aggregator" || svc.Spec.Ports[0].Port != 8080 {
+		t.Errorf("aggregator service account %q, service port %d", agg.ServiceAccountName, svc.Spec.Ports[0].Port)
+	}
+}
+
+func service(t *testing.T, objs objects, name string) corev1.Service {
+	t.Helper()
+	for _, s := range objs.services {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("no Service %s", name)
+	return corev1.Service{}
+}
+
+// selects reports whether a label selector's matchLabels all hold in labels.
+func selects(sel map[string]string, labels map[string]string) bool {
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return len(sel) > 0
+}
+
+// checkOperations asserts what an SRE needs to run the chart: separate
+// readiness and liveness probes on both workloads, a headless agent Service
+// on the metrics port, and a disruption budget that keeps one aggregator.
+func checkOperations(t *testing.T, objs objects) {
+	t.Helper()
+	for _, w := range []struct {
+		name string
+		spec corev1.PodSpec
+	}{{"agent", objs.daemonSets[0].Spec.Template.Spec}, {"aggregator", objs.deployments[0].Spec.Template.Spec}} {
+		c := w.spec.Containers[0]
+		if c.ReadinessProbe == nil || c.LivenessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet == nil {
+			t.Errorf("%s: readiness %+v liveness %+v, want both HTTP probes", w.name, c.ReadinessProbe, c.LivenessProbe)
+			continue
+		}
+		if c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+			t.Errorf("%s: readiness on %s, liveness on %s; want /readyz and /healthz", w.name, c.ReadinessProbe.HTTPGet.Path, c.LivenessProbe.HTTPGet.Path)
+		}
+	}
+	agent := service(t, objs, "loupe-agent")
+	if agent.Spec.ClusterIP != "None" || agent.Spec.Ports[0].Port != 9400 || agent.Spec.Ports[0].Name != "metrics" ||
+		!selects(agent.Spec.Selector, objs.daemonSets[0].Spec.Template.Labels) {
+		t.Errorf("agent Service %+v: want headless, port metrics 9400, selecting the agent pods", agent.Spec)
+	}
+	if len(objs.pdbs) != 1 || objs.pdbs[0].Spec.MinAvailable == nil || objs.pdbs[0].Spec.MinAvailable.IntValue() != 1 ||
+		!selects(objs.pdbs[0].Spec.Selector.MatchLabels, objs.deployments[0].Spec.Template.Labels) {
+		t.Errorf("PodDisruptionBudgets %+v: want one keeping 1 aggregator", objs.pdbs)
 	}
 }
 
@@ -253,6 +326,43 @@ func TestHelmChart(t *testing.T) {
 	}
 
 	checkConfigs(t, decodeStrict(t, "helm template (defaults)", rendered))
+	checkGPUNode(t, decodeStrict(t, "helm template (defaults)", rendered), "nvidia", true)
+	plain := decodeStrict(t, "helm template (no runtime class, no Kubernetes job names)",
+		helmTemplate(t, helm, "--set", "agent.runtimeClassName=", "--set", "agent.kubernetesJobNames=false"))
+	checkGPUNode(t, plain, "", false)
+	checkConfigs(t, plain)
+	defaults := decodeStrict(t, "helm template (defaults)", rendered)
+	checkOperations(t, defaults)
+	if len(defaults.svcMonitors)+len(defaults.podMonitors) != 0 {
+		t.Error("ServiceMonitor or PodMonitor rendered by default; they need the Prometheus Operator's CRDs")
+	}
+
+	// Prometheus Operator scraping: each monitor selects its Service or
+	// pods, on the named port; the agent's dcgm-exporter labels are kept.
+	mon := decodeStrict(t, "helm template (monitors)", helmTemplate(t, helm,
+		"--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true",
+		"--set", "metrics.serviceMonitor.labels.release=prom"))
+	if len(mon.svcMonitors) != 2 || len(mon.podMonitors) != 2 {
+		t.Fatalf("%d ServiceMonitors, %d PodMonitors; want 2 of each", len(mon.svcMonitors), len(mon.podMonitors))
+	}
+	ports := map[string]string{"loupe-agent": "metrics", "loupe-aggregator": "http"}
+	pods := map[string]map[string]string{"loupe-agent": mon.daemonSets[0].Spec.Template.Labels, "loupe-aggregator": mon.deployments[0].Spec.Template.Labels}
+	for _, sm := range mon.svcMonitors {
+		svc := service(t, mon, sm.Name)
+		ep := sm.Spec.Endpoints[0]
+		if !selects(sm.Spec.Selector.MatchLabels, svc.Labels) || ep.Port != ports[sm.Name] || ep.Path != "/metrics" || sm.Labels["release"] != "prom" {
+			t.Errorf("ServiceMonitor %s: selector %v (Service labels %v), endpoint %+v, labels %v", sm.Name, sm.Spec.Selector.MatchLabels, svc.Labels, ep, sm.Labels)
+		}
+		if sm.Name == "loupe-agent" && !ep.HonorLabels {
+			t.Error("the agent's ServiceMonitor must honor the series' labels (dcgm-exporter's pod, namespace, Hostname)")
+		}
+	}
+	for _, pm := range mon.podMonitors {
+		ep := pm.Spec.PodMetricsEndpoints[0]
+		if !selects(pm.Spec.Selector.MatchLabels, pods[pm.Name]) || ep.Port == nil || *ep.Port != ports[pm.Name] {
+			t.Errorf("PodMonitor %s: selector %v (pod labels %v), endpoint %+v", pm.Name, pm.Spec.Selector.MatchLabels, pods[pm.Name], ep)
+		}
+	}
 
 	// The plain manifests are the chart rendered with its defaults; they must
 	// not drift from it (regenerate with make manifests).
@@ -331,6 +441,80 @@ func checkConfigs(t *testing.T, objs objects) {
 			if err != nil {
 				t.Errorf("ConfigMap %s: %s is refused by its binary: %v", cm.Name, name, err)
 			}
+		}
+	}
+}
+
+// checkGPUNode asserts what lets the agent see the node's GPUs and name
+// its jobs: the NVIDIA runtime class, the NVIDIA container toolkit's
+// variables, and (when job names come from Kubernetes) a read-only role
+// bound to the agent with its token mounted, else none and the API off.
+func checkGPUNode(t *testing.T, objs objects, runtimeClass string, jobNames bool) {
+	t.Helper()
+	ds := objs.daemonSets[0].Spec.Template.Spec
+	if got := ds.RuntimeClassName; runtimeClass == "" && got != nil || runtimeClass != "" && (got == nil || *got != runtimeClass) {
+		t.Errorf("agent runtimeClassName %v, want %q", got, runtimeClass)
+	}
+	env := map[string]string{}
+	for _, e := range ds.Containers[0].Env {
+		env[e.Name] = e.Value
+	}
+	if env["NVIDIA_VISIBLE_DEVICES"] != "all" || !slices.Contains(strings.Split(env["NVIDIA_DRIVER_CAPABILITIES"], ","), "utility") ||
+		!slices.Contains(strings.Split(env["NVIDIA_DRIVER_CAPABILITIES"], ","), "compute") {
+		t.Errorf("agent NVIDIA env %v, want NVIDIA_VISIBLE_DEVICES=all and capabilities compute,utility", env)
+	}
+	mounted := ds.AutomountServiceAccountToken != nil && *ds.AutomountServiceAccountToken
+	var agentCfg string
+	for _, cm := range objs.configMaps {
+		if cm.Name == "loupe-agent" {
+			agentCfg = cm.Data["agent.yaml"]
+		}
+	}
+	if !jobNames {
+		if len(objs.roles)+len(objs.bindings) != 0 || mounted || !strings.Contains(agentCfg, `kubernetes_api: "off"`) {
+			t.Errorf("without Kubernetes job names: %d roles, %d bindings, token mounted %v, config %q; want none, none, false, the API off",
+				len(objs.roles), len(objs.bindings), mounted, agentCfg)
+		}
+		return
+	}
+	if len(objs.roles) != 1 || len(objs.bindings) != 1 || !mounted {
+		t.Fatalf("%d ClusterRoles, %d bindings, token mounted %v; want the agent's read-only role, bound, with its token", len(objs.roles), len(objs.bindings), mounted)
+	}
+	readable := map[string]bool{}
+	for _, r := range objs.roles[0].Rules {
+		for _, v := range r.Verbs {
+			if v != "get" && v != "list" && v != "watch" {
+				t.Errorf("agent role may %s %v: want read-only", v, r.Resources)
+			}
+		}
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				readable[g+"/"+res] = true
+			}
+		}
+	}
+	for _, want := range []string{"/pods", "batch/jobs", "apps/replicasets"} {
+		if !readable[want] {
+			t.Errorf("agent role cannot read %s (has %v)", want, readable)
+		}
+	}
+	b := objs.bindings[0]
+	if b.RoleRef.Name != objs.roles[0].Name || len(b.Subjects) != 1 || b.Subjects[0].Name != ds.ServiceAccountName || b.Subjects[0].Kind != "ServiceAccount" {
+		t.Errorf("binding %+v does not bind the agent's service account %s to its role", b, ds.ServiceAccountName)
+	}
+}
+
+// The agent image ships libdcgm from NVIDIA's packages (DCGM 4: libdcgm.so.4
+// and the profiling module) and the NVIDIA container toolkit's variables.
+func TestAgentImageHasDCGM(t *testing.T) {
+	data, err := os.ReadFile("docker/agent.Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"developer.download.nvidia.com/compute/cuda/repos/debian12/", "cuda-keyring",
+		"datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-proprietary", "NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"} {
+		if !bytes.Contains(data, []byte(want)) {
+			t.Errorf("agent.Dockerfile lacks %q", want)
 		}
 	}
 }

@@ -47,6 +47,31 @@ type Finding struct {
 	MissingRanks []int `json:"missing_ranks,omitempty"`
 	// Simulated is set when the inputs came from simulated GPUs.
 	Simulated bool `json:"simulated,omitempty"`
+	// Targets are the GPUs and ranks the finding is about, each with its own
+	// evidence, the most severe and costly first (at most MaxTargets), so
+	// that the correlation step can join findings about the same place.
+	Targets []Target `json:"targets,omitempty"`
+	// RootCauses are the IDs of the root-cause findings that explain this
+	// one (analyzer "root-cause"); the finding itself stays as it was.
+	RootCauses []string `json:"root_causes,omitempty"`
+	// Explains, on a root-cause finding, lists the IDs of the findings it
+	// joins.
+	Explains []string `json:"explains,omitempty"`
+}
+
+// MaxTargets bounds the targets a finding carries.
+const MaxTargets = 64
+
+// Target is one GPU or rank a finding is about. GPU and Rank are -1 when
+// unknown.
+type Target struct {
+	Host     string `json:"host"`
+	GPU      int    `json:"gpu"`
+	Rank     int    `json:"rank"`
+	Severity string `json:"severity"`
+	// GPUSeconds is what this target lost (or cost the others).
+	GPUSeconds float64  `json:"gpu_seconds"`
+	Evidence   []Metric `json:"evidence"`
 }
 
 // Scope is what a finding is about: a whole job, or one host, GPU or rank of it.
@@ -60,6 +85,11 @@ type Scope struct {
 	GPU     int    `json:"gpu"`
 	Rank    int    `json:"rank"`
 	Stream  string `json:"stream,omitempty"`
+	// HostWide marks a finding about the host rather than the job: a GPU
+	// whose samples the job's capture carried but that no process of the
+	// job uses (Manifest.OwnsGPU). Its alert goes to the host's owners,
+	// never to the job's.
+	HostWide bool `json:"host_wide,omitempty"`
 }
 
 // String renders what the scope narrows to, e.g. "host h1, rank 3, gpu 3",
@@ -81,6 +111,9 @@ func (s Scope) String() string {
 	if len(parts) == 0 {
 		return "job"
 	}
+	if s.HostWide {
+		parts = append(parts, "host-wide: no process of the job uses it")
+	}
 	return strings.Join(parts, ", ")
 }
 
@@ -97,6 +130,57 @@ type Impact struct {
 	GPUSeconds float64 `json:"gpu_seconds"`
 	// WindowShare is the share of the window's GPU time lost, in [0,1].
 	WindowShare float64 `json:"window_share"`
+	// Projected is what the finding costs over the job's life, projected
+	// from the window; nil in findings written before projections existed.
+	Projected *Projection `json:"projected,omitempty"`
+}
+
+// Projection extrapolates a finding over the job's life. It is a
+// projection, not a measurement: Basis says what it assumes.
+type Projection struct {
+	// GPUHoursPerDay is what the problem costs the job per day it runs.
+	GPUHoursPerDay float64 `json:"gpu_hours_per_day"`
+	// GPUHoursRun is what it has cost over the run so far.
+	GPUHoursRun float64 `json:"gpu_hours_run"`
+	// Share is the share of the job's GPU time the problem costs, in [0,1]
+	// (for a one-off cost, the run's share so far).
+	Share float64 `json:"share"`
+	// GPUs is the job's GPU count.
+	GPUs int `json:"gpus"`
+	// ScopeGPUs, when an analyzer measured the share on fewer GPUs than
+	// the job's (one rank's trace), is how many; the projection then
+	// scales Share to the job.
+	ScopeGPUs int `json:"scope_gpus,omitempty"`
+	// RunStart is when the run began, according to RunStartFrom, and
+	// RunHours how long it had run at the end of the capture.
+	RunStart     time.Time `json:"run_start"`
+	RunStartFrom string    `json:"run_start_from"`
+	RunHours     float64   `json:"run_hours"`
+	// OneOff is set for a cost paid once per occurrence (a warm-up), not a
+	// share of every hour: then OneOffGPUSeconds is one occurrence's cost
+	// and Occurrences how often the run paid it.
+	OneOff           bool    `json:"one_off,omitempty"`
+	OneOffGPUSeconds float64 `json:"one_off_gpu_seconds,omitempty"`
+	Occurrences      int     `json:"occurrences,omitempty"`
+	// Basis states the projection in words, with its assumptions.
+	Basis string `json:"basis"`
+}
+
+// Where a projection's run start comes from, most reliable first.
+const (
+	RunStartStepHistory  = "step_history"
+	RunStartProcessStart = "process_start"
+	RunStartCapture      = "capture_window"
+)
+
+// RankValue is what findings are ranked by fleet-wide: the projected
+// GPU-hours per day; 0 for findings stored without a projection, which
+// then rank by their window GPU-seconds, after the others.
+func (i Impact) RankValue() float64 {
+	if i.Projected != nil {
+		return i.Projected.GPUHoursPerDay
+	}
+	return 0
 }
 
 // Lineage names what a finding was computed from.

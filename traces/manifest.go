@@ -2,6 +2,8 @@ package traces
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -23,6 +25,10 @@ const (
 	KinetoDir      = "kineto/"
 )
 
+// PartStepHistory is the run's step history from its first step (StepSpan
+// rows), so that analyzers judge the start of the run, not only the window.
+const PartStepHistory = "step_history.parquet"
+
 // Media types of the parts.
 const (
 	MediaParquet = "application/vnd.apache.parquet"
@@ -42,6 +48,12 @@ const (
 	DefaultMaxPartSize int64 = 8 << 30
 )
 
+// ProfileTimeLabel is the numeric label of a CPU profile sample that says
+// when its samples were read from the kernel (Unix nanoseconds): they were
+// taken in the agent's drain interval (about a second) before it. It puts
+// CPU samples on a capture's timeline (ExportChrome).
+const ProfileTimeLabel = "time_ns"
+
 // Trigger kinds.
 const (
 	TriggerStableIteration = "stable-iteration"
@@ -52,6 +64,10 @@ const (
 	TriggerNCCLHang = "nccl-hang"
 	// TriggerNCCLRecovered: a hung communicator made progress again.
 	TriggerNCCLRecovered = "nccl-hang-recovered"
+	// TriggerLogHistory: a log-only bundle of events from log lines older
+	// than any capture window (a log file found with history, or logs
+	// analyzed offline).
+	TriggerLogHistory = "log-history"
 )
 
 // Manifest describes one host's share of one capture. It is stored as
@@ -74,7 +90,13 @@ type Manifest struct {
 	AgentVersion string    `json:"agent_version"`
 	// Simulated is true when any data in the bundle comes from simulated GPUs.
 	Simulated bool `json:"simulated,omitempty"`
-	// GPUs describes the devices whose samples the bundle carries.
+	// DriverVersion is the host's NVIDIA driver and CUDAVersion the CUDA
+	// version it supports, as NVML reports them; empty when unknown.
+	DriverVersion string `json:"driver_version,omitempty"`
+	CUDAVersion   string `json:"cuda_version,omitempty"`
+	// GPUs describes the devices whose samples the bundle carries: those the
+	// job's processes use, or, when the capture matched no process, every
+	// GPU of the host, which the job is then not known to own (OwnsGPU).
 	GPUs []GPUInfo `json:"gpus,omitempty"`
 	// Processes are the processes the capture covered.
 	Processes []Process `json:"processes,omitempty"`
@@ -82,6 +104,49 @@ type Manifest struct {
 	// Notes are human-readable remarks about gaps in the capture, for
 	// example a Kineto trace without distributedInfo or a missing collector.
 	Notes []string `json:"notes,omitempty"`
+}
+
+// OwnsGPU reports whether the bundle's job uses GPU index gpu: a process
+// of the job runs on it. A GPU whose samples the bundle carries but that
+// no process of the job uses is the host's, and so are findings about it:
+// an alert about it must not go to the job.
+func (m *Manifest) OwnsGPU(gpu int) bool {
+	for _, g := range m.GPUs {
+		if g.Index == gpu && len(g.Ranks) > 0 {
+			return true
+		}
+	}
+	for _, p := range m.Processes {
+		if p.Uses(gpu) {
+			return true
+		}
+	}
+	return false
+}
+
+// GPURank returns the global rank that uses GPU index gpu, or -1 when the
+// manifest does not say or several ranks share the device.
+func (m *Manifest) GPURank(gpu int) int {
+	for _, g := range m.GPUs {
+		if g.Index == gpu && len(g.Ranks) == 1 {
+			return g.Ranks[0]
+		}
+	}
+	rank := -1
+	for _, p := range m.Processes {
+		if p.Uses(gpu) {
+			if rank >= 0 && rank != p.Rank {
+				return -1
+			}
+			rank = p.Rank
+		}
+	}
+	return rank
+}
+
+// Uses reports whether the process uses GPU index gpu.
+func (p *Process) Uses(gpu int) bool {
+	return gpu >= 0 && (p.GPU == gpu || slices.Contains(p.GPUs, gpu))
 }
 
 // Trigger says why a capture was taken.
@@ -114,9 +179,52 @@ type Process struct {
 	Rank      int    `json:"rank"`
 	LocalRank int    `json:"local_rank"`
 	GPU       int    `json:"gpu"` // -1 when unknown
+	// GPUs lists every GPU the process uses when it uses more than one
+	// (GPU is the first of them).
+	GPUs      []int  `json:"gpus,omitempty"`
 	Container string `json:"container,omitempty"`
 	Pod       string `json:"pod,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
+	// Started is when the process started, when known; a projection of a
+	// finding falls back on it for the run's start.
+	Started time.Time `json:"started,omitzero"`
+	// Image is the container image the process runs, as its container
+	// runtime names it; NCCLVersion the version of the libnccl it maps.
+	Image       string `json:"image,omitempty"`
+	NCCLVersion string `json:"nccl_version,omitempty"`
+}
+
+// Software is what a job ran on, summed up over its manifests: the
+// container images, driver, CUDA and NCCL versions. A field lists the
+// distinct values seen, sorted and joined by ", "; empty when unknown.
+type Software struct {
+	Image  string `json:"image,omitempty"`
+	Driver string `json:"driver,omitempty"`
+	CUDA   string `json:"cuda,omitempty"`
+	NCCL   string `json:"nccl,omitempty"`
+}
+
+// SoftwareOf sums up the software of the manifests of one job.
+func SoftwareOf(ms ...*Manifest) Software {
+	var images, drivers, cudas, nccls []string
+	add := func(list *[]string, v string) {
+		if v != "" && !slices.Contains(*list, v) {
+			*list = append(*list, v)
+		}
+	}
+	for _, m := range ms {
+		add(&drivers, m.DriverVersion)
+		add(&cudas, m.CUDAVersion)
+		for _, p := range m.Processes {
+			add(&images, p.Image)
+			add(&nccls, p.NCCLVersion)
+		}
+	}
+	join := func(list []string) string {
+		slices.Sort(list)
+		return strings.Join(list, ", ")
+	}
+	return Software{Image: join(images), Driver: join(drivers), CUDA: join(cudas), NCCL: join(nccls)}
 }
 
 // Part is one file of a bundle.

@@ -1,11 +1,15 @@
 // Package attribution says who a GPU process belongs to: its job and rank
-// (from its environment), its container (from its cgroup) and, on
+// (from its environment), its container (from its cgroup) and the
+// container's image (from the runtime's state), and, on
 // Kubernetes, its pod and namespace (from the kubelet pod-resources API,
-// which maps GPU UUIDs to the containers they were allocated to).
+// which maps GPU UUIDs to the containers they were allocated to) and the
+// pod's workload (from its owner references and labels, read from the
+// Kubernetes API), which names the job ahead of the environment.
 //
-// The pod-resources map is fetched on a timer by Run and cached; lookups
-// never call the kubelet, so a metrics scrape costs nothing here
-// (dcgm-exporter once spent up to 10 cores listing pods on every scrape).
+// The pod-resources map and the pods' workloads are fetched on a timer by
+// Run and cached; lookups never call the kubelet or the API server, so a
+// metrics scrape costs nothing here (dcgm-exporter once spent up to 10
+// cores listing pods on every scrape).
 package attribution
 
 import (
@@ -34,28 +38,49 @@ type Config struct {
 	JobEnvVars []string `yaml:"job_env_vars"`
 	// RefreshInterval is how often Run lists the pods' GPUs.
 	RefreshInterval time.Duration `yaml:"refresh_interval"`
-	// Timeout bounds one call to the kubelet.
+	// Timeout bounds one call to the kubelet or the Kubernetes API.
 	Timeout time.Duration `yaml:"timeout"`
+	// KubernetesAPI is the API server's URL, from which pods' owners name
+	// their jobs; empty: the in-cluster address when the agent runs in a
+	// pod, else no lookups; "off": none.
+	KubernetesAPI string `yaml:"kubernetes_api"`
+	// KubernetesTokenFile and KubernetesCAFile authenticate the agent to
+	// the API server (the pod's service account by default).
+	KubernetesTokenFile string `yaml:"kubernetes_token_file"`
+	KubernetesCAFile    string `yaml:"kubernetes_ca_file"`
+	// JobCacheTTL is how long a pod's job, once looked up, is trusted.
+	JobCacheTTL time.Duration `yaml:"job_cache_ttl"`
+	// ContainerStateDirs are the container runtimes' state folders on the
+	// host, where a container's image is named (read through
+	// ProcRoot/1/root, the host's root with hostPID).
+	ContainerStateDirs []string `yaml:"container_state_dirs"`
 }
 
 // DefaultConfig returns the settings for a plain host or a DaemonSet with
 // hostPID and the kubelet's pod-resources folder mounted.
 func DefaultConfig() Config {
 	return Config{
-		ProcRoot:           "/proc",
-		PodResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
-		JobEnvVars:         []string{"SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"},
-		RefreshInterval:    30 * time.Second,
-		Timeout:            5 * time.Second,
+		ProcRoot:            "/proc",
+		PodResourcesSocket:  "/var/lib/kubelet/pod-resources/kubelet.sock",
+		JobEnvVars:          []string{"SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"},
+		RefreshInterval:     30 * time.Second,
+		Timeout:             5 * time.Second,
+		KubernetesTokenFile: serviceAccountDir + "/token",
+		KubernetesCAFile:    serviceAccountDir + "/ca.crt",
+		JobCacheTTL:         10 * time.Minute,
+		ContainerStateDirs:  defaultContainerStateDirs,
 	}
 }
 
 // Info is what is known about one process. Rank, LocalRank and WorldSize
 // are -1 when unknown; strings are empty when unknown.
 type Info struct {
-	PID       int
-	Comm      string
+	PID  int
+	Comm string
+	// Job names the process's job: its pod's workload on Kubernetes (JobKind
+	// says what kind, such as PyTorchJob), else the first of JobEnvVars set.
 	Job       string
+	JobKind   string
 	Rank      int
 	LocalRank int
 	WorldSize int
@@ -68,6 +93,10 @@ type Info struct {
 	ContainerID string
 	// PodUID comes from the cgroup path of a Kubernetes container.
 	PodUID string
+	// Started is when the process started (zero when unknown).
+	Started time.Time
+	// Image is the container's image, from its runtime's state.
+	Image string
 }
 
 // Variables that carry ranks, in the order launchers set them: torchrun,
@@ -87,8 +116,14 @@ type Resolver struct {
 	log    *slog.Logger
 	wanted map[string]bool
 
+	kube  *kubeClient
+	now   func() time.Time
+	btime func() (time.Time, error)
+
 	mu      sync.RWMutex
 	byGPU   map[string]podRef
+	jobs    map[string]kubeEntry // "namespace/pod" -> its workload
+	images  map[string]string    // container ID -> image ("" when none is known)
 	lastErr error
 }
 
@@ -110,10 +145,24 @@ func New(cfg Config, logger *slog.Logger) *Resolver {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = def.Timeout
 	}
+	if cfg.JobCacheTTL <= 0 {
+		cfg.JobCacheTTL = def.JobCacheTTL
+	}
+	if cfg.ContainerStateDirs == nil {
+		cfg.ContainerStateDirs = def.ContainerStateDirs
+	}
 	if logger == nil {
 		logger = slog.Default()
 	}
-	r := &Resolver{cfg: cfg, log: logger.With("component", "attribution"), wanted: map[string]bool{"NVIDIA_VISIBLE_DEVICES": true}}
+	r := &Resolver{cfg: cfg, log: logger.With("component", "attribution"), wanted: map[string]bool{"NVIDIA_VISIBLE_DEVICES": true},
+		now: time.Now, jobs: map[string]kubeEntry{}, images: map[string]string{}}
+	r.btime = sync.OnceValues(func() (time.Time, error) { return bootTime(cfg.ProcRoot) })
+	kube, err := newKubeClient(cfg)
+	if err != nil {
+		// Job names then come from the environment only; say why once.
+		r.log.Warn("no job names from the Kubernetes API", "err", err)
+	}
+	r.kube = kube
 	for _, list := range [][]string{cfg.JobEnvVars, rankVars, localRankVars, worldSizeVars} {
 		for _, k := range list {
 			r.wanted[k] = true
@@ -149,13 +198,28 @@ func (r *Resolver) Process(pid int) (Info, error) {
 	if cg, err := os.ReadFile(filepath.Join(dir, "cgroup")); err == nil {
 		info.ContainerID, info.PodUID = parseCgroup(cg)
 	}
+	if st, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil {
+		if boot, err := r.btime(); err == nil {
+			info.Started = startTime(st, boot)
+		}
+	}
+	info.Image = r.imageOf(info.ContainerID)
 	for _, g := range info.GPUs {
 		if p, ok := r.lookup(g); ok {
-			info.Pod, info.Namespace, info.Container = p.pod, p.namespace, p.container
+			r.setPod(&info, p)
 			break
 		}
 	}
 	return info, nil
+}
+
+// setPod records the pod of a process and, when the Kubernetes API named
+// its workload, takes that as the job.
+func (r *Resolver) setPod(info *Info, p podRef) {
+	info.Pod, info.Namespace, info.Container = p.pod, p.namespace, p.container
+	if j, ok := r.Job(p.namespace, p.pod); ok {
+		info.Job, info.JobKind = j.Name, j.Kind
+	}
 }
 
 // ProcessOn is Process for a process known to run on the given GPUs (from
@@ -169,7 +233,7 @@ func (r *Resolver) ProcessOn(pid int, gpuUUIDs ...string) (Info, error) {
 	}
 	for _, g := range gpuUUIDs {
 		if p, ok := r.lookup(g); ok {
-			info.Pod, info.Namespace, info.Container = p.pod, p.namespace, p.container
+			r.setPod(&info, p)
 			break
 		}
 	}

@@ -16,7 +16,8 @@ import (
 const maxPodResourcesMsg = 16 << 20
 
 // Refresh lists the pods' devices from the kubelet once and replaces the
-// cached GPU map. On error the previous map is kept.
+// cached GPU map, then looks up the workloads of pods new to the cache in
+// the Kubernetes API. On error the previous map is kept.
 func (r *Resolver) Refresh(ctx context.Context) error {
 	sock := r.cfg.PodResourcesSocket
 	if _, err := os.Stat(sock); err != nil {
@@ -39,7 +40,11 @@ func (r *Resolver) Refresh(ctx context.Context) error {
 	r.mu.Lock()
 	r.byGPU = m
 	r.mu.Unlock()
-	return nil
+	pods := map[string]bool{}
+	for _, p := range m {
+		pods[p.namespace+"/"+p.pod] = true
+	}
+	return r.refreshJobs(ctx, pods)
 }
 
 // gpuMap indexes NVIDIA devices by UUID. The device plugin names

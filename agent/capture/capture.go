@@ -2,7 +2,7 @@
 // (a duration, or a range of iterations), raises the GPU sampling rate, runs
 // the CPU profiler over the matched processes, and when the window closes
 // writes one bundle of GPU samples, the CPU profile, NCCL calls, step
-// boundaries and fault events into the spool, commits it and wakes the
+// boundaries, the run's step history and fault events into the spool, commits it and wakes the
 // uploader.
 //
 // The sources are small interfaces so that the daemon can leave out any
@@ -30,8 +30,11 @@ import (
 type GPUSource interface {
 	Devices() []traces.GPUInfo
 	Simulated() bool
-	// BeginCapture raises the sampling rate until end is called.
-	BeginCapture() (end func())
+	// Versions are the driver's version and the CUDA version it supports.
+	Versions() (driver, cuda string)
+	// BeginCapture raises the sampling rate until end is called; notes
+	// are what the manifest should say about the window's GPU data.
+	BeginCapture() (end func(), notes []string)
 	Samples(from, to time.Time) []traces.GPUSample
 	Events(from, to time.Time) []traces.Event
 }
@@ -399,7 +402,9 @@ func (c *Capturer) execute(ctx context.Context, j *job) {
 	}
 	var endGPU func()
 	if c.src.GPU != nil {
-		endGPU = c.src.GPU.BeginCapture()
+		var gpuNotes []string
+		endGPU, gpuNotes = c.src.GPU.BeginCapture()
+		notes = append(notes, gpuNotes...)
 	}
 	closeGPU := func() {
 		if endGPU != nil {
@@ -543,10 +548,17 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	}
 	var events []traces.Event
 	if c.src.GPU != nil {
-		if err := traces.WriteTable(bw, traces.PartGPUSamples, c.src.GPU.Samples(start, end)); err != nil {
+		// A job owns the GPUs its processes use, and only those: on a shared
+		// host another job's GPUs are not its problem.
+		gpus := jobGPUs(req.Processes)
+		if gpus != nil && len(gpus) == 0 {
+			bw.Note("no process of job %s uses a GPU on this host: its bundle carries no GPU samples", req.Job)
+		} else if err := traces.WriteTable(bw, traces.PartGPUSamples, onGPUs(c.src.GPU.Samples(start, end), gpus)); err != nil {
 			return nil, err
 		}
-		events = c.src.GPU.Events(start, end)
+		events = slices.DeleteFunc(c.src.GPU.Events(start, end), func(e traces.Event) bool {
+			return gpus != nil && e.GPU >= 0 && !gpus[e.GPU]
+		})
 	}
 	for _, s := range c.src.Events {
 		events = append(events, attributeEvents(s.Events(start, end), req.Job, req.Processes)...)
@@ -568,6 +580,9 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	}
 	if c.src.Steps != nil {
 		if err := traces.WriteTable(bw, traces.PartSteps, c.src.Steps.Steps(req.Job, start, end)); err != nil {
+			return nil, err
+		}
+		if err := writeHistory(bw, c.src.Steps, req.Job); err != nil {
 			return nil, err
 		}
 	}
@@ -597,6 +612,19 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	return out, nil
 }
 
+// writeHistory adds the run's step history from its first step seen, so
+// that the capture can be judged against the start of the run.
+func writeHistory(bw *traces.BundleWriter, tr *steps.Tracker, job string) error {
+	spans, dropped := tr.History(job)
+	if len(spans) == 0 {
+		return nil
+	}
+	if dropped > 0 {
+		bw.Note("step history: %d steps after its full-resolution head were dropped because restarts left too little to merge within steps.history_spans", dropped)
+	}
+	return traces.WriteTable(bw, traces.PartStepHistory, spans)
+}
+
 func (c *Capturer) manifest(req Request, start, end time.Time) traces.Manifest {
 	m := traces.Manifest{
 		CaptureID: req.ID, Cluster: c.cfg.Cluster, Job: req.Job, Run: req.Run, Host: c.cfg.Host,
@@ -624,9 +652,14 @@ func (c *Capturer) manifest(req Request, start, end time.Time) traces.Manifest {
 	slices.Sort(m.Ranks)
 	if c.src.GPU != nil {
 		m.Simulated = c.src.GPU.Simulated()
+		gpus := jobGPUs(req.Processes)
+		m.DriverVersion, m.CUDAVersion = c.src.GPU.Versions()
 		for _, g := range c.src.GPU.Devices() {
+			if gpus != nil && !gpus[g.Index] {
+				continue
+			}
 			for _, p := range req.Processes {
-				if p.GPU == g.Index && p.Rank >= 0 && !slices.Contains(g.Ranks, p.Rank) {
+				if p.Uses(g.Index) && p.Rank >= 0 && !slices.Contains(g.Ranks, p.Rank) {
 					g.Ranks = append(g.Ranks, p.Rank)
 				}
 			}
@@ -634,6 +667,33 @@ func (c *Capturer) manifest(req Request, start, end time.Time) traces.Manifest {
 		}
 	}
 	return m
+}
+
+// jobGPUs are the indices of the GPUs the processes use; nil when the
+// capture names no process, whose bundle then carries the host's GPUs,
+// owned by no job (see traces.Manifest.OwnsGPU).
+func jobGPUs(ps []traces.Process) map[int]bool {
+	if len(ps) == 0 {
+		return nil
+	}
+	out := map[int]bool{}
+	for _, p := range ps {
+		if p.GPU >= 0 {
+			out[p.GPU] = true
+		}
+		for _, g := range p.GPUs {
+			out[g] = true
+		}
+	}
+	return out
+}
+
+// onGPUs keeps the samples of the given GPUs (all when gpus is nil).
+func onGPUs(samples []traces.GPUSample, gpus map[int]bool) []traces.GPUSample {
+	if gpus == nil {
+		return samples
+	}
+	return slices.DeleteFunc(samples, func(s traces.GPUSample) bool { return !gpus[int(s.GPU)] })
 }
 
 func pidsOf(ps []traces.Process) []int {

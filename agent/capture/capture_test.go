@@ -26,17 +26,19 @@ import (
 type fakeGPU struct {
 	mu         sync.Mutex
 	begun, end int
+	notes      []string // what BeginCapture says about the window
 }
 
 func (g *fakeGPU) Devices() []traces.GPUInfo {
 	return []traces.GPUInfo{{Index: 0, UUID: "GPU-a", Name: "sim"}, {Index: 1, UUID: "GPU-b", Name: "sim"}}
 }
-func (g *fakeGPU) Simulated() bool { return true }
-func (g *fakeGPU) BeginCapture() func() {
+func (g *fakeGPU) Simulated() bool                 { return true }
+func (g *fakeGPU) Versions() (driver, cuda string) { return "550.54.15", "12.4" }
+func (g *fakeGPU) BeginCapture() (func(), []string) {
 	g.mu.Lock()
 	g.begun++
 	g.mu.Unlock()
-	return func() { g.mu.Lock(); g.end++; g.mu.Unlock() }
+	return func() { g.mu.Lock(); g.end++; g.mu.Unlock() }, g.notes
 }
 func (g *fakeGPU) Samples(from, to time.Time) []traces.GPUSample {
 	var out []traces.GPUSample
@@ -211,7 +213,8 @@ func TestTimedCapture(t *testing.T) {
 	}
 	dir := h.spool.committed[0]
 	m := readBundle(t, dir)
-	if m.Job != "train" || m.Run != "r1" || m.Host != "host-a" || m.Cluster != "c1" || m.WorldSize != 4 || !m.Simulated || m.AgentVersion != "test" {
+	if m.Job != "train" || m.Run != "r1" || m.Host != "host-a" || m.Cluster != "c1" || m.WorldSize != 4 || !m.Simulated || m.AgentVersion != "test" ||
+		m.DriverVersion != "550.54.15" || m.CUDAVersion != "12.4" {
 		t.Errorf("manifest %+v", m)
 	}
 	if !slices.Equal(m.Ranks, []int{0, 1}) || len(m.Processes) != 2 || len(m.GPUs) != 2 || !slices.Equal(m.GPUs[1].Ranks, []int{1}) {
@@ -265,6 +268,11 @@ func TestIterationCapture(t *testing.T) {
 	if m.Trigger.Kind != traces.TriggerStableIteration || m.Trigger.StartIteration != 10 || m.Trigger.Iterations != 5 || m.Trigger.Reason != "settled" {
 		t.Errorf("trigger %+v", m.Trigger)
 	}
+	// The step history reaches back to the run's first step, before the window.
+	hist := readTable[traces.StepSpan](t, h.spool.committed[0], traces.PartStepHistory)
+	if len(hist) < 15 || hist[0].FirstIteration != 0 || hist[0].PID != 10 || hist[0].Steps != 1 || hist[0].MinNs != int64(5*time.Millisecond) {
+		t.Errorf("step history %+v, want every step from iteration 0", hist)
+	}
 	var iters []int64
 	for _, s := range readTable[traces.Step](t, h.spool.committed[0], traces.PartSteps) {
 		iters = append(iters, s.Iteration)
@@ -278,6 +286,21 @@ func TestIterationCapture(t *testing.T) {
 	}
 	if slices.Contains(iters, 5) || slices.Contains(iters, 17) {
 		t.Errorf("steps %v reach far outside the window", iters)
+	}
+}
+
+// What the GPU collector says about a window (a DCGM that refused the
+// capture rate) reaches the manifest.
+func TestGPUNotesReachTheManifest(t *testing.T) {
+	gpu := &fakeGPU{notes: []string{"dcgm: DCGM refused a 10ms update interval"}}
+	h := newHarness(t, Sources{GPU: gpu}, Config{})
+	st, err := h.c.Submit(Request{Job: "j", Run: "r", Duration: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.waitState(t, st.ID)
+	if m := readBundle(t, h.spool.committed[0]); !slices.Contains(m.Notes, gpu.notes[0]) {
+		t.Errorf("notes %q, want the GPU collector's %q", m.Notes, gpu.notes[0])
 	}
 }
 
@@ -518,5 +541,65 @@ func TestLookbackCaptureWithReport(t *testing.T) {
 		if _, err := h.c.Submit(bad); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Submit(%+v) = %v, want ErrInvalid", bad, err)
 		}
+	}
+}
+
+// A shared host: job "train" runs on GPU 1, job "etl" on no GPU. Each
+// bundle carries only its job's GPUs: train's has GPU 1 (its samples and
+// its XID), etl's none at all, and says so.
+func TestSharedHostGPUOwnership(t *testing.T) {
+	h := newHarness(t, Sources{GPU: &fakeGPU{}}, Config{})
+	gpuJob := []traces.Process{{PID: 11, Rank: 0, LocalRank: 0, GPU: 1, Comm: "python"}}
+	cpuJob := []traces.Process{{PID: 20, Rank: 0, LocalRank: 0, GPU: -1, Comm: "etl"}}
+	var dirs []string
+	for _, r := range []Request{
+		{ID: "cap-train", Job: "train", Run: "r1", Processes: gpuJob, WorldSize: 1, Duration: 30 * time.Millisecond},
+		{ID: "cap-etl", Job: "etl", Run: "r1", Processes: cpuJob, WorldSize: 1, Duration: 30 * time.Millisecond},
+	} {
+		if _, err := h.c.Submit(r); err != nil {
+			t.Fatal(err)
+		}
+		if st := h.waitState(t, r.ID); st.State != StateCommitted {
+			t.Fatalf("%s: %+v", r.ID, st)
+		}
+		dirs = append(dirs, h.spool.committed[len(h.spool.committed)-1])
+	}
+	train, etl := readBundle(t, dirs[0]), readBundle(t, dirs[1])
+	if len(train.GPUs) != 1 || train.GPUs[0].Index != 1 || !slices.Equal(train.GPUs[0].Ranks, []int{0}) || !train.OwnsGPU(1) || train.OwnsGPU(0) {
+		t.Errorf("train GPUs %+v", train.GPUs)
+	}
+	for _, s := range readTable[traces.GPUSample](t, dirs[0], traces.PartGPUSamples) {
+		if s.GPU != 1 {
+			t.Fatalf("train's bundle holds a sample of GPU %d", s.GPU)
+		}
+	}
+	if len(etl.GPUs) != 0 || etl.OwnsGPU(0) || etl.OwnsGPU(1) {
+		t.Errorf("etl GPUs %+v, want none", etl.GPUs)
+	}
+	if _, ok := etl.Part(traces.PartGPUSamples); ok {
+		t.Error("etl's bundle has GPU samples")
+	}
+	if !slices.ContainsFunc(etl.Notes, func(n string) bool { return strings.Contains(n, "no process of job etl uses a GPU") }) {
+		t.Errorf("etl notes %q", etl.Notes)
+	}
+	var xids int
+	for _, dir := range dirs {
+		f, err := os.Open(filepath.Join(dir, traces.PartEvents))
+		if err != nil {
+			continue
+		}
+		traces.ReadEvents(f, func(e traces.Event) error {
+			if e.Kind == traces.EventXID {
+				xids++
+				if dir != dirs[0] {
+					t.Errorf("GPU 1's XID in %s", dir)
+				}
+			}
+			return nil
+		})
+		f.Close()
+	}
+	if xids != 1 {
+		t.Errorf("%d XIDs, want GPU 1's in train's bundle only", xids)
 	}
 }

@@ -192,6 +192,7 @@ func (p *Profiler) drainLocked() {
 	}
 	p.sym.beginDrain()
 	var total uint64
+	drained := time.Now().UnixNano()
 	lost, err := p.sampler.Drain(func(s cpu.Sample) {
 		total += s.Count
 		var ws []*Window
@@ -205,7 +206,7 @@ func (p *Profiler) drainLocked() {
 		}
 		st := p.symbolize(s)
 		for _, w := range ws {
-			w.add(s.PID, s.Comm, st, s.Count, p.cfg.Labeler)
+			w.add(s.PID, s.Comm, st, s.Count, drained, p.cfg.Labeler)
 		}
 	})
 	p.samples.Add(int(total))

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/pprof/profile"
+
+	"github.com/loupe-dev/loupe/traces"
 )
 
 // Window collects the samples of some processes between StartWindow and
@@ -30,6 +32,10 @@ type sampleKey struct {
 	pid   uint32
 	comm  string
 	stack string // location ids, 8 bytes each, leaf first
+	// drained is when the kernel's counts were read (Unix ns): the samples
+	// were taken in the drain interval before it, which puts them on a
+	// capture's timeline (traces.ProfileTimeLabel).
+	drained int64
 }
 
 // procStats is what a window knows about one process.
@@ -59,7 +65,7 @@ func newWindow(p *Profiler, pids []int) *Window {
 
 func (w *Window) wants(pid uint32) bool { return w.all || w.pids[pid] }
 
-func (w *Window) add(pid uint32, comm string, st stack, count uint64, labeler func(int) map[string]string) {
+func (w *Window) add(pid uint32, comm string, st stack, count uint64, drained int64, labeler func(int) map[string]string) {
 	ps, ok := w.procs[pid]
 	if !ok {
 		ps = &procStats{stopsIn: map[string]uint64{}, comm: comm}
@@ -85,7 +91,7 @@ func (w *Window) add(pid uint32, comm string, st stack, count uint64, labeler fu
 		}
 		key = binary.LittleEndian.AppendUint64(key, id)
 	}
-	w.samples[sampleKey{pid: pid, comm: comm, stack: string(key)}] += count
+	w.samples[sampleKey{pid: pid, comm: comm, stack: string(key), drained: drained}] += count
 }
 
 // Stop ends the window, first reading what the kernel sampled up to now,
@@ -168,13 +174,18 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		if keys[i].comm != keys[j].comm {
 			return keys[i].comm < keys[j].comm
 		}
-		return keys[i].stack < keys[j].stack
+		if keys[i].stack != keys[j].stack {
+			return keys[i].stack < keys[j].stack
+		}
+		return keys[i].drained < keys[j].drained
 	})
 	for _, k := range keys {
 		n := int64(w.samples[k])
 		s := &profile.Sample{
-			Value: []int64{n, n * period},
-			Label: map[string][]string{"pid": {strconv.Itoa(int(k.pid))}, "comm": {k.comm}},
+			Value:    []int64{n, n * period},
+			Label:    map[string][]string{"pid": {strconv.Itoa(int(k.pid))}, "comm": {k.comm}},
+			NumLabel: map[string][]int64{traces.ProfileTimeLabel: {k.drained}},
+			NumUnit:  map[string][]string{traces.ProfileTimeLabel: {"nanoseconds"}},
 		}
 		for name, v := range w.procs[k.pid].labels {
 			if v != "" && name != "pid" && name != "comm" {

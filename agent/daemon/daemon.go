@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -39,6 +40,7 @@ import (
 	"github.com/loupe-dev/loupe/agent/trigger"
 	"github.com/loupe-dev/loupe/agent/upload"
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/promtext"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -87,6 +89,7 @@ type Daemon struct {
 
 	mu         sync.Mutex
 	collectors []api.Collector
+	running    atomic.Bool // Run has started the collectors (/readyz)
 
 	metricsLn, apiLn net.Listener
 	closers          []func() error // for a New that fails half-way, and after Run
@@ -435,9 +438,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.logs != nil {
 		run(collLogs, func(ctx context.Context) error { d.logs.Run(ctx); return nil })
+		run("log-history", d.shipLogHistory)
 	}
 	run("capture", d.capturer.Run)
 	run("upload", d.uploader.Run)
+	d.running.Store(true)
+	defer d.running.Store(false)
 
 	servers := []*http.Server{
 		{Handler: d.metricsHandler(), ReadHeaderTimeout: 10 * time.Second},
@@ -490,13 +496,26 @@ func (d *Daemon) close() {
 
 func (d *Daemon) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		d.writeMetrics(w)
-	})
+	tables := []promtext.Help{metricsHelp, promtext.RuntimeHelp}
+	if d.gpu != nil {
+		// A counters file's help texts win, as dcgm-exporter serves its file's.
+		tables = append([]promtext.Help{d.gpu.Help()}, tables...)
+	}
+	mux.HandleFunc("GET /metrics", promtext.Handler(d.writeMetrics, tables...))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
+	})
+	// Ready once Run has started the collectors: liveness (/healthz) only
+	// says the process answers.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !d.running.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "starting\n")
+			return
+		}
+		io.WriteString(w, "ready\n")
 	})
 	return mux
 }

@@ -68,13 +68,17 @@ func TestEndToEnd(t *testing.T) {
 		m.Processes[i].Rank != 0 || m.Processes[i].GPU != 0 || m.Processes[i].Comm == "" {
 		t.Errorf("processes %+v lack this test (pid %d, rank 0, gpu 0)", m.Processes, os.Getpid())
 	}
+	// The simulated GPUs run go-nvml's DGX H100 mock: its driver and CUDA.
+	if m.DriverVersion != "550.54.15" || m.CUDAVersion != "12.4" {
+		t.Errorf("driver %q CUDA %q, want the mock's 550.54.15 and 12.4", m.DriverVersion, m.CUDAVersion)
+	}
 	if want, got := base.Add(40*20*time.Millisecond), m.Start; got.Sub(want).Abs() > 5*time.Millisecond {
 		t.Errorf("window starts %v, want when iteration 40 began (%v)", got, want)
 	}
 	if want, got := base.Add(50*20*time.Millisecond), m.End; got.Sub(want).Abs() > 5*time.Millisecond {
 		t.Errorf("window ends %v, want when iteration 50 began (%v)", got, want)
 	}
-	wantParts := []string{traces.PartGPUSamples, traces.PartSteps, traces.PartEvents}
+	wantParts := []string{traces.PartGPUSamples, traces.PartSteps, traces.PartStepHistory, traces.PartEvents}
 	if root {
 		wantParts = append(wantParts, traces.PartCPUProfile, traces.PartNCCLEvents)
 	}
@@ -85,6 +89,15 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if !slices.ContainsFunc(m.Notes, func(n string) bool { return strings.HasPrefix(n, "kineto traces: no Kineto process of job train") }) {
 		t.Errorf("notes %q lack the Kineto one", m.Notes)
+	}
+	// The run's step history reaches back to its first step, and the
+	// process's start time is known for the projections.
+	if hist := readRows[traces.StepSpan](t, dir, traces.PartStepHistory); len(hist) == 0 || hist[0].FirstIteration != 0 || int(hist[0].PID) != os.Getpid() {
+		t.Errorf("step history %+v, want it from iteration 0 of this process", hist)
+	}
+	if i := slices.IndexFunc(m.Processes, func(p traces.Process) bool { return p.PID == os.Getpid() }); i >= 0 &&
+		(m.Processes[i].Started.IsZero() || m.Processes[i].Started.After(time.Now())) {
+		t.Errorf("process start %v of this test, want when it started", m.Processes[i].Started)
 	}
 	var its []int64
 	for _, s := range readRows[traces.Step](t, dir, traces.PartSteps) {

@@ -42,7 +42,8 @@ func BenchmarkCollector(b *testing.B) {
 				sim := NewSimulator(8, cfg.Sim)
 				c := newCollector(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.NewSet(), sim.Interface(), sim)
 				if tc.capture {
-					defer c.BeginCapture()()
+					end, _ := c.BeginCapture()
+					defer end()
 				}
 				ctx, cancel := context.WithCancel(context.Background())
 				done := make(chan error, 1)

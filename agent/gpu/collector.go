@@ -27,15 +27,23 @@ type Collector struct {
 	sim      *Simulator
 	devs     []*device
 	driver   string
+	cuda     string // the CUDA version the driver supports, "12.4"
 	hostname string
 	metrics  *healthMetrics
+	counters []exported        // the families /metrics serves
+	help     map[string]string // their help texts from the counters file
 
 	prof       profiler      // nil without DCGM (or its simulation)
 	dcgm       *dcgmProfiler // the real DCGM session, polled by Run
 	profReason string
+	// multiplexNote, when set, goes into every capture: DCGM collects the
+	// profiling fields in turns on these GPUs.
+	multiplexNote string
 
 	events   eventLog
 	captures atomic.Int32
+	capMu    sync.Mutex // serializes the first BeginCapture and the last end
+	capNotes []string   // what the open captures' DCGM rate change noted
 	wake     chan struct{}
 	running  atomic.Bool
 
@@ -50,6 +58,9 @@ type Collector struct {
 // loupe_gpu_unavailable{reason} says why. Only an invalid cfg is an error.
 func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Collector, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if _, _, err := loadCounters(cfg.Collectors); err != nil {
 		return nil, err
 	}
 	if cfg.Simulate > 0 {
@@ -70,6 +81,12 @@ func newCollector(cfg Config, logger *slog.Logger, set *metrics.Set, lib nvml.In
 	if c.hostname == "" {
 		c.hostname, _ = os.Hostname()
 	}
+	counters, help, err := loadCounters(cfg.Collectors)
+	if err != nil { // New checked the file; it changed since
+		c.log.Error("gpu collectors file unusable; serving every family", "err", err)
+		counters = exportable
+	}
+	c.counters, c.help = counters, help
 	c.metrics = newHealthMetrics(set, sim != nil)
 	c.onNVMLError = func(err error) {
 		c.metrics.errors("nvml")
@@ -87,6 +104,10 @@ func newCollector(cfg Config, logger *slog.Logger, set *metrics.Set, lib nvml.In
 	}
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		c.driver = v
+	}
+	if v, ret := lib.SystemGetCudaDriverVersion(); ret == nvml.SUCCESS && v > 0 {
+		// NVML encodes it as 1000*major + 10*minor.
+		c.cuda = fmt.Sprintf("%d.%d", v/1000, v%1000/10)
 	}
 	ringMin := int(float64(cfg.RingSeconds)/cfg.Interval.Seconds()) + 2
 	ringMax := int(float64(cfg.RingSeconds)*max(cfg.CaptureHz, 1/cfg.Interval.Seconds())) + 2
@@ -139,7 +160,23 @@ func (c *Collector) openProfiler() {
 		}
 		c.prof, c.dcgm, c.profReason = p, p, "ok"
 		c.metrics.reason("loupe_dcgm_available", c.profReason, 1)
+		if p.sharedMajor != "" && c.preHopper() {
+			c.multiplexNote = "dcgm: DCGM multiplexes the profiling fields on these pre-Hopper GPUs: " + p.sharedMajor +
+				" share hardware counters and are collected in turns, so each is measured part of the time and consecutive samples of a field may come from different passes"
+			c.log.Info("DCGM multiplexes the profiling fields on these GPUs", "groups", p.sharedMajor)
+		}
 	}
+}
+
+// preHopper reports whether any device predates Hopper, whose profiling
+// counters (before GPM) DCGM multiplexes.
+func (c *Collector) preHopper() bool {
+	for _, d := range c.devs {
+		if a, ret := d.h.GetArchitecture(); ret == nvml.SUCCESS && a < nvml.DEVICE_ARCH_HOPPER {
+			return true
+		}
+	}
+	return false
 }
 
 // nvmlReason is a short, stable label value for an NVML start-up failure.
@@ -194,7 +231,7 @@ func (c *Collector) Run(ctx context.Context) error {
 // capture is open, the steady interval otherwise.
 func (c *Collector) period() time.Duration {
 	if c.captures.Load() > 0 {
-		return min(c.cfg.Interval, time.Duration(float64(time.Second)/c.cfg.CaptureHz))
+		return c.capturePeriod()
 	}
 	return c.cfg.Interval
 }
@@ -260,7 +297,7 @@ func (c *Collector) slowLoop(ctx context.Context) {
 			if d.lost.Load() {
 				continue
 			}
-			sf, procs, err := d.readSlow(now, c.captures.Load() > 0, c.onNVMLError)
+			sf, x, procs, err := d.readSlow(now, c.captures.Load() > 0, c.onNVMLError)
 			if err != nil {
 				c.markLost(d)
 				continue
@@ -269,8 +306,16 @@ func (c *Collector) slowLoop(ctx context.Context) {
 			if c.cfg.Pods != nil {
 				pod[0], pod[1], pod[2] = c.cfg.Pods.GPU(d.info.UUID)
 			}
+			if d.migTicks--; d.migTicks <= 0 {
+				d.migs, d.migTicks = d.listMIG(), migRefreshTicks
+			}
+			mig := readMIG(d.migs, c.onNVMLError)
 			d.mu.Lock()
-			d.slow = sf
+			for i, m := range d.migs {
+				mig[i].labels = c.migLabelSet(d, m)
+			}
+			d.mig = mig
+			d.slow, d.extra = sf, x
 			if d.supported.Load()&uint32(fProcesses) != 0 {
 				d.procs = procs
 			}
@@ -317,21 +362,59 @@ func (c *Collector) Devices() []traces.GPUInfo {
 	return out
 }
 
+// Help returns the help texts the counters file gives its families (none
+// without a file): they take precedence over the agent's own descriptions,
+// as dcgm-exporter serves its file's.
+func (c *Collector) Help() map[string]string { return c.help }
+
+// Versions are the NVIDIA driver's version and the CUDA version it
+// supports, as NVML reports them; empty without a GPU.
+func (c *Collector) Versions() (driver, cuda string) { return c.driver, c.cuda }
+
 // Simulated reports whether the GPUs are simulated.
 func (c *Collector) Simulated() bool { return c.sim != nil }
 
 // BeginCapture raises sampling to CaptureHz until the returned end is
-// called. Captures nest: the rate falls back only when the last one ends.
-// end may be called more than once.
-func (c *Collector) BeginCapture() (end func()) {
+// called: NVML's readings, and DCGM's profiling fields, which DCGM is told
+// to update at that rate too (the steady watch is restored after). Captures
+// nest: the rates fall back only when the last one ends. end may be called
+// more than once. notes say what the capture's manifest should know: a
+// DCGM that refused the rate, or that multiplexes the fields.
+func (c *Collector) BeginCapture() (end func(), notes []string) {
+	c.capMu.Lock()
 	if c.captures.Add(1) == 1 {
 		c.nudge()
+		c.capNotes = nil
+		if c.dcgm != nil {
+			c.capNotes = c.dcgm.raise(c.capturePeriod())
+		}
+		for _, n := range c.capNotes {
+			c.log.Warn("capture rate for DCGM", "note", n)
+		}
+	}
+	notes = slices.Clone(c.capNotes)
+	c.capMu.Unlock()
+	if c.multiplexNote != "" {
+		notes = append(notes, c.multiplexNote)
 	}
 	return sync.OnceFunc(func() {
+		c.capMu.Lock()
+		defer c.capMu.Unlock()
 		if c.captures.Add(-1) == 0 {
 			c.nudge()
+			if c.dcgm != nil {
+				if err := c.dcgm.restore(); err != nil {
+					c.metrics.errors("dcgm")
+					c.log.Warn("DCGM profiling fields not back at the steady interval", "err", err)
+				}
+			}
 		}
-	})
+	}), notes
+}
+
+// capturePeriod is the sampling period inside a capture window.
+func (c *Collector) capturePeriod() time.Duration {
+	return min(c.cfg.Interval, time.Duration(float64(time.Second)/c.cfg.CaptureHz))
 }
 
 func (c *Collector) nudge() {

@@ -20,6 +20,10 @@ func TestSamplesFollowTheDevices(t *testing.T) {
 	if got := len(c.Devices()); got != 8 {
 		t.Fatalf("Devices() = %d, want 8", got)
 	}
+	// The DGX H100 mock's driver 550.54.15 reports CUDA 12040.
+	if driver, cuda := c.Versions(); driver != "550.54.15" || cuda != "12.4" {
+		t.Errorf("Versions() = %q, %q; want 550.54.15, 12.4", driver, cuda)
+	}
 	eventually(t, "5 samples of every GPU", func() bool {
 		return tg.calls[7].Load() >= 5 && tg.calls[0].Load() >= 5
 	})
@@ -168,8 +172,8 @@ func TestCaptureRaisesTheRate(t *testing.T) {
 	c, set := start(t, cfg, tg.srv, nil)
 	eventually(t, "the first sample", func() bool { return tg.calls[0].Load() >= 1 })
 	from := time.Now()
-	end := c.BeginCapture()
-	end2 := c.BeginCapture() // nested
+	end, _ := c.BeginCapture()
+	end2, _ := c.BeginCapture() // nested
 	gpu0 := func() int {
 		n := 0
 		for _, s := range c.Samples(from, time.Now()) {
@@ -306,7 +310,7 @@ func TestCaptureSkipsBlockingPCIeReads(t *testing.T) {
 	c, _ := start(t, testConfig(), tg.srv, nil) // slow loop every 50 ms
 	d := tg.device(0)
 	eventually(t, "a few slow rounds", func() bool { return len(d.GetPcieThroughputCalls()) >= 4 })
-	end := c.BeginCapture()
+	end, _ := c.BeginCapture()
 	before := len(d.GetPcieThroughputCalls())
 	rounds := len(d.GetComputeRunningProcessesCalls())
 	eventually(t, "5 slow rounds during the capture", func() bool {

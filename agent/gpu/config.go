@@ -15,6 +15,10 @@ type Config struct {
 	RingSeconds int `yaml:"ring_seconds"`
 	// DCGM configures the profiling-field collector.
 	DCGM DCGMConfig `yaml:"dcgm"`
+	// Collectors is a counters file in dcgm-exporter's format (its
+	// --collectors): the families /metrics serves, with their types and
+	// help. Empty: every family the agent collects.
+	Collectors string `yaml:"collectors"`
 	// Simulate is the number of simulated GPUs; 0 reads the real devices.
 	Simulate int `yaml:"simulate_gpus"`
 	// Sim plants problems on simulated GPUs (demos, tests).

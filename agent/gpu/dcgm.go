@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -43,17 +45,32 @@ var profFields = []dcgm.Short{
 const nProf = 12 // profiling fields at the start of profFields
 
 // dcgmProfiler reads the profiling fields from a DCGM host engine (embedded
-// in the agent or standalone). Values are polled at the fields interval by
-// its own loop and cached per GPU; fill copies the cache.
+// in the agent or standalone). DCGM updates the watched fields at the
+// watch's interval: the steady fields interval, or the capture rate while a
+// capture window is open. Its own loop polls the latest values at that same
+// interval and caches them per GPU with DCGM's timestamp; fill copies the
+// cache.
 type dcgmProfiler struct {
-	cleanup  func()
-	fg       dcgm.FieldHandle
-	interval time.Duration
-	ids      []uint // DCGM GPU ids
+	cleanup func()
+	fg      dcgm.FieldHandle
+	steady  time.Duration
+	ids     []uint // DCGM GPU ids
+	// sharedMajor names the watched fields that fall in metric groups
+	// sharing a major id, which on pre-Hopper GPUs DCGM can only collect in
+	// turns (multiplexing); empty when there are none.
+	sharedMajor string
+	wake        chan struct{} // the watch interval changed
 
 	mu     sync.Mutex
-	vals   map[string]*[nProf]float64 // GPU UUID -> latest values; nil = blank
+	every  time.Duration          // the watch's update interval, which the poll follows
+	vals   map[string]*profValues // GPU UUID -> latest values; nil = blank
 	paused bool
+}
+
+// profValues are one GPU's latest profiling values and when DCGM took them.
+type profValues struct {
+	v    [nProf]float64
+	atNs int64
 }
 
 // openDCGM starts or connects to DCGM and watches the profiling fields. The
@@ -76,7 +93,8 @@ func openDCGM(cfg DCGMConfig) (*dcgmProfiler, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &dcgmProfiler{cleanup: cleanup, interval: cfg.FieldsInterval, vals: map[string]*[nProf]float64{}}
+	p := &dcgmProfiler{cleanup: cleanup, steady: cfg.FieldsInterval, every: cfg.FieldsInterval,
+		vals: map[string]*profValues{}, wake: make(chan struct{}, 1)}
 	p.ids, err = dcgm.GetSupportedDevices()
 	if err != nil {
 		p.close()
@@ -86,22 +104,103 @@ func openDCGM(cfg DCGMConfig) (*dcgmProfiler, error) {
 		p.close()
 		return nil, errors.New("DCGM supports none of the GPUs")
 	}
-	if _, err := dcgm.GetSupportedMetricGroups(p.ids[0]); err != nil {
+	groups, err := dcgm.GetSupportedMetricGroups(p.ids[0])
+	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("DCGM profiling module not available (needs a datacenter GPU and the profiling module; is another profiler holding the counters?): %w", err)
 	}
+	p.sharedMajor = sharedMajorFields(groups)
 	p.fg, err = dcgm.FieldGroupCreate(fmt.Sprintf("loupe-prof-%d", time.Now().UnixNano()), profFields)
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("creating the DCGM field group: %w", err)
 	}
-	keep := 5 * p.interval.Seconds()
-	if err := dcgm.WatchFieldsWithGroupEx(p.fg, dcgm.GroupAllGPUs(), p.interval.Microseconds(), keep, 0); err != nil {
+	if err := p.watch(p.steady); err != nil {
 		_ = dcgm.FieldGroupDestroy(p.fg)
 		p.close()
 		return nil, fmt.Errorf("watching the DCGM profiling fields: %w", err)
 	}
 	return p, nil
+}
+
+// watch (re)starts the watch of the profiling fields with DCGM updating
+// them every interval; the poll follows.
+func (p *dcgmProfiler) watch(every time.Duration) error {
+	keep := max(5*every, time.Second).Seconds()
+	if err := dcgm.WatchFieldsWithGroupEx(p.fg, dcgm.GroupAllGPUs(), every.Microseconds(), keep, 0); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.every = every
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// captureFallback is the update interval tried when DCGM refuses the
+// capture rate: the profiling module's long-standing minimum.
+const captureFallback = 100 * time.Millisecond
+
+// raise makes DCGM update the profiling fields every period for a capture
+// window. A driver or DCGM that refuses the interval gets the fallback, and
+// failing that keeps the steady interval; the notes say which, for the
+// capture's manifest.
+func (p *dcgmProfiler) raise(period time.Duration) []string {
+	tries := []time.Duration{period}
+	if period < captureFallback && captureFallback < p.steady {
+		tries = append(tries, captureFallback)
+	}
+	var refused []string
+	for _, every := range tries {
+		err := p.watch(every)
+		if err == nil {
+			if len(refused) == 0 {
+				return nil
+			}
+			return []string{fmt.Sprintf("dcgm: DCGM refused a %v update interval for the profiling fields (%s); they were sampled every %v in this window",
+				period, strings.Join(refused, "; "), every)}
+		}
+		refused = append(refused, fmt.Sprintf("%v: %v", every, err))
+	}
+	return []string{fmt.Sprintf("dcgm: DCGM refused a %v update interval for the profiling fields (%s); they kept the steady %v interval, so samples between updates repeat the last values (see prof_time_ns)",
+		period, strings.Join(refused, "; "), p.steady)}
+}
+
+// restore puts the watch back at the steady interval after a capture.
+func (p *dcgmProfiler) restore() error { return p.watch(p.steady) }
+
+// sharedMajorFields lists the watched profiling fields whose metric groups
+// share a major id with another group holding a watched field: DCGM
+// cannot collect such groups at once on GPUs before Hopper.
+func sharedMajorFields(groups []dcgm.MetricGroup) string {
+	watched := map[uint]bool{}
+	for _, f := range profFields[:nProf] {
+		watched[uint(f)] = true
+	}
+	minors := map[uint]map[uint][]uint{} // major -> minor -> watched fields
+	for _, g := range groups {
+		for _, f := range g.FieldIds {
+			if watched[f] {
+				if minors[g.Major] == nil {
+					minors[g.Major] = map[uint][]uint{}
+				}
+				minors[g.Major][g.Minor] = append(minors[g.Major][g.Minor], f)
+			}
+		}
+	}
+	var parts []string
+	for _, major := range slices.Sorted(maps.Keys(minors)) {
+		if len(minors[major]) < 2 {
+			continue
+		}
+		for _, minor := range slices.Sorted(maps.Keys(minors[major])) {
+			parts = append(parts, fmt.Sprintf("group %d.%d (fields %v)", major, minor, minors[major][minor]))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (p *dcgmProfiler) close() {
@@ -118,7 +217,7 @@ func (p *dcgmProfiler) run(ctx context.Context, errs func(error)) {
 		_ = dcgm.FieldGroupDestroy(p.fg)
 		p.close()
 	}()
-	t := time.NewTicker(p.interval)
+	t := time.NewTicker(p.every)
 	defer t.Stop()
 	for {
 		for _, id := range p.ids {
@@ -132,21 +231,22 @@ func (p *dcgmProfiler) run(ctx context.Context, errs func(error)) {
 				continue
 			}
 			uuid := vals[nProf].String()
-			var out [nProf]float64
+			out := &profValues{}
 			blank := false
-			for i := range out {
+			for i := range out.v {
 				f, ok := dcgmValue(vals[i])
 				if !ok {
 					blank = true
 					break
 				}
-				out[i] = f
+				out.v[i] = f
+				out.atNs = max(out.atNs, vals[i].TS*1000) // DCGM stamps in microseconds
 			}
 			p.mu.Lock()
 			if blank || p.paused { // a poll that raced a pause keeps nothing
 				p.vals[uuid] = nil
 			} else {
-				p.vals[uuid] = &out
+				p.vals[uuid] = out
 			}
 			p.mu.Unlock()
 		}
@@ -154,6 +254,10 @@ func (p *dcgmProfiler) run(ctx context.Context, errs func(error)) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-p.wake:
+			p.mu.Lock()
+			t.Reset(p.every)
+			p.mu.Unlock()
 		}
 	}
 }
@@ -181,12 +285,13 @@ func dcgmValue(v dcgm.FieldValue_v1) (float64, bool) {
 
 func (p *dcgmProfiler) fill(d *device, s *traces.GPUSample) bool {
 	p.mu.Lock()
-	v := p.vals[d.info.UUID]
+	pv := p.vals[d.info.UUID]
 	p.mu.Unlock()
-	if v == nil {
+	if pv == nil {
 		return false
 	}
-	s.ProfValid = true
+	v := &pv.v
+	s.ProfValid, s.ProfTimeNs = true, pv.atNs
 	s.GrEngineActive, s.SMActive, s.SMOccupancy = float32(v[0]), float32(v[1]), float32(v[2])
 	s.TensorActive, s.DRAMActive = float32(v[3]), float32(v[4])
 	s.FP64Active, s.FP32Active, s.FP16Active = float32(v[5]), float32(v[6]), float32(v[7])

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
 	"github.com/loupe-dev/loupe/traces"
 )
 
@@ -19,14 +21,7 @@ import (
 // libdcgm is found by dlopen through LD_LIBRARY_PATH, which is read at
 // process start, so the test builds the library and re-runs itself.
 func TestDCGMStandIn(t *testing.T) {
-	if os.Getenv("LOUPE_DCGM_STANDIN_CHILD") == "" {
-		dir := buildDCGMStandIn(t)
-		cmd := exec.Command(os.Args[0], "-test.run=^TestDCGMStandIn$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir, "LOUPE_DCGM_STANDIN_CHILD=1")
-		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "--- PASS: TestDCGMStandIn") {
-			t.Fatalf("the run against the stand-in libdcgm failed: %v\n%s", err, out)
-		}
+	if !againstStandIn(t) {
 		return
 	}
 
@@ -86,6 +81,129 @@ func TestDCGMStandIn(t *testing.T) {
 		t.Fatalf("resume: %v", err)
 	}
 	eventually(t, "profiling fields after resume", func() bool { return latest(0).ProfValid })
+}
+
+// againstStandIn reports whether the test runs against the stand-in
+// libdcgm; if not, it builds the library, runs the test again in a child
+// process that loads it, and reports false.
+func againstStandIn(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv("LOUPE_DCGM_STANDIN_CHILD") != "" {
+		return true
+	}
+	dir := buildDCGMStandIn(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dir, "LOUPE_DCGM_STANDIN_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("the run against the stand-in libdcgm failed: %v\n%s", err, out)
+	}
+	return false
+}
+
+// dcgmSamples counts the distinct DCGM samples (by DCGM's timestamp) among
+// GPU 0's samples in [from, to], and checks that each carries the value the
+// stand-in gave at that time: DRAM active is the update number mod 1000.
+func dcgmSamples(t *testing.T, c *Collector, from, to time.Time, every time.Duration) (distinct, samples int) {
+	t.Helper()
+	seen := map[int64]bool{}
+	for _, s := range c.Samples(from, to) {
+		if s.GPU != 0 || !s.ProfValid {
+			continue
+		}
+		samples++
+		seen[s.ProfTimeNs] = true
+		if want := float64((s.ProfTimeNs/every.Nanoseconds())%1000) / 1000; !near(s.DRAMActive, want) {
+			t.Fatalf("sample at %d: DRAM active %v is not DCGM's value %v of its time %d", s.TimeNs, s.DRAMActive, want, s.ProfTimeNs)
+		}
+		if s.ProfTimeNs > s.TimeNs {
+			t.Fatalf("sample at %d holds DCGM values from the future (%d)", s.TimeNs, s.ProfTimeNs)
+		}
+	}
+	return len(seen), samples
+}
+
+// Inside a capture window DCGM's profiling fields are watched at the
+// capture rate, so the window's samples carry a new DCGM sample at nearly
+// every tick instead of repeating the steady second's value; the steady
+// watch is restored after. A DCGM that refuses the rate gets the fallback
+// interval, or keeps the steady one, and the capture's notes say so; one
+// that multiplexes the fields (pre-Hopper metric groups) is noted too.
+func TestDCGMAtCaptureRate(t *testing.T) {
+	if !againstStandIn(t) {
+		return
+	}
+	window := func(t *testing.T, c *Collector, d time.Duration, every time.Duration) (int, int) {
+		from := time.Now()
+		time.Sleep(d)
+		return dcgmSamples(t, c, from, time.Now(), every)
+	}
+	t.Run("capture rate", func(t *testing.T) {
+		tg := newTestGPUs(t)
+		os.Setenv("LOUPE_STANDIN_UUIDS", tg.device(0).UUID)
+		cfg := testConfig()
+		cfg.DCGM.Enabled, cfg.DCGM.FieldsInterval, cfg.CaptureHz = true, time.Second, 100
+		c, _ := start(t, cfg, tg.srv, nil)
+		eventually(t, "profiling fields", func() bool { n, _ := dcgmSamples(t, c, time.Time{}, time.Now(), time.Second); return n > 0 })
+
+		if n, samples := window(t, c, 1100*time.Millisecond, time.Second); n > 2 || samples < 5 {
+			t.Errorf("steady: %d DCGM samples in %d samples over 1.1 s, want at most 2 (a 1 s watch)", n, samples)
+		}
+		end, notes := c.BeginCapture()
+		if len(notes) != 0 {
+			t.Errorf("notes %q for a DCGM that takes the capture rate", notes)
+		}
+		time.Sleep(50 * time.Millisecond) // the first tick at the new rate
+		n, samples := window(t, c, 600*time.Millisecond, 10*time.Millisecond)
+		end()
+		// 100 Hz for 0.6 s is 60 ticks and as many DCGM updates; a loaded
+		// machine misses ticks, and polls that fall between two updates
+		// repeat one. The steady watch would give at most one.
+		if samples < 15 || n < 10 || 3*n < samples {
+			t.Errorf("capture window: %d distinct DCGM samples in %d samples, want new DCGM samples at the capture rate", n, samples)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if n, _ := window(t, c, 1100*time.Millisecond, time.Second); n > 2 {
+			t.Errorf("after the capture: %d DCGM samples over 1.1 s, want the steady 1 s watch back", n)
+		}
+
+		// A driver that refuses 10 ms but takes 100 ms.
+		os.Setenv("LOUPE_STANDIN_MIN_US", "50000")
+		end, notes = c.BeginCapture()
+		if len(notes) != 1 || !strings.Contains(notes[0], "refused a 10ms update interval") || !strings.Contains(notes[0], "sampled every 100ms") {
+			t.Errorf("notes %q, want the refusal and the 100 ms fallback", notes)
+		}
+		time.Sleep(150 * time.Millisecond)
+		if n, _ := window(t, c, 800*time.Millisecond, 100*time.Millisecond); n < 4 || n > 10 {
+			t.Errorf("fallback: %d DCGM samples over 0.8 s, want about 8 (a 100 ms watch)", n)
+		}
+		end()
+		// One that refuses both: the steady interval stays, and says so.
+		os.Setenv("LOUPE_STANDIN_MIN_US", "2000000")
+		end, notes = c.BeginCapture()
+		end()
+		if len(notes) != 1 || !strings.Contains(notes[0], "kept the steady 1s interval") {
+			t.Errorf("notes %q, want that the steady interval was kept", notes)
+		}
+		os.Unsetenv("LOUPE_STANDIN_MIN_US")
+	})
+	t.Run("multiplexing on pre-Hopper GPUs", func(t *testing.T) {
+		tg := newTestGPUs(t)
+		for i := range tg.srv.Devices {
+			tg.device(i).GetArchitectureFunc = func() (nvml.DeviceArchitecture, nvml.Return) { return nvml.DEVICE_ARCH_AMPERE, nvml.SUCCESS }
+		}
+		os.Setenv("LOUPE_STANDIN_UUIDS", tg.device(0).UUID)
+		os.Setenv("LOUPE_STANDIN_MULTIPLEX", "1")
+		defer os.Unsetenv("LOUPE_STANDIN_MULTIPLEX")
+		cfg := testConfig()
+		cfg.DCGM.Enabled = true
+		c, _ := start(t, cfg, tg.srv, nil)
+		end, notes := c.BeginCapture()
+		end()
+		if len(notes) != 1 || !strings.Contains(notes[0], "multiplexes the profiling fields") || !strings.Contains(notes[0], "group 1.0") || !strings.Contains(notes[0], "group 1.1") {
+			t.Errorf("notes %q, want the multiplexing of groups 1.0 and 1.1", notes)
+		}
+	})
 }
 
 func near(a float32, b float64) bool { return float64(a)-b < 1e-6 && b-float64(a) < 1e-6 }

@@ -57,56 +57,15 @@ func (m *healthMetrics) reason(name, reason string, v float64) {
 	m.set.GetOrCreateGauge(name+`{reason="`+reason+`"}`, nil).Set(v)
 }
 
-// gpuMetric is one dcgm-exporter series family, read from a snapshot of a
-// device. need is the field that must have been read at least once.
-type gpuMetric struct {
-	name string
-	typ  string // gauge or counter
-	need field
-	get  func(s *snapshot) float64
-}
-
 // snapshot is what a scrape reads of one device, copied under its lock.
 type snapshot struct {
 	labels    string
 	s         traces.GPUSample
+	x         extraFields
+	mig       []migSnapshot
 	xid       int64
 	supported field
 	lost      bool
-}
-
-// gpuMetrics lists the exported families with dcgm-exporter's names and
-// units (MiB, W, mJ, MHz, C, %, ratios for the DCP fields, bytes/s).
-var gpuMetrics = []gpuMetric{
-	{"DCGM_FI_DEV_SM_CLOCK", "gauge", fSMClock, func(x *snapshot) float64 { return float64(x.s.SMClockMHz) }},
-	{"DCGM_FI_DEV_MEM_CLOCK", "gauge", fMemClock, func(x *snapshot) float64 { return float64(x.s.MemClockMHz) }},
-	{"DCGM_FI_DEV_MEMORY_TEMP", "gauge", fMemTemp, func(x *snapshot) float64 { return float64(x.s.MemTempC) }},
-	{"DCGM_FI_DEV_GPU_TEMP", "gauge", fGPUTemp, func(x *snapshot) float64 { return float64(x.s.GPUTempC) }},
-	{"DCGM_FI_DEV_POWER_USAGE", "gauge", fPower, func(x *snapshot) float64 { return float64(x.s.PowerW) }},
-	{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter", fEnergy, func(x *snapshot) float64 { return float64(x.s.EnergyMJ) }},
-	{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "gauge", fPCIe, func(x *snapshot) float64 { return float64(x.s.PCIeTxBps / 1024) }},
-	{"DCGM_FI_DEV_PCIE_RX_THROUGHPUT", "gauge", fPCIe, func(x *snapshot) float64 { return float64(x.s.PCIeRxBps / 1024) }},
-	{"DCGM_FI_DEV_GPU_UTIL", "gauge", fUtil, func(x *snapshot) float64 { return float64(x.s.GPUUtil) }},
-	{"DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", fUtil, func(x *snapshot) float64 { return float64(x.s.MemCopyUtil) }},
-	{"DCGM_FI_DEV_FB_FREE", "gauge", fMemory, func(x *snapshot) float64 { return float64(x.s.FBFreeMiB) }},
-	{"DCGM_FI_DEV_FB_USED", "gauge", fMemory, func(x *snapshot) float64 { return float64(x.s.FBUsedMiB) }},
-	{"DCGM_FI_DEV_FB_TOTAL", "gauge", fMemory, func(x *snapshot) float64 { return float64(x.s.FBTotalMiB) }},
-	{"DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "gauge", fClockEvents, func(x *snapshot) float64 { return float64(x.s.ClockEventReasons) }},
-	{"DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "counter", fECC, func(x *snapshot) float64 { return float64(x.s.ECCSingleBit) }},
-	{"DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "counter", fECC, func(x *snapshot) float64 { return float64(x.s.ECCDoubleBit) }},
-	{"DCGM_FI_DEV_XID_ERRORS", "gauge", 0, func(x *snapshot) float64 { return float64(x.xid) }},
-	{"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.GrEngineActive) }},
-	{"DCGM_FI_PROF_SM_ACTIVE", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.SMActive) }},
-	{"DCGM_FI_PROF_SM_OCCUPANCY", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.SMOccupancy) }},
-	{"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.TensorActive) }},
-	{"DCGM_FI_PROF_DRAM_ACTIVE", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.DRAMActive) }},
-	{"DCGM_FI_PROF_PIPE_FP64_ACTIVE", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.FP64Active) }},
-	{"DCGM_FI_PROF_PIPE_FP32_ACTIVE", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.FP32Active) }},
-	{"DCGM_FI_PROF_PIPE_FP16_ACTIVE", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.FP16Active) }},
-	{"DCGM_FI_PROF_PCIE_TX_BYTES", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.ProfPCIeTxBps) }},
-	{"DCGM_FI_PROF_PCIE_RX_BYTES", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.ProfPCIeRxBps) }},
-	{"DCGM_FI_PROF_NVLINK_TX_BYTES", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.ProfNVLinkTxBps) }},
-	{"DCGM_FI_PROF_NVLINK_RX_BYTES", "gauge", fProf, func(x *snapshot) float64 { return float64(x.s.ProfNVLinkRxBps) }},
 }
 
 // writeGPUMetrics writes the per-GPU series from the devices' cached
@@ -119,7 +78,7 @@ func (c *Collector) writeGPUMetrics(w io.Writer) {
 		if d.labels == "" {
 			d.labels = c.labelSet(d)
 		}
-		x := snapshot{labels: d.labels, s: d.last, xid: d.lastXID,
+		x := snapshot{labels: d.labels, s: d.last, x: d.extra, mig: d.mig, xid: d.lastXID,
 			supported: field(d.supported.Load()), lost: d.lost.Load()}
 		d.mu.Unlock()
 		if !x.s.ProfValid {
@@ -129,7 +88,7 @@ func (c *Collector) writeGPUMetrics(w io.Writer) {
 	}
 	var b bytes.Buffer
 	b.Grow(int(c.scrapeSize.Load())) // about the size of the last scrape
-	for _, m := range gpuMetrics {
+	for _, m := range c.counters {
 		header := false
 		for i := range snaps {
 			x := &snaps[i]
@@ -137,10 +96,18 @@ func (c *Collector) writeGPUMetrics(w io.Writer) {
 				continue
 			}
 			if !header {
-				metrics.WriteMetadataIfNeeded(&b, m.name, m.typ)
+				c.writeHeader(&b, m)
 				header = true
 			}
 			writeLine(&b, m.name, x.labels, m.get(x))
+			if m.mig == nil {
+				continue
+			}
+			for k := range x.mig {
+				if x.mig[k].ok {
+					writeLine(&b, m.name, x.mig[k].labels, m.mig(&x.mig[k]))
+				}
+			}
 		}
 	}
 	if len(snaps) > 0 {
@@ -156,6 +123,27 @@ func (c *Collector) writeGPUMetrics(w io.Writer) {
 	c.scrapeSize.Store(int64(b.Len()))
 	_, _ = w.Write(b.Bytes())
 }
+
+// writeHeader writes a family's TYPE line, with the counters file's (or the
+// agent's) type as dcgm-exporter does, so that dashboards and recording
+// rules built for it see the same types; and its HELP line when the file
+// gives a text (the daemon's exposition fills in the others').
+func (c *Collector) writeHeader(b *bytes.Buffer, m exported) {
+	if h := c.help[m.name]; h != "" {
+		b.WriteString("# HELP ")
+		b.WriteString(m.name)
+		b.WriteByte(' ')
+		b.WriteString(helpEscaper.Replace(h))
+		b.WriteByte('\n')
+	}
+	b.WriteString("# TYPE ")
+	b.WriteString(m.name)
+	b.WriteByte(' ')
+	b.WriteString(m.typ)
+	b.WriteByte('\n')
+}
+
+var helpEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
 
 func writeLine(b *bytes.Buffer, name, labels string, v float64) {
 	b.WriteString(name)
@@ -173,7 +161,20 @@ func writeLine(b *bytes.Buffer, name, labels string, v float64) {
 // labelSet builds a device's labels in dcgm-exporter's order; pod,
 // namespace and container only when known, simulated="true" on simulated
 // GPUs. Called with d.mu held.
-func (c *Collector) labelSet(d *device) string {
+func (c *Collector) labelSet(d *device) string { return c.buildLabels(d, nil, d.pod) }
+
+// migLabelSet builds the labels of one MIG instance of d: the device's,
+// with GPU_I_PROFILE and GPU_I_ID after modelName as dcgm-exporter places
+// them, and the pod that holds the instance (by its MIG UUID).
+func (c *Collector) migLabelSet(d *device, m migInstance) string {
+	var pod [3]string
+	if c.cfg.Pods != nil && m.uuid != "" {
+		pod[0], pod[1], pod[2] = c.cfg.Pods.GPU(m.uuid)
+	}
+	return c.buildLabels(d, &m, pod)
+}
+
+func (c *Collector) buildLabels(d *device, mig *migInstance, pod [3]string) string {
 	var b strings.Builder
 	add := func(k, v string) {
 		if b.Len() == 0 {
@@ -191,12 +192,16 @@ func (c *Collector) labelSet(d *device) string {
 	add("pci_bus_id", d.info.PCIBusID)
 	add("device", "nvidia"+strconv.Itoa(d.minor))
 	add("modelName", d.info.Name)
+	if mig != nil {
+		add("GPU_I_PROFILE", mig.profile)
+		add("GPU_I_ID", strconv.Itoa(mig.giID))
+	}
 	add("Hostname", c.hostname)
 	add("DCGM_FI_DRIVER_VERSION", c.driver)
-	if d.pod[0] != "" {
-		add("container", d.pod[2])
-		add("namespace", d.pod[1])
-		add("pod", d.pod[0])
+	if pod[0] != "" {
+		add("container", pod[2])
+		add("namespace", pod[1])
+		add("pod", pod[0])
 	}
 	if c.sim != nil {
 		add("simulated", "true")

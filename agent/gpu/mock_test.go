@@ -63,7 +63,7 @@ func newTestGPUs(t *testing.T) *testGPUs {
 			return nvml.SUCCESS
 		}
 		d.GetTotalEccErrorsFunc = func(nvml.MemoryErrorType, nvml.EccCounterType) (uint64, nvml.Return) { return 0, nvml.SUCCESS }
-		d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) { return 0, 0, false, false, nvml.SUCCESS }
+		d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) { return 2, 1, false, i == 7, nvml.SUCCESS }
 		d.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
 			return []nvml.ProcessInfo{{Pid: uint32(1000 + i), UsedGpuMemory: 8 << 30}}, nvml.SUCCESS
 		}
@@ -71,6 +71,18 @@ func newTestGPUs(t *testing.T) *testGPUs {
 			return []nvml.ProcessUtilizationSample{{Pid: uint32(1000 + i), TimeStamp: 5, SmUtil: 77, MemUtil: 33}}, nvml.SUCCESS
 		}
 		d.RegisterEventsFunc = func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS }
+		d.GetPcieReplayCounterFunc = func() (int, nvml.Return) { return 3 + i, nvml.SUCCESS }
+		d.GetEncoderUtilizationFunc = func() (uint32, uint32, nvml.Return) { return uint32(i), 167000, nvml.SUCCESS }
+		d.GetDecoderUtilizationFunc = func() (uint32, uint32, nvml.Return) { return uint32(2 * i), 167000, nvml.SUCCESS }
+		d.GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
+			return nvml.Memory_v2{Total: d.MemoryInfo.Total, Reserved: 512 << 20, Used: d.MemoryInfo.Used - 512<<20, Free: d.MemoryInfo.Free}, nvml.SUCCESS
+		}
+		// A licensed vGPU, as a cloud VM's GPU is.
+		d.GetGridLicensableFeaturesFunc = func() (nvml.GridLicensableFeatures, nvml.Return) {
+			f := nvml.GridLicensableFeatures{IsGridLicenseSupported: 1, LicensableFeaturesCount: 1}
+			f.GridLicensableFeatures[0].FeatureState = 1
+			return f, nvml.SUCCESS
+		}
 	}
 	srv.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) {
 		return &mock.EventSet{

@@ -34,6 +34,11 @@ const (
 	fRemapped
 	fProcesses
 	fProf // DCGM profiling fields, or their simulation
+	fPCIeReplay
+	fEncoder
+	fDecoder
+	fMemReserved
+	fVGPULicense
 )
 
 // errGPULost is returned by a read when the device answered
@@ -64,13 +69,33 @@ type device struct {
 	procLastSeen             uint64
 	fieldBuf                 []nvml.FieldValue
 
+	// MIG instances, owned by the slow loop and listed every
+	// migRefreshTicks intervals.
+	migs     []migInstance
+	migTicks int
+
 	mu      sync.Mutex
 	last    traces.GPUSample // newest complete sample (fast and slow fields)
 	slow    slowFields
+	extra   extraFields
+	mig     []migSnapshot // one per MIG instance, with its labels
 	lastXID int64
 	procs   []GPUProcess
 	labels  string // cached dcgm-exporter label set, "" until built
 	pod     [3]string
+}
+
+// extraFields are steady-rate readings that only the metrics serve (not the
+// capture's samples): dcgm-exporter's default counters beyond the samples.
+type extraFields struct {
+	pcieReplays        int64
+	encUtil, decUtil   uint32
+	fbReservedMiB      int64
+	nvlinkBytes        uint64 // sent and received, all links, since the driver loaded
+	vgpuLicensed       int
+	remapCorrectable   int64
+	remapUncorrectable int64
+	remapFailed        int
 }
 
 // slowFields are the readings taken at the steady rate only: they are slow
@@ -226,10 +251,88 @@ func fieldUint(v *nvml.FieldValue) (uint64, bool) {
 // capture samples at a high rate, PCIe throughput keeps its last value:
 // NVML measures it by blocking for 20 ms per call, which would compete
 // with the capture's grid (DCGM's PCIe fields cover captures).
-func (d *device) readSlow(now time.Time, capturing bool, errs func(error)) (slowFields, []GPUProcess, error) {
+func (d *device) readSlow(now time.Time, capturing bool, errs func(error)) (slowFields, extraFields, []GPUProcess, error) {
 	d.mu.Lock()
-	sf := d.slow
+	sf, x := d.slow, d.extra
 	d.mu.Unlock()
+	sf, procs, err := d.readSlowSample(sf, now, capturing, errs)
+	if err != nil {
+		return sf, x, nil, err
+	}
+	x, err = d.readExtra(x, errs)
+	sf.RemappedRows = x.remapCorrectable + x.remapUncorrectable
+	return sf, x, procs, err
+}
+
+// readExtra reads what dcgm-exporter's default counters need beyond the
+// samples: PCIe replays, encoder and decoder utilization, reserved memory,
+// the vGPU license and the remapped rows by kind.
+func (d *device) readExtra(x extraFields, errs func(error)) (extraFields, error) {
+	if d.wants(fPCIeReplay) {
+		n, ret := d.h.GetPcieReplayCounter()
+		if ok, err := d.ok(fPCIeReplay, ret, errs); err != nil {
+			return x, err
+		} else if ok {
+			x.pcieReplays = int64(n)
+		}
+	}
+	for _, v := range []struct {
+		f    field
+		read func() (uint32, uint32, nvml.Return)
+		dst  *uint32
+	}{{fEncoder, d.h.GetEncoderUtilization, &x.encUtil}, {fDecoder, d.h.GetDecoderUtilization, &x.decUtil}} {
+		if !d.wants(v.f) {
+			continue
+		}
+		u, _, ret := v.read()
+		if ok, err := d.ok(v.f, ret, errs); err != nil {
+			return x, err
+		} else if ok {
+			*v.dst = u
+		}
+	}
+	if d.wants(fMemReserved) {
+		m, ret := d.h.GetMemoryInfo_v2()
+		if ok, err := d.ok(fMemReserved, ret, errs); err != nil {
+			return x, err
+		} else if ok {
+			x.fbReservedMiB = int64(m.Reserved >> 20)
+		}
+	}
+	if d.wants(fVGPULicense) {
+		f, ret := d.h.GetGridLicensableFeatures()
+		if ret == nvml.SUCCESS && f.IsGridLicenseSupported == 0 {
+			ret = nvml.ERROR_NOT_SUPPORTED // not a vGPU: no license to report
+		}
+		if ok, err := d.ok(fVGPULicense, ret, errs); err != nil {
+			return x, err
+		} else if ok {
+			x.vgpuLicensed = 0
+			for _, g := range f.GridLicensableFeatures[:min(int(f.LicensableFeaturesCount), len(f.GridLicensableFeatures))] {
+				if g.FeatureState != 0 {
+					x.vgpuLicensed = 1
+				}
+			}
+		}
+	}
+	if d.wants(fRemapped) {
+		corr, unc, _, failed, ret := d.h.GetRemappedRows()
+		if ok, err := d.ok(fRemapped, ret, errs); err != nil {
+			return x, err
+		} else if ok {
+			x.remapCorrectable, x.remapUncorrectable = int64(corr), int64(unc)
+			x.remapFailed = 0
+			if failed {
+				x.remapFailed = 1
+			}
+		}
+	}
+	x.nvlinkBytes = (d.nvlinkTxKiB + d.nvlinkRxKiB) * 1024
+	return x, nil
+}
+
+// readSlowSample takes the steady-rate readings of the samples.
+func (d *device) readSlowSample(sf slowFields, now time.Time, capturing bool, errs func(error)) (slowFields, []GPUProcess, error) {
 	if d.wants(fPCIe) && !capturing {
 		tx, ret := d.h.GetPcieThroughput(nvml.PCIE_UTIL_TX_BYTES)
 		if ok, err := d.ok(fPCIe, ret, errs); err != nil {
@@ -288,14 +391,6 @@ func (d *device) readSlow(now time.Time, capturing bool, errs func(error)) (slow
 			} else if ok {
 				sf.ECCSingleBit, sf.ECCDoubleBit = int64(sbe), int64(dbe)
 			}
-		}
-	}
-	if d.wants(fRemapped) {
-		corr, unc, _, _, ret := d.h.GetRemappedRows()
-		if ok, err := d.ok(fRemapped, ret, errs); err != nil {
-			return sf, nil, err
-		} else if ok {
-			sf.RemappedRows = int64(corr + unc)
 		}
 	}
 	var procs []GPUProcess

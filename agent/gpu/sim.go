@@ -398,6 +398,50 @@ func (g *simGPU) GetRemappedRows() (int, int, bool, bool, nvml.Return) {
 	return 0, 0, false, false, nvml.SUCCESS
 }
 
+// GetPcieReplayCounter reports no PCIe replays: the simulated link is clean.
+func (g *simGPU) GetPcieReplayCounter() (int, nvml.Return) {
+	if g.state().lost {
+		return 0, nvml.ERROR_GPU_IS_LOST
+	}
+	return 0, nvml.SUCCESS
+}
+
+// GetEncoderUtilization reports an idle video encoder (training uses none).
+func (g *simGPU) GetEncoderUtilization() (uint32, uint32, nvml.Return) {
+	if g.state().lost {
+		return 0, 0, nvml.ERROR_GPU_IS_LOST
+	}
+	return 0, 167000, nvml.SUCCESS
+}
+
+// GetDecoderUtilization reports an idle video decoder.
+func (g *simGPU) GetDecoderUtilization() (uint32, uint32, nvml.Return) {
+	if g.state().lost {
+		return 0, 0, nvml.ERROR_GPU_IS_LOST
+	}
+	return 0, 167000, nvml.SUCCESS
+}
+
+// GetMemoryInfo_v2 adds the driver's reservation (about 0.5 GiB on an H100)
+// to GetMemoryInfo's view.
+func (g *simGPU) GetMemoryInfo_v2() (nvml.Memory_v2, nvml.Return) {
+	m, ret := g.GetMemoryInfo()
+	if ret != nvml.SUCCESS {
+		return nvml.Memory_v2{}, ret
+	}
+	const reserved = 512 << 20
+	return nvml.Memory_v2{Total: m.Total, Reserved: reserved, Used: m.Used - min(m.Used, reserved), Free: m.Free}, nvml.SUCCESS
+}
+
+// GetGridLicensableFeatures answers as a bare-metal GPU does: no vGPU
+// license to hold.
+func (g *simGPU) GetGridLicensableFeatures() (nvml.GridLicensableFeatures, nvml.Return) {
+	if g.state().lost {
+		return nvml.GridLicensableFeatures{}, nvml.ERROR_GPU_IS_LOST
+	}
+	return nvml.GridLicensableFeatures{}, nvml.SUCCESS
+}
+
 // pid is the simulated process on this GPU, 0 for none.
 func (g *simGPU) pid() uint32 {
 	pids := g.sim.opts.PIDs

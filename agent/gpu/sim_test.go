@@ -23,7 +23,7 @@ func TestSimulatorPlantedProblems(t *testing.T) {
 	if !c.Simulated() {
 		t.Fatal("Simulated() = false")
 	}
-	end := c.BeginCapture()
+	end, _ := c.BeginCapture()
 	defer end()
 	// The XID (at 600 ms) and the loss (at 700 ms) come through different
 	// paths (event set, sampling), so either may be recorded first.

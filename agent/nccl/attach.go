@@ -35,6 +35,7 @@ type procState struct {
 	files    []fileID // NCCL libraries it maps
 	loader   fileID   // its dynamic loader, once probed
 	library  string
+	version  string        // the library's (LibraryVersion)
 	nextScan time.Time     // when the periodic scan reads its maps again (only while it maps none)
 	backoff  time.Duration // grows while it maps none, up to maxBackoff
 }
@@ -273,6 +274,7 @@ func (t *Tracer) checkProcLocked(pid int, p *procState, now time.Time) {
 			p.files = append(p.files, m.ID)
 			if p.library == "" {
 				p.library = m.Path
+				p.version = LibraryVersion(filepath.Join(t.cfg.ProcRoot, strconv.Itoa(pid), "root"), m.Path)
 			}
 		}
 	}
@@ -280,7 +282,7 @@ func (t *Tracer) checkProcLocked(pid int, p *procState, now time.Time) {
 		if err := t.objs.SetTraced(uint32(pid), true); err != nil {
 			t.log.Debug("marking a traced process", "pid", pid, "err", err)
 		}
-		t.log.Info("tracing NCCL", "pid", pid, "library", p.library)
+		t.log.Info("tracing NCCL", "pid", pid, "library", p.library, "version", p.version)
 	}
 }
 

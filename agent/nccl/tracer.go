@@ -132,6 +132,8 @@ type Comm struct {
 type Process struct {
 	PID     int
 	Library string // the path as the process maps it
+	// Version is the library's version, "" when unknown (LibraryVersion).
+	Version string
 }
 
 // InFlightCall is an NCCL call that has entered and not returned.
@@ -551,7 +553,7 @@ func (t *Tracer) Processes() []Process {
 	var out []Process
 	for pid, p := range t.procs {
 		if len(p.files) > 0 {
-			out = append(out, Process{PID: pid, Library: p.library})
+			out = append(out, Process{PID: pid, Library: p.library, Version: p.version})
 		}
 	}
 	t.scanMu.Unlock()

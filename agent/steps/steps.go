@@ -30,6 +30,11 @@ type Config struct {
 	Window int `yaml:"-"`
 	// History is how many steps each lane keeps for capture bundles.
 	History int `yaml:"history"`
+	// HistoryHead is how many steps of a run the step history keeps at
+	// full resolution from the first one seen; HistorySpans bounds the rows
+	// that summarize the rest.
+	HistoryHead  int `yaml:"history_head"`
+	HistorySpans int `yaml:"history_spans"`
 	// Stale is how long a source may stay silent before a less preferred
 	// source of the same rank takes over.
 	Stale time.Duration `yaml:"stale"`
@@ -41,7 +46,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults: statistics over 50 steps.
 func DefaultConfig() Config {
-	return Config{Window: 50, History: 2048, Stale: time.Minute, Forget: 30 * time.Minute, MaxRanks: 4096}
+	return Config{Window: 50, History: 2048, HistoryHead: 2000, HistorySpans: 1000, Stale: time.Minute, Forget: 30 * time.Minute, MaxRanks: 4096}
 }
 
 // Marker is an explicit iteration boundary: iteration Iteration of (Job,
@@ -121,12 +126,15 @@ func sourceIndex(s string) (int, error) {
 	return 0, fmt.Errorf("unknown step source %q (want %s, %s or %s)", s, sources[0], sources[1], sources[2])
 }
 
-// lane holds one source's view of a rank: the last boundary and a ring of
-// completed steps.
+// lane holds one source's view of a rank: the last boundary, a ring of
+// completed steps and the run's step history.
 type lane struct {
 	seen     time.Time // last time this source spoke
+	run      string    // the run the history belongs to
+	hist     history
 	lastIter int64
 	lastAt   time.Time
+	lastPID  int // the process that began lastIter
 	hasLast  bool
 	steps    int64
 	ring     []traces.Step
@@ -150,6 +158,12 @@ func New(cfg Config) *Tracker {
 	}
 	if cfg.MaxRanks <= 0 {
 		cfg.MaxRanks = d.MaxRanks
+	}
+	if cfg.HistoryHead <= 0 {
+		cfg.HistoryHead = d.HistoryHead
+	}
+	if cfg.HistorySpans < 2 {
+		cfg.HistorySpans = d.HistorySpans
 	}
 	return &Tracker{cfg: cfg, now: time.Now, ranks: map[rankKey]*rankState{}, changed: make(chan struct{})}
 }
@@ -225,6 +239,7 @@ func (t *Tracker) addStep(src int, job, run string, s traces.Step) error {
 		return err
 	}
 	l := &st.lanes[src]
+	l.setRun(run)
 	iter := s.Iteration
 	if l.hasLast {
 		last := l.lastAt.UnixNano()
@@ -240,7 +255,7 @@ func (t *Tracker) addStep(src int, job, run string, s traces.Step) error {
 		}
 		iter = max(iter, want)
 	}
-	l.lastIter, l.lastAt, l.hasLast = iter, time.Unix(0, s.StartNs), true
+	l.lastIter, l.lastAt, l.lastPID, l.hasLast = iter, time.Unix(0, s.StartNs), st.pid, true
 	return t.boundaryLocked(src, rankKey{job, int(s.Rank)}, st, iter+1, time.Unix(0, s.EndNs))
 }
 
@@ -252,6 +267,7 @@ func (t *Tracker) boundary(src int, job, run string, rank, pid int, iter int64, 
 		t.mu.Unlock()
 		return err
 	}
+	st.lanes[src].setRun(run)
 	return t.boundaryLocked(src, rankKey{job, rank}, st, iter, at)
 }
 
@@ -263,21 +279,26 @@ func (t *Tracker) boundaryLocked(src int, k rankKey, st *rankState, iter int64, 
 	completed := false
 	switch {
 	case !l.hasLast:
-	case iter == l.lastIter+1 && at.After(l.lastAt):
-		l.push(traces.Step{
+	case iter == l.lastIter+1 && at.After(l.lastAt) && (l.lastPID == 0 || st.pid == l.lastPID):
+		s := traces.Step{
 			Rank: int32(k.rank), PID: int32(st.pid), Iteration: l.lastIter,
 			StartNs: l.lastAt.UnixNano(), EndNs: at.UnixNano(), Source: sources[src],
-		}, t.cfg.History)
+		}
+		l.push(s, t.cfg.History)
+		l.hist.add(s, t.cfg.HistoryHead, t.cfg.HistorySpans)
 		completed = true
 	case iter == l.lastIter:
 		t.mu.Unlock() // a retried marker keeps its first time
 		return nil
 	case iter < l.lastIter:
 		// The iteration went backwards: the job restarted. Old step times
-		// say nothing about the new run.
+		// say nothing about the new run; the history keeps them, and shows
+		// the restart.
 		l.ring, l.next, l.steps = l.ring[:0], 0, 0
 	}
-	l.lastIter, l.lastAt, l.hasLast = iter, at, true
+	// A boundary from another process (a restart that resumed at the next
+	// iteration) ends no step: the old one's time ran into the restart.
+	l.lastIter, l.lastAt, l.lastPID, l.hasLast = iter, at, st.pid, true
 	var stats Stats
 	var obs []Observer
 	if completed && len(t.obs) > 0 && t.bestLocked(st) == src {
@@ -291,6 +312,17 @@ func (t *Tracker) boundaryLocked(src int, k rankKey, st *rankState, iter int64, 
 		fn(stats)
 	}
 	return nil
+}
+
+// setRun starts a fresh history when the source names a new run.
+func (l *lane) setRun(run string) {
+	if run == "" || run == l.run {
+		return
+	}
+	if l.run != "" {
+		l.hist = history{}
+	}
+	l.run = run
 }
 
 func (l *lane) push(s traces.Step, capacity int) {

@@ -71,7 +71,7 @@ func TestIndexOrderAndFilters(t *testing.T) {
 	for _, f := range got {
 		ids = append(ids, f.ID)
 	}
-	// Most GPU-seconds first, then severity (unknown last), then ID.
+	// None is projected: most GPU-seconds first, then severity (unknown last), then ID.
 	if total != 4 || !slices.Equal(ids, []string{"3", "2", "1", "4"}) {
 		t.Fatalf("order %v (total %d)", ids, total)
 	}
@@ -130,4 +130,32 @@ func BenchmarkIndexFindings(b *testing.B) {
 		}
 	}
 	b.ReportMetric(100000, "findings/index")
+}
+
+// Fleet-wide, findings rank by their projected cost per day over their
+// job's life, not by what they cost in their capture window: a small share
+// of a big job outranks a big share of a small one.
+func TestIndexRanksFleetWideByProjection(t *testing.T) {
+	ix := findings.NewIndex(map[string]string{"x": "1"})
+	projected := func(f traces.Finding, perDay float64) traces.Finding {
+		f.Impact.Projected = &traces.Projection{GPUHoursPerDay: perDay, Basis: "projection: test"}
+		return f
+	}
+	small := capture.ID{Cluster: "c1", Job: "small", Run: "r1", Capture: "a"}
+	big := capture.ID{Cluster: "c2", Job: "big", Run: "r1", Capture: "b"}
+	ix.SetRecord(&findings.Record{Capture: small, AnalyzerVersions: map[string]string{"x": "1"}, Findings: []traces.Finding{
+		projected(finding("small-job", "x", traces.SeverityCritical, "h1", 500), 12), // 50 % of 1 GPU
+	}}, "e1")
+	ix.SetRecord(&findings.Record{Capture: big, AnalyzerVersions: map[string]string{"x": "1"}, Findings: []traces.Finding{
+		projected(finding("big-job", "x", traces.SeverityWarning, "h9", 100), 1024*0.05*24), // 5 % of 1024 GPUs
+		finding("old", "x", traces.SeverityCritical, "h9", 10000),                           // stored before projections
+	}}, "e2")
+	got, _ := ix.Findings(findings.Query{})
+	var ids []string
+	for _, f := range got {
+		ids = append(ids, f.ID)
+	}
+	if !slices.Equal(ids, []string{"big-job", "small-job", "old"}) {
+		t.Fatalf("fleet-wide order %v, want the largest projected GPU-hours per day first, unprojected last", ids)
+	}
 }

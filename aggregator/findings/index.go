@@ -233,6 +233,31 @@ func (ix *Index) Captures(q CaptureQuery) (list []Entry, total int) {
 	return list, total
 }
 
+// Records returns the findings records of the captures that match q,
+// newest first (at most q.Limit). The records are shared: do not modify
+// them.
+func (ix *Index) Records(q CaptureQuery) []*Record {
+	ix.mu.RLock()
+	var es []*entry
+	for _, e := range ix.captures {
+		if e.record != nil && match(q.Cluster, e.ID.Cluster) && match(q.Job, e.ID.Job) && match(q.Run, e.ID.Run) && match(q.Status, e.Status) {
+			es = append(es, e)
+		}
+	}
+	ix.mu.RUnlock()
+	slices.SortFunc(es, func(a, b *entry) int {
+		return cmp.Or(b.FirstCommitted.Compare(a.FirstCommitted), cmp.Compare(a.ID.String(), b.ID.String()))
+	})
+	if q.Limit > 0 && len(es) > q.Limit {
+		es = es[:q.Limit]
+	}
+	out := make([]*Record, len(es))
+	for i, e := range es {
+		out[i] = e.record
+	}
+	return out
+}
+
 // Capture returns what the index knows about one capture.
 func (ix *Index) Capture(id capture.ID) (Entry, bool) {
 	ix.mu.RLock()
@@ -265,8 +290,9 @@ func severityRank(s string) int {
 	return 3
 }
 
-// Findings returns matching findings, the most costly first (GPU-seconds
-// lost, then severity), and how many matched before the limit.
+// Findings returns matching findings, the most costly first (projected
+// GPU-hours per day over the job's life, then GPU-seconds lost in the
+// window, then severity), and how many matched before the limit.
 func (ix *Index) Findings(q Query) (list []traces.Finding, total int) {
 	ix.mu.RLock()
 	for _, e := range ix.captures {
@@ -283,6 +309,9 @@ func (ix *Index) Findings(q Query) (list []traces.Finding, total int) {
 	}
 	ix.mu.RUnlock()
 	slices.SortFunc(list, func(a, b traces.Finding) int {
+		if c := cmp.Compare(b.Impact.RankValue(), a.Impact.RankValue()); c != 0 {
+			return c
+		}
 		if c := cmp.Compare(b.Impact.GPUSeconds, a.Impact.GPUSeconds); c != 0 {
 			return c
 		}

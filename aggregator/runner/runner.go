@@ -54,7 +54,7 @@ type Runner struct {
 	log      *slog.Logger
 
 	analyses, partials, backfills, failures, leaseBusy, written *metrics.Counter
-	seconds                                                     *metrics.Histogram
+	seconds                                                     *metrics.PrometheusHistogram
 
 	hooks []func(context.Context, *findings.Record)
 }
@@ -66,6 +66,10 @@ type Runner struct {
 func (r *Runner) OnCommit(fn func(ctx context.Context, rec *findings.Record)) {
 	r.hooks = append(r.hooks, fn)
 }
+
+// analysisBuckets are the upper bounds of
+// loupe_aggregator_analysis_duration_seconds: 10 ms to about 4 minutes.
+var analysisBuckets = metrics.ExponentialBuckets(0.01, 2.5, 12)
 
 // New returns a Runner for cfg.
 func New(cfg Config) *Runner {
@@ -90,16 +94,18 @@ func New(cfg Config) *Runner {
 		failures:  m.GetOrCreateCounter(`loupe_aggregator_analysis_errors_total`),
 		leaseBusy: m.GetOrCreateCounter(`loupe_aggregator_lease_busy_total`),
 		written:   m.GetOrCreateCounter(`loupe_aggregator_findings_written_total`),
-		seconds:   m.GetOrCreateHistogram(`loupe_aggregator_analysis_duration_seconds`),
+		seconds:   m.GetOrCreatePrometheusHistogramExt(`loupe_aggregator_analysis_duration_seconds`, analysisBuckets),
 	}
 }
 
-// Versions maps each analyzer's name to its version.
+// Versions maps each analyzer's name to its version, and the correlation
+// step's (analyzers.RootCause), which runs after any of them.
 func Versions(list []*analyzers.Analyzer) map[string]string {
-	v := make(map[string]string, len(list))
+	v := make(map[string]string, len(list)+1)
 	for _, a := range list {
 		v[a.Name] = a.Version
 	}
+	v[analyzers.RootCause.Name] = analyzers.RootCause.Version
 	return v
 }
 
@@ -164,6 +170,10 @@ func (r *Runner) work(m mode, c *capture.Capture, rec *findings.Record) []*analy
 	}
 	stale := rec.Stale(r.versions)
 	var list []*analyzers.Analyzer
+	if slices.Contains(stale, analyzers.RootCause.Name) {
+		// Only the correlation is stale: re-correlate the stored findings.
+		list = []*analyzers.Analyzer{}
+	}
 	for _, a := range r.cfg.Analyzers {
 		if slices.Contains(stale, a.Name) {
 			list = append(list, a)
@@ -279,9 +289,11 @@ func (r *Runner) analyze(ctx context.Context, c *capture.Capture, list []*analyz
 		Partial:          in.Partial,
 		MissingRanks:     in.MissingRanks,
 		Simulated:        c.Simulated(),
+		Parts:            c.Parts(),
 		AnalyzerVersions: map[string]string{},
 		Findings:         rep.Findings,
 	}
+	rec.Start, rec.End = c.Window()
 	ran := make([]string, 0, len(list))
 	for _, run := range rep.Runs {
 		ran = append(ran, run.Name)
@@ -310,7 +322,8 @@ func (r *Runner) analyze(ctx context.Context, c *capture.Capture, list []*analyz
 			}
 		}
 	}
-	rec.Findings = dedup(rec.Findings)
+	// A backfill re-joins the kept findings with the new ones.
+	rec.Findings = dedup(analyzers.Correlate(in, rec.Findings))
 	newTag, err := findings.Write(ctx, r.cfg.Store, rec, etag)
 	if err != nil {
 		return Outcome{}, err

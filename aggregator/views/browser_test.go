@@ -1,6 +1,7 @@
 package views_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -80,6 +81,16 @@ func browser(t testing.TB) (context.Context, func() []string) {
 	}
 }
 
+// checkPageErrors fails the test at its end if a page threw or logged an
+// error.
+func checkPageErrors(t *testing.T, pageErrors func() []string) {
+	t.Cleanup(func() {
+		if errs := pageErrors(); len(errs) > 0 {
+			t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
+		}
+	})
+}
+
 // load opens url and waits until the page says it has drawn (or failed).
 func load(t testing.TB, ctx context.Context, url, page string) {
 	t.Helper()
@@ -128,9 +139,30 @@ func screenshot(t testing.TB, ctx context.Context, name string) {
 func startAggregator(t *testing.T) string {
 	t.Helper()
 	_, root := seed(t)
+	return serveStore(t, root, "cap-1", trainJob, inferJob)
+}
+
+// serveStore runs a real aggregator over the store in root and waits until
+// capture id of each job is analyzed.
+func serveStore(t *testing.T, root, id string, jobs ...string) string {
+	var ids []capture.ID
+	for _, job := range jobs {
+		ids = append(ids, capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: id})
+	}
+	return serveAggregator(t, root, nil, ids)
+}
+
+// serveAggregator runs a real aggregator over the store in root, its
+// configuration changed by edit (when not nil), and waits until the
+// captures ids are analyzed.
+func serveAggregator(t *testing.T, root string, edit func(*aggregator.Config), ids []capture.ID) string {
+	t.Helper()
 	cfg := aggregator.DefaultConfig()
 	cfg.Store = "file://" + root
 	cfg.SweepInterval = 100 * time.Millisecond
+	if edit != nil {
+		edit(&cfg)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	svc, err := aggregator.New(ctx, cfg, analyzers.All, log)
@@ -145,10 +177,10 @@ func startAggregator(t *testing.T) string {
 	wg.Go(func() { svc.Serve(ctx, ln) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	deadline := time.Now().Add(60 * time.Second)
-	for _, job := range []string{trainJob, inferJob} {
-		for !svc.Index.Done(capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: "cap-1"}) {
+	for _, id := range ids {
+		for !svc.Index.Done(id) {
 			if time.Now().After(deadline) {
-				t.Fatalf("capture of %s not analyzed after 60 s", job)
+				t.Fatalf("capture %s not analyzed after 60 s", id)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -159,11 +191,7 @@ func startAggregator(t *testing.T) string {
 func TestPagesInChromium(t *testing.T) {
 	ctx, pageErrors := browser(t)
 	base := startAggregator(t)
-	t.Cleanup(func() {
-		if errs := pageErrors(); len(errs) > 0 {
-			t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
-		}
-	})
+	checkPageErrors(t, pageErrors)
 
 	t.Run("fleet", func(t *testing.T) {
 		load(t, ctx, base+"/fleet?from=2026-11-25T12:00:00Z&to=2026-11-25T12:01:00Z&bucket=5s", "fleet")
@@ -359,18 +387,26 @@ func TestPagesInChromium(t *testing.T) {
 		res.Body.Close()
 		load(t, ctx, base+"/findings", "findings")
 		type table struct {
-			Rows  int
-			Links []string
-			GPUs  []float64
+			Rows   int
+			Links  []string
+			PerDay []float64
+			Basis  []string
 		}
 		tb := eval[table](t, ctx, `(() => { const rows = [...document.querySelectorAll("table.findings tbody tr")];
 			return { rows: rows.length, links: rows.map((r) => r.querySelector("a.job-link").getAttribute("href")),
-				gpus: rows.map((r) => parseFloat(r.children[4].textContent.replace(/,/g, ""))) }; })()`)
+				perDay: rows.map((r) => parseFloat(r.children[4].dataset.perDay)), basis: rows.map((r) => r.children[4].title) }; })()`)
 		if api.Total == 0 || tb.Rows != api.Total {
 			t.Fatalf("findings table has %d rows, the API %d findings", tb.Rows, api.Total)
 		}
-		if !slices.IsSortedFunc(tb.GPUs, func(a, b float64) int { return int(b*1000 - a*1000) }) {
-			t.Errorf("findings not ranked by impact: %v", tb.GPUs)
+		// Ranked fleet-wide by the projected GPU-hours per day, each stated
+		// as a projection with its basis.
+		if !slices.IsSortedFunc(tb.PerDay, func(a, b float64) int { return cmp.Compare(b, a) }) {
+			t.Errorf("findings not ranked by projected impact: %v", tb.PerDay)
+		}
+		for i, b := range tb.Basis {
+			if !strings.HasPrefix(b, "projection: ") {
+				t.Errorf("row %d: projected impact without its basis: %q", i, b)
+			}
 		}
 		if !slices.Contains(tb.Links, "/jobs/c1/"+trainJob+"/r1?capture=cap-1") {
 			t.Errorf("no link to the training job's page: %v", tb.Links)
@@ -387,7 +423,7 @@ func TestPagesInChromium(t *testing.T) {
 			{"job=" + inferJob, 0},
 		} {
 			load(t, ctx, base+"/findings?"+tc.query, "findings")
-			rows := eval[[]string](t, ctx, `[...document.querySelectorAll("table.findings tbody tr")].map((r) => r.dataset.severity + " " + r.children[7].textContent)`)
+			rows := eval[[]string](t, ctx, `[...document.querySelectorAll("table.findings tbody tr")].map((r) => r.dataset.severity + " " + r.children[8].textContent)`)
 			if len(rows) != tc.rows {
 				t.Errorf("findings?%s: rows %q, want %d", tc.query, rows, tc.rows)
 			}

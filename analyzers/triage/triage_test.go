@@ -314,3 +314,29 @@ func TestNCCLHangIncident(t *testing.T) {
 		t.Fatalf("recovery incident %+v, want %s resolved", res, inc.ID)
 	}
 }
+
+// Throttling on a GPU of the job and on a GPU no process of the job uses:
+// two incidents; the host-wide one is the host's (fleet-ops by category,
+// not ml-infra by the job rule) and says whose GPU it is not.
+func TestHostWideFindingIsNotTheJobs(t *testing.T) {
+	o, _ := ParseOwners([]byte(ownersFile))
+	cfg := DefaultConfig()
+	cfg.Owners = o
+	own := finding("throttle", traces.SeverityCritical, "GPU thermal throttling", "h1", 2, 2, 360, 0.2)
+	other := finding("throttle", traces.SeverityCritical, "GPU thermal throttling", "h1", 5, -1, 360, 0.2)
+	other.Scope.HostWide = true
+	incs := Triage(context.Background(), scope, []traces.Finding{own, other}, nil, cfg)
+	if len(incs) != 2 {
+		t.Fatalf("want 2 incidents, got %+v", incs)
+	}
+	for _, inc := range incs {
+		if inc.Scope.HostWide {
+			if inc.Scope.GPU != 5 || inc.Scope.Host != "h1" || !reflect.DeepEqual(inc.Owners, []string{"fleet-ops"}) ||
+				!strings.Contains(inc.Title, "no process of job llama-70b uses it") {
+				t.Errorf("host-wide incident %+v", inc)
+			}
+		} else if !slices.Contains(inc.Owners, "ml-infra") {
+			t.Errorf("job incident owners %v lack the job's team", inc.Owners)
+		}
+	}
+}

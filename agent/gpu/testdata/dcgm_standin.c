@@ -9,7 +9,15 @@
  *
  * The GPUs it reports are named by LOUPE_STANDIN_UUIDS (comma-separated).
  * Field 1000+k reads 0.1*k + 0.01*gpu for the ratio fields (doubles) and
- * k*1e9 + gpu for the byte-rate fields (int64).
+ * k*1e9 + gpu for the byte-rate fields (int64), except DRAM active (1005),
+ * which changes at every update of the watch: as real DCGM does, a field
+ * takes a new value once per watch interval, stamped with its time, so the
+ * latest value stays the same between updates.
+ *
+ * LOUPE_STANDIN_MIN_US makes watches faster than that many microseconds
+ * fail, as a driver that refuses a short interval does.
+ * LOUPE_STANDIN_MULTIPLEX reports the profiling fields in two metric
+ * groups with the same major id, as pre-Hopper GPUs do.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +28,7 @@
 #define STANDIN_HANDLE ((dcgmHandle_t)0x10c0be)
 
 static int inited, started, watched, paused;
+static long long watch_us = 1000000;
 
 const char *errorString(dcgmReturn_t result) { return result == DCGM_ST_OK ? "Success" : "stand-in DCGM error"; }
 
@@ -70,6 +79,17 @@ dcgmReturn_t dcgmGetAllSupportedDevices(dcgmHandle_t h, unsigned int gpuIdList[D
 dcgmReturn_t dcgmProfGetSupportedMetricGroups(dcgmHandle_t h, dcgmProfGetMetricGroups_t *metricGroups) {
 	if (h != STANDIN_HANDLE) return DCGM_ST_BADPARAM;
 	metricGroups->numMetricGroups = 0;
+	const char *mux = getenv("LOUPE_STANDIN_MULTIPLEX");
+	if (mux == NULL || *mux == 0) return DCGM_ST_OK;
+	/* Group 1.0: fields 1001-1005; group 1.1: 1006-1012. */
+	metricGroups->numMetricGroups = 2;
+	for (int g = 0; g < 2; g++) {
+		dcgmProfMetricGroupInfo_v2 *info = &metricGroups->metricGroups[g];
+		info->majorId = 1;
+		info->minorId = g;
+		info->numFieldIds = 0;
+		for (int f = g ? 1006 : 1001; f <= (g ? 1012 : 1005); f++) info->fieldIds[info->numFieldIds++] = f;
+	}
 	return DCGM_ST_OK;
 }
 
@@ -85,6 +105,9 @@ dcgmReturn_t dcgmFieldGroupDestroy(dcgmHandle_t h, dcgmFieldGrp_t g) { return h 
 dcgmReturn_t dcgmWatchFields(dcgmHandle_t h, dcgmGpuGrp_t groupId, dcgmFieldGrp_t fieldGroupId, long long updateFreq,
                              double maxKeepAge, int maxKeepSamples) {
 	if (h != STANDIN_HANDLE || updateFreq <= 0) return DCGM_ST_BADPARAM;
+	const char *min = getenv("LOUPE_STANDIN_MIN_US");
+	if (min != NULL && *min != 0 && updateFreq < atoll(min)) return DCGM_ST_NOT_SUPPORTED;
+	watch_us = updateFreq;
 	watched = 1;
 	return DCGM_ST_OK;
 }
@@ -101,17 +124,22 @@ dcgmReturn_t dcgmGetLatestValuesForFields(dcgmHandle_t h, int gpuId, unsigned sh
 	if (h != STANDIN_HANDLE) return DCGM_ST_BADPARAM;
 	struct timeval tv;
 	gettimeofday(&tv, NULL);
+	/* The latest update of the watch: one per watch interval. */
+	long long update = ((int64_t)tv.tv_sec * 1000000 + tv.tv_usec) / watch_us;
 	for (unsigned int i = 0; i < count; i++) {
 		dcgmFieldValue_v1 *v = &values[i];
 		memset(v, 0, sizeof *v);
 		v->version = dcgmFieldValue_version1;
 		v->fieldId = fields[i];
-		v->ts = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+		v->ts = update * watch_us;
 		v->status = watched ? DCGM_ST_OK : DCGM_ST_NOT_WATCHED;
 		int k = fields[i] - 1000;
 		if (fields[i] == DCGM_FI_DEV_UUID) {
 			v->fieldType = DCGM_FT_STRING;
 			uuid(gpuId, v->value.str, sizeof v->value.str);
+		} else if (k == 5) {
+			v->fieldType = DCGM_FT_DOUBLE;
+			v->value.dbl = paused ? DCGM_FP64_BLANK : (double)(update % 1000) / 1000;
 		} else if (k >= 1 && k <= 8) {
 			v->fieldType = DCGM_FT_DOUBLE;
 			v->value.dbl = paused ? DCGM_FP64_BLANK : 0.1 * k + 0.01 * gpuId;

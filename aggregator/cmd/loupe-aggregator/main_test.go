@@ -75,8 +75,9 @@ func TestAnalyzeFolders(t *testing.T) {
 			if len(res) != 1 || res[0].Hosts != tt.hosts || res[0].Partial != tt.partial || res[0].Capture != tt.capture || res[0].Error != "" {
 				t.Fatalf("result %+v", res)
 			}
-			if len(res[0].Analyzers) != len(analyzers.All) {
-				t.Fatalf("%d analyzer runs, want %d", len(res[0].Analyzers), len(analyzers.All))
+			// Every analyzer, and the correlation step after them.
+			if len(res[0].Analyzers) != len(analyzers.All)+1 || res[0].Analyzers[len(analyzers.All)].Name != analyzers.RootCause.Name {
+				t.Fatalf("%d analyzer runs, want %d and %s last", len(res[0].Analyzers), len(analyzers.All)+1, analyzers.RootCause.Name)
 			}
 			ran := 0
 			for _, a := range res[0].Analyzers {
@@ -110,6 +111,8 @@ func TestAnalyzeTable(t *testing.T) {
 }
 
 func TestAnalyzeErrors(t *testing.T) {
+	foreign := t.TempDir()
+	os.WriteFile(filepath.Join(foreign, "results.json"), []byte(`{"accuracy": 0.91, "epochs": 3}`), 0o644)
 	tests := []struct {
 		args []string
 		want string
@@ -119,14 +122,15 @@ func TestAnalyzeErrors(t *testing.T) {
 		{[]string{"analyze", "s3://x"}, "bucket"},
 		{[]string{"analyze", t.TempDir(), "--capture", "a/b"}, "--capture applies to a store"},
 		{[]string{"analyze", "file://" + t.TempDir()}, "no committed capture"},
+		{[]string{"analyze", foreign}, "results.json is not a Kineto trace (no traceEvents)"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"backfill"}, "needs --since"},
 		{[]string{"backfill", "--since", "yesterday"}, "want a date like"},
 	}
 	for _, tt := range tests {
-		_, stderr, err := runCmd(t, tt.args...)
-		if err == nil || !strings.Contains(err.Error()+stderr, tt.want) {
-			t.Errorf("%q: error %v (stderr %q), want %q", tt.args, err, stderr, tt.want)
+		stdout, stderr, err := runCmd(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error()+stderr+stdout, tt.want) {
+			t.Errorf("%q: error %v (stderr %q, stdout %q), want %q", tt.args, err, stderr, stdout, tt.want)
 		}
 	}
 }

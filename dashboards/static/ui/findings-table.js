@@ -11,12 +11,20 @@ function scope(s) {
   return parts.join(" · ") || "job";
 }
 
+// projected is a finding's projected cost over its job's life: GPU-hours
+// per day, the run so far below, and the projection's basis on hover.
+function projected(p) {
+  if (!p) return el("td", { class: "num muted", title: "stored before projections existed" }, "–");
+  return el("td", { class: "num projected", title: p.basis, "data-per-day": p.gpu_hours_per_day },
+    fmt(p.gpu_hours_per_day, 1), el("div", { class: "muted" }, `${fmt(p.gpu_hours_run, 1)} over the run`));
+}
+
 /** findingsTable renders findings (most costly first, as the API orders
- * them); opts.showJob adds the job column. */
+ * them: by projected GPU-hours per day); opts.showJob adds the job column. */
 export function findingsTable(list, opts = {}) {
   if (!list.length) return el("p", { class: "muted", id: "no-findings" }, "No findings.");
-  const head = ["Severity", "Finding", opts.showJob ? "Job / capture" : null, "Scope", "GPU-s lost", "Share", "Owners", "Analyzer", "Evidence"]
-    .filter(Boolean).map((h) => el("th", { class: h.startsWith("GPU") || h === "Share" ? "num" : "" }, h));
+  const head = ["Severity", "Finding", opts.showJob ? "Job / capture" : null, "Scope", "Projected GPU-h/day", "GPU-s lost", "Share", "Owners", "Analyzer", "Evidence"]
+    .filter(Boolean).map((h) => el("th", { class: h.includes("GPU") || h === "Share" ? "num" : "", title: h.startsWith("Projected") ? "a projection over the job's life; hover a value for its basis" : "" }, h));
   const rows = list.map((f) => {
     const s = f.scope;
     const job = jobURL(s.cluster, s.job, s.run, s.capture);
@@ -26,6 +34,7 @@ export function findingsTable(list, opts = {}) {
       el("td", {}, el("b", {}, f.title), el("div", { class: "muted" }, f.recommendation)),
       opts.showJob ? el("td", {}, el("a", { href: job, class: "job-link" }, `${s.cluster}/${s.job}/${s.run}`), el("div", { class: "muted" }, s.capture)) : null,
       el("td", {}, scope(s)),
+      projected(f.impact.projected),
       el("td", { class: "num" }, fmt(f.impact.gpu_seconds, 1)),
       el("td", { class: "num" }, `${fmt(f.impact.window_share * 100, 1)}%`),
       el("td", {}, (f.owners || []).join(", ") || el("span", { class: "muted" }, "–")),
