@@ -99,6 +99,7 @@ func TestNCCLHangIncidentEndToEnd(t *testing.T) {
 	cfg.Attribution.PodResourcesSocket = filepath.Join(dir, "no-kubelet.sock")
 	cfg.NCCL.PluginSocket = filepath.Join(dir, "nccl-plugin.sock")
 	cfg.NCCL.ScanInterval, cfg.NCCL.StepInterval = 100*time.Millisecond, time.Hour
+	cfg.NCCL.Libraries = []string{s.Dir()} // not other packages' tests, run at the same time
 	cfg.Hang.Timeout, cfg.Hang.CheckInterval, cfg.Hang.Lookback = 3*time.Second, 250*time.Millisecond, 20*time.Second
 	agent, err := daemon.New(ctx, cfg, log)
 	if err != nil {

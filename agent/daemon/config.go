@@ -266,6 +266,7 @@ var flagDocs = map[string]string{
 	"nccl.step_lookback":     "NCCL history each search for iteration boundaries covers",
 	"nccl.detach_after":      "keep a libnccl's uprobes this long after its last process exits, so a restarted job is traced from its first call",
 	"nccl.plugin_socket":     "unix datagram socket for Loupe's NCCL profiler plugin (GPU-side times); empty turns the receiver off",
+	"nccl.libraries":         "trace only the libnccl files matching these path patterns, or under folders that match (empty: every libnccl.so*)",
 
 	"hang.enabled":        "watch NCCL communicators for hangs and take a hang capture when one stalls",
 	"hang.timeout":        "how long a communicator may make no progress, with ranks inside a collective others never reached, before it is a hang",

@@ -35,6 +35,8 @@ func testConfig(t *testing.T) Config {
 	cfg.Kineto.RPCAddr = "127.0.0.1:0"
 	cfg.Kineto.TraceDir = filepath.Join(dir, "kineto")
 	cfg.NCCL.PluginSocket = filepath.Join(dir, "nccl-plugin.sock")
+	// Only this test's libraries: other packages' NCCL tests run beside it.
+	cfg.NCCL.Libraries = []string{dir}
 	return cfg
 }
 

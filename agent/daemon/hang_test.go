@@ -43,17 +43,22 @@ func TestHangCapture(t *testing.T) {
 	cfg.SimulateGPUs = 2
 	cfg.CPU.Enabled, cfg.NCCL.Enabled = true, true
 	cfg.NCCL.ScanInterval, cfg.NCCL.StepInterval = 50*time.Millisecond, time.Hour
+	cfg.NCCL.Libraries = []string{s.Dir()}
 	cfg.Hang.Timeout, cfg.Hang.CheckInterval, cfg.Hang.Lookback = 2*time.Second, 200*time.Millisecond, 30*time.Second
 	logFile := filepath.Join(t.TempDir(), "train.log")
 	if err := os.WriteFile(logFile, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg.Logs.Files = []string{logFile}
-	d := start(t, cfg)
+	// The job runs before the agent starts, as after an agent restart;
+	// ranks 0 and 2 have the two simulated GPUs, so the hang capture
+	// carries those GPUs' samples.
 	j := nccltest.StartJob(t, s.Rank, "ranks", 4, 1000, -1, 0, []string{"SLURM_JOB_ID=hangjob"}, func(r int) []string {
 		return []string{"NCCLRANK_STALL_RANK=2", "NCCLRANK_STALL_AT=20"}
 	})
 	defer j.Kill()
+	cfg.GPU.Sim.PIDs = []int{j.Procs[0].Cmd.Process.Pid, j.Procs[2].Cmd.Process.Pid}
+	d := start(t, cfg)
 	waitUntil(t, "the tracer to find the ranks", func() bool { return len(d.nccl.Processes()) >= 4 })
 	j.Touch(t, "go")
 	time.Sleep(time.Second)

@@ -77,6 +77,12 @@ var metricsHelp = promtext.Help{
 	// NCCL (eBPF uprobes).
 	"loupe_nccl_events_total":                    "NCCL calls seen, by operation.",
 	"loupe_nccl_lost_events_total":               "NCCL calls lost because the kernel ring buffer was full.",
+	"loupe_nccl_load_events_total":               "Exec and dynamic-loader events that made the agent look at a process's libraries.",
+	"loupe_nccl_plugin_events_total":             "Collective and point-to-point records received from the NCCL profiler plugin.",
+	"loupe_nccl_plugin_lost_events_total":        "Records the NCCL profiler plugins dropped (queue full, no agent, agent busy), as they report.",
+	"loupe_nccl_plugin_bad_datagrams_total":      "Datagrams on the plugin socket that were not valid plugin batches.",
+	"loupe_nccl_hangs_total":                     "NCCL hangs detected (one hang capture each).",
+	"loupe_nccl_hang_recoveries_total":           "Hung communicators that made progress again.",
 	"loupe_nccl_subscriber_dropped_events_total": "NCCL calls a slow reader of the live stream did not get.",
 	"loupe_nccl_attached_processes":              "Processes whose libnccl has the uprobes attached.",
 	"loupe_nccl_tracked_communicators":           "NCCL communicators the eBPF program tracks.",

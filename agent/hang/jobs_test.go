@@ -24,6 +24,7 @@ func live(t *testing.T, timeout time.Duration, j *nccltest.Job) (<-chan *Hang, *
 	t.Helper()
 	ncfg := nccl.DefaultConfig()
 	ncfg.ScanInterval, ncfg.DetachAfter, ncfg.PluginSocket = 20*time.Millisecond, 0, ""
+	ncfg.Libraries = []string{nccltest.Build(t).Dir()} // not other packages' tests, run at the same time
 	tr, err := nccl.New(ncfg, quiet, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -266,6 +266,9 @@ func (t *Tracer) checkProcLocked(pid int, p *procState, now time.Time) {
 		}
 	}
 	for _, m := range ms {
+		if !selected(t.cfg.Libraries, m.Path) {
+			continue
+		}
 		if m.Deleted {
 			t.log.Info("process maps a libnccl that was deleted or replaced on disk; not tracing it", "pid", pid, "library", m.Path)
 			continue

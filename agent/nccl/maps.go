@@ -35,6 +35,24 @@ func isNCCLLibrary(path string) bool {
 	return base == "libnccl.so" || strings.HasPrefix(base, "libnccl.so.")
 }
 
+// selected reports whether path, or a folder above it, matches one of
+// patterns; every path is selected when there are none.
+func selected(patterns []string, path string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		for _, pat := range patterns {
+			if ok, _ := filepath.Match(filepath.Clean(pat), p); ok {
+				return true
+			}
+		}
+		if p == "/" || p == "." {
+			return false
+		}
+	}
+}
+
 // isLoader reports whether path names a dynamic loader whose
 // _dl_debug_state the loader probe can watch: glibc's ld-linux*.so* or
 // musl's ld-musl-*.so*.

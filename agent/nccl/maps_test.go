@@ -99,3 +99,21 @@ func FuzzNCCLMappings(f *testing.F) {
 		}
 	})
 }
+
+func TestSelected(t *testing.T) {
+	patterns := []string{"/opt/conda/envs/*", "/tmp/standin/libnccl.so.2"}
+	for path, want := range map[string]bool{
+		"/opt/conda/envs/train/lib/libnccl.so.2": true,
+		"/opt/conda/lib/libnccl.so.2":            false,
+		"/tmp/standin/libnccl.so.2":              true,
+		"/tmp/standin/old/libnccl.so.2":          false,
+		"/usr/lib/x86_64-linux-gnu/libnccl.so.2": false,
+	} {
+		if got := selected(patterns, path); got != want {
+			t.Errorf("selected(%q) = %v, want %v", path, got, want)
+		}
+	}
+	if !selected(nil, "/anywhere/libnccl.so.2") {
+		t.Error("no patterns must select every library")
+	}
+}

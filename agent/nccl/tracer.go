@@ -65,6 +65,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -97,6 +98,12 @@ type Config struct {
 	// PluginSocket is the unix datagram socket the NCCL profiler plugin
 	// (libnccl-profiler-loupe.so) sends to; empty turns the receiver off.
 	PluginSocket string `yaml:"plugin_socket"`
+	// Libraries limits tracing to the libnccl files whose path, as the
+	// process sees it, matches one of these patterns (filepath.Match
+	// syntax) or lies under a folder that matches; empty traces every
+	// libnccl.so* on the host. It keeps an agent to one installation (a
+	// conda environment, a job's image) on a host shared with other users.
+	Libraries []string `yaml:"libraries"`
 	// ProcRoot is where the host's /proc is mounted (tests, containers).
 	ProcRoot string `yaml:"-"`
 	// Ranks gives a process's global rank and its job's world size (-1
@@ -212,6 +219,11 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Tracer, error) {
 	}
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = def.ProcRoot
+	}
+	for _, p := range cfg.Libraries {
+		if _, err := filepath.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("nccl.libraries: pattern %q: %w", p, err)
+		}
 	}
 	if logger == nil {
 		logger = slog.Default()

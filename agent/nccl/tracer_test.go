@@ -66,12 +66,15 @@ func startTracer(t testing.TB, set *metrics.Set) *Tracer {
 	return startTracerConfig(t, testConfig(), set)
 }
 
-// startTracerFDs starts a tracer and waits for its first scan; the count
-// it returns is ncclFDs then, with the tracer's own exec hook and no
-// library of this test attached yet.
-func startTracerFDs(t testing.TB, set *metrics.Set) (*Tracer, int) {
+// startTracerFDs starts a tracer that also traces the libraries under
+// folders dirs, and waits for its first scan; the count it returns is
+// ncclFDs then, with the tracer's own exec hook and no library of this
+// test attached yet.
+func startTracerFDs(t testing.TB, set *metrics.Set, dirs ...string) (*Tracer, int) {
 	t.Helper()
-	tr := startTracer(t, set)
+	cfg := testConfig()
+	cfg.Libraries = append([]string{nccltest.Build(t).Dir()}, dirs...)
+	tr := startTracerConfig(t, cfg, set)
 	waitFor(t, "the first scan", func() bool { return loaderLinks(tr) > 0 })
 	return tr, ncclFDs(t, tr)
 }
@@ -91,8 +94,14 @@ func loaderLinks(tr *Tracer) int {
 // ncclFDs counts the perf events of the NCCL library probes alone.
 func ncclFDs(t testing.TB, tr *Tracer) int { return probeFDs(t) - loaderLinks(tr) }
 
+// startTracerConfig runs a tracer with cfg until the test ends. Unless cfg
+// names libraries, it traces this test binary's stand-in libraries only:
+// other packages' tests, run at the same time, have their own.
 func startTracerConfig(t testing.TB, cfg Config, set *metrics.Set) *Tracer {
 	t.Helper()
+	if cfg.Libraries == nil {
+		cfg.Libraries = []string{nccltest.Build(t).Dir()}
+	}
 	tr, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), set)
 	if err != nil {
 		t.Fatal(err)
@@ -440,7 +449,7 @@ func TestTracerWheelDlopen(t *testing.T) {
 	if err := os.WriteFile(wheel, lib, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	tr, baseFDs := startTracerFDs(t, nil)
+	tr, baseFDs := startTracerFDs(t, nil, dir)
 	ch, cancelSub := tr.Subscribe(1 << 12)
 	defer cancelSub()
 

@@ -600,8 +600,9 @@ func (d *demo) startAgent(ctx context.Context, pids []int) error {
 			"throttled_gpus": []int{o.throttledGPU}, "starved_gpus": []int{o.loaderRank}, "pids": pids,
 		}},
 		"cpu": map[string]any{"enabled": o.ebpf, "hz": 99},
+		// Its own stand-in libnccl only, not the NCCL jobs of the machine.
 		"nccl": map[string]any{"enabled": o.ebpf, "scan_interval": "200ms", "step_interval": "1s",
-			"plugin_socket": filepath.Join(d.runDir, "nccl-plugin.sock")},
+			"plugin_socket": filepath.Join(d.runDir, "nccl-plugin.sock"), "libraries": []string{filepath.Dir(d.bins.lib)}},
 		"kineto": map[string]any{"enabled": false},
 	}
 	path := filepath.Join(d.runDir, "agent.yaml")

@@ -28,6 +28,10 @@ type StandIn struct {
 	Plugin string // libnccl-profiler-loupe.so, Loupe's profiler plugin
 }
 
+// Dir is the folder that holds every built file: the one pattern a tracer
+// of these tests needs in nccl.Config.Libraries.
+func (s StandIn) Dir() string { return filepath.Dir(s.Lib) }
+
 var (
 	once     sync.Once
 	built    StandIn
