@@ -1,9 +1,13 @@
 // Package cpuprof is the agent's CPU profiler: it drives the eBPF stack
 // sampler of bpf/cpu (a software CPU-clock perf event on every online CPU,
-// counts aggregated in the kernel), symbolizes the stacks (ELF symbol tables,
-// Go pclntab even in stripped binaries, perf map files of JITs and Python
-// 3.12+, /proc/kallsyms for the kernel, C++ and Rust demangling) and turns
-// capture windows into pprof profiles.
+// counts aggregated in the kernel), describes each sampled process to its
+// unwinder (the .eh_frame of every mapped object compiled into compact
+// rows, and the CPython 3.9-3.13 interpreter's frame layout, so stacks of
+// code built without frame pointers and of unmodified Python processes come
+// out whole), symbolizes the stacks (ELF symbol tables, Go pclntab even in
+// stripped binaries, perf map files of JITs and Python 3.12+, Python code
+// objects with file and line, /proc/kallsyms for the kernel, C++ and Rust
+// demangling) and turns capture windows into pprof profiles.
 //
 // A Profiler samples only while at least one Window is open, and only the
 // processes the open windows ask for, so an idle agent costs nothing.
@@ -31,6 +35,15 @@ type Config struct {
 	// DrainInterval is how often the in-kernel counts are read and
 	// symbolized: default 1s. Shorter catches more short-lived processes.
 	DrainInterval time.Duration `yaml:"drain_interval"`
+	// FramePointersOnly turns off unwinding by the objects' unwind tables
+	// (.eh_frame) and CPython frame walking in the kernel: user stacks then
+	// follow frame pointers only, as perf does by default.
+	FramePointersOnly bool `yaml:"frame_pointers_only"`
+	// UnwindRows is the room for unwind table rows in the kernel (8 bytes
+	// each, shared by every mapped object): default 2097152 (16 MiB).
+	// Objects that do not fit are unwound by frame pointers, counted in
+	// loupe_cpuprof_unwind_tables_full_total.
+	UnwindRows uint32 `yaml:"unwind_rows"`
 	// Labeler, when set, adds labels such as container, job and rank to the
 	// samples of a process. It is called once per process per window.
 	Labeler func(pid int) map[string]string `yaml:"-"`
@@ -38,7 +51,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults: 19 Hz, drained every second.
 func DefaultConfig() Config {
-	return Config{Hz: 19, DrainInterval: time.Second}
+	return Config{Hz: 19, DrainInterval: time.Second, UnwindRows: 1 << 21}
 }
 
 // MaxHz is the highest sampling frequency Config.Hz accepts.
@@ -58,6 +71,12 @@ func (c *Config) validate() error {
 	if c.DrainInterval < 10*time.Millisecond || c.DrainInterval > time.Minute {
 		return fmt.Errorf("cpuprof: drain_interval %s out of range: use 10ms to 1m (1s is the default)", c.DrainInterval)
 	}
+	if c.UnwindRows == 0 {
+		c.UnwindRows = d.UnwindRows
+	}
+	if c.UnwindRows < 1<<12 || c.UnwindRows > 1<<26 {
+		return fmt.Errorf("cpuprof: unwind_rows %d out of range: use 4096 to 67108864 (2097152 is the default)", c.UnwindRows)
+	}
 	return nil
 }
 
@@ -76,6 +95,7 @@ type Profiler struct {
 	cfg     Config
 	logger  *slog.Logger
 	sampler *cpu.Sampler
+	tracker *tracker
 	// attached is closed once Run has attached the sampler to the CPUs.
 	attached chan struct{}
 	samples  *metrics.Counter
@@ -119,9 +139,16 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Profiler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cpuprof: %w", err)
 	}
-	p.sampler, err = cpu.Load(cpu.Options{StackEntries: stackEntries(cfg.Hz, len(cpus), cfg.DrainInterval)})
+	p.sampler, err = cpu.Load(cpu.Options{StackEntries: stackEntries(cfg.Hz, len(cpus), cfg.DrainInterval), UnwindRows: cfg.UnwindRows})
 	if err != nil {
 		return nil, fmt.Errorf("cpuprof: CPU profiles are off: %w", err)
+	}
+	if !cfg.FramePointersOnly {
+		p.tracker = newTracker(p.sampler, "/proc", logger, set, p.prepare)
+		if err := p.sampler.SetUnwind(true); err != nil {
+			p.sampler.Close()
+			return nil, fmt.Errorf("cpuprof: %w", err)
+		}
 	}
 	return p, nil
 }
@@ -147,7 +174,19 @@ func (p *Profiler) Run(ctx context.Context) error {
 		return fmt.Errorf("cpuprof: %w", err)
 	}
 	close(p.attached)
-	p.logger.Info("cpuprof: CPU sampler attached", "cpus", len(cpus), "hz", p.cfg.Hz)
+	p.logger.Info("cpuprof: CPU sampler attached", "cpus", len(cpus), "hz", p.cfg.Hz, "unwind_tables", p.tracker != nil)
+	if p.tracker != nil {
+		// Ends when Close closes the sampler's event ring.
+		tracked := make(chan struct{})
+		go func() {
+			defer close(tracked)
+			p.tracker.run()
+		}()
+		defer func() {
+			p.Close()
+			<-tracked
+		}()
+	}
 	t := time.NewTicker(p.cfg.DrainInterval)
 	defer t.Stop()
 	for {
@@ -230,12 +269,25 @@ type stack struct {
 	truncated bool // the user stack does not reach a thread entry point
 }
 
+// prepare hands a process the unwinder just described to the symbolizer.
+func (p *Profiler) prepare(pid uint32, maps []mapping, py *pyProcess) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.sym.prepare(pid, maps, py)
+	}
+}
+
 func (p *Profiler) symbolize(s cpu.Sample) stack {
 	st := stack{frames: make([]frame, 0, len(s.Kernel)+len(s.User)), user: len(s.User)}
 	for i, pc := range s.Kernel {
 		st.frames = append(st.frames, p.sym.kernelFrame(callSite(pc, i)))
 	}
 	for i, pc := range s.User {
+		if code, lasti, ok := cpu.PythonFrame(pc); ok {
+			st.frames = append(st.frames, p.sym.python(s.PID, code, lasti))
+			continue
+		}
 		st.frames = append(st.frames, p.sym.user(s.PID, callSite(pc, i)))
 	}
 	// A process that exited before the drain has no readable memory map,

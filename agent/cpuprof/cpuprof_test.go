@@ -86,6 +86,10 @@ func testProgram(t testing.TB, name string) string {
 		cmd = exec.Command(requireTool(t, "g++"), "-O0", "-fno-omit-frame-pointer", "-o", out, "testdata/cppburn.cc")
 	case "cburn-nofp":
 		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cburn.c")
+	case "cdeep-nofp":
+		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cdeep.c")
+	case "cppdeep-nofp":
+		cmd = exec.Command(requireTool(t, "g++"), "-O2", "-fomit-frame-pointer", "-g", "-o", out, "testdata/cppdeep.cc")
 	default:
 		t.Fatalf("unknown test program %q", name)
 	}
@@ -419,10 +423,12 @@ func TestPerfMapFrame(t *testing.T) {
 	}
 }
 
+// TestTruncatedStacksReported follows frame pointers only, through code
+// built without them: the profile must say its stacks are truncated.
 func TestTruncatedStacksReported(t *testing.T) {
 	requireRoot(t)
 	cmd, _ := start(t, testProgram(t, "cburn-nofp"), "burn")
-	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid})
+	prof := capture(t, Config{Hz: 99, FramePointersOnly: true}, []int{cmd.Process.Pid})
 	want := fmt.Sprintf("truncated stacks: pid %d (cburn-nofp)", cmd.Process.Pid)
 	for _, c := range prof.Comments {
 		if strings.HasPrefix(c, want) {
@@ -430,6 +436,76 @@ func TestTruncatedStacksReported(t *testing.T) {
 		}
 	}
 	t.Errorf("no comment %q in %q\n%s", want, prof.Comments, top(prof))
+}
+
+// TestUnwindWithoutFramePointers profiles C built with -O2
+// -fomit-frame-pointer, a hot loop three noinline calls deep: the unwind
+// tables find every caller, down to main and the C library, which frame
+// pointers cannot (checked too).
+func TestUnwindWithoutFramePointers(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "cdeep-nofp"))
+	pid := cmd.Process.Pid
+	deep := func(names []string) bool {
+		i := slices.Index(names, "deep_inner")
+		return i >= 0 && i+3 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer" && names[i+3] == "main"
+	}
+	prof := capture(t, Config{Hz: 99}, []int{pid})
+	total, matched := pidSamples(prof, pid, deep)
+	if total < minSamples {
+		t.Fatalf("%d samples, want >= %d", total, minSamples)
+	}
+	if share := float64(matched) / float64(total); share < 0.8 {
+		t.Errorf("deep_inner < deep_middle < deep_outer < main in %.0f%% of %d samples, want >= 80%%\n%s", 100*share, total, top(prof))
+	}
+	for _, c := range prof.Comments {
+		if strings.HasPrefix(c, "truncated stacks") {
+			t.Errorf("unwound stacks reported as truncated: %s", c)
+		}
+	}
+	t.Logf("unwound:\n%s", top(prof))
+	fp := capture(t, Config{Hz: 99, FramePointersOnly: true}, []int{pid})
+	if total, matched := pidSamples(fp, pid, deep); matched*2 > total {
+		t.Errorf("frame pointers alone found the whole stack in %d of %d samples: the test program keeps frame pointers\n%s", matched, total, top(fp))
+	}
+}
+
+// TestShortLivedProcess starts a process after the profiler and lets it
+// exit within a second, before the next drain: it is still profiled, its
+// frames named and its stacks unwound.
+func TestShortLivedProcess(t *testing.T) {
+	requireRoot(t)
+	bin := testProgram(t, "cdeep-nofp")
+	p, err := New(Config{Hz: 99, DrainInterval: 5 * time.Second}, testLogger(t), metrics.NewSet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	waitAttached(t, p, done)
+	w := p.StartWindow(nil)
+	cmd := exec.Command(bin, "800")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	prof, err := w.Stop()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, matched := pidSamples(prof, pid, func(names []string) bool {
+		i := slices.Index(names, "deep_inner")
+		return i >= 0 && i+2 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer"
+	})
+	// 800 ms of CPU at 99 Hz is about 80 samples, fewer on a busy machine.
+	if total < 10 || float64(matched) < 0.7*float64(total) {
+		t.Errorf("exited process %d: %d samples, %d of them deep_inner < deep_middle < deep_outer; want >= 10 and >= 70%%\n%s", pid, total, matched, top(prof))
+	}
 }
 
 // TestNoLostSamples samples a burner at 99 Hz for 10 s and checks that no
@@ -538,10 +614,11 @@ func python312(t testing.TB) string {
 }
 
 // TestPythonPerfSupport profiles a real Python 3.12+ started with -X perf:
-// it writes /tmp/perf-<pid>.map, which the profiler reads. This
-// interpreter (like most python.org and pyenv builds) has no frame
-// pointers, so the stacks stop inside libpython: the profile and the log
-// must say so rather than show misleading stacks silently.
+// it writes /tmp/perf-<pid>.map, which the profiler reads (the path JITs
+// take). Following frame pointers only, through an interpreter that (like
+// most python.org and pyenv builds) has none, the stacks stop inside
+// libpython: the profile and the log must say so rather than show
+// misleading stacks silently.
 func TestPythonPerfSupport(t *testing.T) {
 	requireRoot(t)
 	py := python312(t)
@@ -567,7 +644,7 @@ while True:
 	if !strings.Contains(string(b), "py::burn_py:") {
 		t.Fatalf("%s -X perf wrote no perf map entry for burn_py: %v", py, err)
 	}
-	prof := capture(t, Config{Hz: 99}, []int{pid})
+	prof := capture(t, Config{Hz: 99, FramePointersOnly: true}, []int{pid})
 	total, inInterp := pidSamples(prof, pid, func(names []string) bool {
 		return len(names) > 0 && names[0] != ""
 	})
@@ -576,7 +653,7 @@ while True:
 	}
 	want := fmt.Sprintf("truncated stacks: pid %d (", pid)
 	for _, c := range prof.Comments {
-		if strings.HasPrefix(c, want) && strings.Contains(c, "PYTHONPERFSUPPORT") {
+		if strings.HasPrefix(c, want) && strings.Contains(c, "frame_pointers_only") {
 			return
 		}
 	}

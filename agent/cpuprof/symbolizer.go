@@ -14,10 +14,16 @@ import (
 // frames as pprof locations by value.
 type frame struct {
 	Function string // symbol, demangled; "" when unknown
-	Object   string // the mapped file, [kernel.kallsyms], [perf-map], [vdso], [unknown]
-	BuildID  string
+	// File and Line are the source position, when known: from DWARF for
+	// native code, from the code object for Python.
+	File string
+	Line int64
+	// Object is the mapped file, [kernel.kallsyms], [perf-map], [vdso],
+	// [python] or [unknown].
+	Object  string
+	BuildID string
 	// Address is the ELF virtual address for file-backed code (the same in
-	// every process), else the absolute address.
+	// every process), else the absolute address; 0 for Python frames.
 	Address uint64
 }
 
@@ -25,6 +31,7 @@ type frame struct {
 const (
 	kernelObject  = "[kernel.kallsyms]"
 	perfMapObject = "[perf-map]"
+	pythonObject  = "[python]"
 	unknownObject = "[unknown]"
 )
 
@@ -62,7 +69,15 @@ type procInfo struct {
 	perfMtime int64
 	perfGen   uint64
 	lastSeen  uint64
+	// py is the process's interpreter, mem its memory (for code objects)
+	// and code the code objects read so far, by address.
+	py   *pyProcess
+	mem  *os.File
+	code map[uint64]*pyCode
 }
+
+// maxPyCodes bounds the code objects remembered per process.
+const maxPyCodes = 8192
 
 func newSymbolizer(procRoot string, logger *slog.Logger) *symbolizer {
 	return &symbolizer{
@@ -80,9 +95,63 @@ func (s *symbolizer) beginDrain() {
 	s.gen++
 	for pid, p := range s.procs {
 		if s.gen-p.lastSeen > 30 {
+			p.close()
 			delete(s.procs, pid)
 		}
 	}
+}
+
+func (p *procInfo) close() {
+	if p.mem != nil {
+		p.mem.Close()
+		p.mem = nil
+	}
+}
+
+// prepare takes a process's memory map (and interpreter) as the unwinder
+// read it, and opens its objects now, while the process lives: one that
+// exits before the next drain is named all the same.
+func (s *symbolizer) prepare(pid uint32, maps []mapping, py *pyProcess) {
+	if old, ok := s.procs[pid]; ok {
+		old.close()
+	}
+	p := &procInfo{maps: maps, objs: make([]*object, len(maps)), failed: make([]bool, len(maps)), mapsGen: s.gen, lastSeen: s.gen}
+	s.procs[pid] = p
+	for i := range maps {
+		if m := &maps[i]; !m.anonymous() && !m.pseudo() {
+			s.object(pid, p, i)
+		}
+	}
+	if py != nil {
+		p.py, p.code = py, map[uint64]*pyCode{}
+		p.mem, _ = os.Open(filepath.Join(s.procRoot, strconv.Itoa(int(pid)), "mem"))
+	}
+}
+
+// python names a Python frame of process pid: the code object at code,
+// running instruction lasti.
+func (s *symbolizer) python(pid uint32, code uint64, lasti uint32) frame {
+	p := s.proc(pid)
+	f := frame{Function: "[unknown python]", Object: pythonObject}
+	if p.py == nil || p.mem == nil {
+		return f
+	}
+	c, ok := p.code[code]
+	if !ok {
+		var err error
+		c, err = readPyCode(p.mem, p.py.layout, code, p.py.codeType)
+		if err != nil {
+			s.logger.Debug("cpuprof: unreadable Python code object", "pid", pid, "addr", fmt.Sprintf("%#x", code), "err", err)
+		}
+		if len(p.code) >= maxPyCodes {
+			clear(p.code)
+		}
+		p.code[code] = c // nil too: do not retry
+	}
+	if c == nil {
+		return f
+	}
+	return frame{Function: c.name, File: c.file, Line: c.line(p.py.layout.lines, lasti), Object: pythonObject}
 }
 
 func (s *symbolizer) proc(pid uint32) *procInfo {
@@ -310,6 +379,9 @@ func (s *symbolizer) close() {
 			seen[o] = true
 			o.close()
 		}
+	}
+	for _, p := range s.procs {
+		p.close()
 	}
 	s.byFile, s.byBuildID, s.procs = map[fileKey]*object{}, map[string]*object{}, map[uint32]*procInfo{}
 }

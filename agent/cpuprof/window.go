@@ -124,8 +124,9 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 	prof.Comments = append(prof.Comments, fmt.Sprintf("loupe eBPF CPU profile: %d Hz per CPU, %s", w.p.cfg.Hz, w.scope()))
 
 	type objKey struct{ file, buildID string }
+	type funcKey struct{ name, file string }
 	mappings := map[objKey]*profile.Mapping{}
-	funcs := map[string]*profile.Function{}
+	funcs := map[funcKey]*profile.Function{}
 	locs := make([]*profile.Location, len(w.list))
 	for i, f := range w.list {
 		m, ok := mappings[objKey{f.Object, f.BuildID}]
@@ -137,13 +138,16 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		loc := &profile.Location{ID: uint64(i + 1), Mapping: m, Address: f.Address}
 		if f.Function != "" {
 			m.HasFunctions = true
-			fn, ok := funcs[f.Function]
+			fn, ok := funcs[funcKey{f.Function, f.File}]
 			if !ok {
-				fn = &profile.Function{ID: uint64(len(prof.Function) + 1), Name: f.Function, SystemName: f.Function}
-				funcs[f.Function] = fn
+				fn = &profile.Function{ID: uint64(len(prof.Function) + 1), Name: f.Function, SystemName: f.Function, Filename: f.File}
+				funcs[funcKey{f.Function, f.File}] = fn
 				prof.Function = append(prof.Function, fn)
 			}
-			loc.Line = []profile.Line{{Function: fn}}
+			loc.Line = []profile.Line{{Function: fn, Line: f.Line}}
+			if f.Line != 0 {
+				m.HasFilenames, m.HasLineNumbers = true, true
+			}
 		}
 		locs[i] = loc
 	}
