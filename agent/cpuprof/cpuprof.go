@@ -328,6 +328,9 @@ func (p *Profiler) StartWindow(pids []int) *Window {
 	}
 	p.windows[w] = struct{}{}
 	p.applyFilterLocked()
+	if p.tracker != nil {
+		p.tracker.request(pids)
+	}
 	return w
 }
 

@@ -181,8 +181,9 @@ func capture(t testing.TB, cfg Config, pids []int, watch ...int) *profile.Profil
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	w := p.StartWindow(pids)
 	waitAttached(t, p, done)
+	waitDescribed(t, p, pids...)
+	w := p.StartWindow(pids)
 	waitCPU(t, watch...)
 	prof, err := w.Stop()
 	if err != nil {
@@ -206,6 +207,27 @@ func waitAttached(t testing.TB, p *Profiler, done chan error) {
 	case err := <-done:
 		t.Fatalf("Run returned before attaching: %v", err)
 	}
+}
+
+// waitDescribed waits until the unwinder has described the processes, so
+// that a capture measures unwinding rather than its first milliseconds
+// (when stacks follow frame pointers).
+func waitDescribed(t testing.TB, p *Profiler, pids ...int) {
+	t.Helper()
+	if p.tracker == nil {
+		return
+	}
+	p.tracker.request(pids)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		all := true
+		for _, pid := range pids {
+			all = all && p.tracker.isDescribed(uint32(pid))
+		}
+		if all {
+			return
+		}
+	}
+	t.Fatalf("the unwinder did not describe processes %v within 30 s", pids)
 }
 
 // waitCPU waits until each process has used cpuWanted of CPU time, at most

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/cilium/ebpf/ringbuf"
@@ -31,6 +32,9 @@ type tracker struct {
 	// prepared is called with a process's maps and interpreter when it is
 	// described.
 	prepared func(pid uint32, maps []mapping, py *pyProcess)
+
+	// requests are processes to describe before they are sampled.
+	requests chan uint32
 
 	mu      sync.Mutex
 	objects map[fileKey]*unwindObject
@@ -66,7 +70,7 @@ type pyProcess struct {
 
 func newTracker(s *cpu.Sampler, procRoot string, log *slog.Logger, set *metrics.Set, prepared func(uint32, []mapping, *pyProcess)) *tracker {
 	t := &tracker{
-		s: s, procRoot: procRoot, log: log, prepared: prepared,
+		s: s, procRoot: procRoot, log: log, prepared: prepared, requests: make(chan uint32, 256),
 		objects: map[fileKey]*unwindObject{}, byBuild: map[string]*unwindObject{}, procs: map[uint32][]*unwindObject{},
 		described:     set.GetOrCreateCounter("loupe_cpuprof_unwind_processes_total"),
 		tableFull:     set.GetOrCreateCounter("loupe_cpuprof_unwind_tables_full_total"),
@@ -77,28 +81,62 @@ func newTracker(s *cpu.Sampler, procRoot string, log *slog.Logger, set *metrics.
 	return t
 }
 
-// run handles the sampler's events until it is closed.
+// run handles the sampler's events and the requests until the sampler is
+// closed.
 func (t *tracker) run() {
+	events := make(chan cpu.Event, 256)
+	go func() {
+		defer close(events)
+		for {
+			ev, err := t.s.ReadEvent()
+			if errors.Is(err, ringbuf.ErrClosed) {
+				return
+			}
+			if err != nil {
+				t.log.Debug("cpuprof: reading unwinder events", "err", err)
+				continue
+			}
+			events <- ev
+		}
+	}()
 	for {
-		ev, err := t.s.ReadEvent()
-		if errors.Is(err, ringbuf.ErrClosed) {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			switch ev.Kind {
+			case cpu.EventNew, cpu.EventMaps:
+				t.describe(ev.PID)
+			case cpu.EventExit:
+				t.forget(ev.PID)
+			}
+		case pid := <-t.requests:
+			if added, err := t.s.Track(pid); added {
+				t.describe(pid)
+			} else if err != nil {
+				t.log.Debug("cpuprof: tracking a process", "pid", pid, "err", err)
+			}
+		}
+	}
+}
+
+// request asks for processes to be described soon, before their first
+// sample if possible. It never blocks: a process not queued is described
+// at its first sample.
+func (t *tracker) request(pids []int) {
+	for _, pid := range pids {
+		select {
+		case t.requests <- uint32(pid):
+		default:
 			return
-		}
-		if err != nil {
-			t.log.Debug("cpuprof: reading unwinder events", "err", err)
-			continue
-		}
-		switch ev.Kind {
-		case cpu.EventNew, cpu.EventMaps:
-			t.describe(ev.PID)
-		case cpu.EventExit:
-			t.forget(ev.PID)
 		}
 	}
 }
 
 // describe reads a process's maps and gives the unwinder what it needs.
 func (t *tracker) describe(pid uint32) {
+	start := time.Now()
 	dir := filepath.Join(t.procRoot, strconv.Itoa(int(pid)))
 	b, err := os.ReadFile(filepath.Join(dir, "maps"))
 	if err != nil {
@@ -171,6 +209,15 @@ func (t *tracker) describe(pid uint32) {
 	if t.prepared != nil {
 		t.prepared(pid, maps, py)
 	}
+	t.log.Debug("cpuprof: process described to the unwinder", "pid", pid, "mappings", len(maps), "python", py != nil, "took", time.Since(start))
+}
+
+// isDescribed reports whether the unwinder has a description of pid.
+func (t *tracker) isDescribed(pid uint32) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.procs[pid]
+	return ok
 }
 
 // object returns the unwind object of a file mapping, compiling its table

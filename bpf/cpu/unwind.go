@@ -360,6 +360,20 @@ func (s *Sampler) SetProcess(pid uint32, p Process) error {
 	return nil
 }
 
+// Track asks for a process to be described before the program samples
+// it: it reports true when it added the process as pending, and the caller
+// then describes it with SetProcess as for an EventNew.
+func (s *Sampler) Track(pid uint32) (bool, error) {
+	err := s.objs.Procs.Update(pid, SamplerProc{}, ebpf.UpdateNoExist)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ebpf.ErrKeyExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("tracking process %d: %w", pid, err)
+}
+
 // ForgetProcess drops a process's description (after EventExit, or to
 // have it reported again) and frees its mappings.
 func (s *Sampler) ForgetProcess(pid uint32) error {
