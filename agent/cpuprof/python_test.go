@@ -79,7 +79,9 @@ type pyFrame struct {
 	line       int64
 }
 
-func (f pyFrame) String() string { return fmt.Sprintf("%s (%s:%d)", f.name, filepath.Base(f.file), f.line) }
+func (f pyFrame) String() string {
+	return fmt.Sprintf("%s (%s:%d)", f.name, filepath.Base(f.file), f.line)
+}
 
 func sampleFrames(s *profile.Sample) []pyFrame {
 	var out []pyFrame
