@@ -492,6 +492,27 @@ func TestUnwindWithoutFramePointers(t *testing.T) {
 	}
 }
 
+// TestCPlusPlusWithoutFramePointers profiles C++ with exceptions thrown
+// and caught on every round and inlined templates, built with -O2
+// -fomit-frame-pointer: the function template's frame shows under the
+// function that catches, under main.
+func TestCPlusPlusWithoutFramePointers(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "cppdeep-nofp"))
+	pid := cmd.Process.Pid
+	prof := capture(t, Config{Hz: 99}, []int{pid})
+	total, matched := pidSamples(prof, pid, func(names []string) bool {
+		i := slices.Index(names, "loupe::crunch<unsigned long>")
+		return i >= 0 && i+2 < len(names) && names[i+1] == "work" && names[i+2] == "main"
+	})
+	if total < minSamples {
+		t.Fatalf("%d samples, want >= %d", total, minSamples)
+	}
+	if share := float64(matched) / float64(total); share < 0.8 {
+		t.Errorf("loupe::crunch<unsigned long> < work < main in %.0f%% of %d samples, want >= 80%%\n%s", 100*share, total, top(prof))
+	}
+}
+
 // TestShortLivedProcess starts a process after the profiler and lets it
 // exit within a second, before the next drain: it is still profiled, its
 // frames named and its stacks unwound.
