@@ -9,8 +9,12 @@
 // objects with file and line, /proc/kallsyms for the kernel, C++ and Rust
 // demangling) and turns capture windows into pprof profiles.
 //
-// A Profiler samples only while at least one Window is open, and only the
-// processes the open windows ask for, so an idle agent costs nothing.
+// A Profiler samples every process all the time at a low rate (19 Hz by
+// default) and hands a continuous profile to a sink once per interval (60 s
+// by default); while a Window is open it samples at the capture rate and
+// the window keeps the samples of its processes. With continuous profiling
+// off, it samples only while a window is open, and only the processes the
+// open windows ask for.
 package cpuprof
 
 import (
@@ -23,6 +27,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/google/pprof/profile"
 
 	"github.com/loupe-dev/loupe/bpf/cpu"
 )
@@ -44,14 +49,34 @@ type Config struct {
 	// Objects that do not fit are unwound by frame pointers, counted in
 	// loupe_cpuprof_unwind_tables_full_total.
 	UnwindRows uint32 `yaml:"unwind_rows"`
-	// Labeler, when set, adds labels such as container, job and rank to the
-	// samples of a process. It is called once per process per window.
+	// Continuous is always-on profiling between (and during) windows.
+	Continuous ContinuousConfig `yaml:"continuous"`
+	// Labeler, when set, adds labels such as container, pod, job and rank
+	// to the samples of a process. It is called once per process per
+	// window, and per continuous interval.
 	Labeler func(pid int) map[string]string `yaml:"-"`
 }
 
-// DefaultConfig returns the defaults: 19 Hz, drained every second.
+// ContinuousConfig configures always-on profiling.
+type ContinuousConfig struct {
+	// Enabled samples every process all the time; default true.
+	Enabled bool `yaml:"enabled"`
+	// Hz is the sampling rate outside windows: default 19.
+	Hz int `yaml:"hz"`
+	// Interval is how much time one continuous profile covers: default
+	// 1m, from 1s to 1h.
+	Interval time.Duration `yaml:"interval"`
+	// Sink receives each interval's profile of every process (labels pid,
+	// comm and the Labeler's), from Run's goroutine. Without a sink the
+	// profiles are dropped.
+	Sink func(*profile.Profile) `yaml:"-"`
+}
+
+// DefaultConfig returns the defaults: windows and continuous profiling at
+// 19 Hz, one continuous profile a minute, drained every second.
 func DefaultConfig() Config {
-	return Config{Hz: 19, DrainInterval: time.Second, UnwindRows: 1 << 21}
+	return Config{Hz: 19, DrainInterval: time.Second, UnwindRows: 1 << 21,
+		Continuous: ContinuousConfig{Enabled: true, Hz: 19, Interval: time.Minute}}
 }
 
 // MaxHz is the highest sampling frequency Config.Hz accepts.
@@ -73,6 +98,18 @@ func (c *Config) validate() error {
 	}
 	if c.UnwindRows == 0 {
 		c.UnwindRows = d.UnwindRows
+	}
+	if c.Continuous.Hz == 0 {
+		c.Continuous.Hz = d.Continuous.Hz
+	}
+	if c.Continuous.Interval == 0 {
+		c.Continuous.Interval = d.Continuous.Interval
+	}
+	if c.Continuous.Hz < 1 || c.Continuous.Hz > MaxHz {
+		return fmt.Errorf("cpuprof: continuous.hz %d out of range: use 1 to %d (19 is the default)", c.Continuous.Hz, MaxHz)
+	}
+	if c.Continuous.Interval < time.Second || c.Continuous.Interval > time.Hour {
+		return fmt.Errorf("cpuprof: continuous.interval %s out of range: use 1s to 1h (1m is the default)", c.Continuous.Interval)
 	}
 	if c.UnwindRows < 1<<12 || c.UnwindRows > 1<<26 {
 		return fmt.Errorf("cpuprof: unwind_rows %d out of range: use 4096 to 67108864 (2097152 is the default)", c.UnwindRows)
@@ -104,6 +141,8 @@ type Profiler struct {
 	mu       sync.Mutex // guards everything below, and serializes drains
 	sym      *symbolizer
 	windows  map[*Window]struct{}
+	cont     *Window // the continuous profile being collected; nil when off
+	rate     int     // the sampling rate now, Hz
 	lastLost cpu.Lost
 	started  bool
 	closed   bool
@@ -139,7 +178,14 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Profiler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cpuprof: %w", err)
 	}
-	p.sampler, err = cpu.Load(cpu.Options{StackEntries: stackEntries(cfg.Hz, len(cpus), cfg.DrainInterval), UnwindRows: cfg.UnwindRows})
+	p.rate = cfg.Hz
+	if cfg.Continuous.Enabled {
+		p.rate = cfg.Continuous.Hz
+		p.cont = newWindow(p, nil)
+		p.cont.quiet = true
+	}
+	hz := max(cfg.Hz, p.rate)
+	p.sampler, err = cpu.Load(cpu.Options{StackEntries: stackEntries(hz, len(cpus), cfg.DrainInterval), UnwindRows: cfg.UnwindRows})
 	if err != nil {
 		return nil, fmt.Errorf("cpuprof: CPU profiles are off: %w", err)
 	}
@@ -154,8 +200,9 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Profiler, error) {
 }
 
 // Run attaches the sampler to every online CPU and drains it every
-// DrainInterval until ctx is done; then it detaches and frees everything.
-// Windows still open keep what was sampled up to then.
+// DrainInterval (and hands out a continuous profile every interval) until
+// ctx is done; then it detaches and frees everything. Windows still open
+// keep what was sampled up to then.
 func (p *Profiler) Run(ctx context.Context) error {
 	p.mu.Lock()
 	if p.started || p.closed {
@@ -170,11 +217,17 @@ func (p *Profiler) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cpuprof: %w", err)
 	}
-	if err := p.sampler.Attach(p.cfg.Hz, cpus); err != nil {
+	p.mu.Lock()
+	rate := p.rate
+	p.mu.Unlock()
+	if err := p.sampler.Attach(rate, cpus); err != nil {
 		return fmt.Errorf("cpuprof: %w", err)
 	}
+	p.mu.Lock()
+	p.applyFilterLocked()
+	p.mu.Unlock()
 	close(p.attached)
-	p.logger.Info("cpuprof: CPU sampler attached", "cpus", len(cpus), "hz", p.cfg.Hz, "unwind_tables", p.tracker != nil)
+	p.logger.Info("cpuprof: CPU sampler attached", "cpus", len(cpus), "hz", rate, "continuous", p.cont != nil, "unwind_tables", p.tracker != nil)
 	if p.tracker != nil {
 		// Ends when Close closes the sampler's event ring.
 		tracked := make(chan struct{})
@@ -189,17 +242,47 @@ func (p *Profiler) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(p.cfg.DrainInterval)
 	defer t.Stop()
+	// A nil channel never fires: no continuous profile.
+	var interval <-chan time.Time
+	if p.cont != nil {
+		it := time.NewTicker(p.cfg.Continuous.Interval)
+		defer it.Stop()
+		interval = it.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			p.rotate()
 			return nil
 		case <-t.C:
 			p.mu.Lock()
-			if len(p.windows) > 0 {
+			if len(p.windows) > 0 || p.cont != nil {
 				p.drainLocked()
 			}
 			p.mu.Unlock()
+		case <-interval:
+			p.rotate()
 		}
+	}
+}
+
+// rotate ends the continuous profile being collected, hands it to the
+// sink and starts the next one.
+func (p *Profiler) rotate() {
+	p.mu.Lock()
+	if p.cont == nil || p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.drainLocked()
+	now := time.Now()
+	prof := p.cont.profile(now)
+	p.cont = newWindow(p, nil)
+	p.cont.quiet = true
+	p.cont.start = now
+	p.mu.Unlock()
+	if sink := p.cfg.Continuous.Sink; sink != nil && len(prof.Sample) > 0 {
+		sink(prof)
 	}
 }
 
@@ -211,7 +294,7 @@ func (p *Profiler) Close() error {
 	if p.closed {
 		return nil
 	}
-	if len(p.windows) > 0 {
+	if len(p.windows) > 0 || p.cont != nil {
 		p.drainLocked()
 	}
 	p.closed = true
@@ -231,9 +314,15 @@ func (p *Profiler) drainLocked() {
 	}
 	p.sym.beginDrain()
 	var total uint64
+	// Every sample of one drain was taken at the current rate: rates
+	// change only right after a drain.
+	period := uint64(time.Second) / uint64(p.rate)
 	lost, err := p.sampler.Drain(func(s cpu.Sample) {
 		total += s.Count
 		var ws []*Window
+		if p.cont != nil {
+			ws = append(ws, p.cont)
+		}
 		for w := range p.windows {
 			if w.wants(s.PID) {
 				ws = append(ws, w)
@@ -244,7 +333,7 @@ func (p *Profiler) drainLocked() {
 		}
 		st := p.symbolize(s)
 		for _, w := range ws {
-			w.add(s.PID, s.Comm, st, s.Count, p.cfg.Labeler)
+			w.add(s.PID, s.Comm, st, s.Count, s.Count*period, p.cfg.Labeler)
 		}
 	})
 	p.samples.Add(int(total))
@@ -314,19 +403,23 @@ func callSite(pc uint64, depth int) uint64 {
 }
 
 // StartWindow starts collecting the samples of the given processes (all
-// processes when pids is empty) until the window's Stop.
+// processes when pids is empty) until the window's Stop. Sampling switches
+// to the capture rate while a window is open.
 func (p *Profiler) StartWindow(pids []int) *Window {
 	w := newWindow(p, pids)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.windows) == 0 && !p.closed {
-		// Samples taken while the last window was closing are still in
-		// the kernel; they belong to no window.
-		if _, err := p.sampler.Drain(func(cpu.Sample) {}); err != nil {
+		// What the kernel holds was sampled before this window: it goes
+		// to the continuous profile, or nowhere.
+		if p.cont != nil {
+			p.drainLocked()
+		} else if _, err := p.sampler.Drain(func(cpu.Sample) {}); err != nil {
 			p.logger.Warn("cpuprof: clearing the CPU sampler failed", "err", err)
 		}
 	}
 	p.windows[w] = struct{}{}
+	p.setRateLocked(p.cfg.Hz)
 	p.applyFilterLocked()
 	if p.tracker != nil {
 		p.tracker.request(pids)
@@ -334,10 +427,34 @@ func (p *Profiler) StartWindow(pids []int) *Window {
 	return w
 }
 
-// applyFilterLocked makes the kernel sample the union of the open windows'
-// processes, and nothing when no window is open.
+// setRateLocked switches the sampling rate; samples taken at the old rate
+// are drained first, so that each is weighed by its own period.
+func (p *Profiler) setRateLocked(hz int) {
+	if hz == p.rate || p.closed {
+		return
+	}
+	p.drainLocked()
+	if err := p.sampler.SetRate(hz); err != nil {
+		p.logger.Warn("cpuprof: changing the sampling rate failed", "err", err)
+		return
+	}
+	p.rate = hz
+}
+
+// applyFilterLocked makes the kernel sample every process when continuous
+// profiling is on; else the union of the open windows' processes, and
+// nothing when no window is open.
 func (p *Profiler) applyFilterLocked() {
 	if p.closed {
+		return
+	}
+	if p.cont != nil {
+		if err := p.sampler.SetFilter(true, nil); err != nil {
+			p.logger.Warn("cpuprof: setting the process filter failed", "err", err)
+		}
+		if err := p.sampler.SetEnabled(true); err != nil {
+			p.logger.Warn("cpuprof: switching sampling failed", "err", err)
+		}
 		return
 	}
 	all := false

@@ -798,3 +798,85 @@ func TestProfileFunction(t *testing.T) {
 		t.Errorf("Hz 5000 accepted or unclear error: %v", err)
 	}
 }
+
+// TestContinuousProfile runs always-on profiling at 19 Hz with a capture
+// window at 99 Hz in the middle of it: every interval's profile holds the
+// burner (started after the profiler), its CPU time is accounted for
+// across the rate switches, and the window sees its own process only.
+func TestContinuousProfile(t *testing.T) {
+	requireRoot(t)
+	var mu sync.Mutex
+	var profs []*profile.Profile
+	cfg := Config{Hz: 99, Continuous: ContinuousConfig{Enabled: true, Hz: 19, Interval: 2 * time.Second, Sink: func(p *profile.Profile) {
+		mu.Lock()
+		profs = append(profs, p)
+		mu.Unlock()
+	}}, Labeler: func(pid int) map[string]string { return map[string]string{"job": "train", "pod": "p-1"} }}
+	p, err := New(cfg, testLogger(t), metrics.NewSet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	waitAttached(t, p, done)
+	cmd, _ := start(t, testProgram(t, "cdeep-nofp"))
+	pid := cmd.Process.Pid
+	cpu0 := cpuTime(t, pid)
+	time.Sleep(3 * time.Second)
+	w := p.StartWindow([]int{pid})
+	time.Sleep(1500 * time.Millisecond)
+	wp, err := w.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	cancel() // Run hands out the last, partial profile
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	cpu := cpuTime(t, pid) - cpu0
+	mu.Lock()
+	defer mu.Unlock()
+	if len(profs) < 3 {
+		t.Fatalf("%d continuous profiles in about 7.5 s at one per 2 s", len(profs))
+	}
+	var ns, deep, samples int64
+	for _, prof := range profs {
+		if err := prof.CheckValid(); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range prof.Sample {
+			if s.Label["pid"][0] != strconv.Itoa(pid) {
+				continue
+			}
+			if s.Label["job"][0] != "train" || s.Label["pod"][0] != "p-1" || s.Label["comm"][0] != "cdeep-nofp" {
+				t.Errorf("labels %v", s.Label)
+			}
+			samples += s.Value[0]
+			ns += s.Value[1]
+			if names := frameNames(s); slices.Contains(names, "deep_outer") {
+				deep += s.Value[0]
+			}
+		}
+	}
+	// The burner ran before, during and after the window: its CPU time
+	// is in the continuous profiles whatever the rate (within 35%; the
+	// time after its last drain and before its first one is missing).
+	got := time.Duration(ns)
+	t.Logf("burner: %d samples, %s of CPU in the continuous profiles, %s used", samples, got, cpu)
+	if got < cpu*65/100 || got > cpu*135/100 {
+		t.Errorf("continuous profiles account for %s of CPU time, the burner used %s", got, cpu)
+	}
+	if deep*10 < samples*8 {
+		t.Errorf("%d of %d samples unwound through deep_outer", deep, samples)
+	}
+	if total, _ := pidSamples(wp, pid, func([]string) bool { return false }); total < 50 {
+		t.Errorf("the 99 Hz window of 1.5 s holds %d samples of the burner", total)
+	}
+	for _, s := range wp.Sample {
+		if s.Label["pid"][0] != strconv.Itoa(pid) {
+			t.Fatalf("the window on pid %d holds a sample of pid %s", pid, s.Label["pid"][0])
+		}
+	}
+}

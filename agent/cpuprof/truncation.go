@@ -72,7 +72,7 @@ func (w *Window) truncationNotes() []string {
 			pid, ps.comm, share, ps.samples, where, w.p.truncationAdvice()))
 		procs = append(procs, fmt.Sprintf("%d (%s, %.0f%%, in %s)", pid, ps.comm, share, where))
 	}
-	if len(procs) > 0 {
+	if len(procs) > 0 && !w.quiet {
 		const show = 10
 		more := ""
 		if len(procs) > show {

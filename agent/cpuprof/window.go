@@ -19,12 +19,19 @@ type Window struct {
 	pids    map[uint32]bool
 	start   time.Time
 	stopped bool
+	// quiet windows (the continuous profile) note truncated stacks in
+	// their comments only, not in the log.
+	quiet bool
 
 	frames  map[frame]uint64 // interned frames: frame -> location id
 	list    []frame          // location id - 1 -> frame
-	samples map[sampleKey]uint64
+	samples map[sampleKey]*sampleValue
 	procs   map[uint32]*procStats
 }
+
+// sampleValue is what a window holds of one (process, stack): samples and
+// the CPU time they stand for.
+type sampleValue struct{ n, ns uint64 }
 
 type sampleKey struct {
 	pid   uint32
@@ -48,7 +55,7 @@ func newWindow(p *Profiler, pids []int) *Window {
 		pids:    map[uint32]bool{},
 		start:   time.Now(),
 		frames:  map[frame]uint64{},
-		samples: map[sampleKey]uint64{},
+		samples: map[sampleKey]*sampleValue{},
 		procs:   map[uint32]*procStats{},
 	}
 	for _, pid := range pids {
@@ -59,7 +66,7 @@ func newWindow(p *Profiler, pids []int) *Window {
 
 func (w *Window) wants(pid uint32) bool { return w.all || w.pids[pid] }
 
-func (w *Window) add(pid uint32, comm string, st stack, count uint64, labeler func(int) map[string]string) {
+func (w *Window) add(pid uint32, comm string, st stack, count, ns uint64, labeler func(int) map[string]string) {
 	ps, ok := w.procs[pid]
 	if !ok {
 		ps = &procStats{stopsIn: map[string]uint64{}, comm: comm}
@@ -85,7 +92,14 @@ func (w *Window) add(pid uint32, comm string, st stack, count uint64, labeler fu
 		}
 		key = binary.LittleEndian.AppendUint64(key, id)
 	}
-	w.samples[sampleKey{pid: pid, comm: comm, stack: string(key)}] += count
+	k := sampleKey{pid: pid, comm: comm, stack: string(key)}
+	v := w.samples[k]
+	if v == nil {
+		v = &sampleValue{}
+		w.samples[k] = v
+	}
+	v.n += count
+	v.ns += ns
 }
 
 // Stop ends the window, first reading what the kernel sampled up to now,
@@ -103,13 +117,20 @@ func (w *Window) Stop() (*profile.Profile, error) {
 	w.stopped = true
 	p.drainLocked()
 	delete(p.windows, w)
+	if len(p.windows) == 0 && p.cont != nil {
+		p.setRateLocked(p.cfg.Continuous.Hz)
+	}
 	p.applyFilterLocked()
 	p.mu.Unlock()
 	return w.profile(time.Now()), nil
 }
 
 func (w *Window) profile(end time.Time) *profile.Profile {
-	period := int64(time.Second) / int64(w.p.cfg.Hz)
+	hz := w.p.cfg.Hz
+	if w == w.p.cont {
+		hz = w.p.cfg.Continuous.Hz
+	}
+	period := int64(time.Second) / int64(hz)
 	prof := &profile.Profile{
 		SampleType: []*profile.ValueType{
 			{Type: "samples", Unit: "count"},
@@ -121,7 +142,7 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		TimeNanos:         w.start.UnixNano(),
 		DurationNanos:     end.Sub(w.start).Nanoseconds(),
 	}
-	prof.Comments = append(prof.Comments, fmt.Sprintf("loupe eBPF CPU profile: %d Hz per CPU, %s", w.p.cfg.Hz, w.scope()))
+	prof.Comments = append(prof.Comments, fmt.Sprintf("loupe eBPF CPU profile: %d Hz per CPU, %s", hz, w.scope()))
 
 	type objKey struct{ file, buildID string }
 	type funcKey struct{ name, file string }
@@ -175,9 +196,9 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		return keys[i].stack < keys[j].stack
 	})
 	for _, k := range keys {
-		n := int64(w.samples[k])
+		v := w.samples[k]
 		s := &profile.Sample{
-			Value: []int64{n, n * period},
+			Value: []int64{int64(v.n), int64(v.ns)},
 			Label: map[string][]string{"pid": {strconv.Itoa(int(k.pid))}, "comm": {k.comm}},
 		}
 		for name, v := range w.procs[k.pid].labels {

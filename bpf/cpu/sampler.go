@@ -213,6 +213,20 @@ func (s *Sampler) Attach(hz int, cpus []int) error {
 	return nil
 }
 
+// SetRate changes the sampling frequency of every attached perf event to
+// hz samples per second of CPU time (from the next sample on).
+func (s *Sampler) SetRate(hz int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	period := uint64(time.Second) / uint64(hz)
+	for _, fd := range s.events {
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.PERF_EVENT_IOC_PERIOD, uintptr(unsafe.Pointer(&period))); errno != 0 {
+			return fmt.Errorf("setting the CPU sampling rate to %d Hz: %w", hz, errno)
+		}
+	}
+	return nil
+}
+
 // SetEnabled turns sampling on or off; while off the program returns at once.
 func (s *Sampler) SetEnabled(on bool) error {
 	var v uint32
