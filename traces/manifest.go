@@ -19,6 +19,10 @@ const (
 	PartNCCLEvents = "nccl_events.parquet"
 	PartSteps      = "steps.parquet"
 	PartCPUProfile = "cpu.pb.gz"
+	// PartContinuousProfile is the always-on CPU profile of one interval
+	// (pprof, labels pid, comm, container, pod, job, rank), in a bundle of
+	// its own whose capture id is a ContinuousCaptureID.
+	PartContinuousProfile = "cpu_continuous.pb.gz"
 	PartEvents     = "events.jsonl"
 	KinetoDir      = "kineto/"
 )
@@ -46,6 +50,9 @@ const (
 const (
 	TriggerStableIteration = "stable-iteration"
 	TriggerOnDemand        = "on-demand"
+	// TriggerContinuous marks a continuous profile bundle: no capture
+	// window, nothing to analyze on its own.
+	TriggerContinuous = "continuous"
 )
 
 // Manifest describes one host's share of one capture. It is stored as

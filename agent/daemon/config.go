@@ -225,6 +225,12 @@ var flagDocs = map[string]string{
 	"trigger.cooldown":         "least time between automatic captures of a job run",
 	"capture.default_duration": "window of an on-demand capture that names no duration or iterations",
 	"capture.max_duration":     "longest timed window accepted",
+	"cpu.hz":                   "CPU sampling rate per CPU inside capture windows (1 to 999)",
+	"cpu.frame_pointers_only":  "follow frame pointers only: no unwinding by .eh_frame tables or CPython frame walking in the kernel",
+	"cpu.unwind_rows":          "room for unwind table rows in the kernel, 8 bytes each; objects that do not fit follow frame pointers",
+	"cpu.continuous.enabled":   "profile every process all the time and spool one continuous profile per interval",
+	"cpu.continuous.hz":        "CPU sampling rate per CPU outside capture windows",
+	"cpu.continuous.interval":  "time one continuous profile bundle covers (1s to 1h)",
 }
 
 // bindFlags registers a flag for every YAML key of the struct v, named by
