@@ -23,8 +23,8 @@ const (
 	// (pprof, labels pid, comm, container, pod, job, rank), in a bundle of
 	// its own whose capture id is a ContinuousCaptureID.
 	PartContinuousProfile = "cpu_continuous.pb.gz"
-	PartEvents     = "events.jsonl"
-	KinetoDir      = "kineto/"
+	PartEvents            = "events.jsonl"
+	KinetoDir             = "kineto/"
 )
 
 // Media types of the parts.
