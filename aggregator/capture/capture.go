@@ -60,10 +60,11 @@ func OfKey(key string) (ID, string, error) {
 }
 
 // IsManifestKey reports whether key is a host manifest (the commit marker of
-// one host's bundle) in the v1 layout.
+// one host's bundle) of a capture in the v1 layout. Continuous profile
+// bundles are not captures: they are never analyzed on their own.
 func IsManifestKey(key string) bool {
-	_, name, err := traces.ParseKey(key)
-	return err == nil && name == traces.ManifestName
+	k, name, err := traces.ParseKey(key)
+	return err == nil && name == traces.ManifestName && !traces.IsContinuous(k.Capture)
 }
 
 // Host is one committed host bundle.
