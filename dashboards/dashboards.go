@@ -7,6 +7,7 @@
 //	/fleet                                   every GPU over time, by job
 //	/jobs/{cluster}/{job}/{run}?capture=ID   one job capture
 //	/findings                                all findings, filtered
+//	/cpu?cluster=&job=&host=&from=&to=       CPU flame graph from continuous profiles
 //	/ui/...                                  scripts, styles, ECharts
 //
 // The files under static/ are committed, so `go build` needs no npm;
@@ -55,6 +56,7 @@ func Handler() http.Handler {
 	mux.Handle("GET /{$}", http.RedirectHandler("/fleet", http.StatusFound))
 	mux.HandleFunc("GET /fleet", page("fleet.html"))
 	mux.HandleFunc("GET /findings", page("findings.html"))
+	mux.HandleFunc("GET /cpu", page("cpu.html"))
 	jobPage := page("job.html")
 	mux.HandleFunc("GET /jobs/{cluster}/{job}/{run}", func(w http.ResponseWriter, r *http.Request) {
 		for _, k := range []string{"cluster", "job", "run"} {

@@ -41,26 +41,13 @@ func continuousProfile(start time.Time, ranks []int, leaf string, n int64) *prof
 	return p
 }
 
-// seedContinuous commits continuous profile bundles as agents do: the
-// training job on both hosts and an ETL job on node-1, one a minute for
-// ten minutes from t0; it returns the store and an index fed from a
-// listing, as the watcher feeds it.
+// seedContinuous commits the continuous profiles of addContinuous to a new
+// directory store and returns it with an index fed from a listing, as the
+// watcher feeds it.
 func seedContinuous(t testing.TB) (store.Store, *findings.Index, string) {
 	t.Helper()
 	root := t.TempDir()
-	for i := range 10 {
-		start := t0.Add(time.Duration(i) * time.Minute)
-		id := traces.ContinuousCaptureID(start, time.Minute)
-		for h := range trainHosts {
-			ranks := []int{h * gpusPerHost, h*gpusPerHost + 1}
-			m := traces.Manifest{CaptureID: id, Cluster: "c1", Job: trainJob, Run: "r1", Host: hostName(h), Ranks: ranks,
-				Start: start, End: start.Add(time.Minute), Trigger: traces.Trigger{Kind: traces.TriggerContinuous}, AgentVersion: "test"}
-			commitProfile(t, root, m, continuousProfile(start, ranks, "forward", 10))
-		}
-		m := traces.Manifest{CaptureID: id, Cluster: "c1", Job: "etl", Run: "default", Host: hostName(0),
-			Start: start, End: start.Add(time.Minute), Trigger: traces.Trigger{Kind: traces.TriggerContinuous}, AgentVersion: "test"}
-		commitProfile(t, root, m, continuousProfile(start, nil, "data_loader", 30))
-	}
+	addContinuous(t, root)
 	st, err := store.NewDir(root)
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +61,27 @@ func seedContinuous(t testing.TB) (store.Store, *findings.Index, string) {
 		ix.AddProfile(o.Key)
 	}
 	return st, ix, root
+}
+
+// addContinuous commits continuous profile bundles under root as agents
+// do: the training job on both hosts (ranks 0, 1 and 8, 9 in forward) and
+// an ETL job on node-1 (in data_loader), one a minute for ten minutes from
+// t0.
+func addContinuous(t testing.TB, root string) {
+	t.Helper()
+	for i := range 10 {
+		start := t0.Add(time.Duration(i) * time.Minute)
+		id := traces.ContinuousCaptureID(start, time.Minute)
+		for h := range trainHosts {
+			ranks := []int{h * gpusPerHost, h*gpusPerHost + 1}
+			m := traces.Manifest{CaptureID: id, Cluster: "c1", Job: trainJob, Run: "r1", Host: hostName(h), Ranks: ranks,
+				Start: start, End: start.Add(time.Minute), Trigger: traces.Trigger{Kind: traces.TriggerContinuous}, AgentVersion: "test"}
+			commitProfile(t, root, m, continuousProfile(start, ranks, "forward", 10))
+		}
+		m := traces.Manifest{CaptureID: id, Cluster: "c1", Job: "etl", Run: "default", Host: hostName(0),
+			Start: start, End: start.Add(time.Minute), Trigger: traces.Trigger{Kind: traces.TriggerContinuous}, AgentVersion: "test"}
+		commitProfile(t, root, m, continuousProfile(start, nil, "data_loader", 30))
+	}
 }
 
 func commitProfile(t testing.TB, root string, m traces.Manifest, p *profile.Profile) {
