@@ -81,7 +81,7 @@ func Handler() http.Handler {
 		assets.ServeHTTP(w, r)
 	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "no page "+r.URL.Path+"; the UI has /fleet, /jobs/{cluster}/{job}/{run} and /findings", http.StatusNotFound)
+		http.Error(w, "no page "+r.URL.Path+"; the UI has /fleet, /jobs/{cluster}/{job}/{run}, /findings and /cpu", http.StatusNotFound)
 	})
 	return mux
 }
