@@ -202,8 +202,11 @@ func TestRuleEncoding(t *testing.T) {
 }
 
 // ehFrameELF wraps raw .eh_frame bytes in a minimal x86-64 ELF file.
-func ehFrameELF(eh []byte, addr uint64) []byte {
-	shstr := []byte("\x00.eh_frame\x00.shstrtab\x00")
+func ehFrameELF(eh []byte, addr uint64) []byte { return sectionELF(".eh_frame", eh, addr) }
+
+// sectionELF wraps one section's bytes in a minimal x86-64 ELF file.
+func sectionELF(name string, eh []byte, addr uint64) []byte {
+	shstr := []byte("\x00" + name + "\x00.shstrtab\x00")
 	var b bytes.Buffer
 	hdr := elf.Header64{
 		Ident:     [16]byte{0x7f, 'E', 'L', 'F', 2, 1, 1},
@@ -221,7 +224,7 @@ func ehFrameELF(eh []byte, addr uint64) []byte {
 	b.Write(shstr)
 	binary.Write(&b, binary.LittleEndian, elf.Section64{})
 	binary.Write(&b, binary.LittleEndian, elf.Section64{Name: 1, Type: uint32(elf.SHT_PROGBITS), Flags: uint64(elf.SHF_ALLOC), Addr: addr, Off: 64, Size: uint64(len(eh))})
-	binary.Write(&b, binary.LittleEndian, elf.Section64{Name: 11, Type: uint32(elf.SHT_STRTAB), Off: 64 + uint64(len(eh)), Size: uint64(len(shstr))})
+	binary.Write(&b, binary.LittleEndian, elf.Section64{Name: uint32(len(name) + 2), Type: uint32(elf.SHT_STRTAB), Off: 64 + uint64(len(eh)), Size: uint64(len(shstr))})
 	return b.Bytes()
 }
 

@@ -88,6 +88,10 @@ func testProgram(t testing.TB, name string) string {
 		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cburn.c")
 	case "cdeep-nofp":
 		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cdeep.c")
+	case "cdeep-g":
+		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-g", "-o", out, "testdata/cdeep.c")
+	case "cdeep-dwarf4":
+		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-gdwarf-4", "-o", out, "testdata/cdeep.c")
 	case "cppdeep-nofp":
 		cmd = exec.Command(requireTool(t, "g++"), "-O2", "-fomit-frame-pointer", "-g", "-o", out, "testdata/cppdeep.cc")
 	default:
@@ -878,5 +882,32 @@ func TestContinuousProfile(t *testing.T) {
 		if s.Label["pid"][0] != strconv.Itoa(pid) {
 			t.Fatalf("the window on pid %d holds a sample of pid %s", pid, s.Label["pid"][0])
 		}
+	}
+}
+
+// TestSourceLines profiles the C program built with -g: its frames carry
+// the file and line DWARF gives.
+func TestSourceLines(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "cdeep-g"))
+	pid := cmd.Process.Pid
+	prof := capture(t, Config{Hz: 99}, []int{pid})
+	var total, inLoop int64
+	for _, s := range prof.Sample {
+		if s.Label["pid"][0] != strconv.Itoa(pid) {
+			continue
+		}
+		total += s.Value[0]
+		for _, loc := range s.Location {
+			// deep_inner's loop: lines 18 and 19 of testdata/cdeep.c.
+			if l := loc.Line; len(l) > 0 && l[0].Function.Name == "deep_inner" && strings.HasSuffix(l[0].Function.Filename, "cdeep.c") &&
+				l[0].Line >= 18 && l[0].Line <= 19 {
+				inLoop += s.Value[0]
+				break
+			}
+		}
+	}
+	if total < minSamples || float64(inLoop) < 0.8*float64(total) {
+		t.Errorf("%d of %d samples in deep_inner at cdeep.c:18-19\n%s", inLoop, total, top(prof))
 	}
 }

@@ -50,6 +50,9 @@ type symbolizer struct {
 	byBuildID map[string]*object
 	kernel    *kernelSymbols
 	kernelErr error
+	// debugDirs are where debuginfo files are looked for by build id,
+	// after the process's own /usr/lib/debug.
+	debugDirs []string
 }
 
 type fileKey struct {
@@ -86,6 +89,7 @@ func newSymbolizer(procRoot string, logger *slog.Logger) *symbolizer {
 		procs:     map[uint32]*procInfo{},
 		byFile:    map[fileKey]*object{},
 		byBuildID: map[string]*object{},
+		debugDirs: []string{"/usr/lib/debug"},
 	}
 }
 
@@ -212,6 +216,12 @@ func (s *symbolizer) user(pid uint32, addr uint64) frame {
 	}
 	f.Address = vaddr
 	f.Function, _ = obj.symbolize(vaddr)
+	if f.Function != "" {
+		dirs := append([]string{filepath.Join(s.procRoot, strconv.Itoa(int(pid)), "root", "usr/lib/debug")}, s.debugDirs...)
+		if l, ok := obj.sourceLine(vaddr, dirs); ok {
+			f.File, f.Line = l.file, l.line
+		}
+	}
 	return f
 }
 
