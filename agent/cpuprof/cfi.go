@@ -3,13 +3,13 @@ package cpuprof
 import (
 	"bufio"
 	"bytes"
-	"cmp"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
+	"unsafe"
 
 	"github.com/loupe-dev/loupe/bpf/cpu"
 )
@@ -34,13 +34,16 @@ const maxCFIRecord = 1 << 20
 // errCFI reports malformed call frame information.
 var errCFI = errors.New("malformed call frame information")
 
-// cfiRow is a row before packing: pc and rule, and whether it only marks
-// the end of an FDE (a gap), which any FDE starting there overrides.
-type cfiRow struct {
-	pc   uint64
-	rule uint32
-	gap  bool
-}
+// cfiRow is a row before packing, pc<<32 | rule, so that a table of
+// millions of rows sorts in place at 8 bytes a row. The end of an FDE is a
+// gap row, rule 0 (frame pointers): sorted before any FDE's own row at the
+// same pc, which overrides it.
+type cfiRow uint64
+
+func newCFIRow(pc uint64, rule uint32) cfiRow { return cfiRow(pc<<32 | uint64(rule)) }
+
+func (r cfiRow) pc() uint64   { return uint64(r) >> 32 }
+func (r cfiRow) rule() uint32 { return uint32(r) }
 
 // cie is the part of a common information entry that its FDEs need.
 type cie struct {
@@ -94,7 +97,6 @@ func unwindRows(ef *elf.File) ([]cpu.Row, error) {
 		return nil, nil
 	}
 	var rows []cfiRow
-	// .eh_frame first: on equal addresses the first section wins.
 	for _, name := range []string{".eh_frame", ".debug_frame"} {
 		sec := ef.Section(name)
 		if sec == nil || sec.Type == elf.SHT_NOBITS || sec.Size == 0 {
@@ -112,34 +114,20 @@ func unwindRows(ef *elf.File) ([]cpu.Row, error) {
 	return packRows(rows), nil
 }
 
-// packRows sorts rows by pc, keeps one row per pc (an FDE's own row over a
-// gap; else the first), drops rows that repeat the previous rule and rows
-// beyond 32-bit addresses.
+// packRows sorts rows by pc, keeps one row per pc (the last: an FDE's own
+// row over a gap) and drops rows that repeat the previous rule. It packs
+// in place: a cpu.Row is the same 8 bytes as a cfiRow.
 func packRows(rows []cfiRow) []cpu.Row {
-	slices.SortStableFunc(rows, func(a, b cfiRow) int {
-		if c := cmp.Compare(a.pc, b.pc); c != 0 {
-			return c
-		}
-		switch {
-		case a.gap == b.gap:
-			return 0
-		case a.gap:
-			return 1
-		}
-		return -1
-	})
-	out := make([]cpu.Row, 0, len(rows)/2)
+	slices.Sort(rows)
+	out := unsafe.Slice((*cpu.Row)(unsafe.Pointer(unsafe.SliceData(rows))), len(rows))[:0]
 	for i, r := range rows {
-		if i > 0 && rows[i-1].pc == r.pc {
+		if i+1 < len(rows) && rows[i+1].pc() == r.pc() {
 			continue
 		}
-		if r.pc > 0xffffffff {
-			break
-		}
-		if n := len(out); n > 0 && out[n-1].Rule == r.rule {
+		if n := len(out); n > 0 && out[n-1].Rule == r.rule() {
 			continue
 		}
-		out = append(out, cpu.Row{PC: uint32(r.pc), Rule: r.rule})
+		out = append(out, cpu.Row{PC: uint32(r.pc()), Rule: r.rule()})
 	}
 	return slices.Clip(out)
 }
@@ -442,13 +430,14 @@ func appendFDE(rows []cfiRow, c *cie, b []byte, at uint64, eh bool) []cfiRow {
 	if c.hasAug {
 		r.bytes(r.uleb())
 	}
-	if r.err || rng == 0 || start+rng < start {
+	// Rows keep 32-bit addresses: objects beyond 4 GiB follow frame pointers.
+	if r.err || rng == 0 || start+rng < start || start+rng > 0xffffffff {
 		return rows
 	}
 	end := start + rng
 	if c.signal {
 		rule, _ := cpu.Rule{CFA: cpu.CFASignal}.Encode()
-		return append(rows, cfiRow{pc: start, rule: rule}, cfiRow{pc: end, gap: true})
+		return append(rows, newCFIRow(start, rule), newCFIRow(end, 0))
 	}
 	init := cfaState{ra: regRule{kind: regOffset, off: -8}}
 	m := &cfaMachine{c: c, enc: enc, loc: start}
@@ -463,7 +452,7 @@ func appendFDE(rows []cfiRow, c *cie, b []byte, at uint64, eh bool) []cfiRow {
 			return false
 		}
 		if next > loc {
-			rows = append(rows, cfiRow{pc: loc, rule: state.rule()})
+			rows = append(rows, newCFIRow(loc, state.rule()))
 			loc = next
 		}
 		return true
@@ -472,9 +461,9 @@ func appendFDE(rows []cfiRow, c *cie, b []byte, at uint64, eh bool) []cfiRow {
 		return rows[:n0]
 	}
 	if loc < end {
-		rows = append(rows, cfiRow{pc: loc, rule: state.rule()})
+		rows = append(rows, newCFIRow(loc, state.rule()))
 	}
-	return append(rows, cfiRow{pc: end, gap: true})
+	return append(rows, newCFIRow(end, 0))
 }
 
 // cfaMachine interprets call frame instructions.

@@ -331,7 +331,10 @@ func (p *Profiler) drainLocked() {
 		if len(ws) == 0 {
 			return // sampled while the filter was changing
 		}
-		st := p.symbolize(s)
+		// Source lines of native code for windows only: the always-on
+		// profile keeps to function names, which cost far less.
+		windowed := len(ws) > 1 || p.cont == nil
+		st := p.symbolize(s, windowed)
 		for _, w := range ws {
 			w.add(s.PID, s.Comm, st, s.Count, s.Count*period, p.cfg.Labeler)
 		}
@@ -367,7 +370,7 @@ func (p *Profiler) prepare(pid uint32, maps []mapping, py *pyProcess) {
 	}
 }
 
-func (p *Profiler) symbolize(s cpu.Sample) stack {
+func (p *Profiler) symbolize(s cpu.Sample, lines bool) stack {
 	st := stack{frames: make([]frame, 0, len(s.Kernel)+len(s.User)), user: len(s.User)}
 	for i, pc := range s.Kernel {
 		st.frames = append(st.frames, p.sym.kernelFrame(callSite(pc, i)))
@@ -377,7 +380,7 @@ func (p *Profiler) symbolize(s cpu.Sample) stack {
 			st.frames = append(st.frames, p.sym.python(s.PID, code, lasti))
 			continue
 		}
-		st.frames = append(st.frames, p.sym.user(s.PID, callSite(pc, i)))
+		st.frames = append(st.frames, p.sym.user(s.PID, callSite(pc, i), lines))
 	}
 	// A process that exited before the drain has no readable memory map,
 	// hence only unknown frames: that says nothing about frame pointers.

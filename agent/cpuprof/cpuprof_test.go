@@ -109,6 +109,10 @@ func TestMain(m *testing.M) {
 		unprivilegedChild()
 		return
 	}
+	if spec := os.Getenv(benchAgentEnv); spec != "" {
+		benchAgentChild(spec)
+		return
+	}
 	code := m.Run()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"sort"
 )
 
@@ -28,14 +29,23 @@ type lineTable struct {
 }
 
 // maxDecodedUnits bounds the decoded units a table keeps.
-const maxDecodedUnits = 2
+const maxDecodedUnits = 8
 
 // decodedUnit is one unit's rows, sorted by address, and its file names.
 type decodedUnit struct {
 	off   uint64
-	rows  []lineRow
+	rows  []unitRow
 	files []string
 }
+
+// unitRow is a decoded row, compact: file endFile marks the end of a
+// sequence.
+type unitRow struct {
+	addr       uint64
+	line, file uint32
+}
+
+const endFile = ^uint32(0)
 
 type lineSeq struct {
 	low, high uint64
@@ -119,10 +129,10 @@ func (lt *lineTable) lookup(pc uint64) (srcLine, bool) {
 		}
 		// The last row at or before pc, within a sequence.
 		k := sort.Search(len(d.rows), func(k int) bool { return d.rows[k].addr > pc }) - 1
-		if k >= 0 && !d.rows[k].end && k+1 < len(d.rows) {
+		if k >= 0 && d.rows[k].file != endFile && k+1 < len(d.rows) {
 			r := d.rows[k]
 			name := ""
-			if r.file < uint64(len(d.files)) {
+			if r.file < uint32(len(d.files)) {
 				name = d.files[r.file]
 			}
 			return srcLine{file: name, line: int64(r.line)}, true
@@ -147,19 +157,23 @@ func (lt *lineTable) decoded(off uint64) *decodedUnit {
 	}
 	d := &decodedUnit{off: off}
 	u.run(func(row lineRow) bool {
-		d.rows = append(d.rows, row)
+		r := unitRow{addr: row.addr, line: uint32(min(row.line, 1<<32-1)), file: uint32(min(row.file, uint64(endFile-1)))}
+		if row.end {
+			r.file = endFile
+		}
+		d.rows = append(d.rows, r)
 		return true
 	}, nil)
 	// The last row at an address wins: sort stably, keep the last.
 	sort.SliceStable(d.rows, func(i, j int) bool { return d.rows[i].addr < d.rows[j].addr })
 	kept := d.rows[:0]
 	for i, r := range d.rows {
-		if i+1 < len(d.rows) && d.rows[i+1].addr == r.addr && !d.rows[i+1].end {
+		if i+1 < len(d.rows) && d.rows[i+1].addr == r.addr && d.rows[i+1].file != endFile {
 			continue
 		}
 		kept = append(kept, r)
 	}
-	d.rows = kept
+	d.rows = slices.Clip(kept)
 	d.files = make([]string, len(u.files))
 	for i := range u.files {
 		d.files[i] = u.fileName(uint64(i))

@@ -30,6 +30,7 @@ type object struct {
 	strtabs [2]strtab // .symtab's and .dynsym's string tables
 	names   map[elfSym]string
 	gofuncs *goFuncs       // stripped Go binaries
+	isGo    bool           // a Go binary: its frames are named without DWARF
 	gonames map[int]string // names read from gofuncs, by function index
 	lastUse uint64
 	// lines names source lines from DWARF, of the file itself or of its
@@ -73,13 +74,16 @@ func (o *object) sourceLine(pc uint64, debugDirs []string) (srcLine, bool) {
 }
 
 func (o *object) loadLines(debugDirs []string) {
+	if o.isGo {
+		return // its DWARF is large and compressed; names suffice
+	}
 	if ef, err := elf.NewFile(o.f); err == nil {
 		if lt, err := newLineTable(ef); err == nil && lt != nil {
 			o.lines, o.lineCache, o.fileNames = lt, map[uint64]srcLine{}, map[string]string{}
 			return
 		}
 	}
-	if len(o.buildID) < 4 || o.gofuncs != nil {
+	if len(o.buildID) < 4 {
 		return
 	}
 	for _, dir := range debugDirs {
@@ -148,6 +152,7 @@ func openObject(f readerAtCloser, path string) (*object, error) {
 	})
 	o.syms = dedupSyms(o.syms)
 	// A stripped Go binary keeps its pclntab.
+	o.isGo = ef.Section(".gopclntab") != nil
 	if sec := ef.Section(".gopclntab"); sec != nil && !o.hasSymtab() {
 		var text uint64
 		if t := ef.Section(".text"); t != nil {

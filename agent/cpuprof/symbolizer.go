@@ -2,6 +2,7 @@ package cpuprof
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -183,8 +184,9 @@ func (s *symbolizer) readMaps(pid uint32, p *procInfo) {
 	p.maps, p.objs, p.failed = maps, make([]*object, len(maps)), make([]bool, len(maps))
 }
 
-// user names a user-space address of process pid.
-func (s *symbolizer) user(pid uint32, addr uint64) frame {
+// user names a user-space address of process pid, with its source line
+// when lines is set.
+func (s *symbolizer) user(pid uint32, addr uint64, lines bool) frame {
 	p := s.proc(pid)
 	i, ok := findMapping(p.maps, addr)
 	if !ok && p.mapsGen != s.gen {
@@ -216,7 +218,7 @@ func (s *symbolizer) user(pid uint32, addr uint64) frame {
 	}
 	f.Address = vaddr
 	f.Function, _ = obj.symbolize(vaddr)
-	if f.Function != "" {
+	if f.Function != "" && lines {
 		dirs := append([]string{filepath.Join(s.procRoot, strconv.Itoa(int(pid)), "root", "usr/lib/debug")}, s.debugDirs...)
 		if l, ok := obj.sourceLine(vaddr, dirs); ok {
 			f.File, f.Line = l.file, l.line
@@ -359,7 +361,10 @@ func (s *symbolizer) loadKernel() {
 	}
 	f, err := os.Open(filepath.Join(s.procRoot, "kallsyms"))
 	if err == nil {
-		s.kernel, err = parseKallsyms(f)
+		size := sizeKallsyms(f)
+		if _, err = f.Seek(0, io.SeekStart); err == nil {
+			s.kernel, err = parseKallsyms(f, size)
+		}
 		f.Close()
 	}
 	if err != nil {

@@ -213,6 +213,17 @@ func (s *Sampler) Attach(hz int, cpus []int) error {
 	return nil
 }
 
+// Stats returns the sampling program's run count and cumulative run time;
+// both stay zero unless BPF statistics are on (kernel.bpf_stats_enabled,
+// or ebpf.EnableStats).
+func (s *Sampler) Stats() (*ebpf.ProgramStats, error) {
+	st, err := s.objs.Sample.Stats()
+	if err != nil {
+		return nil, fmt.Errorf("reading the CPU sampler's run time: %w", err)
+	}
+	return st, nil
+}
+
 // SetRate changes the sampling frequency of every attached perf event to
 // hz samples per second of CPU time (from the next sample on).
 func (s *Sampler) SetRate(hz int) error {
