@@ -283,6 +283,23 @@ func (r *cfiReader) sleb() int64 {
 	return v
 }
 
+// fixed reads an n-byte little-endian unsigned value (n of 1, 2, 4, 8).
+func (r *cfiReader) fixed(n int) uint64 {
+	b := r.bytes(uint64(n))
+	if r.err {
+		return 0
+	}
+	switch n {
+	case 1:
+		return uint64(b[0])
+	case 2:
+		return uint64(binary.LittleEndian.Uint16(b))
+	case 4:
+		return uint64(binary.LittleEndian.Uint32(b))
+	}
+	return binary.LittleEndian.Uint64(b)
+}
+
 // Pointer encodings (DW_EH_PE_*).
 const (
 	peAbsptr  = 0x00
@@ -308,42 +325,21 @@ func (r *cfiReader) pointer(enc byte, at uint64, addrSize int) uint64 {
 	var v uint64
 	switch enc & 0x0f {
 	case peAbsptr:
-		if addrSize == 4 {
-			v = uint64(binary.LittleEndian.Uint32(r.bytes(4)))
-		} else {
-			b := r.bytes(8)
-			if !r.err {
-				v = binary.LittleEndian.Uint64(b)
-			}
-		}
+		v = r.fixed(addrSize)
 	case peUleb:
 		v = r.uleb()
 	case peUdata2:
-		if b := r.bytes(2); !r.err {
-			v = uint64(binary.LittleEndian.Uint16(b))
-		}
+		v = r.fixed(2)
 	case peUdata4:
-		if b := r.bytes(4); !r.err {
-			v = uint64(binary.LittleEndian.Uint32(b))
-		}
-	case peUdata8:
-		if b := r.bytes(8); !r.err {
-			v = binary.LittleEndian.Uint64(b)
-		}
+		v = r.fixed(4)
+	case peUdata8, peSdata8:
+		v = r.fixed(8)
 	case peSleb:
 		v = uint64(r.sleb())
 	case peSdata2:
-		if b := r.bytes(2); !r.err {
-			v = uint64(int64(int16(binary.LittleEndian.Uint16(b))))
-		}
+		v = uint64(int64(int16(r.fixed(2))))
 	case peSdata4:
-		if b := r.bytes(4); !r.err {
-			v = uint64(int64(int32(binary.LittleEndian.Uint32(b))))
-		}
-	case peSdata8:
-		if b := r.bytes(8); !r.err {
-			v = binary.LittleEndian.Uint64(b)
-		}
+		v = uint64(int64(int32(r.fixed(4))))
 	default:
 		r.err = true
 		return 0
@@ -543,11 +539,11 @@ func (m *cfaMachine) run(b []byte, st *cfaState, init *cfaState, advance func(ui
 				return false
 			}
 		case cfaAdvanceLoc2:
-			if b := r.bytes(2); r.err || !adv(uint64(binary.LittleEndian.Uint16(b))) {
+			if d := r.fixed(2); r.err || !adv(d) {
 				return false
 			}
 		case cfaAdvanceLoc4:
-			if b := r.bytes(4); r.err || !adv(uint64(binary.LittleEndian.Uint32(b))) {
+			if d := r.fixed(4); r.err || !adv(d) {
 				return false
 			}
 		case cfaSetLoc:

@@ -136,6 +136,14 @@ func startJIT(t testing.TB, path string, args ...string) (*exec.Cmd, string) {
 func run(t testing.TB, firstLine bool, path string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.Command(path, args...)
+	return cmd, runCmd(t, cmd, firstLine)
+}
+
+// runCmd starts cmd until the test ends and returns its first line of
+// output when firstLine is set.
+func runCmd(t testing.TB, cmd *exec.Cmd, firstLine bool) string {
+	t.Helper()
+	path := cmd.Path
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +164,7 @@ func run(t testing.TB, firstLine bool, path string, args ...string) (*exec.Cmd, 
 	} else {
 		go io.Copy(io.Discard, stdout)
 	}
-	return cmd, strings.TrimSpace(line)
+	return strings.TrimSpace(line)
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -174,6 +182,35 @@ func (w testWriter) Write(b []byte) (int, error) {
 // about 30 samples at 99 Hz, however busy the machine is.
 const cpuWanted = 300 * time.Millisecond
 
+// runProfiler starts a profiler's Run and waits until it has attached;
+// stop ends Run (which hands out the last continuous profile, if any) and
+// checks it returned no error.
+func runProfiler(t testing.TB, cfg Config, set *metrics.Set) (p *Profiler, stop func()) {
+	t.Helper()
+	p, err := New(cfg, testLogger(t), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	waitAttached(t, p, done)
+	stopped := false
+	stop = func() {
+		t.Helper()
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(stop)
+	return p, stop
+}
+
 // capture profiles pids (all when empty) until each of the watched
 // processes (pids, by default) has used cpuWanted of CPU time.
 func capture(t testing.TB, cfg Config, pids []int, watch ...int) *profile.Profile {
@@ -181,15 +218,7 @@ func capture(t testing.TB, cfg Config, pids []int, watch ...int) *profile.Profil
 	if len(watch) == 0 {
 		watch = pids
 	}
-	p, err := New(cfg, testLogger(t), metrics.NewSet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	waitAttached(t, p, done)
+	p, stop := runProfiler(t, cfg, metrics.NewSet())
 	waitDescribed(t, p, pids...)
 	w := p.StartWindow(pids)
 	waitCPU(t, watch...)
@@ -197,10 +226,7 @@ func capture(t testing.TB, cfg Config, pids []int, watch ...int) *profile.Profil
 	if err != nil {
 		t.Fatal(err)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if err := prof.CheckValid(); err != nil {
 		t.Fatalf("invalid profile: %v", err)
 	}
@@ -284,6 +310,30 @@ func frameNames(s *profile.Sample) []string {
 	return names
 }
 
+// samplesOf returns the samples of pid.
+func samplesOf(prof *profile.Profile, pid int) []*profile.Sample {
+	var out []*profile.Sample
+	for _, s := range prof.Sample {
+		if s.Label["pid"][0] == strconv.Itoa(pid) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// requireShare fails unless prof holds at least minSamples samples of pid
+// and match accepts at least share of them; what names what match looks for.
+func requireShare(t testing.TB, prof *profile.Profile, pid int, share float64, what string, match func(names []string) bool) {
+	t.Helper()
+	total, matched := pidSamples(prof, pid, match)
+	if total < minSamples {
+		t.Fatalf("%d samples of pid %d, want >= %d", total, pid, minSamples)
+	}
+	if got := float64(matched) / float64(total); got < share {
+		t.Errorf("%s in %.0f%% of %d samples, want >= %.0f%%\n%s", what, 100*got, total, 100*share, top(prof))
+	}
+}
+
 // calledFrom returns a matcher: fn is among the top frames (after kernel
 // frames of an interrupt), called from caller.
 func calledFrom(fn, caller string) func([]string) bool {
@@ -320,13 +370,7 @@ func TestBurnFunctionOnTop(t *testing.T) {
 		t.Run(tc.program, func(t *testing.T) {
 			cmd, _ := start(t, testProgram(t, tc.program), "burn")
 			prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid})
-			total, matched := pidSamples(prof, cmd.Process.Pid, calledFrom(tc.fn, tc.caller))
-			if total < minSamples {
-				t.Fatalf("%d samples of %s for %s of CPU time at 99 Hz, want >= %d", total, tc.program, cpuWanted, minSamples)
-			}
-			if share := float64(matched) / float64(total); share < 0.9 {
-				t.Errorf("%s (called from %s) on top in %.0f%% of %d samples, want >= 90%%\n%s", tc.fn, tc.caller, 100*share, total, top(prof))
-			}
+			requireShare(t, prof, cmd.Process.Pid, 0.9, fmt.Sprintf("%s (called from %s) on top", tc.fn, tc.caller), calledFrom(tc.fn, tc.caller))
 			for _, c := range prof.Comments {
 				if strings.HasPrefix(c, "truncated stacks") {
 					t.Errorf("frame-pointer program reported as truncated: %s", c)
@@ -377,14 +421,8 @@ func TestKernelFrames(t *testing.T) {
 		// libc's read keeps no frame pointer, so read_dev_zero is skipped.
 		return slices.Contains(names, "vfs_read") && slices.Contains(names, "read") && slices.Contains(names, "main")
 	}
-	total, matched := pidSamples(prof, cmd.Process.Pid, inRead)
-	if total < minSamples {
-		t.Fatalf("%d samples, want >= %d", total, minSamples)
-	}
 	// The loop spends nearly all its time clearing buffers in the kernel.
-	if share := float64(matched) / float64(total); share < 0.5 {
-		t.Errorf("vfs_read (kernel) under read and main (user) in %.0f%% of %d samples, want >= 50%%\n%s", 100*share, total, top(prof))
-	}
+	requireShare(t, prof, cmd.Process.Pid, 0.5, "vfs_read (kernel) under read and main (user)", inRead)
 	for _, loc := range prof.Location {
 		if loc.Mapping.File == kernelObject && loc.Address < 0xffff000000000000 {
 			t.Errorf("kernel frame at user address %#x", loc.Address)
@@ -440,15 +478,7 @@ func TestPerfMapFrame(t *testing.T) {
 			}
 			t.Cleanup(func() { os.Remove(path) })
 			prof := capture(t, Config{Hz: 99}, []int{pid})
-			total, matched := pidSamples(prof, pid, func(names []string) bool {
-				return len(names) >= 2 && names[0] == "py::jit_burn_loop:/app/train.py" && names[1] == "main"
-			})
-			if total < minSamples {
-				t.Fatalf("%d samples, want >= %d", total, minSamples)
-			}
-			if share := float64(matched) / float64(total); share < 0.9 {
-				t.Errorf("perf-map frame on top (called from main) in %.0f%% of %d samples, want >= 90%%\n%s", 100*share, total, top(prof))
-			}
+			requireShare(t, prof, pid, 0.9, "perf-map frame on top (called from main)", calledFrom("py::jit_burn_loop:/app/train.py", "main"))
 		})
 	}
 }
@@ -481,13 +511,7 @@ func TestUnwindWithoutFramePointers(t *testing.T) {
 		return i >= 0 && i+3 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer" && names[i+3] == "main"
 	}
 	prof := capture(t, Config{Hz: 99}, []int{pid})
-	total, matched := pidSamples(prof, pid, deep)
-	if total < minSamples {
-		t.Fatalf("%d samples, want >= %d", total, minSamples)
-	}
-	if share := float64(matched) / float64(total); share < 0.8 {
-		t.Errorf("deep_inner < deep_middle < deep_outer < main in %.0f%% of %d samples, want >= 80%%\n%s", 100*share, total, top(prof))
-	}
+	requireShare(t, prof, pid, 0.8, "deep_inner < deep_middle < deep_outer < main", deep)
 	for _, c := range prof.Comments {
 		if strings.HasPrefix(c, "truncated stacks") {
 			t.Errorf("unwound stacks reported as truncated: %s", c)
@@ -509,16 +533,10 @@ func TestCPlusPlusWithoutFramePointers(t *testing.T) {
 	cmd, _ := start(t, testProgram(t, "cppdeep-nofp"))
 	pid := cmd.Process.Pid
 	prof := capture(t, Config{Hz: 99}, []int{pid})
-	total, matched := pidSamples(prof, pid, func(names []string) bool {
+	requireShare(t, prof, pid, 0.8, "loupe::crunch<unsigned long> < work < main", func(names []string) bool {
 		i := slices.Index(names, "loupe::crunch<unsigned long>")
 		return i >= 0 && i+2 < len(names) && names[i+1] == "work" && names[i+2] == "main"
 	})
-	if total < minSamples {
-		t.Fatalf("%d samples, want >= %d", total, minSamples)
-	}
-	if share := float64(matched) / float64(total); share < 0.8 {
-		t.Errorf("loupe::crunch<unsigned long> < work < main in %.0f%% of %d samples, want >= 80%%\n%s", 100*share, total, top(prof))
-	}
 }
 
 // TestShortLivedProcess starts a process after the profiler and lets it
@@ -527,14 +545,7 @@ func TestCPlusPlusWithoutFramePointers(t *testing.T) {
 func TestShortLivedProcess(t *testing.T) {
 	requireRoot(t)
 	bin := testProgram(t, "cdeep-nofp")
-	p, err := New(Config{Hz: 99, DrainInterval: 5 * time.Second}, testLogger(t), metrics.NewSet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	waitAttached(t, p, done)
+	p, stop := runProfiler(t, Config{Hz: 99, DrainInterval: 5 * time.Second}, metrics.NewSet())
 	w := p.StartWindow(nil)
 	cmd := exec.Command(bin, "800")
 	if err := cmd.Run(); err != nil {
@@ -542,10 +553,7 @@ func TestShortLivedProcess(t *testing.T) {
 	}
 	pid := cmd.Process.Pid
 	prof, err := w.Stop()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -570,23 +578,13 @@ func TestNoLostSamples(t *testing.T) {
 	cmd, _ := start(t, testProgram(t, "cburn"), "burn")
 	pid := cmd.Process.Pid
 	set := metrics.NewSet()
-	p, err := New(Config{Hz: 99}, testLogger(t), set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	waitAttached(t, p, done)
+	p, stop := runProfiler(t, Config{Hz: 99}, set)
 	w := p.StartWindow(nil)
 	cpu0 := cpuTime(t, pid)
 	time.Sleep(10 * time.Second)
 	cpu1 := cpuTime(t, pid)
 	prof, err := w.Stop()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -820,14 +818,7 @@ func TestContinuousProfile(t *testing.T) {
 		profs = append(profs, p)
 		mu.Unlock()
 	}}, Labeler: func(pid int) map[string]string { return map[string]string{"job": "train", "pod": "p-1"} }}
-	p, err := New(cfg, testLogger(t), metrics.NewSet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	waitAttached(t, p, done)
+	p, stop := runProfiler(t, cfg, metrics.NewSet())
 	cmd, _ := start(t, testProgram(t, "cdeep-nofp"))
 	pid := cmd.Process.Pid
 	cpu0 := cpuTime(t, pid)
@@ -839,10 +830,7 @@ func TestContinuousProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second)
-	cancel() // Run hands out the last, partial profile
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop() // Run hands out the last, partial profile
 	cpu := cpuTime(t, pid) - cpu0
 	mu.Lock()
 	defer mu.Unlock()
@@ -854,10 +842,7 @@ func TestContinuousProfile(t *testing.T) {
 		if err := prof.CheckValid(); err != nil {
 			t.Fatal(err)
 		}
-		for _, s := range prof.Sample {
-			if s.Label["pid"][0] != strconv.Itoa(pid) {
-				continue
-			}
+		for _, s := range samplesOf(prof, pid) {
 			if s.Label["job"][0] != "train" || s.Label["pod"][0] != "p-1" || s.Label["comm"][0] != "cdeep-nofp" {
 				t.Errorf("labels %v", s.Label)
 			}
@@ -897,10 +882,7 @@ func TestSourceLines(t *testing.T) {
 	pid := cmd.Process.Pid
 	prof := capture(t, Config{Hz: 99}, []int{pid})
 	var total, inLoop int64
-	for _, s := range prof.Sample {
-		if s.Label["pid"][0] != strconv.Itoa(pid) {
-			continue
-		}
+	for _, s := range samplesOf(prof, pid) {
 		total += s.Value[0]
 		for _, loc := range s.Location {
 			// deep_inner's loop: lines 18 and 19 of testdata/cdeep.c.

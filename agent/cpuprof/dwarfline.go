@@ -241,9 +241,7 @@ func (lt *lineTable) readUnit(off uint64) (*lineUnit, uint64, error) {
 func (lt *lineTable) parseUnit(b []byte, dwarf64 bool) (*lineUnit, error) {
 	r := &cfiReader{b: b}
 	u := &lineUnit{lt: lt, addrSize: 8, dwarf64: dwarf64}
-	if v := r.bytes(2); !r.err {
-		u.version = binary.LittleEndian.Uint16(v)
-	}
+	u.version = uint16(r.fixed(2))
 	if u.version < 2 || u.version > 5 {
 		return nil, fmt.Errorf("%w: version %d", errDWARFLine, u.version)
 	}
@@ -304,15 +302,9 @@ func (lt *lineTable) parseUnit(b []byte, dwarf64 bool) (*lineUnit, error) {
 // offset reads a 4- or 8-byte section offset.
 func (r *cfiReader) offset(dwarf64 bool) uint64 {
 	if dwarf64 {
-		if b := r.bytes(8); !r.err {
-			return binary.LittleEndian.Uint64(b)
-		}
-		return 0
+		return r.fixed(8)
 	}
-	if b := r.bytes(4); !r.err {
-		return uint64(binary.LittleEndian.Uint32(b))
-	}
-	return 0
+	return r.fixed(4)
 }
 
 func (r *cfiReader) cstr() string {
@@ -373,15 +365,11 @@ func (u *lineUnit) entries(h *cfiReader) ([]string, []uint64, error) {
 			case formUdata:
 				v = h.uleb()
 			case formData1:
-				v = uint64(h.u8())
+				v = h.fixed(1)
 			case formData2:
-				if b := h.bytes(2); !h.err {
-					v = uint64(binary.LittleEndian.Uint16(b))
-				}
+				v = h.fixed(2)
 			case formData4:
-				if b := h.bytes(4); !h.err {
-					v = uint64(binary.LittleEndian.Uint32(b))
-				}
+				v = h.fixed(4)
 			case formData8:
 				h.bytes(8)
 			case formData16:
@@ -491,12 +479,8 @@ func (u *lineUnit) run(row func(lineRow) bool, seq func(low, high uint64)) {
 				}
 				st, haveLow = start, false
 			case lneSetAddress:
-				a := ext[1:]
-				switch len(a) {
-				case 8:
-					st.addr = binary.LittleEndian.Uint64(a)
-				case 4:
-					st.addr = uint64(binary.LittleEndian.Uint32(a))
+				if a := ext[1:]; len(a) == 4 || len(a) == 8 {
+					st.addr = (&cfiReader{b: a}).fixed(len(a))
 				}
 			}
 		case op == lnsCopy:
@@ -512,9 +496,7 @@ func (u *lineUnit) run(row func(lineRow) bool, seq func(low, high uint64)) {
 		case op == lnsConstAddPC:
 			advance(uint64(255-u.opcodeBase) / uint64(u.lineRange))
 		case op == lnsFixedAdvPC:
-			if b := r.bytes(2); !r.err {
-				st.addr += uint64(binary.LittleEndian.Uint16(b))
-			}
+			st.addr += r.fixed(2)
 		case op == lnsSetColumn, op == lnsNegateStmt, op == lnsSetBasicBlock:
 			if op == lnsSetColumn {
 				r.uleb()

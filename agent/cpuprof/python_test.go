@@ -118,19 +118,8 @@ func TestPythonFrames(t *testing.T) {
 				}
 			}
 			cmd.Stderr = os.Stderr
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				cmd.Process.Kill()
-				cmd.Wait()
-			})
-			if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
-				t.Fatalf("%s %s: first line %q, %v", python, script, line, err)
+			if line := runCmd(t, cmd, true); line != "ready" {
+				t.Fatalf("%s %s: first line %q", python, script, line)
 			}
 			pid := cmd.Process.Pid
 			prof := capture(t, Config{Hz: 99}, []int{pid})
@@ -139,16 +128,18 @@ func TestPythonFrames(t *testing.T) {
 			callsC := pyFrame{"calls_c", script, lines["CALLS_C"]}
 			outerC := pyFrame{"outer_python", script, lines["CALLS_CALLS_C"]}
 			var total, inHot, inC, named int64
-			for _, s := range prof.Sample {
-				if s.Label["pid"][0] != fmt.Sprint(pid) {
-					continue
-				}
+			for _, s := range samplesOf(prof, pid) {
 				fs := sampleFrames(s)
 				n := s.Value[0]
 				total += n
 				// 3.9 and 3.10 call each Python function through C,
 				// so native frames sit between Python ones.
-				if i := indexFrame(fs, hot); i >= 0 && nextPython(fs, i) == outer {
+				// The sample may fall on the loop's for line or its body.
+				i := indexFrame(fs, hot)
+				if i < 0 {
+					i = indexFrame(fs, pyFrame{hot.name, hot.file, lines["LOOP"]})
+				}
+				if i >= 0 && nextPython(fs, i) == outer {
 					inHot += n
 				}
 				if i := indexName(fs, "loupe_c_spin"); i >= 0 {
@@ -206,10 +197,7 @@ func indexName(fs []pyFrame, name string) int {
 // topFrames renders the most common stacks of pid, with positions.
 func topFrames(prof *profile.Profile, pid int) string {
 	counts := map[string]int64{}
-	for _, s := range prof.Sample {
-		if s.Label["pid"][0] != fmt.Sprint(pid) {
-			continue
-		}
+	for _, s := range samplesOf(prof, pid) {
 		fs := sampleFrames(s)
 		var parts []string
 		for _, f := range fs[:min(8, len(fs))] {
@@ -569,10 +557,7 @@ while True:
 	pid := cmd.Process.Pid
 	prof := capture(t, Config{Hz: 99}, []int{pid})
 	var total, matched int64
-	for _, s := range prof.Sample {
-		if s.Label["pid"][0] != fmt.Sprint(pid) {
-			continue
-		}
+	for _, s := range samplesOf(prof, pid) {
 		fs := sampleFrames(s)
 		total += s.Value[0]
 		i := indexName(fs, "sort_with_numpy")

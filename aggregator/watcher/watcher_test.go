@@ -74,6 +74,19 @@ func dirStore(t *testing.T) store.Store {
 	return st
 }
 
+// deletePrefix deletes every object under prefix, as retention would.
+func deletePrefix(t *testing.T, st store.Store, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	objs, _, err := st.List(ctx, prefix, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		st.Delete(ctx, o.Key)
+	}
+}
+
 func id(n int) capture.ID {
 	return capture.ID{Cluster: "c1", Job: "job1", Run: "r1", Capture: fmt.Sprintf("cap%03d", n)}
 }
@@ -302,13 +315,7 @@ func TestRebuildDropsDeleted(t *testing.T) {
 	r := newReplica(st, "a", count, -1)
 	r.run(t)
 	waitFor(t, "both captures", func() bool { return r.ix.Done(id(1)) && r.ix.Done(id(2)) })
-	objs, _, err := st.List(ctx, id(1).Prefix(), "", 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range objs {
-		st.Delete(ctx, o.Key)
-	}
+	deletePrefix(t, st, id(1).Prefix())
 	if err := r.w.Rebuild(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -379,13 +386,7 @@ func TestContinuousProfilesCatalogued(t *testing.T) {
 	if got := count.All(); len(got) != 1 {
 		t.Errorf("analyzer runs %v: a continuous profile was analyzed", got)
 	}
-	objs, _, err := st.List(ctx, traces.Key{Cluster: "c1", Job: "job1", Run: "r1", Capture: cont(0)}.CapturePrefix(), "", 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range objs {
-		st.Delete(ctx, o.Key)
-	}
+	deletePrefix(t, st, traces.Key{Cluster: "c1", Job: "job1", Run: "r1", Capture: cont(0)}.CapturePrefix())
 	if err := r.w.Rebuild(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package cpu
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -297,7 +298,7 @@ func (s *Sampler) SetProcess(pid uint32, p Process) error {
 	if len(p.Mappings) > 1<<16 {
 		return fmt.Errorf("%w: process %d has %d executable mappings, at most %d", ErrFull, pid, len(p.Mappings), 1<<16)
 	}
-	if !slices.IsSortedFunc(p.Mappings, func(a, b Mapping) int { return cmpU64(a.Start, b.Start) }) {
+	if !slices.IsSortedFunc(p.Mappings, func(a, b Mapping) int { return cmp.Compare(a.Start, b.Start) }) {
 		return fmt.Errorf("process %d: mappings not sorted by start", pid)
 	}
 	v := SamplerProc{State: 1}
@@ -422,16 +423,6 @@ func (s *Sampler) Usage() UnwindUsage {
 	}
 }
 
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // segment is a run of entries [first, first+count) of an array map.
 type segment struct{ first, count uint32 }
 
@@ -470,7 +461,7 @@ func (p *pool) free(s segment) {
 		return
 	}
 	p.used -= s.count
-	i, _ := slices.BinarySearchFunc(p.spans, s.first, func(f segment, first uint32) int { return cmpU64(uint64(f.first), uint64(first)) })
+	i, _ := slices.BinarySearchFunc(p.spans, s.first, func(f segment, first uint32) int { return cmp.Compare(f.first, first) })
 	p.spans = slices.Insert(p.spans, i, s)
 	// Merge with the next, then with the previous segment.
 	if i+1 < len(p.spans) && p.spans[i].first+p.spans[i].count == p.spans[i+1].first {

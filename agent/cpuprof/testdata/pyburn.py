@@ -8,18 +8,18 @@ import loupeburn
 
 def hot_python_loop(n):
     x = 0
-    for i in range(n):
+    for i in range(n):  # LOOP
         x = (x + i * i) & 0xFFFF  # HOT
     return x
 
 
 def calls_c():
-    return loupeburn.spin(200000000)  # CALLS_C
+    return loupeburn.spin(100000000)  # CALLS_C
 
 
 def outer_python():
     while True:
-        hot_python_loop(300000)  # CALLS_HOT
+        hot_python_loop(1000000)  # CALLS_HOT
         calls_c()  # CALLS_CALLS_C
 
 
