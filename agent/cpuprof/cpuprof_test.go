@@ -139,11 +139,9 @@ func run(t testing.TB, firstLine bool, path string, args ...string) (*exec.Cmd, 
 	return cmd, runCmd(t, cmd, firstLine)
 }
 
-// runCmd starts cmd until the test ends and returns its first line of
-// output when firstLine is set.
-func runCmd(t testing.TB, cmd *exec.Cmd, firstLine bool) string {
+// runCmdPipe starts cmd until the test ends and returns its output.
+func runCmdPipe(t testing.TB, cmd *exec.Cmd) *bufio.Reader {
 	t.Helper()
-	path := cmd.Path
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -155,14 +153,21 @@ func runCmd(t testing.TB, cmd *exec.Cmd, firstLine bool) string {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	line := ""
-	if firstLine {
-		line, err = bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			t.Fatalf("reading the first line of %s: %v", path, err)
-		}
-	} else {
-		go io.Copy(io.Discard, stdout)
+	return bufio.NewReader(stdout)
+}
+
+// runCmd starts cmd until the test ends and returns its first line of
+// output when firstLine is set.
+func runCmd(t testing.TB, cmd *exec.Cmd, firstLine bool) string {
+	t.Helper()
+	out := runCmdPipe(t, cmd)
+	if !firstLine {
+		go io.Copy(io.Discard, out)
+		return ""
+	}
+	line, err := out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the first line of %s: %v", cmd.Path, err)
 	}
 	return strings.TrimSpace(line)
 }
@@ -896,4 +901,40 @@ func TestSourceLines(t *testing.T) {
 	if total < minSamples || float64(inLoop) < 0.8*float64(total) {
 		t.Errorf("%d of %d samples in deep_inner at cdeep.c:18-19\n%s", inLoop, total, top(prof))
 	}
+}
+
+// TestExecDescribedAnew: a process that execs another program keeps its
+// pid but not its mappings; it is described again and its new program's
+// stacks are unwound whole.
+func TestExecDescribedAnew(t *testing.T) {
+	requireRoot(t)
+	bin := testProgram(t, "cdeep-nofp")
+	cmd := exec.Command("sh", "-c", `read x; exec "$0"`, bin)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCmdPipe(t, cmd)
+	pid := cmd.Process.Pid
+	set := metrics.NewSet()
+	p, _ := runProfiler(t, Config{Hz: 99}, set)
+	waitDescribed(t, p, pid)
+	w := p.StartWindow([]int{pid})
+	in.Write([]byte("\n"))
+	// The exec hook drops the shell's description; the next sample of
+	// the new program has it described again.
+	for deadline := time.Now().Add(30 * time.Second); set.GetOrCreateCounter("loupe_cpuprof_unwind_processes_total").Get() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the exec'd process was not described again")
+		}
+	}
+	waitCPU(t, pid)
+	prof, err := w.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireShare(t, prof, pid, 0.8, "deep_inner < deep_middle < deep_outer after exec", func(names []string) bool {
+		i := slices.Index(names, "deep_inner")
+		return i >= 0 && i+2 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer"
+	})
 }

@@ -15,7 +15,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/google/pprof/profile"
+
+	"github.com/loupe-dev/loupe/bpf/cpu"
 )
 
 // pythonVersions are the CPython versions whose frames the unwinder walks;
@@ -572,5 +575,45 @@ while True:
 	t.Logf("%d samples, %d in numpy under sort_with_numpy < <module>\n%s", total, matched, topFrames(prof, pid))
 	if total < minSamples || float64(matched) < 0.5*float64(total) {
 		t.Errorf("numpy code under sort_with_numpy < <module> in %d of %d samples, want >= 50%%", matched, total)
+	}
+}
+
+// TestMissWithUnchangedMaps: a reported miss (code outside every known
+// mapping) with the same maps marks the process stale instead of
+// describing it again, as a stray address would make it do at every
+// sample; once the process maps new code it is described again.
+func TestMissWithUnchangedMaps(t *testing.T) {
+	requireRoot(t)
+	python := pyenvPython(t, "3.11")
+	cmd := exec.Command(python, "-c", `import sys; sys.stdin.readline(); import ctypes; print("loaded", flush=True); sys.stdin.readline()`)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := runCmdPipe(t, cmd)
+	pid := uint32(cmd.Process.Pid)
+	set := metrics.NewSet()
+	s, err := cpu.Load(cpu.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tr := newTracker(s, "/proc", testLogger(t), set, nil)
+	if added, err := s.Track(pid); !added || err != nil {
+		t.Fatalf("Track: %v, %v", added, err)
+	}
+	described := func() uint64 { return set.GetOrCreateCounter("loupe_cpuprof_unwind_processes_total").Get() }
+	tr.describe(pid, false)
+	tr.describe(pid, true) // the same maps: stale
+	if n := described(); n != 1 || !tr.procs[pid].stale {
+		t.Fatalf("described %d times, stale %v; want once and stale", n, tr.procs[pid].stale)
+	}
+	in.Write([]byte("\n"))
+	if line, err := out.ReadString('\n'); err != nil || line != "loaded\n" {
+		t.Fatalf("python said %q, %v", line, err)
+	}
+	tr.describe(pid, true) // ctypes mapped new code
+	if n := described(); n != 2 || tr.procs[pid].stale {
+		t.Errorf("after new code was mapped: described %d times, stale %v; want twice, not stale", n, tr.procs[pid].stale)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -39,7 +40,7 @@ type tracker struct {
 	mu      sync.Mutex
 	objects map[fileKey]*unwindObject
 	byBuild map[string]*unwindObject
-	procs   map[uint32][]*unwindObject
+	procs   map[uint32]*trackedProc
 	vdso    *unwindObject
 	gen     uint64 // describe count, for least-recently-used tables
 
@@ -62,6 +63,20 @@ type unwindObject struct {
 	lastUse uint64
 }
 
+// trackedProc is a described process.
+type trackedProc struct {
+	objs []*unwindObject
+	maps []mapping // as described
+	// stale: code ran outside these maps, yet they had not changed (a
+	// stray address, say, from a frame-pointer step through code without
+	// frame pointers). The program stays quiet about the process until
+	// it is described again; the tracker looks at its maps now and then.
+	stale bool
+}
+
+// staleCheck is how often the maps of stale processes are read again.
+const staleCheck = 5 * time.Second
+
 // pyProcess is a described process's interpreter, for the symbolizer.
 type pyProcess struct {
 	layout   *pyLayout
@@ -71,7 +86,7 @@ type pyProcess struct {
 func newTracker(s *cpu.Sampler, procRoot string, log *slog.Logger, set *metrics.Set, prepared func(uint32, []mapping, *pyProcess)) *tracker {
 	t := &tracker{
 		s: s, procRoot: procRoot, log: log, prepared: prepared, requests: make(chan uint32, 256),
-		objects: map[fileKey]*unwindObject{}, byBuild: map[string]*unwindObject{}, procs: map[uint32][]*unwindObject{},
+		objects: map[fileKey]*unwindObject{}, byBuild: map[string]*unwindObject{}, procs: map[uint32]*trackedProc{},
 		described:     set.GetOrCreateCounter("loupe_cpuprof_unwind_processes_total"),
 		tableFull:     set.GetOrCreateCounter("loupe_cpuprof_unwind_tables_full_total"),
 		pyUnsupported: set.GetOrCreateCounter("loupe_cpuprof_python_unsupported_total"),
@@ -99,6 +114,8 @@ func (t *tracker) run() {
 			events <- ev
 		}
 	}()
+	stale := time.NewTicker(staleCheck)
+	defer stale.Stop()
 	for {
 		select {
 		case ev, ok := <-events:
@@ -106,16 +123,30 @@ func (t *tracker) run() {
 				return
 			}
 			switch ev.Kind {
-			case cpu.EventNew, cpu.EventMaps:
-				t.describe(ev.PID)
+			case cpu.EventNew:
+				t.describe(ev.PID, false)
+			case cpu.EventMaps:
+				t.describe(ev.PID, true)
 			case cpu.EventExit:
 				t.forget(ev.PID)
 			}
 		case pid := <-t.requests:
 			if added, err := t.s.Track(pid); added {
-				t.describe(pid)
+				t.describe(pid, false)
 			} else if err != nil {
 				t.log.Debug("cpuprof: tracking a process", "pid", pid, "err", err)
+			}
+		case <-stale.C:
+			t.mu.Lock()
+			var pids []uint32
+			for pid, tp := range t.procs {
+				if tp.stale {
+					pids = append(pids, pid)
+				}
+			}
+			t.mu.Unlock()
+			for _, pid := range pids {
+				t.describe(pid, true)
 			}
 		}
 	}
@@ -135,7 +166,9 @@ func (t *tracker) request(pids []int) {
 }
 
 // describe reads a process's maps and gives the unwinder what it needs.
-func (t *tracker) describe(pid uint32) {
+// For a reported miss (or a stale process), it does so only when the maps
+// changed; else the process is marked stale.
+func (t *tracker) describe(pid uint32, miss bool) {
 	start := time.Now()
 	dir := filepath.Join(t.procRoot, strconv.Itoa(int(pid)))
 	b, err := os.ReadFile(filepath.Join(dir, "maps"))
@@ -152,6 +185,10 @@ func (t *tracker) describe(pid uint32) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if tp, ok := t.procs[pid]; ok && miss && slices.Equal(tp.maps, maps) {
+		tp.stale = true
+		return
+	}
 	t.gen++
 	proc := cpu.Process{NoUser: len(maps) == 0}
 	var objs []*unwindObject
@@ -204,7 +241,7 @@ func (t *tracker) describe(pid uint32) {
 		t.log.Warn("cpuprof: cannot describe a process to the unwinder; its stacks follow frame pointers", "pid", pid, "err", err)
 		return
 	}
-	t.procs[pid] = objs
+	t.procs[pid] = &trackedProc{objs: objs, maps: maps}
 	t.described.Inc()
 	if t.prepared != nil {
 		t.prepared(pid, maps, py)
@@ -431,8 +468,8 @@ func (t *tracker) evictOne() bool {
 
 // release drops the references a process's previous description held.
 func (t *tracker) release(pid uint32) {
-	if objs, ok := t.procs[pid]; ok {
-		t.unref(objs)
+	if tp, ok := t.procs[pid]; ok {
+		t.unref(tp.objs)
 		delete(t.procs, pid)
 	}
 }

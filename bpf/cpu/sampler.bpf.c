@@ -758,17 +758,32 @@ int sample(struct bpf_perf_event_data *ctx)
 	return record(ctx, &key, &stacks0, &counts0);
 }
 
-// A process is gone: forget its description (its pid may be reused) and
-// tell user space, which frees its mappings.
+// forget_proc drops a process's description and tells user space, which
+// frees its mappings.
+static __always_inline void forget_proc(__u32 tgid)
+{
+	if (bpf_map_delete_elem(&procs, &tgid) == 0)
+		send_event(EVENT_EXIT, tgid);
+}
+
+// A process runs a new program: its mappings are gone; the next sample
+// reports it anew.
+SEC("tp_btf/sched_process_exec")
+int process_exec(__u64 *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx[0];
+	forget_proc(task->tgid);
+	return 0;
+}
+
+// A process is gone: forget its description (its pid may be reused).
 SEC("tp_btf/sched_process_exit")
 int process_exit(__u64 *ctx)
 {
 	struct task_struct *task = (struct task_struct *)ctx[0];
 	if (!ctx[1]) // group_dead: the last thread of the process
 		return 0;
-	__u32 tgid = task->tgid;
-	if (bpf_map_delete_elem(&procs, &tgid) == 0)
-		send_event(EVENT_EXIT, tgid);
+	forget_proc(task->tgid);
 	return 0;
 }
 

@@ -86,7 +86,7 @@ type Sampler struct {
 	mu     sync.Mutex
 	objs   SamplerObjects
 	unwind *unwindMaps
-	exit   link.Link // the process-exit hook
+	hooks  []link.Link // the process exec and exit hooks
 	links  []link.Link
 	events []int
 	buffer uint32
@@ -174,10 +174,17 @@ func Load(opts Options) (*Sampler, error) {
 		s.objs.Close()
 		return nil, err
 	}
-	if s.exit, err = link.AttachTracing(link.TracingOptions{Program: s.objs.ProcessExit}); err != nil {
-		s.unwind.events.Close()
-		s.objs.Close()
-		return nil, fmt.Errorf("attaching the CPU sampler's process-exit hook: %w", err)
+	for _, prog := range []*ebpf.Program{s.objs.ProcessExec, s.objs.ProcessExit} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		if err != nil {
+			for _, h := range s.hooks {
+				h.Close()
+			}
+			s.unwind.events.Close()
+			s.objs.Close()
+			return nil, fmt.Errorf("attaching the CPU sampler's process exec and exit hooks: %w", err)
+		}
+		s.hooks = append(s.hooks, l)
 	}
 	return s, nil
 }
@@ -400,7 +407,10 @@ func (s *Sampler) Close() error {
 	for _, fd := range s.events {
 		errs = append(errs, unix.Close(fd))
 	}
-	errs = append(errs, s.exit.Close(), s.unwind.events.Close(), s.objs.Close())
+	for _, h := range s.hooks {
+		errs = append(errs, h.Close())
+	}
+	errs = append(errs, s.unwind.events.Close(), s.objs.Close())
 	return errors.Join(errs...)
 }
 

@@ -111,6 +111,7 @@ const (
 	SamplerMapStacks1      = "stacks1"
 	SamplerMapTables       = "tables"
 	SamplerMapWalkScratch  = "walk_scratch"
+	SamplerProgProcessExec = "process_exec"
 	SamplerProgProcessExit = "process_exit"
 	SamplerProgSample      = "sample"
 	SamplerVarBuffer       = "buffer"
@@ -161,6 +162,7 @@ type SamplerSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SamplerProgramSpecs struct {
+	ProcessExec *ebpf.ProgramSpec `ebpf:"process_exec"`
 	ProcessExit *ebpf.ProgramSpec `ebpf:"process_exit"`
 	Sample      *ebpf.ProgramSpec `ebpf:"sample"`
 }
@@ -264,12 +266,14 @@ type SamplerVariables struct {
 //
 // It can be passed to LoadSamplerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SamplerPrograms struct {
+	ProcessExec *ebpf.Program `ebpf:"process_exec"`
 	ProcessExit *ebpf.Program `ebpf:"process_exit"`
 	Sample      *ebpf.Program `ebpf:"sample"`
 }
 
 func (p *SamplerPrograms) Close() error {
 	return _SamplerClose(
+		p.ProcessExec,
 		p.ProcessExit,
 		p.Sample,
 	)

@@ -165,7 +165,7 @@ type EventKind uint32
 const (
 	EventNew  EventKind = iota // a process was sampled that is not described yet
 	EventMaps                  // code ran outside every described mapping
-	EventExit                  // a process exited; its description is gone
+	EventExit                  // a process exited or exec'd; its description is gone
 )
 
 // Event is a message from the BPF program about a process.
