@@ -133,7 +133,7 @@ rules:
 		t.Fatal(err)
 	}
 	m := aggtest.Manifest("llm-train", "cap-faults", "gpu-node-1", 4, 0, 1, 2, 3)
-	m.GPUs = []traces.GPUInfo{{Index: 0, UUID: "GPU-0"}, {Index: 1, UUID: "GPU-1"}, {Index: 2, UUID: "GPU-2"}, {Index: 3, UUID: "GPU-3"}}
+	m.GPUs = []traces.GPUInfo{{Index: 0, UUID: "GPU-0", Ranks: []int{0}}, {Index: 1, UUID: "GPU-1", Ranks: []int{1}}, {Index: 2, UUID: "GPU-2", Ranks: []int{2}}, {Index: 3, UUID: "GPU-3", Ranks: []int{3}}}
 	aggtest.Put(t, st, m, map[string][]byte{traces.PartEvents: plantedEvents(t, m.Start)})
 	id := capture.ID{Cluster: "c1", Job: "llm-train", Run: "r1", Capture: "cap-faults"}
 

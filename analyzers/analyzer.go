@@ -129,23 +129,7 @@ func (h *Host) Seconds() float64 {
 
 // GPURank returns the global rank that uses GPU index gpu on this host, or
 // -1 when the manifest does not say or several ranks share the device.
-func (h *Host) GPURank(gpu int) int {
-	for _, g := range h.Manifest.GPUs {
-		if g.Index == gpu && len(g.Ranks) == 1 {
-			return g.Ranks[0]
-		}
-	}
-	rank := -1
-	for _, p := range h.Manifest.Processes {
-		if p.GPU == gpu {
-			if rank >= 0 && rank != p.Rank {
-				return -1
-			}
-			rank = p.Rank
-		}
-	}
-	return rank
-}
+func (h *Host) GPURank(gpu int) int { return h.Manifest.GPURank(gpu) }
 
 // RankGPU returns the GPU index a rank uses on this host, or -1.
 func (h *Host) RankGPU(rank int) int {

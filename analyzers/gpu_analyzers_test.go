@@ -1,6 +1,7 @@
 package analyzers
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/loupe-dev/loupe/traces"
@@ -236,5 +237,37 @@ func TestTensorUnderuseKernelMix(t *testing.T) {
 	// DCGM: 10 s x 0.5 FP x 0.5; Kineto: 5 non-tensor-core matmul seconds x 0.5.
 	if want := 2.5 + 2.5; !near(f.Impact.GPUSeconds, want) || f.Scope.Host != "h1" || f.Scope.GPU != -1 {
 		t.Errorf("impact %+v scope %+v, want %v GPU-s on host h1", f.Impact, f.Scope, want)
+	}
+}
+
+// A bundle that carries a GPU no process of the job uses (a capture that
+// matched no process carries the host's GPUs): the throttled GPU the job
+// uses is the job's finding, the other throttled GPU a host-wide one.
+func TestHostWideGPU(t *testing.T) {
+	in := writeCapture(t, "", hostBundle{name: "h1", ranks: []int{4}, samples: series(2, 100, func(i int, s *traces.GPUSample) {
+		if i < 50 {
+			s.ClockEventReasons, s.SMClockMHz, s.GPUTempC = traces.ClockEventSWThermalSlowdown, 1400, 90
+		}
+	})})
+	fs := run(t, Throttle, in)
+	if len(fs) != 2 {
+		t.Fatalf("want 2 findings (job GPU 0, host GPU 1), got %+v", fs)
+	}
+	for _, f := range fs {
+		switch f.Scope.GPU {
+		case 0:
+			if f.Scope.HostWide || f.Scope.Rank != 4 {
+				t.Errorf("GPU 0 finding scope %+v, want rank 4's, not host-wide", f.Scope)
+			}
+		case 1:
+			if !f.Scope.HostWide || f.Scope.Rank != -1 || !strings.Contains(f.Recommendation, "No process of this job uses the GPU") {
+				t.Errorf("GPU 1 finding scope %+v (%q), want host-wide with no rank", f.Scope, f.Recommendation)
+			}
+			if got := f.Scope.String(); !strings.Contains(got, "host-wide") {
+				t.Errorf("scope renders %q", got)
+			}
+		default:
+			t.Errorf("finding on GPU %d", f.Scope.GPU)
+		}
 	}
 }

@@ -271,7 +271,10 @@ func KinetoFolderInput(dir string) (*Input, error) {
 		}
 		paths[part] = path
 		m.Parts = append(m.Parts, traces.Part{Name: part, MediaType: traces.MediaKineto, Size: info.Size()})
-		rank, ws := kinetoHeader(path)
+		rank, ws, err := kinetoHeader(path)
+		if err != nil {
+			return nil, fmt.Errorf("kineto folder %s: %s is not a Kineto trace (%v); analyze takes a folder of torch.profiler / Kineto traces only: move other files out, or pass a store or capture folder", dir, fn, err)
+		}
 		if rank >= 0 {
 			m.Ranks = append(m.Ranks, rank)
 			m.Processes = append(m.Processes, traces.Process{Rank: rank, LocalRank: -1, GPU: -1})
@@ -298,22 +301,57 @@ func KinetoFolderInput(dir string) (*Input, error) {
 	return &Input{Hosts: []Host{host}}, nil
 }
 
-// kinetoHeader reads a trace only as far as its first event, where
-// torch.profiler has written distributedInfo; -1 when it has not.
-func kinetoHeader(path string) (rank, worldSize int) {
+// kinetoHeader reads a trace's first events for distributedInfo (rank -1
+// when it has none) and refuses a file that is JSON but not a Kineto
+// trace: no traceEvents, or neither Kineto's schemaVersion nor any of its
+// event categories.
+func kinetoHeader(path string) (rank, worldSize int, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return -1, 0
+		return -1, 0, err
 	}
 	defer f.Close()
 	r, err := kineto.NewReader(f, kineto.Limits{})
 	if err != nil {
-		return -1, 0
+		return -1, 0, err
 	}
 	defer r.Close()
-	r.Next()
+	// Kineto writes schemaVersion before traceEvents; a Chrome trace from
+	// another tool has no schemaVersion but may still hold Kineto's events.
+	kinetoEvents := false
+	n := 0
+	for ; n < kinetoProbeEvents; n++ {
+		e, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			// Damaged, not foreign: the analyzers name it in a warning and
+			// go on with the other ranks.
+			return -1, 0, nil
+		}
+		kinetoEvents = kinetoEvents || kinetoCategories[string(e.Cat)]
+		if r.Meta().SchemaVersion > 0 && n > 0 {
+			break
+		}
+	}
 	meta := r.Meta()
-	return clampInt(meta.Rank), max(clampInt(meta.WorldSize), 0)
+	switch {
+	case n == 0:
+		return -1, 0, errors.New("no traceEvents")
+	case meta.SchemaVersion <= 0 && !kinetoEvents:
+		return -1, 0, fmt.Errorf("no schemaVersion and none of Kineto's event categories (kernel, cpu_op, cuda_runtime, ...) in its first %d events", n)
+	}
+	return clampInt(meta.Rank), max(clampInt(meta.WorldSize), 0), nil
+}
+
+// kinetoProbeEvents is how many events kinetoHeader reads at most.
+const kinetoProbeEvents = 1000
+
+// kinetoCategories are event categories that only Kineto writes.
+var kinetoCategories = map[string]bool{
+	"kernel": true, "gpu_memcpy": true, "gpu_memset": true, "cuda_runtime": true, "cuda_driver": true,
+	"cpu_op": true, "user_annotation": true, "gpu_user_annotation": true, "python_function": true, "ac2g": true,
 }
 
 // sanitizeComponent makes s a valid object key component.

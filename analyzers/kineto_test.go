@@ -665,3 +665,20 @@ func TestKinetoBoundedTables(t *testing.T) {
 		t.Errorf("temporal %+v", r.Temporal)
 	}
 }
+
+// analyze on a folder holding a JSON file that is not a Kineto trace
+// refuses it by name instead of reporting 0 % of everything.
+func TestKinetoFolderRefusesForeignJSON(t *testing.T) {
+	for name, body := range map[string]string{
+		"config.json":   `{"lr": 0.001, "layers": [1, 2, 3]}`,
+		"perfetto.json": `{"traceEvents": [{"ph": "X", "cat": "app", "name": "work", "ts": 1, "dur": 2, "pid": 1, "tid": 1}]}`,
+	} {
+		dir := t.TempDir()
+		writeKineto(t, filepath.Join(dir, "rank0.json"), 0, rank0Events())
+		os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644)
+		_, err := KinetoFolderInput(dir)
+		if err == nil || !strings.Contains(err.Error(), name+" is not a Kineto trace") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

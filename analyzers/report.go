@@ -47,13 +47,28 @@ type finding struct {
 	Recommendation string
 }
 
-// report turns f into one traces.Finding: scope from its targets, severity
-// the worst of theirs, impact their summed loss over the window's GPU-seconds.
+// report turns f into a traces.Finding: scope from its targets, severity
+// the worst of theirs, impact their summed loss over the window's
+// GPU-seconds. Targets on GPUs that no process of the job uses are the
+// host's, not the job's: they become a second, host-wide finding.
 func (f *finding) report(pass *Pass) {
-	if len(f.Targets) == 0 {
+	var job, host []target
+	for _, t := range f.Targets {
+		if t.GPU >= 0 && !t.Host.Manifest.OwnsGPU(t.GPU) {
+			host = append(host, t)
+		} else {
+			job = append(job, t)
+		}
+	}
+	f.reportTargets(pass, job, false)
+	f.reportTargets(pass, host, true)
+}
+
+func (f *finding) reportTargets(pass *Pass, targets []target, hostWide bool) {
+	if len(targets) == 0 {
 		return
 	}
-	ts := slices.Clone(f.Targets)
+	ts := slices.Clone(targets)
 	slices.SortStableFunc(ts, func(a, b target) int {
 		return cmp.Or(cmp.Compare(severityRank[a.Severity], severityRank[b.Severity]), cmp.Compare(b.Lost, a.Lost))
 	})
@@ -62,6 +77,10 @@ func (f *finding) report(pass *Pass) {
 		Severity:       ts[0].Severity,
 		Scope:          scopeOf(ts),
 		Recommendation: f.Recommendation,
+	}
+	if hostWide {
+		out.Scope.HostWide = true
+		out.Recommendation = "No process of this job uses the GPU: this is the host's problem, not the job's. " + f.Recommendation
 	}
 	var lost float64
 	for _, t := range ts {

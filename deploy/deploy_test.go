@@ -14,8 +14,10 @@ import (
 	"flag"
 	"io"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/loupe-dev/loupe/agent/daemon"
@@ -128,6 +130,9 @@ type objects struct {
 	accounts    []corev1.ServiceAccount
 	configMaps  []corev1.ConfigMap
 	secrets     []corev1.Secret
+	pdbs        []policyv1.PodDisruptionBudget
+	svcMonitors []monitoringv1.ServiceMonitor
+	podMonitors []monitoringv1.PodMonitor
 }
 
 func decodeStrict(t *testing.T, name string, data []byte) objects {
@@ -162,6 +167,15 @@ func decodeStrict(t *testing.T, name string, data []byte) objects {
 		case "Secret":
 			objs.secrets = append(objs.secrets, corev1.Secret{})
 			err = yaml.UnmarshalStrict([]byte(doc), &objs.secrets[len(objs.secrets)-1])
+		case "PodDisruptionBudget":
+			objs.pdbs = append(objs.pdbs, policyv1.PodDisruptionBudget{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.pdbs[len(objs.pdbs)-1])
+		case "ServiceMonitor":
+			objs.svcMonitors = append(objs.svcMonitors, monitoringv1.ServiceMonitor{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.svcMonitors[len(objs.svcMonitors)-1])
+		case "PodMonitor":
+			objs.podMonitors = append(objs.podMonitors, monitoringv1.PodMonitor{})
+			err = yaml.UnmarshalStrict([]byte(doc), &objs.podMonitors[len(objs.podMonitors)-1])
 		default:
 			t.Fatalf("%s document %d: unexpected kind %q", name, i, meta.Kind)
 		}
@@ -187,8 +201,8 @@ func helmTemplate(t *testing.T, helm string, args ...string) []byte {
 // checkSecurity asserts the security settings that matter for each workload.
 func checkSecurity(t *testing.T, objs objects, dcgmProfiling bool) {
 	t.Helper()
-	if len(objs.daemonSets) != 1 || len(objs.deployments) != 1 || len(objs.services) != 1 || len(objs.accounts) != 2 || len(objs.configMaps) != 2 {
-		t.Fatalf("rendered %d DaemonSets, %d Deployments, %d Services, %d ServiceAccounts, %d ConfigMaps; want 1, 1, 1, 2, 2",
+	if len(objs.daemonSets) != 1 || len(objs.deployments) != 1 || len(objs.services) != 2 || len(objs.accounts) != 2 || len(objs.configMaps) != 2 {
+		t.Fatalf("rendered %d DaemonSets, %d Deployments, %d Services, %d ServiceAccounts, %d ConfigMaps; want 1, 1, 2, 2, 2",
 			len(objs.daemonSets), len(objs.deployments), len(objs.services), len(objs.accounts), len(objs.configMaps))
 	}
 	ds := objs.daemonSets[0].Spec.Template.Spec
@@ -235,8 +249,58 @@ func checkSecurity(t *testing.T, objs objects, dcgmProfiling bool) {
 	if asc == nil || len(asc.Capabilities.Drop) != 1 || len(asc.Capabilities.Add) != 0 || !*asc.ReadOnlyRootFilesystem {
 		t.Error("aggregator must drop every capability and have a read-only root file system")
 	}
-	if agg.ServiceAccountName != "loupe-aggregator" || objs.services[0].Spec.Ports[0].Port != 8080 {
-		t.Errorf("aggregator service account %q, service port %d", agg.ServiceAccountName, objs.services[0].Spec.Ports[0].Port)
+	if svc := service(t, objs, "loupe-aggregator"); agg.ServiceAccountName != "loupe-aggregator" || svc.Spec.Ports[0].Port != 8080 {
+		t.Errorf("aggregator service account %q, service port %d", agg.ServiceAccountName, svc.Spec.Ports[0].Port)
+	}
+}
+
+func service(t *testing.T, objs objects, name string) corev1.Service {
+	t.Helper()
+	for _, s := range objs.services {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("no Service %s", name)
+	return corev1.Service{}
+}
+
+// selects reports whether a label selector's matchLabels all hold in labels.
+func selects(sel map[string]string, labels map[string]string) bool {
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return len(sel) > 0
+}
+
+// checkOperations asserts what an SRE needs to run the chart: separate
+// readiness and liveness probes on both workloads, a headless agent Service
+// on the metrics port, and a disruption budget that keeps one aggregator.
+func checkOperations(t *testing.T, objs objects) {
+	t.Helper()
+	for _, w := range []struct {
+		name string
+		spec corev1.PodSpec
+	}{{"agent", objs.daemonSets[0].Spec.Template.Spec}, {"aggregator", objs.deployments[0].Spec.Template.Spec}} {
+		c := w.spec.Containers[0]
+		if c.ReadinessProbe == nil || c.LivenessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet == nil {
+			t.Errorf("%s: readiness %+v liveness %+v, want both HTTP probes", w.name, c.ReadinessProbe, c.LivenessProbe)
+			continue
+		}
+		if c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+			t.Errorf("%s: readiness on %s, liveness on %s; want /readyz and /healthz", w.name, c.ReadinessProbe.HTTPGet.Path, c.LivenessProbe.HTTPGet.Path)
+		}
+	}
+	agent := service(t, objs, "loupe-agent")
+	if agent.Spec.ClusterIP != "None" || agent.Spec.Ports[0].Port != 9400 || agent.Spec.Ports[0].Name != "metrics" ||
+		!selects(agent.Spec.Selector, objs.daemonSets[0].Spec.Template.Labels) {
+		t.Errorf("agent Service %+v: want headless, port metrics 9400, selecting the agent pods", agent.Spec)
+	}
+	if len(objs.pdbs) != 1 || objs.pdbs[0].Spec.MinAvailable == nil || objs.pdbs[0].Spec.MinAvailable.IntValue() != 1 ||
+		!selects(objs.pdbs[0].Spec.Selector.MatchLabels, objs.deployments[0].Spec.Template.Labels) {
+		t.Errorf("PodDisruptionBudgets %+v: want one keeping 1 aggregator", objs.pdbs)
 	}
 }
 
@@ -253,6 +317,38 @@ func TestHelmChart(t *testing.T) {
 	}
 
 	checkConfigs(t, decodeStrict(t, "helm template (defaults)", rendered))
+	defaults := decodeStrict(t, "helm template (defaults)", rendered)
+	checkOperations(t, defaults)
+	if len(defaults.svcMonitors)+len(defaults.podMonitors) != 0 {
+		t.Error("ServiceMonitor or PodMonitor rendered by default; they need the Prometheus Operator's CRDs")
+	}
+
+	// Prometheus Operator scraping: each monitor selects its Service or
+	// pods, on the named port; the agent's dcgm-exporter labels are kept.
+	mon := decodeStrict(t, "helm template (monitors)", helmTemplate(t, helm,
+		"--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true",
+		"--set", "metrics.serviceMonitor.labels.release=prom"))
+	if len(mon.svcMonitors) != 2 || len(mon.podMonitors) != 2 {
+		t.Fatalf("%d ServiceMonitors, %d PodMonitors; want 2 of each", len(mon.svcMonitors), len(mon.podMonitors))
+	}
+	ports := map[string]string{"loupe-agent": "metrics", "loupe-aggregator": "http"}
+	pods := map[string]map[string]string{"loupe-agent": mon.daemonSets[0].Spec.Template.Labels, "loupe-aggregator": mon.deployments[0].Spec.Template.Labels}
+	for _, sm := range mon.svcMonitors {
+		svc := service(t, mon, sm.Name)
+		ep := sm.Spec.Endpoints[0]
+		if !selects(sm.Spec.Selector.MatchLabels, svc.Labels) || ep.Port != ports[sm.Name] || ep.Path != "/metrics" || sm.Labels["release"] != "prom" {
+			t.Errorf("ServiceMonitor %s: selector %v (Service labels %v), endpoint %+v, labels %v", sm.Name, sm.Spec.Selector.MatchLabels, svc.Labels, ep, sm.Labels)
+		}
+		if sm.Name == "loupe-agent" && !ep.HonorLabels {
+			t.Error("the agent's ServiceMonitor must honor the series' labels (dcgm-exporter's pod, namespace, Hostname)")
+		}
+	}
+	for _, pm := range mon.podMonitors {
+		ep := pm.Spec.PodMetricsEndpoints[0]
+		if !selects(pm.Spec.Selector.MatchLabels, pods[pm.Name]) || ep.Port == nil || *ep.Port != ports[pm.Name] {
+			t.Errorf("PodMonitor %s: selector %v (pod labels %v), endpoint %+v", pm.Name, pm.Spec.Selector.MatchLabels, pods[pm.Name], ep)
+		}
+	}
 
 	// The plain manifests are the chart rendered with its defaults; they must
 	// not drift from it (regenerate with make manifests).

@@ -7,11 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/pprof/profile"
+	"github.com/parquet-go/parquet-go"
 
 	"github.com/loupe-dev/loupe/traces"
 )
@@ -125,6 +127,9 @@ func TestBundleRoundTrip(t *testing.T) {
 	}
 
 	gpu, nccl, steps, events := testTables()
+	for i := range gpu {
+		gpu[i].Rank = -1 // the manifest names no GPU's rank
+	}
 	if got := readPart[traces.GPUSample](t, dir, traces.PartGPUSamples); !reflect.DeepEqual(got, gpu) {
 		t.Errorf("gpu samples differ after round trip:\n got %+v\nwant %+v", got[0], gpu[0])
 	}
@@ -312,4 +317,62 @@ func FuzzDecodeManifest(f *testing.F) {
 			t.Fatalf("re-encoded manifest does not decode: %v", err)
 		}
 	})
+}
+
+// Every table says which capture, host and rank its rows are of, and which
+// schema version it follows, so that a query over a whole store needs no
+// file names; the bundle's own readers skip the identity columns unless
+// asked for them.
+func TestTablesDescribeThemselves(t *testing.T) {
+	dir := t.TempDir()
+	m := testManifest()
+	m.GPUs = []traces.GPUInfo{{Index: 0, UUID: "GPU-abc0", Ranks: []int{8}}, {Index: 1, UUID: "GPU-abc1", Ranks: []int{8, 9}}}
+	w, err := traces.NewBundleWriter(dir, m)
+	must(t, err)
+	gpu, nccl, steps, _ := testTables()
+	must(t, traces.WriteTable(w, traces.PartGPUSamples, gpu))
+	must(t, traces.WriteTable(w, traces.PartNCCLEvents, nccl))
+	must(t, traces.WriteTable(w, traces.PartSteps, steps))
+	_, err = w.Commit()
+	must(t, err)
+	want := traces.Identity{Cluster: "c1", Job: "job-7", Run: "run-a", Capture: "cap-1", Host: "gpu-node-3"}
+	idCols := traces.Columns("cluster", "job", "run", "capture", "host", "rank", "gpu")
+	rows, err := traces.ReadTableFile[traces.GPUSample](filepath.Join(dir, traces.PartGPUSamples), idCols)
+	must(t, err)
+	for _, r := range rows {
+		wantRank := int32(8)
+		if r.GPU == 1 {
+			wantRank = -1 // shared by two ranks
+		}
+		if r.Identity != want || r.Rank != wantRank {
+			t.Fatalf("gpu row identity %+v rank %d, want %+v rank %d", r.Identity, r.Rank, want, wantRank)
+		}
+	}
+	if rows := readPart[traces.Step](t, dir, traces.PartSteps); rows[0].Identity != (traces.Identity{}) {
+		t.Errorf("identity decoded without being asked for: %+v", rows[0].Identity)
+	}
+	for _, part := range []string{traces.PartGPUSamples, traces.PartNCCLEvents, traces.PartSteps} {
+		f, err := os.Open(filepath.Join(dir, part))
+		must(t, err)
+		st, _ := f.Stat()
+		pf, err := parquet.OpenFile(f, st.Size())
+		must(t, err)
+		if v, _ := pf.Lookup(traces.MetaSchemaVersion); v != strconv.Itoa(traces.SchemaVersion) {
+			t.Errorf("%s: %s = %q", part, traces.MetaSchemaVersion, v)
+		}
+		if v, _ := pf.Lookup(traces.MetaTable); v != part {
+			t.Errorf("%s: %s = %q", part, traces.MetaTable, v)
+		}
+		for _, col := range []string{"cluster", "job", "run", "capture", "host", "rank"} {
+			leaf, ok := pf.Schema().Lookup(col)
+			if !ok {
+				t.Errorf("%s has no column %s", part, col)
+				continue
+			}
+			if col != "rank" && leaf.Node.Encoding() == nil {
+				t.Errorf("%s: column %s is not dictionary encoded", part, col)
+			}
+		}
+		f.Close()
+	}
 }

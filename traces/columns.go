@@ -39,6 +39,8 @@ type scanConfig struct {
 // Columns decodes only the named columns; the other fields of each row
 // stay zero. A table without one of them is an error. Reading a few
 // columns of a wide table (a view of one GPU metric) costs only those.
+// The identity columns (cluster, job, run, capture, host) are decoded only
+// when named here.
 func Columns(names ...string) ScanOption {
 	return func(c *scanConfig) { c.columns = append(c.columns, names...) }
 }
@@ -202,7 +204,7 @@ func selectColumns(schema *parquet.Schema, layout map[string]field, wanted []str
 	var sel []selected
 	for i, path := range schema.Columns() {
 		fd, ok := layout[path[0]]
-		if len(path) != 1 || !ok || (wanted != nil && !slices.Contains(wanted, path[0])) {
+		if len(path) != 1 || !ok || (wanted != nil || fd.identity) && !slices.Contains(wanted, path[0]) {
 			continue
 		}
 		leaf, _ := schema.Lookup(path...)
@@ -322,29 +324,48 @@ func (t *TableReader[T]) Close() error {
 type field struct {
 	offset uintptr
 	kind   reflect.Kind
+	// identity fields (the embedded Identity) are decoded only when
+	// Columns names them: the bundle's own readers know a part's identity
+	// from its manifest, and decoding five more columns of every row
+	// would slow every analysis.
+	identity bool
 }
 
-// layoutOf maps the column names of T's parquet tags to T's fields.
+// layoutOf maps the column names of T's parquet tags to T's fields,
+// those of an embedded struct (Identity) included.
 func layoutOf[T any]() (map[string]field, error) {
 	t := reflect.TypeFor[T]()
 	if t.Kind() != reflect.Struct {
 		return nil, fmt.Errorf("a table row must be a struct, not %v", t)
 	}
 	out := make(map[string]field, t.NumField())
+	if err := addFields(out, t, 0, false); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func addFields(out map[string]field, t reflect.Type, base uintptr, identity bool) error {
 	for i := range t.NumField() {
 		f := t.Field(i)
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			if err := addFields(out, f.Type, base+f.Offset, identity || f.Type == reflect.TypeFor[Identity]()); err != nil {
+				return err
+			}
+			continue
+		}
 		name, _, _ := strings.Cut(f.Tag.Get("parquet"), ",")
 		if name == "" || name == "-" {
 			continue
 		}
 		switch k := f.Type.Kind(); k {
 		case reflect.Int32, reflect.Int64, reflect.Int, reflect.Uint64, reflect.Float32, reflect.Float64, reflect.Bool, reflect.String:
-			out[name] = field{offset: f.Offset, kind: k}
+			out[name] = field{offset: base + f.Offset, kind: k, identity: identity}
 		default:
-			return nil, fmt.Errorf("field %s of %v is a %v; a table row holds numbers, bools and strings", f.Name, t, k)
+			return fmt.Errorf("field %s of %v is a %v; a table row holds numbers, bools and strings", f.Name, t, k)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // column streams the values of one column chunk across its pages, one

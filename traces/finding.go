@@ -56,6 +56,11 @@ type Scope struct {
 	GPU     int    `json:"gpu"`
 	Rank    int    `json:"rank"`
 	Stream  string `json:"stream,omitempty"`
+	// HostWide marks a finding about the host rather than the job: a GPU
+	// whose samples the job's capture carried but that no process of the
+	// job uses (Manifest.OwnsGPU). Its alert goes to the host's owners,
+	// never to the job's.
+	HostWide bool `json:"host_wide,omitempty"`
 }
 
 // String renders what the scope narrows to, e.g. "host h1, rank 3, gpu 3",
@@ -76,6 +81,9 @@ func (s Scope) String() string {
 	}
 	if len(parts) == 0 {
 		return "job"
+	}
+	if s.HostWide {
+		parts = append(parts, "host-wide: no process of the job uses it")
 	}
 	return strings.Join(parts, ", ")
 }

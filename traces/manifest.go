@@ -2,6 +2,7 @@ package traces
 
 import (
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -46,6 +47,12 @@ const (
 	DefaultMaxPartSize int64 = 8 << 30
 )
 
+// ProfileTimeLabel is the numeric label of a CPU profile sample that says
+// when its samples were read from the kernel (Unix nanoseconds): they were
+// taken in the agent's drain interval (about a second) before it. It puts
+// CPU samples on a capture's timeline (ExportChrome).
+const ProfileTimeLabel = "time_ns"
+
 // Trigger kinds.
 const (
 	TriggerStableIteration = "stable-iteration"
@@ -75,7 +82,9 @@ type Manifest struct {
 	AgentVersion string    `json:"agent_version"`
 	// Simulated is true when any data in the bundle comes from simulated GPUs.
 	Simulated bool `json:"simulated,omitempty"`
-	// GPUs describes the devices whose samples the bundle carries.
+	// GPUs describes the devices whose samples the bundle carries: those the
+	// job's processes use, or, when the capture matched no process, every
+	// GPU of the host, which the job is then not known to own (OwnsGPU).
 	GPUs []GPUInfo `json:"gpus,omitempty"`
 	// Processes are the processes the capture covered.
 	Processes []Process `json:"processes,omitempty"`
@@ -83,6 +92,49 @@ type Manifest struct {
 	// Notes are human-readable remarks about gaps in the capture, for
 	// example a Kineto trace without distributedInfo or a missing collector.
 	Notes []string `json:"notes,omitempty"`
+}
+
+// OwnsGPU reports whether the bundle's job uses GPU index gpu: a process
+// of the job runs on it. A GPU whose samples the bundle carries but that
+// no process of the job uses is the host's, and so are findings about it:
+// an alert about it must not go to the job.
+func (m *Manifest) OwnsGPU(gpu int) bool {
+	for _, g := range m.GPUs {
+		if g.Index == gpu && len(g.Ranks) > 0 {
+			return true
+		}
+	}
+	for _, p := range m.Processes {
+		if p.Uses(gpu) {
+			return true
+		}
+	}
+	return false
+}
+
+// GPURank returns the global rank that uses GPU index gpu, or -1 when the
+// manifest does not say or several ranks share the device.
+func (m *Manifest) GPURank(gpu int) int {
+	for _, g := range m.GPUs {
+		if g.Index == gpu && len(g.Ranks) == 1 {
+			return g.Ranks[0]
+		}
+	}
+	rank := -1
+	for _, p := range m.Processes {
+		if p.Uses(gpu) {
+			if rank >= 0 && rank != p.Rank {
+				return -1
+			}
+			rank = p.Rank
+		}
+	}
+	return rank
+}
+
+// Uses reports whether the process uses GPU index gpu.
+func (p *Process) Uses(gpu int) bool {
+	return gpu >= 0 && (p.GPU == gpu || slices.Contains(p.GPUs, gpu))
 }
 
 // Trigger says why a capture was taken.
@@ -115,6 +167,9 @@ type Process struct {
 	Rank      int    `json:"rank"`
 	LocalRank int    `json:"local_rank"`
 	GPU       int    `json:"gpu"` // -1 when unknown
+	// GPUs lists every GPU the process uses when it uses more than one
+	// (GPU is the first of them).
+	GPUs      []int  `json:"gpus,omitempty"`
 	Container string `json:"container,omitempty"`
 	Pod       string `json:"pod,omitempty"`
 	Namespace string `json:"namespace,omitempty"`

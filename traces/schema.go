@@ -3,14 +3,43 @@ package traces
 // The Parquet tables of a bundle. One row per sample or event; columns are
 // typed and named so that DuckDB, Spark or Trino read the files in place.
 // Times are Unix nanoseconds (UTC).
+//
+// Every table describes itself: its rows start with the Identity columns
+// (cluster, job, run, capture, host) and carry a rank column, and its
+// key-value metadata holds the schema version (MetaSchemaVersion) and the
+// table's name. A query over a whole store needs no file names. A new row
+// type embeds Identity first; WriteTable fills it (and any identify method
+// the type has) from the bundle's manifest, so no writer sets it by hand.
+
+// Identity names the capture a row belongs to. The columns are dictionary
+// encoded: one value per part, so they cost a few bytes per file.
+type Identity struct {
+	Cluster string `parquet:"cluster,dict"`
+	Job     string `parquet:"job,dict"`
+	Run     string `parquet:"run,dict"`
+	Capture string `parquet:"capture,dict"`
+	Host    string `parquet:"host,dict"`
+}
+
+// identify sets the identity columns of a row from the bundle's manifest.
+func (id *Identity) identify(m *Manifest) {
+	*id = Identity{Cluster: m.Cluster, Job: m.Job, Run: m.Run, Capture: m.CaptureID, Host: m.Host}
+}
+
+// identified is a row type whose identity WriteTable fills in.
+type identified interface{ identify(m *Manifest) }
 
 // GPUSample is one row of gpu_samples.parquet: one device at one instant.
 // NVML fields are always set; the DCGM profiling fields are meaningful only
 // when ProfValid is true (DCGM missing, paused or not loaded otherwise).
 type GPUSample struct {
-	TimeNs int64  `parquet:"time_ns,timestamp(nanosecond)"`
-	GPU    int32  `parquet:"gpu"`
-	UUID   string `parquet:"uuid,dict"`
+	Identity
+	TimeNs int64 `parquet:"time_ns,timestamp(nanosecond)"`
+	GPU    int32 `parquet:"gpu"`
+	// Rank is the global rank whose process uses the GPU, -1 when none or
+	// several do; WriteTable fills it from the manifest.
+	Rank int32  `parquet:"rank"`
+	UUID string `parquet:"uuid,dict"`
 
 	GPUUtil     float32 `parquet:"gpu_util"`      // percent, NVML
 	MemCopyUtil float32 `parquet:"mem_copy_util"` // percent, NVML
@@ -49,6 +78,12 @@ type GPUSample struct {
 	ProfNVLinkRxBps int64   `parquet:"prof_nvlink_rx_bps"`
 }
 
+// identify fills the sample's identity and the rank using its GPU.
+func (s *GPUSample) identify(m *Manifest) {
+	s.Identity.identify(m)
+	s.Rank = int32(m.GPURank(int(s.GPU)))
+}
+
 // Clock event reason bits (NVML's nvmlClocksEventReason*).
 const (
 	ClockEventGPUIdle           = 0x1
@@ -66,6 +101,7 @@ const (
 // time, not GPU completion. Arrival skew across ranks for the same (CommID,
 // Seq) is what exposes a straggler.
 type NCCLEvent struct {
+	Identity
 	TimeNs int64 `parquet:"time_ns,timestamp(nanosecond)"`
 	// DurationNs is how long the host-side call took (entry to return).
 	DurationNs int64 `parquet:"duration_ns"`
@@ -98,6 +134,7 @@ const (
 
 // Step is one row of steps.parquet: one training iteration of one rank.
 type Step struct {
+	Identity
 	Rank      int32  `parquet:"rank"`
 	PID       int32  `parquet:"pid"`
 	Iteration int64  `parquet:"iteration"`

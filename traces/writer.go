@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/google/pprof/profile"
@@ -134,18 +135,45 @@ func (p *PartWriter) Abort() {
 	delete(p.w.names, p.name)
 }
 
+// Keys of the key-value metadata every bundle table carries.
+const (
+	// MetaSchemaVersion holds SchemaVersion, in decimal.
+	MetaSchemaVersion = "loupe.schema_version"
+	// MetaTable holds the part's name, e.g. gpu_samples.parquet.
+	MetaTable = "loupe.table"
+)
+
+// identifyBatch is how many rows WriteTable copies at a time to fill in
+// their identity, leaving the caller's rows as they are.
+const identifyBatch = 4096
+
 // WriteTable writes rows as a zstd-compressed Parquet part. T is one of the
-// row types of this package (GPUSample, NCCLEvent, Step).
+// row types of this package (GPUSample, NCCLEvent, Step). The identity
+// columns of each row written are filled from the bundle's manifest; the
+// caller's rows are not changed.
 func WriteTable[T any](w *BundleWriter, name string, rows []T) error {
 	pw, err := w.Create(name, MediaParquet)
 	if err != nil {
 		return err
 	}
 	tw := parquet.NewGenericWriter[T](pw, parquet.Compression(&zstd.Codec{}),
-		parquet.CreatedBy("loupe", "v1", ""))
-	if _, err := tw.Write(rows); err != nil {
-		pw.Abort()
-		return fmt.Errorf("bundle part %q: write parquet: %w", name, err)
+		parquet.CreatedBy("loupe", "v1", ""),
+		parquet.KeyValueMetadata(MetaSchemaVersion, strconv.Itoa(SchemaVersion)),
+		parquet.KeyValueMetadata(MetaTable, name))
+	batch := make([]T, 0, min(len(rows), identifyBatch))
+	for len(rows) > 0 {
+		n := min(len(rows), identifyBatch)
+		batch = append(batch[:0], rows[:n]...)
+		rows = rows[n:]
+		for i := range batch {
+			if r, ok := any(&batch[i]).(identified); ok {
+				r.identify(&w.m)
+			}
+		}
+		if _, err := tw.Write(batch); err != nil {
+			pw.Abort()
+			return fmt.Errorf("bundle part %q: write parquet: %w", name, err)
+		}
 	}
 	if err := tw.Close(); err != nil {
 		pw.Abort()

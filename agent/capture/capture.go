@@ -534,10 +534,17 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	}
 	var events []traces.Event
 	if c.src.GPU != nil {
-		if err := traces.WriteTable(bw, traces.PartGPUSamples, c.src.GPU.Samples(start, end)); err != nil {
+		// A job owns the GPUs its processes use, and only those: on a shared
+		// host another job's GPUs are not its problem.
+		gpus := jobGPUs(req.Processes)
+		if gpus != nil && len(gpus) == 0 {
+			bw.Note("no process of job %s uses a GPU on this host: its bundle carries no GPU samples", req.Job)
+		} else if err := traces.WriteTable(bw, traces.PartGPUSamples, onGPUs(c.src.GPU.Samples(start, end), gpus)); err != nil {
 			return nil, err
 		}
-		events = c.src.GPU.Events(start, end)
+		events = slices.DeleteFunc(c.src.GPU.Events(start, end), func(e traces.Event) bool {
+			return gpus != nil && e.GPU >= 0 && !gpus[e.GPU]
+		})
 	}
 	for _, s := range c.src.Events {
 		events = append(events, attributeEvents(s.Events(start, end), req.Job, req.Processes)...)
@@ -606,9 +613,13 @@ func (c *Capturer) manifest(req Request, start, end time.Time) traces.Manifest {
 	slices.Sort(m.Ranks)
 	if c.src.GPU != nil {
 		m.Simulated = c.src.GPU.Simulated()
+		gpus := jobGPUs(req.Processes)
 		for _, g := range c.src.GPU.Devices() {
+			if gpus != nil && !gpus[g.Index] {
+				continue
+			}
 			for _, p := range req.Processes {
-				if p.GPU == g.Index && p.Rank >= 0 && !slices.Contains(g.Ranks, p.Rank) {
+				if p.Uses(g.Index) && p.Rank >= 0 && !slices.Contains(g.Ranks, p.Rank) {
 					g.Ranks = append(g.Ranks, p.Rank)
 				}
 			}
@@ -616,6 +627,33 @@ func (c *Capturer) manifest(req Request, start, end time.Time) traces.Manifest {
 		}
 	}
 	return m
+}
+
+// jobGPUs are the indices of the GPUs the processes use; nil when the
+// capture names no process, whose bundle then carries the host's GPUs,
+// owned by no job (see traces.Manifest.OwnsGPU).
+func jobGPUs(ps []traces.Process) map[int]bool {
+	if len(ps) == 0 {
+		return nil
+	}
+	out := map[int]bool{}
+	for _, p := range ps {
+		if p.GPU >= 0 {
+			out[p.GPU] = true
+		}
+		for _, g := range p.GPUs {
+			out[g] = true
+		}
+	}
+	return out
+}
+
+// onGPUs keeps the samples of the given GPUs (all when gpus is nil).
+func onGPUs(samples []traces.GPUSample, gpus map[int]bool) []traces.GPUSample {
+	if gpus == nil {
+		return samples
+	}
+	return slices.DeleteFunc(samples, func(s traces.GPUSample) bool { return !gpus[int(s.GPU)] })
 }
 
 func pidsOf(ps []traces.Process) []int {

@@ -455,3 +455,63 @@ func BenchmarkWriteBundle(b *testing.B) {
 	}
 	b.ReportMetric(4000*float64(b.N)/b.Elapsed().Seconds(), "gpu_rows/s")
 }
+
+// A shared host: job "train" runs on GPU 1, job "etl" on no GPU. Each
+// bundle carries only its job's GPUs: train's has GPU 1 (its samples and
+// its XID), etl's none at all, and says so.
+func TestSharedHostGPUOwnership(t *testing.T) {
+	h := newHarness(t, Sources{GPU: &fakeGPU{}}, Config{})
+	gpuJob := []traces.Process{{PID: 11, Rank: 0, LocalRank: 0, GPU: 1, Comm: "python"}}
+	cpuJob := []traces.Process{{PID: 20, Rank: 0, LocalRank: 0, GPU: -1, Comm: "etl"}}
+	var dirs []string
+	for _, r := range []Request{
+		{ID: "cap-train", Job: "train", Run: "r1", Processes: gpuJob, WorldSize: 1, Duration: 30 * time.Millisecond},
+		{ID: "cap-etl", Job: "etl", Run: "r1", Processes: cpuJob, WorldSize: 1, Duration: 30 * time.Millisecond},
+	} {
+		if _, err := h.c.Submit(r); err != nil {
+			t.Fatal(err)
+		}
+		if st := h.waitState(t, r.ID); st.State != StateCommitted {
+			t.Fatalf("%s: %+v", r.ID, st)
+		}
+		dirs = append(dirs, h.spool.committed[len(h.spool.committed)-1])
+	}
+	train, etl := readBundle(t, dirs[0]), readBundle(t, dirs[1])
+	if len(train.GPUs) != 1 || train.GPUs[0].Index != 1 || !slices.Equal(train.GPUs[0].Ranks, []int{0}) || !train.OwnsGPU(1) || train.OwnsGPU(0) {
+		t.Errorf("train GPUs %+v", train.GPUs)
+	}
+	for _, s := range readTable[traces.GPUSample](t, dirs[0], traces.PartGPUSamples) {
+		if s.GPU != 1 {
+			t.Fatalf("train's bundle holds a sample of GPU %d", s.GPU)
+		}
+	}
+	if len(etl.GPUs) != 0 || etl.OwnsGPU(0) || etl.OwnsGPU(1) {
+		t.Errorf("etl GPUs %+v, want none", etl.GPUs)
+	}
+	if _, ok := etl.Part(traces.PartGPUSamples); ok {
+		t.Error("etl's bundle has GPU samples")
+	}
+	if !slices.ContainsFunc(etl.Notes, func(n string) bool { return strings.Contains(n, "no process of job etl uses a GPU") }) {
+		t.Errorf("etl notes %q", etl.Notes)
+	}
+	var xids int
+	for _, dir := range dirs {
+		f, err := os.Open(filepath.Join(dir, traces.PartEvents))
+		if err != nil {
+			continue
+		}
+		traces.ReadEvents(f, func(e traces.Event) error {
+			if e.Kind == traces.EventXID {
+				xids++
+				if dir != dirs[0] {
+					t.Errorf("GPU 1's XID in %s", dir)
+				}
+			}
+			return nil
+		})
+		f.Close()
+	}
+	if xids != 1 {
+		t.Errorf("%d XIDs, want GPU 1's in train's bundle only", xids)
+	}
+}

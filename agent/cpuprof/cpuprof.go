@@ -317,6 +317,7 @@ func (p *Profiler) drainLocked() {
 	// Every sample of one drain was taken at the current rate: rates
 	// change only right after a drain.
 	period := uint64(time.Second) / uint64(p.rate)
+	drained := time.Now().UnixNano()
 	lost, err := p.sampler.Drain(func(s cpu.Sample) {
 		total += s.Count
 		var ws []*Window
@@ -336,7 +337,11 @@ func (p *Profiler) drainLocked() {
 		windowed := len(ws) > 1 || p.cont == nil
 		st := p.symbolize(s, windowed)
 		for _, w := range ws {
-			w.add(s.PID, s.Comm, st, s.Count, s.Count*period, p.cfg.Labeler)
+			at := drained
+			if w == p.cont {
+				at = 0 // the continuous profile keeps one sample per stack
+			}
+			w.add(s.PID, s.Comm, st, s.Count, s.Count*period, at, p.cfg.Labeler)
 		}
 	})
 	p.samples.Add(int(total))

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/pprof/profile"
+
+	"github.com/loupe-dev/loupe/traces"
 )
 
 // Window collects the samples of some processes between StartWindow and
@@ -37,6 +39,10 @@ type sampleKey struct {
 	pid   uint32
 	comm  string
 	stack string // location ids, 8 bytes each, leaf first
+	// drained is when the kernel's counts were read (Unix ns): the samples
+	// were taken in the drain interval before it, which puts them on a
+	// capture's timeline (traces.ProfileTimeLabel).
+	drained int64
 }
 
 // procStats is what a window knows about one process.
@@ -66,7 +72,7 @@ func newWindow(p *Profiler, pids []int) *Window {
 
 func (w *Window) wants(pid uint32) bool { return w.all || w.pids[pid] }
 
-func (w *Window) add(pid uint32, comm string, st stack, count, ns uint64, labeler func(int) map[string]string) {
+func (w *Window) add(pid uint32, comm string, st stack, count, ns uint64, drained int64, labeler func(int) map[string]string) {
 	ps, ok := w.procs[pid]
 	if !ok {
 		ps = &procStats{stopsIn: map[string]uint64{}, comm: comm}
@@ -92,7 +98,7 @@ func (w *Window) add(pid uint32, comm string, st stack, count, ns uint64, labele
 		}
 		key = binary.LittleEndian.AppendUint64(key, id)
 	}
-	k := sampleKey{pid: pid, comm: comm, stack: string(key)}
+	k := sampleKey{pid: pid, comm: comm, stack: string(key), drained: drained}
 	v := w.samples[k]
 	if v == nil {
 		v = &sampleValue{}
@@ -193,13 +199,20 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		if keys[i].comm != keys[j].comm {
 			return keys[i].comm < keys[j].comm
 		}
-		return keys[i].stack < keys[j].stack
+		if keys[i].stack != keys[j].stack {
+			return keys[i].stack < keys[j].stack
+		}
+		return keys[i].drained < keys[j].drained
 	})
 	for _, k := range keys {
 		v := w.samples[k]
 		s := &profile.Sample{
 			Value: []int64{int64(v.n), int64(v.ns)},
 			Label: map[string][]string{"pid": {strconv.Itoa(int(k.pid))}, "comm": {k.comm}},
+		}
+		if k.drained != 0 {
+			s.NumLabel = map[string][]int64{traces.ProfileTimeLabel: {k.drained}}
+			s.NumUnit = map[string][]string{traces.ProfileTimeLabel: {"nanoseconds"}}
 		}
 		for name, v := range w.procs[k.pid].labels {
 			if v != "" && name != "pid" && name != "comm" {

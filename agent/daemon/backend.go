@@ -233,9 +233,17 @@ func (d *Daemon) process(info attribution.Info) traces.Process {
 		Container: info.Container, Pod: info.Pod, Namespace: info.Namespace}
 	if d.gpu != nil {
 		for _, g := range d.gpu.Processes() {
-			if g.PID == info.PID {
+			if g.PID != info.PID || p.Uses(g.GPU) {
+				continue
+			}
+			if p.GPU < 0 {
 				p.GPU = g.GPU
-				break
+			} else {
+				// One process on several GPUs owns all of them.
+				if len(p.GPUs) == 0 {
+					p.GPUs = []int{p.GPU}
+				}
+				p.GPUs = append(p.GPUs, g.GPU)
 			}
 		}
 	}

@@ -150,6 +150,23 @@ func TestEveryKeyIsAFlag(t *testing.T) {
 	}
 }
 
+// Every flag says what it does: a new configuration key gets its line in
+// flagDocs (config.go) or this test names it.
+func TestEveryFlagDescribed(t *testing.T) {
+	cfg := DefaultConfig()
+	fs, _ := flagSet(&cfg, io.Discard)
+	n := 0
+	fs.VisitAll(func(f *flag.Flag) {
+		n++
+		if f.Name != "config" && flagDocs[strings.ReplaceAll(f.Name, "-", "_")] == "" {
+			t.Errorf("flag --%s has no description: add its YAML key to flagDocs in agent/daemon/config.go", f.Name)
+		}
+	})
+	if n < 60 {
+		t.Fatalf("only %d flags", n)
+	}
+}
+
 // isRecordList says whether the YAML path names a list of structs.
 func isRecordList(t reflect.Type, path []string) bool {
 	for i := range t.NumField() {

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -38,6 +39,7 @@ import (
 	"github.com/loupe-dev/loupe/agent/trigger"
 	"github.com/loupe-dev/loupe/agent/upload"
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/promtext"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -84,6 +86,7 @@ type Daemon struct {
 
 	mu         sync.Mutex
 	collectors []api.Collector
+	running    atomic.Bool // Run has started the collectors (/readyz)
 
 	metricsLn, apiLn net.Listener
 	closers          []func() error // for a New that fails half-way, and after Run
@@ -417,6 +420,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	run("capture", d.capturer.Run)
 	run("upload", d.uploader.Run)
+	d.running.Store(true)
+	defer d.running.Store(false)
 
 	servers := []*http.Server{
 		{Handler: d.metricsHandler(), ReadHeaderTimeout: 10 * time.Second},
@@ -469,13 +474,21 @@ func (d *Daemon) close() {
 
 func (d *Daemon) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		d.writeMetrics(w)
-	})
+	mux.HandleFunc("GET /metrics", promtext.Handler(d.writeMetrics, metricsHelp, promtext.RuntimeHelp))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
+	})
+	// Ready once Run has started the collectors: liveness (/healthz) only
+	// says the process answers.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !d.running.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "starting\n")
+			return
+		}
+		io.WriteString(w, "ready\n")
 	})
 	return mux
 }

@@ -97,6 +97,9 @@ func TestNoGPUServesMetrics(t *testing.T) {
 	if got := get(t, "http://"+d.MetricsAddr()+"/healthz"); got != "ok\n" {
 		t.Errorf("/healthz = %q", got)
 	}
+	if got := get(t, "http://"+d.MetricsAddr()+"/readyz"); got != "ready\n" {
+		t.Errorf("/readyz = %q", got)
+	}
 	st, err := (&api.Client{Addr: d.APIAddr()}).Status(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@
 //	GET  /api/v1/captures?cluster=&job=&run=&status=&limit=
 //	GET  /api/v1/captures/{cluster}/{job}/{run}/{capture}           manifests and findings
 //	GET  /api/v1/captures/{cluster}/{job}/{run}/{capture}/trace?host=  Chrome/Perfetto trace
-//	GET  /metrics, /healthz
+//	GET  /metrics, /healthz (liveness), /readyz (readiness: the index is built)
 //
 // Errors are JSON objects {"error": "..."}; bad parameters get a 400 that
 // says which parameter and what is allowed.
@@ -21,7 +21,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"github.com/loupe-dev/loupe/aggregator/httpjson"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -30,8 +30,10 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/loupe-dev/loupe/aggregator/findings"
+	"github.com/loupe-dev/loupe/aggregator/httpjson"
 	"github.com/loupe-dev/loupe/aggregator/watcher"
 	"github.com/loupe-dev/loupe/analyzers"
+	"github.com/loupe-dev/loupe/traces/promtext"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -105,12 +107,12 @@ func New(cfg Config) *Server {
 	s.route("/api/v1/", "unknown", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusNotFound, "no API endpoint %s %s; see the aggregator's README for /api/v1/ endpoints", r.Method, r.URL.Path)
 	})
-	s.route("GET /metrics", "metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	s.route("GET /metrics", "metrics", promtext.Handler(func(w io.Writer) {
 		s.cfg.Metrics.WritePrometheus(w)
 		metrics.WriteProcessMetrics(w)
-	})
+	}, MetricsHelp, promtext.RuntimeHelp))
 	s.route("GET /healthz", "healthz", s.healthz)
+	s.route("GET /readyz", "readyz", s.readyz)
 	return s
 }
 
@@ -122,7 +124,7 @@ func (s *Server) Handle(pattern string, h http.Handler) {
 	if path == "" {
 		path = pattern
 	}
-	if strings.HasPrefix(path, Prefix) && !strings.HasPrefix(path, ViewsPrefix) || path == "/metrics" || path == "/healthz" {
+	if strings.HasPrefix(path, Prefix) && !strings.HasPrefix(path, ViewsPrefix) || path == "/metrics" || path == "/healthz" || path == "/readyz" {
 		panic(fmt.Sprintf("api: pattern %q is reserved for the aggregator API", pattern))
 	}
 	s.mux.Handle(pattern, h)
@@ -138,7 +140,7 @@ func (s *Server) route(pattern, name string, h http.HandlerFunc) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		h(sw, r)
 		s.cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`loupe_aggregator_http_requests_total{route=%q,code="%d"}`, name, sw.code)).Inc()
-		s.cfg.Metrics.GetOrCreateHistogram(fmt.Sprintf(`loupe_aggregator_http_request_duration_seconds{route=%q}`, name)).UpdateDuration(start)
+		s.cfg.Metrics.GetOrCreatePrometheusHistogram(fmt.Sprintf(`loupe_aggregator_http_request_duration_seconds{route=%q}`, name)).UpdateDuration(start)
 	})
 }
 
@@ -165,6 +167,18 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 		queued = s.cfg.Queued()
 	}
 	httpjson.Write(w, http.StatusOK, map[string]any{"status": "ok", "index_ready": ready, "queued_captures": queued})
+}
+
+// readyz answers 200 once the index is complete (the start-up listing
+// finished) and 503 before: a replica that does not know the store's
+// captures yet should get no API or UI traffic. /healthz is the liveness
+// check: it answers whenever the process serves at all.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil && !s.cfg.Ready() {
+		httpjson.Error(w, http.StatusServiceUnavailable, "the index is being built from the store's listing")
+		return
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"status": "ready"})
 }
 
 // events receives S3 event notifications. Store notifications are retried

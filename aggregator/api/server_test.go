@@ -1,13 +1,17 @@
 package api_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -303,5 +307,112 @@ func TestMountAndOps(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+}
+
+// The export of a capture with a Kineto trace comes gzip-encoded when the
+// client accepts it (plain otherwise), with the trace's kernels on the
+// rank's timeline at their wall-clock time.
+func TestTraceExportGzipAndKernels(t *testing.T) {
+	st, err := store.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := aggtest.Manifest("train", "cap-k", "node-a", 1, 0)
+	base := m.Start.Add(2 * time.Second).UnixNano()
+	kin := fmt.Sprintf(`{"schemaVersion":1,"distributedInfo":{"backend":"nccl","rank":0,"world_size":1},"baseTimeNanoseconds":%d,"traceEvents":[
+{"ph":"X","cat":"kernel","name":"sm90_gemm","pid":0,"tid":7,"ts":1000.000,"dur":500.000,"args":{"stream":7,"correlation":1}},
+{"ph":"X","cat":"cuda_runtime","name":"cudaLaunchKernel","pid":1,"tid":1,"ts":990.000,"dur":5.000,"args":{"correlation":1}}]}`, base)
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte(kin))
+	zw.Close()
+	aggtest.Put(t, st, m, map[string][]byte{traces.KinetoDir + "rank0.json.gz": gz.Bytes()})
+	srv := httptest.NewServer(api.New(api.Config{Store: st, Index: findings.NewIndex(nil), Logger: quiet}))
+	defer srv.Close()
+	get := func(enc string) (*http.Response, []byte) {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v1/captures/c1/train/r1/cap-k/trace", nil)
+		req.Header.Set("Accept-Encoding", enc) // set by hand: the client then does not decode
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		return resp, body
+	}
+	resp, plain := get("identity")
+	if resp.Header.Get("Content-Encoding") != "" || !json.Valid(plain) {
+		t.Fatalf("identity: Content-Encoding %q, valid JSON %v", resp.Header.Get("Content-Encoding"), json.Valid(plain))
+	}
+	resp, body := get("br;q=1.0, gzip;q=0.8")
+	if resp.Header.Get("Content-Encoding") != "gzip" || resp.Header.Get("Vary") != "Accept-Encoding" {
+		t.Fatalf("headers %v", resp.Header)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unzipped, err := io.ReadAll(zr)
+	if err != nil || !bytes.Equal(unzipped, plain) {
+		t.Fatalf("gzip body does not decode to the plain export (%v)", err)
+	}
+	var doc struct {
+		OtherData struct {
+			Origin int64 `json:"origin_unix_ns"`
+		} `json:"otherData"`
+		TraceEvents []struct {
+			Name, Cat, Ph string
+			TS, Dur       float64
+		} `json:"traceEvents"`
+	}
+	if err := json.Unmarshal(plain, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var kernels int
+	for _, e := range doc.TraceEvents {
+		if e.Ph == "X" && e.Cat == "kernel" {
+			kernels++
+			at := doc.OtherData.Origin + int64(e.TS*1e3)
+			if e.Name != "sm90_gemm" || at != base+1_000_000 || e.Dur != 500 {
+				t.Errorf("kernel %+v at %d, want sm90_gemm at base+1ms for 500us", e, at)
+			}
+		}
+		if e.Cat == "cuda_runtime" {
+			t.Errorf("CPU-side runtime call %s exported as a kernel", e.Name)
+		}
+	}
+	if kernels != 1 {
+		t.Errorf("%d kernels, want 1", kernels)
+	}
+	if len(body) >= len(plain) {
+		t.Errorf("gzip body %d bytes, plain %d", len(body), len(plain))
+	}
+}
+
+// /readyz fails until the index is built, while /healthz (liveness)
+// answers all along: a starting replica is not restarted, only kept out of
+// the Service.
+func TestReadiness(t *testing.T) {
+	var ready atomic.Bool
+	srv := httptest.NewServer(api.New(api.Config{Index: findings.NewIndex(nil), Logger: quiet, Ready: ready.Load}))
+	defer srv.Close()
+	code := func(path string) int {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code("/readyz") != http.StatusServiceUnavailable || code("/healthz") != http.StatusOK {
+		t.Errorf("before the index: readyz %d, healthz %d", code("/readyz"), code("/healthz"))
+	}
+	ready.Store(true)
+	if code("/readyz") != http.StatusOK {
+		t.Errorf("after the index: readyz %d", code("/readyz"))
 	}
 }

@@ -54,7 +54,7 @@ type Runner struct {
 	log      *slog.Logger
 
 	analyses, partials, backfills, failures, leaseBusy, written *metrics.Counter
-	seconds                                                     *metrics.Histogram
+	seconds                                                     *metrics.PrometheusHistogram
 
 	hooks []func(context.Context, *findings.Record)
 }
@@ -66,6 +66,10 @@ type Runner struct {
 func (r *Runner) OnCommit(fn func(ctx context.Context, rec *findings.Record)) {
 	r.hooks = append(r.hooks, fn)
 }
+
+// analysisBuckets are the upper bounds of
+// loupe_aggregator_analysis_duration_seconds: 10 ms to about 4 minutes.
+var analysisBuckets = metrics.ExponentialBuckets(0.01, 2.5, 12)
 
 // New returns a Runner for cfg.
 func New(cfg Config) *Runner {
@@ -90,7 +94,7 @@ func New(cfg Config) *Runner {
 		failures:  m.GetOrCreateCounter(`loupe_aggregator_analysis_errors_total`),
 		leaseBusy: m.GetOrCreateCounter(`loupe_aggregator_lease_busy_total`),
 		written:   m.GetOrCreateCounter(`loupe_aggregator_findings_written_total`),
-		seconds:   m.GetOrCreateHistogram(`loupe_aggregator_analysis_duration_seconds`),
+		seconds:   m.GetOrCreatePrometheusHistogramExt(`loupe_aggregator_analysis_duration_seconds`, analysisBuckets),
 	}
 }
 

@@ -80,6 +80,16 @@ func browser(t testing.TB) (context.Context, func() []string) {
 	}
 }
 
+// checkPageErrors fails the test at its end if a page threw or logged an
+// error.
+func checkPageErrors(t *testing.T, pageErrors func() []string) {
+	t.Cleanup(func() {
+		if errs := pageErrors(); len(errs) > 0 {
+			t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
+		}
+	})
+}
+
 // load opens url and waits until the page says it has drawn (or failed).
 func load(t testing.TB, ctx context.Context, url, page string) {
 	t.Helper()
@@ -129,6 +139,13 @@ func startAggregator(t *testing.T) string {
 	t.Helper()
 	_, root := seed(t)
 	addContinuous(t, root)
+	return serveStore(t, root, "cap-1", trainJob, inferJob)
+}
+
+// serveStore runs a real aggregator over the store in root and waits until
+// capture id of each job is analyzed.
+func serveStore(t *testing.T, root, id string, jobs ...string) string {
+	t.Helper()
 	cfg := aggregator.DefaultConfig()
 	cfg.Store = "file://" + root
 	cfg.SweepInterval = 100 * time.Millisecond
@@ -146,8 +163,8 @@ func startAggregator(t *testing.T) string {
 	wg.Go(func() { svc.Serve(ctx, ln) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	deadline := time.Now().Add(60 * time.Second)
-	for _, job := range []string{trainJob, inferJob} {
-		for !svc.Index.Done(capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: "cap-1"}) {
+	for _, job := range jobs {
+		for !svc.Index.Done(capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: id}) {
 			if time.Now().After(deadline) {
 				t.Fatalf("capture of %s not analyzed after 60 s", job)
 			}
@@ -160,11 +177,7 @@ func startAggregator(t *testing.T) string {
 func TestPagesInChromium(t *testing.T) {
 	ctx, pageErrors := browser(t)
 	base := startAggregator(t)
-	t.Cleanup(func() {
-		if errs := pageErrors(); len(errs) > 0 {
-			t.Errorf("page errors:\n%s", strings.Join(errs, "\n"))
-		}
-	})
+	checkPageErrors(t, pageErrors)
 
 	t.Run("fleet", func(t *testing.T) {
 		load(t, ctx, base+"/fleet?from=2026-11-25T12:00:00Z&to=2026-11-25T12:01:00Z&bucket=5s", "fleet")

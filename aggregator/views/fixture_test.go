@@ -163,8 +163,8 @@ func stepMsOf(r, i int) float64 {
 }
 
 // cpuProfile is a pprof CPU profile of the ranks, labelled as the agent
-// labels samples; the straggler spends its time in data_loader.
-func cpuProfile(ranks []int) *profile.Profile {
+// labels samples; rank slow spends its time in data_loader.
+func cpuProfile(ranks []int, slow int) *profile.Profile {
 	p := &profile.Profile{
 		SampleType: []*profile.ValueType{{Type: "samples", Unit: "count"}, {Type: "cpu", Unit: "nanoseconds"}},
 		PeriodType: &profile.ValueType{Type: "cpu", Unit: "nanoseconds"}, Period: int64(time.Second) / 19,
@@ -180,7 +180,7 @@ func cpuProfile(ranks []int) *profile.Profile {
 	}
 	for _, r := range ranks {
 		leaf := "forward"
-		if r == straggler {
+		if r == slow {
 			leaf = "data_loader"
 		}
 		for _, stack := range []struct {
@@ -232,7 +232,7 @@ func seed(t testing.TB) (store.Store, string) {
 				start = start.Add(d)
 			}
 		}
-		bundle(t, root, manifest(trainJob, host, world, ranks, false), gpu, steps, nccl, cpuProfile(ranks))
+		bundle(t, root, manifest(trainJob, host, world, ranks, false), gpu, steps, nccl, cpuProfile(ranks, straggler))
 	}
 	// The simulated inference job: one host, no ranks, a sine load.
 	gpu := gpuSamples(t0, window, gpusPerHost, func(g int, d time.Duration) float32 {

@@ -59,8 +59,13 @@ var Metrics = []Metric{
 
 // Limits of one fleet view.
 const (
-	// DefaultWindow is the time range shown when neither from nor to is given.
+	// DefaultWindow is the most time shown when neither from nor to is
+	// given: the window then fits the captures that ended in the
+	// DefaultWindow up to the newest data, so that a few 20 s captures fill
+	// the heatmap instead of being slivers of an hour.
 	DefaultWindow = time.Hour
+	// minFitWindow is the least time a fitted window spans.
+	minFitWindow = 10 * time.Second
 	// MaxWindow bounds to-from.
 	MaxWindow = 7 * 24 * time.Hour
 	// MaxColumns bounds the time buckets of one view.
@@ -394,6 +399,39 @@ type FleetView struct {
 	Simulated bool       `json:"simulated"`
 }
 
+// fitWindow is the default window: from the earliest start to the newest
+// end of the GPU captures that ended within DefaultWindow of the newest
+// data (at least minFitWindow, whole seconds); the hour before now when
+// there is none.
+func fitWindow(hosts []*hostEntry, now time.Time) (from, to time.Time) {
+	for _, e := range hosts {
+		if _, ok := e.m.Part(traces.PartGPUSamples); ok && e.m.End.After(to) {
+			to = e.m.End
+		}
+	}
+	if to.IsZero() {
+		to = now.Truncate(time.Second).Add(time.Second)
+		return to.Add(-DefaultWindow), to
+	}
+	if end := to; to.Truncate(time.Second).Before(end) {
+		to = end.Truncate(time.Second).Add(time.Second)
+	}
+	from = to
+	for _, e := range hosts {
+		if _, ok := e.m.Part(traces.PartGPUSamples); ok && e.m.End.After(to.Add(-DefaultWindow)) && e.m.Start.Before(from) {
+			from = e.m.Start
+		}
+	}
+	from = from.Truncate(time.Second)
+	if earliest := to.Add(-DefaultWindow); from.Before(earliest) {
+		from = earliest
+	}
+	if to.Sub(from) < minFitWindow {
+		from = to.Add(-minFitWindow)
+	}
+	return from, to
+}
+
 type rowKey struct {
 	cluster, job, run, host string
 	gpu                     int32
@@ -415,25 +453,15 @@ func (h *Handler) fleet(ctx context.Context, fq fleetQuery) (*FleetView, []float
 		}
 		h.hosts.prune(keep)
 	}
-	// The window: what was asked, else the hour up to the newest data.
+	// The window: what was asked, else fitted to the data (fitWindow).
 	from, to := fq.from, fq.to
 	switch {
 	case fq.fromSet && !fq.toSet:
 		to = from.Add(DefaultWindow)
-	case !fq.fromSet:
-		if !fq.toSet {
-			to = time.Time{}
-			for _, e := range hosts {
-				if e.m.End.After(to) {
-					to = e.m.End
-				}
-			}
-			if to.IsZero() {
-				to = time.Now()
-			}
-			to = to.Truncate(time.Second).Add(time.Second)
-		}
+	case !fq.fromSet && fq.toSet:
 		from = to.Add(-DefaultWindow)
+	case !fq.fromSet:
+		from, to = fitWindow(hosts, time.Now())
 	}
 	fromSec, toSec := from.Unix(), to.Unix()
 	if to.After(time.Unix(toSec, 0)) {

@@ -62,9 +62,13 @@ type JobView struct {
 	Hosts        []JobHost        `json:"hosts"`
 	// Trace downloads the whole capture as Chrome/Perfetto trace JSON; empty
 	// when it has too many hosts (each host has its own link).
-	Trace    string           `json:"trace,omitempty"`
-	Steps    StepView         `json:"steps"`
-	NCCL     []RankSkew       `json:"nccl_skew"`
+	Trace string     `json:"trace,omitempty"`
+	Steps StepView   `json:"steps"`
+	NCCL  []RankSkew `json:"nccl_skew"`
+	// Arrival is the rank x collective heatmap of arrival lateness: where
+	// a straggler of synchronous ranks shows, since their step times are
+	// equal (every rank waits at the same collective).
+	Arrival  ArrivalView      `json:"arrival"`
 	Kernels  KernelView       `json:"kernels"`
 	Notes    []string         `json:"notes,omitempty"`
 	Findings []traces.Finding `json:"findings"`
@@ -127,6 +131,22 @@ type RankSkew struct {
 	// LastShare is the share of collectives this rank arrived at last.
 	LastShare Num `json:"last_share"`
 }
+
+// ArrivalView is each rank's lateness (ms after the first rank) at each of
+// the capture's last complete collectives, in the order they happened.
+type ArrivalView struct {
+	Ranks []int32 `json:"ranks"`
+	// Collectives label the columns, e.g. "AllReduce #41".
+	Collectives []string `json:"collectives"`
+	// Ms is rank-major: Ms[i*len(Collectives)+j] is rank Ranks[i] at
+	// collective j; null where the rank has no call.
+	Ms []Num `json:"ms"`
+	// Truncated is set when older collectives were left out.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// maxArrivalColumns bounds the collectives of the arrival heatmap.
+const maxArrivalColumns = 200
 
 // KernelView is the kernel-duration histogram from the capture's Kineto
 // traces: kernel launches binned by duration. Kineto summaries keep
@@ -242,6 +262,7 @@ func (h *Handler) computeJob(ctx context.Context, c *capture.Capture) (*JobView,
 	}
 	v.Steps = steps.view()
 	v.NCCL = skew.view(hostOfRank)
+	v.Arrival = skew.arrival()
 	kv, err := h.kernels(ctx, c)
 	if err != nil {
 		v.Notes = append(v.Notes, "Kineto traces: "+err.Error())
@@ -330,6 +351,7 @@ type collKey struct {
 }
 
 type collArrivals struct {
+	op     string
 	nranks int32
 	ranks  []int32
 	times  []int64
@@ -353,7 +375,7 @@ func (a *skewAcc) add(rows []traces.NCCLEvent) error {
 		k := collKey{r.CommID, r.Seq}
 		c := a.colls[k]
 		if c == nil {
-			c = &collArrivals{nranks: r.NRanks}
+			c = &collArrivals{op: r.Op, nranks: r.NRanks}
 			a.colls[k] = c
 		}
 		c.ranks = append(c.ranks, r.Rank)
@@ -395,6 +417,49 @@ func (a *skewAcc) view(hostOfRank map[int32]string) []RankSkew {
 		})
 	}
 	return out
+}
+
+// arrival lays out the last complete collectives, oldest first, as a
+// rank x collective heatmap of lateness.
+func (a *skewAcc) arrival() ArrivalView {
+	type coll struct {
+		key   collKey
+		c     *collArrivals
+		first int64
+	}
+	var cs []coll
+	ranks := map[int32]bool{}
+	for k, c := range a.colls {
+		if c.nranks < 2 || len(c.ranks) != int(c.nranks) {
+			continue
+		}
+		cs = append(cs, coll{k, c, slices.Min(c.times)})
+		for _, r := range c.ranks {
+			ranks[r] = true
+		}
+	}
+	slices.SortFunc(cs, func(x, y coll) int {
+		return cmp.Or(cmp.Compare(x.first, y.first), cmp.Compare(x.key.comm, y.key.comm), cmp.Compare(x.key.seq, y.key.seq))
+	})
+	v := ArrivalView{Ranks: sortedKeys(ranks), Collectives: []string{}, Ms: []Num{}}
+	if len(cs) > maxArrivalColumns {
+		cs, v.Truncated = cs[len(cs)-maxArrivalColumns:], true
+	}
+	row := make(map[int32]int, len(v.Ranks))
+	for i, r := range v.Ranks {
+		row[r] = i
+	}
+	v.Ms = make([]Num, len(v.Ranks)*len(cs))
+	for i := range v.Ms {
+		v.Ms[i] = Num(math.NaN())
+	}
+	for j, c := range cs {
+		v.Collectives = append(v.Collectives, fmt.Sprintf("%s #%d", c.c.op, c.key.seq))
+		for i, r := range c.c.ranks {
+			v.Ms[row[r]*len(cs)+j] = Num(float64(c.c.times[i]-c.first) / 1e6)
+		}
+	}
+	return v
 }
 
 // kernels builds the kernel-duration histogram from the Kineto traces.

@@ -22,7 +22,7 @@ import (
 // continuousProfile is one interval of a continuous profile: each rank
 // (or, without ranks, one process) spends n samples in leaf under main.
 func continuousProfile(start time.Time, ranks []int, leaf string, n int64) *profile.Profile {
-	p := cpuProfile(nil)
+	p := cpuProfile(nil, -1)
 	p.TimeNanos, p.DurationNanos = start.UnixNano(), int64(time.Minute)
 	main, leafLoc := p.Location[0], p.Location[2] // main, forward
 	if leaf == "data_loader" {

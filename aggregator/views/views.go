@@ -114,7 +114,7 @@ func New(cfg Config) *Handler {
 // component).
 func (h *Handler) route(path string, fn http.HandlerFunc) {
 	name, _, _ := strings.Cut(path, "/")
-	hist := h.cfg.Metrics.NewHistogram(fmt.Sprintf(`loupe_aggregator_view_duration_seconds{view=%q}`, name))
+	hist := h.cfg.Metrics.NewPrometheusHistogram(fmt.Sprintf(`loupe_aggregator_view_duration_seconds{view=%q}`, name))
 	h.mux.HandleFunc("GET "+Prefix+path, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		fn(w, r)

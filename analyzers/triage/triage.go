@@ -204,6 +204,11 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 		case category == CategoryHardware:
 			subject = f.Scope.Host + "/gpu-" + strconv.Itoa(f.Scope.GPU) + "/" + f.Title
 		}
+		if f.Scope.HostWide {
+			// Another tenant's GPU, or one nobody uses: the host's incident.
+			subject = "host/" + f.Scope.Host + "/gpu-" + strconv.Itoa(f.Scope.GPU) + "/" + subject
+			title = fmt.Sprintf("%s (host %s, GPU %d: no process of job %s uses it)", title, f.Scope.Host, f.Scope.GPU, scope.Job)
+		}
 		g := get(category, subject, title)
 		g.count++
 		g.inc.Findings = append(g.inc.Findings, f.ID)
@@ -220,9 +225,10 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 		}
 		addPlace(&g.inc, f.Scope.Host, f.Scope.Rank)
 		g.frames = append(g.frames, f.Frames...)
-		if category == CategoryHardware {
+		if category == CategoryHardware || f.Scope.HostWide {
 			g.inc.Scope.Host, g.inc.Scope.GPU = f.Scope.Host, f.Scope.GPU
 		}
+		g.inc.Scope.HostWide = f.Scope.HostWide
 		if category == CategoryStraggler {
 			g.inc.Scope.Rank = f.Scope.Rank
 		}
@@ -259,7 +265,11 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 		pb := playbook[inc.Category]
 		inc.SuggestedFix = cmp.Or(strings.Join(g.fixes, " "), pb.fix)
 		inc.DocURL = pb.doc
-		inc.Owners, inc.Channels = cfg.Owners.Match(Subject{Job: scope.Job, Category: inc.Category, Hosts: inc.Hosts, Frames: g.frames})
+		job := scope.Job
+		if inc.Scope.HostWide {
+			job = "" // the job's owners do not own another job's GPU
+		}
+		inc.Owners, inc.Channels = cfg.Owners.Match(Subject{Job: job, Category: inc.Category, Hosts: inc.Hosts, Frames: g.frames})
 		inc.Created = cfg.Now().UTC()
 		if cfg.Summarizer != nil {
 			if gen, err := cfg.Summarizer.Summarize(ctx, &inc); err != nil {

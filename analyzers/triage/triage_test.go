@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -279,4 +280,30 @@ func FuzzOwnersFile(f *testing.F) {
 		}
 		o.Match(Subject{Job: "j", Category: "c", Hosts: []string{"h"}, Frames: []string{"f"}})
 	})
+}
+
+// Throttling on a GPU of the job and on a GPU no process of the job uses:
+// two incidents; the host-wide one is the host's (fleet-ops by category,
+// not ml-infra by the job rule) and says whose GPU it is not.
+func TestHostWideFindingIsNotTheJobs(t *testing.T) {
+	o, _ := ParseOwners([]byte(ownersFile))
+	cfg := DefaultConfig()
+	cfg.Owners = o
+	own := finding("throttle", traces.SeverityCritical, "GPU thermal throttling", "h1", 2, 2, 360, 0.2)
+	other := finding("throttle", traces.SeverityCritical, "GPU thermal throttling", "h1", 5, -1, 360, 0.2)
+	other.Scope.HostWide = true
+	incs := Triage(context.Background(), scope, []traces.Finding{own, other}, nil, cfg)
+	if len(incs) != 2 {
+		t.Fatalf("want 2 incidents, got %+v", incs)
+	}
+	for _, inc := range incs {
+		if inc.Scope.HostWide {
+			if inc.Scope.GPU != 5 || inc.Scope.Host != "h1" || !reflect.DeepEqual(inc.Owners, []string{"fleet-ops"}) ||
+				!strings.Contains(inc.Title, "no process of job llama-70b uses it") {
+				t.Errorf("host-wide incident %+v", inc)
+			}
+		} else if !slices.Contains(inc.Owners, "ml-infra") {
+			t.Errorf("job incident owners %v lack the job's team", inc.Owners)
+		}
+	}
 }

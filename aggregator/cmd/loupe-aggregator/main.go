@@ -32,8 +32,8 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	switch {
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(2)
+	case errors.Is(err, flag.ErrHelp): // -h, --help: the usage was printed
+		os.Exit(0)
 	case errors.Is(err, errUsage):
 		fmt.Fprintln(os.Stderr, "loupe-aggregator:", err)
 		os.Exit(2)
@@ -74,12 +74,24 @@ const usage = `usage:
   loupe-aggregator [serve] [--config FILE] [--store URL] [--addr :8080] [flags]
   loupe-aggregator analyze URL-or-DIR [--json] [--capture CLUSTER/JOB/RUN/CAPTURE]
   loupe-aggregator backfill --since DATE [--dry-run] [--config FILE] [--store URL]
+  loupe-aggregator help
+
+commands:
+  serve      the fleet service (the default): watch the store, analyze captures, serve the API and web UI
+  analyze    analyze a store, a capture or a folder of Kineto traces offline and print the findings
+  backfill   re-run the analyzers whose version changed over captures since DATE
+  help       print this
+
 Run a command with -h for its flags.
 `
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage+"\nserve flags (each also a key of the --config YAML file, - as _):\n")
+		fs.PrintDefaults()
+	}
 	cfg, rest, err := aggregator.LoadConfig(fs, args)
 	if err != nil {
 		return err

@@ -110,6 +110,8 @@ func TestAnalyzeTable(t *testing.T) {
 }
 
 func TestAnalyzeErrors(t *testing.T) {
+	foreign := t.TempDir()
+	os.WriteFile(filepath.Join(foreign, "results.json"), []byte(`{"accuracy": 0.91, "epochs": 3}`), 0o644)
 	tests := []struct {
 		args []string
 		want string
@@ -119,14 +121,15 @@ func TestAnalyzeErrors(t *testing.T) {
 		{[]string{"analyze", "s3://x"}, "bucket"},
 		{[]string{"analyze", t.TempDir(), "--capture", "a/b"}, "--capture applies to a store"},
 		{[]string{"analyze", "file://" + t.TempDir()}, "no committed capture"},
+		{[]string{"analyze", foreign}, "results.json is not a Kineto trace (no traceEvents)"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"backfill"}, "needs --since"},
 		{[]string{"backfill", "--since", "yesterday"}, "want a date like"},
 	}
 	for _, tt := range tests {
-		_, stderr, err := runCmd(t, tt.args...)
-		if err == nil || !strings.Contains(err.Error()+stderr, tt.want) {
-			t.Errorf("%q: error %v (stderr %q), want %q", tt.args, err, stderr, tt.want)
+		stdout, stderr, err := runCmd(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error()+stderr+stdout, tt.want) {
+			t.Errorf("%q: error %v (stderr %q, stdout %q), want %q", tt.args, err, stderr, stdout, tt.want)
 		}
 	}
 }

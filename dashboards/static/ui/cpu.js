@@ -48,9 +48,10 @@ function controls(fg) {
 function draw(fg) {
   const scope = [fg.job ? `job ${fg.job}` : "", fg.host ? `host ${fg.host}` : "", fg.rank >= 0 ? `rank ${fg.rank}` : ""].filter(Boolean).join(", ") || "the fleet";
   const area = el("div", { id: "flame", class: "chart", style: "height:420px" });
+  const tools = el("div", { class: "controls", id: "flame-tools" });
   main.replaceChildren(el("h1", {}, `CPU time of ${scope}`), fg.simulated ? simBanner("some of these processes ran on hosts whose") : "",
-    controls(fg), el("div", { class: "card" }, area));
-  loupe.flame = drawFlame(area, fg);
+    controls(fg), el("div", { class: "card" }, tools, area));
+  loupe.flame = drawFlame(area, fg, tools);
   loupe.cpu = { profiles: fg.profiles, total: fg.total };
   ready("cpu");
 }

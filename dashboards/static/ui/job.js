@@ -1,8 +1,10 @@
-// The job page: one capture of a job run. A rank x iteration step-time
-// heatmap (a straggler is a hot row), step-time and kernel-duration
-// histograms, NCCL arrival skew per rank, the findings ranked by impact, a
-// CPU flame graph per rank and the Chrome/Perfetto trace download.
-import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, ready } from "./common.js";
+// The job page: one capture of a job run. It opens on its costliest
+// finding and the chart that shows it (for a straggler, the rank x
+// collective arrival heatmap), then the rank x iteration step-time heatmap,
+// step-time and kernel-duration histograms, NCCL arrival skew per rank, the
+// findings ranked by impact, a CPU flame graph opened on the rank the
+// findings name, and the Chrome/Perfetto trace download.
+import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, ready, severityBadge } from "./common.js";
 import { rasterHeatmap } from "./heatmap.js";
 import { drawFlame } from "./flame.js";
 import { findingsTable } from "./findings-table.js";
@@ -100,51 +102,130 @@ function skewChart(box, rows) {
   return chart;
 }
 
+// evidenceOf names the section that shows a finding's problem best: for a
+// straggler of synchronous ranks the arrival-skew heatmap (their step times
+// are equal, since every rank waits for the slowest at each collective).
+const evidenceOf = {
+  "nccl-straggler": "arrival",
+  "step-imbalance": "steps",
+  "input-bound": "flame",
+  "kineto-kernel-breakdown": "kernels",
+  "kineto-launch-overhead": "kernels",
+};
+
+/** topFinding is the costliest finding about the job itself (findings come
+ * most costly first; host-wide ones are about another tenant's GPU). */
+function topFinding(v) {
+  return v.findings.find((f) => !f.scope.host_wide) || null;
+}
+
+function arrivalHeatmap(v, box, rank) {
+  const a = v.arrival;
+  let hi = 0;
+  for (const ms of a.ms) if (ms !== null && ms > hi) hi = ms;
+  return rasterHeatmap(box, {
+    rows: a.ranks.map((r) => `rank ${r}`), cols: a.collectives.length, values: a.ms, min: 0, max: hi || 1, unit: "ms",
+    left: 80, maxRowPx: 20,
+    xAxis: { type: "category", name: "collective (oldest first)", nameLocation: "middle", nameGap: 26, data: a.collectives, axisTick: { show: false }, axisLabel: { hideOverlap: true } },
+    labelFormatter: (label, i) => (a.ranks[i] === rank ? `{group|${label}}` : label),
+    tooltip: (r, c) => [
+      `rank ${a.ranks[r]}, ${a.collectives[c]}`,
+      ["arrived ", el("b", {}, a.ms[r * a.collectives.length + c] === null ? "no call" : `${fmt(a.ms[r * a.collectives.length + c], 2)} ms`), " after the first rank"],
+    ],
+  });
+}
+
+/** leadCard is the first thing on the page: the top finding, what it
+ * costs, and a sentence from its evidence. */
+function leadCard(v, top) {
+  if (!top) {
+    return el("div", { class: "card", id: "lead" }, el("b", {}, "No findings for this capture."),
+      el("span", { class: "muted" }, v.status === "analyzed" ? "" : ` (status: ${v.status})`));
+  }
+  const s = top.scope, where = [s.host, s.gpu >= 0 ? `gpu ${s.gpu}` : "", s.rank >= 0 ? `rank ${s.rank}` : ""].filter(Boolean).join(" · ");
+  let headline = "";
+  const sk = v.nccl_skew.find((r) => r.rank === s.rank);
+  if (top.analyzer === "nccl-straggler" && sk) {
+    headline = `Rank ${sk.rank} (${sk.host}) arrives last at ${fmt(sk.last_share * 100, 0)}% of ${sk.collectives} collectives, ` +
+      `${fmt(sk.p50_ms, 2)} ms after the first rank at the median (p95 ${fmt(sk.p95_ms, 2)} ms); every other rank waits for it.`;
+  }
+  return el("div", { class: "card lead", id: "lead", "data-analyzer": top.analyzer, "data-rank": s.rank },
+    el("div", {}, severityBadge(top.severity), " ", el("b", { id: "lead-title" }, top.title),
+      el("span", { class: "muted" }, ` — ${where || "whole job"}, ${fmt(top.impact.gpu_seconds, 1)} GPU-s lost (${fmt(top.impact.window_share * 100, 1)}% of the window), ${top.analyzer}`)),
+    headline ? el("p", { id: "lead-headline" }, headline) : "",
+    el("p", { class: "muted" }, top.recommendation));
+}
+
 function draw(v) {
   const s = v.steps;
+  const top = topFinding(v);
   const hot = s.ranks.map((r, i) => ({ rank: r, median: s.rank_median_ms[i] }))
     .filter((x) => x.median !== null && s.job_median_ms && x.median > HOT * s.job_median_ms)
     .sort((a, b) => b.median - a.median);
+  const late = [...v.nccl_skew].sort((a, b) => b.last_share - a.last_share)[0];
   const stepBox = el("div", { id: "steps", style: "width:100%" });
+  const arrivalBox = el("div", { id: "arrival", style: "width:100%" });
   const stepHist = chartBox("step-hist", 280), kernHist = chartBox("kernel-hist", 280), skewBox = chartBox("nccl-skew", 300);
   const flameBox = el("div", { id: "flame-box" });
-  main.replaceChildren(...header(v),
-    el("h2", {}, "Step time by rank and iteration", v.simulated ? " " : "", v.simulated ? el("span", { class: "badge sim" }, "simulated") : ""),
-    el("div", { class: "card" },
-      s.ranks.length ? stepBox : el("p", { class: "muted" }, "No steps in this capture (steps.parquet is missing or empty)."),
-      el("p", { id: "hot-ranks" }, hot.length
-        ? ["Slow ranks (median step more than 15% above the job's ", fmt(s.job_median_ms, 2), " ms): ",
-          hot.slice(0, 20).map((x, i) => [i ? ", " : "", el("b", { "data-rank": x.rank }, `rank ${x.rank}`), ` ${fmt(x.median, 2)} ms (+${fmt((x.median / s.job_median_ms - 1) * 100, 0)}%)`]),
-          hot.length > 20 ? ` and ${hot.length - 20} more` : ""]
-        : el("span", { class: "muted" }, "No rank stands out.")),
-      s.truncated ? el("p", { class: "muted" }, "Showing the last iterations only.") : ""),
-    el("div", { class: "grid2" },
+  const sections = {
+    arrival: [el("h2", {}, "NCCL arrival lateness by rank and collective"),
+      el("div", { class: "card" },
+        v.arrival.collectives.length ? arrivalBox : el("p", { class: "muted" }, "No complete NCCL collectives in this capture."),
+        el("p", { class: "muted" }, "How long after the first rank each rank called each collective: a straggler is a bright row.",
+          v.arrival.truncated ? " Showing the last collectives only." : ""))],
+    steps: [el("h2", {}, "Step time by rank and iteration", v.simulated ? " " : "", v.simulated ? el("span", { class: "badge sim" }, "simulated") : ""),
+      el("div", { class: "card" },
+        s.ranks.length ? stepBox : el("p", { class: "muted" }, "No steps in this capture (steps.parquet is missing or empty)."),
+        el("p", { id: "hot-ranks" }, hot.length
+          ? ["Slow ranks (median step more than 15% above the job's ", fmt(s.job_median_ms, 2), " ms): ",
+            hot.slice(0, 20).map((x, i) => [i ? ", " : "", el("b", { "data-rank": x.rank }, `rank ${x.rank}`), ` ${fmt(x.median, 2)} ms (+${fmt((x.median / s.job_median_ms - 1) * 100, 0)}%)`]),
+            hot.length > 20 ? ` and ${hot.length - 20} more` : ""]
+          : late && late.last_share > 0.5
+            ? el("span", {}, `Step times are even across ranks: synchronous ranks all wait at each collective for the slowest, so a straggler does not show here. `,
+              `It shows in the arrival lateness: rank ${late.rank} arrives last at ${fmt(late.last_share * 100, 0)}% of collectives.`)
+            : el("span", { class: "muted" }, "No rank stands out.")),
+        s.truncated ? el("p", { class: "muted" }, "Showing the last iterations only.") : "")],
+    kernels: [el("div", { class: "grid2" },
       el("div", { class: "card" }, el("h2", {}, "Step-time histogram"), s.histogram.counts.length ? stepHist : el("p", { class: "muted" }, "No steps.")),
       el("div", { class: "card" }, el("h2", {}, "Kernel-duration histogram"),
         v.kernels.histogram.counts.length ? [kernHist, el("p", { class: "muted" }, `Kernel launches from ${v.kernels.ranks} Kineto traces, each kernel counted at its mean duration.`)]
-          : el("p", { class: "muted", id: "no-kineto" }, "No Kineto trace in this capture (ask for one with loupe-agent capture; PyTorch traces on demand)."))),
-    el("div", { class: "card" }, el("h2", {}, "NCCL arrival skew per rank"),
+          : el("p", { class: "muted", id: "no-kineto" }, "No Kineto trace in this capture (ask for one with loupe-agent capture; PyTorch traces on demand).")))],
+    skew: [el("div", { class: "card" }, el("h2", {}, "NCCL arrival skew per rank"),
       v.nccl_skew.length ? skewBox : el("p", { class: "muted" }, "No complete NCCL collectives in this capture."),
-      el("p", { class: "muted" }, "How long after the first rank each rank called the same collective; a straggler arrives late and makes everyone else wait.")),
-    el("h2", {}, `Findings (${v.findings_total}), most costly first`),
-    findingsTable(v.findings, { showJob: false }),
-    el("h2", {}, "CPU flame graph"), flameBox);
+      el("p", { class: "muted" }, "How long after the first rank each rank called the same collective; a straggler arrives late and makes everyone else wait."))],
+    findings: [el("h2", {}, `Findings (${v.findings_total}), most costly first`), findingsTable(v.findings, { showJob: false })],
+    flame: [el("h2", {}, "CPU flame graph"), flameBox],
+  };
+  // The top finding's evidence comes first, right under it.
+  const first = top ? evidenceOf[top.analyzer] : null;
+  const order = [first, "arrival", "steps", "kernels", "skew", "findings", "flame"].filter((k, i, a) => k && a.indexOf(k) === i);
+  main.replaceChildren(...header(v), leadCard(v, top), ...order.flatMap((k) => sections[k]));
 
   const charts = {};
+  if (v.arrival.collectives.length) charts.arrival = arrivalHeatmap(v, arrivalBox, top ? top.scope.rank : -1);
   if (s.ranks.length) charts.steps = stepHeatmap(v, stepBox, hot);
   if (s.histogram.counts.length) charts.stepHist = histogram(stepHist, s.histogram, "step time (ms)", (x) => fmt(x, 1));
   if (v.kernels.histogram.counts.length) charts.kernelHist = histogram(kernHist, v.kernels.histogram, "kernel duration (µs)", (x) => fmt(x, x < 10 ? 1 : 0));
   if (v.nccl_skew.length) charts.skew = skewChart(skewBox, v.nccl_skew);
-  flamePicker(v, flameBox);
-  loupe.job = { view: v, hotRanks: hot.map((x) => x.rank), charts };
+  flamePicker(v, flameBox, top);
+  loupe.job = { view: v, hotRanks: hot.map((x) => x.rank), charts, top: top && top.id, order };
   ready("job");
 }
 
-function flamePicker(v, box) {
-  const choices = [];
+/** flameRank is the rank the flame graph opens on: the top finding's, else
+ * the first finding's that names a rank with a CPU profile. */
+function flameRank(v, top, profiled) {
+  for (const f of [top, ...v.findings]) {
+    if (f && !f.scope.host_wide && f.scope.rank >= 0 && profiled.has(f.scope.rank)) return f.scope.rank;
+  }
+  return null;
+}
+
+function flamePicker(v, box, top) {
+  const choices = [], profiled = new Set();
   for (const h of v.hosts) {
     if (!h.profile) continue;
-    for (const r of h.ranks) choices.push({ label: `rank ${r} (${h.host})`, q: `rank=${r}` });
+    for (const r of h.ranks) { choices.push({ label: `rank ${r} (${h.host})`, q: `rank=${r}` }); profiled.add(r); }
     choices.push({ label: `whole host ${h.host}`, q: `host=${encodeURIComponent(h.host)}` });
   }
   if (!choices.length) {
@@ -153,6 +234,7 @@ function flamePicker(v, box) {
   }
   const area = el("div", { id: "flame", class: "chart", style: "height:420px" });
   const status = el("span", { class: "muted" });
+  const tools = el("div", { class: "controls", id: "flame-tools" });
   // The capture's own profile, or the agents' continuous profiles of the
   // same host or rank over a time range (GET /api/v1/views/profile).
   const ranges = [
@@ -178,14 +260,18 @@ function flamePicker(v, box) {
       const where = fg.host || "every host of the job";
       const span = secs ? ` from ${fg.profiles} continuous profiles` : "";
       status.textContent = `${total} on ${where}${fg.rank >= 0 ? ", rank " + fg.rank : ""}${span}${fg.note ? "; " + fg.note : ""}${fg.simulated ? " · SIMULATED GPUs on this host" : ""}`;
-      loupe.flame = drawFlame(area, fg);
+      loupe.flame = drawFlame(area, fg, tools);
     } catch (err) {
       status.textContent = String(err.message || err);
     }
   };
-  const sel = el("select", { id: "flame-rank", onchange: show }, choices.map((c) => el("option", { value: c.q }, c.label)));
+  const rank = flameRank(v, top, profiled);
+  const initial = rank === null ? choices[0].q : `rank=${rank}`;
+  const sel = el("select", { id: "flame-rank", onchange: show },
+    choices.map((c) => el("option", { value: c.q, selected: c.q === initial }, c.label)));
   const range = el("select", { id: "flame-range", onchange: show }, ranges.map((r) => el("option", { value: r.secs }, r.label)));
-  box.append(el("div", { class: "card" }, el("div", { class: "controls" }, el("label", {}, "Profile of ", sel), el("label", {}, " over ", range), status), area));
+  box.append(el("div", { class: "card" }, el("div", { class: "controls" }, el("label", {}, "Profile of ", sel), el("label", {}, " over ", range), status),
+    rank !== null ? el("p", { class: "muted", id: "flame-why" }, `Opened on rank ${rank}, which the findings name.`) : "", tools, area));
   show();
 }
 

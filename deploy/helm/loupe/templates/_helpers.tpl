@@ -1,6 +1,7 @@
 {{/* Common labels. */}}
 {{- define "loupe.labels" -}}
 app.kubernetes.io/part-of: loupe
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end }}
