@@ -68,6 +68,13 @@ type Config struct {
 	AlertBackoffBase time.Duration `yaml:"alert_backoff_base" help:"first retry delay of a failed alert (exponential, full jitter)"`
 	AlertBackoffMax  time.Duration `yaml:"alert_backoff_max" help:"longest retry delay of a failed alert"`
 	AlertTimeout     time.Duration `yaml:"alert_timeout" help:"time limit of one alert request"`
+
+	// GPUHourPrice prices lost GPU time on the goodput pages and API.
+	GPUHourPrice float64 `yaml:"gpu_hour_price" help:"price of one GPU-hour, to show what lost GPU time costs on the goodput pages and API (0: no cost)"`
+	Currency     string  `yaml:"currency" help:"currency of gpu_hour_price, shown beside costs"`
+	// FLOPsPerStep gives MFU to jobs whose Kineto traces carry no flops.
+	FLOPsPerStep map[string]float64 `yaml:"flops_per_step" help:"model FLOPs per training iteration of a job, all ranks together, for MFU: JOB=FLOPS,JOB=FLOPS (YAML: a map); other jobs use the flops of their Kineto traces"`
+	PeakFLOPS    float64            `yaml:"peak_flops" help:"peak FLOP/s of one GPU for MFU (0: from the GPU model's dense BF16 tensor throughput)"`
 }
 
 // Alerts is the alert configuration.
@@ -96,6 +103,7 @@ func DefaultConfig() Config {
 		AlertBackoffBase: alerts.DefaultConfig().BackoffBase,
 		AlertBackoffMax:  alerts.DefaultConfig().BackoffMax,
 		AlertTimeout:     alerts.DefaultConfig().Timeout,
+		Currency:         "USD",
 	}
 }
 
@@ -131,6 +139,14 @@ func (c *Config) Validate() error {
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.GPUHourPrice < 0 || c.PeakFLOPS < 0 {
+		errs = append(errs, fmt.Errorf("gpu_hour_price %v, peak_flops %v: neither may be negative", c.GPUHourPrice, c.PeakFLOPS))
+	}
+	for job, f := range c.FLOPsPerStep {
+		if f <= 0 {
+			errs = append(errs, fmt.Errorf("flops_per_step: job %s has %v, want a positive number of FLOPs", job, f))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -219,6 +235,22 @@ func bind(fs *flag.FlagSet, c *Config) {
 				n, err := strconv.ParseInt(s, 10, 64)
 				*p = n
 				return err
+			})
+		case *float64:
+			fs.Float64Var(p, name, *p, help)
+		case *map[string]float64:
+			fs.Func(name, help, func(s string) error {
+				m := map[string]float64{}
+				for _, kv := range strings.Split(s, ",") {
+					k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+					f, err := strconv.ParseFloat(v, 64)
+					if !ok || k == "" || err != nil {
+						return fmt.Errorf("want JOB=NUMBER,JOB=NUMBER, got %q", kv)
+					}
+					m[k] = f
+				}
+				*p = m
+				return nil
 			})
 		case *[]alerts.Target:
 			fs.Func(name, help, func(s string) error {

@@ -33,6 +33,11 @@ func TestLoadConfig(t *testing.T) {
 		{name: "flags override the file", args: []string{"--workers", "8", "--config", file, "--partition-timeout", "90s"}, check: func(c aggregator.Config) bool {
 			return c.Workers == 8 && c.PartitionTimeout == 90*time.Second && strings.HasPrefix(c.Store, "s3://")
 		}},
+		{name: "goodput keys", args: []string{"--gpu-hour-price", "2.5", "--flops-per-step", "llm=3.2e15, vit=1e12", "--peak-flops", "9.89e14"}, check: func(c aggregator.Config) bool {
+			return c.GPUHourPrice == 2.5 && c.Currency == "USD" && c.PeakFLOPS == 9.89e14 && c.FLOPsPerStep["llm"] == 3.2e15 && c.FLOPsPerStep["vit"] == 1e12
+		}},
+		{name: "bad flops", args: []string{"--flops-per-step", "llm"}, err: "want JOB=NUMBER"},
+		{name: "negative price", args: []string{"--gpu-hour-price", "-1"}, err: "gpu_hour_price"},
 		{name: "unknown key", args: []string{"--config", typo}, err: "field partition_timout not found"},
 		{name: "bad value", args: []string{"--workers", "0"}, err: "workers: 0, want 1 to 256"},
 		{name: "bad level", args: []string{"--log-level", "loud"}, err: "log_level"},

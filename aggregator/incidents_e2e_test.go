@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/loupe-dev/loupe/agent/logtail"
 	"github.com/loupe-dev/loupe/aggregator"
 	"github.com/loupe-dev/loupe/aggregator/alerts"
 	"github.com/loupe-dev/loupe/aggregator/api"
@@ -26,6 +25,7 @@ import (
 	"github.com/loupe-dev/loupe/aggregator/internal/aggtest"
 	"github.com/loupe-dev/loupe/analyzers"
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/logparse"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -72,7 +72,7 @@ func (rv *receiver) counts() map[string]int {
 // plantedEvents are a capture's faults as the agent's log tailer makes
 // them, plus an XID from the GPU collector.
 func plantedEvents(t *testing.T, start time.Time) []byte {
-	p := logtail.NewParser(0)
+	p := logparse.NewParser(0)
 	at := func(d time.Duration) string { return start.Add(d).UTC().Format(time.RFC3339Nano) }
 	var evs []traces.Event
 	for _, l := range []string{

@@ -8,7 +8,8 @@
 // The parts, one package each: capture (loading and the partition check),
 // lease (exclusive claims through conditional puts), runner (analyze one
 // capture exactly once), findings (the stored record and the in-memory
-// index), watcher (S3 notifications and store listing) and api (HTTP).
+// index), goodput (each run's goodput beside its findings), watcher (S3
+// notifications and store listing) and api (HTTP).
 package aggregator
 
 import (
@@ -28,6 +29,7 @@ import (
 	"github.com/loupe-dev/loupe/aggregator/alerts"
 	"github.com/loupe-dev/loupe/aggregator/api"
 	"github.com/loupe-dev/loupe/aggregator/findings"
+	"github.com/loupe-dev/loupe/aggregator/goodput"
 	"github.com/loupe-dev/loupe/aggregator/incidents"
 	"github.com/loupe-dev/loupe/aggregator/lease"
 	"github.com/loupe-dev/loupe/aggregator/runner"
@@ -47,6 +49,8 @@ type Service struct {
 	Watcher *watcher.Watcher
 	// Incidents triages every analysis, stores and alerts its incidents.
 	Incidents *incidents.Manager
+	// Goodput computes and serves each run's goodput.
+	Goodput *goodput.Manager
 	// API is the HTTP handler: the API, the web UI (package dashboards) at /
 	// and its view models (package views) under /api/v1/views/.
 	API     *api.Server
@@ -101,13 +105,18 @@ func New(ctx context.Context, cfg Config, list []*analyzers.Analyzer, log *slog.
 		return nil, err
 	}
 	run.OnCommit(inc.OnCommit)
+	gm := goodput.New(goodput.Config{
+		Store: st, Index: ix, FLOPsPerStep: cfg.FLOPsPerStep, PeakFLOPS: cfg.PeakFLOPS,
+		PricePerGPUHour: cfg.GPUHourPrice, Currency: cfg.Currency, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
+	})
+	run.OnCommit(gm.OnCommit)
 	srv := api.New(api.Config{
 		Index: ix, Store: st, Analyzers: list, Events: w, EventToken: token, Ready: w.Ready, Queued: w.Queued,
-		Incidents: inc, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
+		Incidents: inc, Goodput: gm, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set,
 	})
 	srv.Handle(api.ViewsPrefix, views.New(views.Config{Store: st, Index: ix, MaxPartSize: cfg.MaxPartSize, Logger: log, Metrics: set}))
 	srv.Handle("/", dashboards.Handler())
-	return &Service{Store: st, Index: ix, Runner: run, Watcher: w, Incidents: inc, API: srv, Metrics: set, cfg: cfg, log: log}, nil
+	return &Service{Store: st, Index: ix, Runner: run, Watcher: w, Incidents: inc, Goodput: gm, API: srv, Metrics: set, cfg: cfg, log: log}, nil
 }
 
 // newIncidents builds triage (owners file, optional Ollama summaries) and
@@ -151,6 +160,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.Watcher.Run(ctx) })
 	wg.Go(func() { s.Incidents.Run(ctx) })
+	wg.Go(func() { s.Goodput.Run(ctx) })
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	var err error

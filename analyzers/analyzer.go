@@ -90,6 +90,17 @@ type Input struct {
 	// Partial is set when the capture is analyzed without every rank.
 	Partial      bool
 	MissingRanks []int
+	// Kineto says how the Kineto analyzers read traces; nil means
+	// DefaultKinetoOptions (HTA's definitions).
+	Kineto *KinetoOptions
+}
+
+// KinetoOptions returns the options the Kineto analyzers use on in.
+func (in *Input) KinetoOptions() KinetoOptions {
+	if in.Kineto == nil {
+		return DefaultKinetoOptions()
+	}
+	return *in.Kineto
 }
 
 // Host is one committed host bundle of the capture.

@@ -41,6 +41,14 @@ func FuzzDomainAnalyzers(f *testing.F) {
 			Attrs: map[string]string{"value_seconds": []string{"1e300", "0.1", "-1", "NaN", "0"}[i%5]}})
 	}
 	f.Add(seed.Bytes())
+	seed.Reset()
+	for i, st := range [][3]string{{"STABLE", "RECONCILING", "start"}, {"RECONCILING", "STABLE", "end"}, {"UNSUBSCRIBED", "JOINING", "state"}, {"JOINING", "STABLE", "state"}} {
+		enc.Encode(traces.Event{TimeNs: t0.Add(time.Duration(i) * time.Second).UnixNano(), Kind: traces.EventRebalance, GPU: -1, Rank: -1,
+			Attrs: map[string]string{"client": "java", "group": "g", "member_id": "m" + st[2], "phase": "state", "from": st[0], "to": st[1], "protocol": "consumer", "partitions": "t-0,t-1"}})
+		enc.Encode(traces.Event{TimeNs: t0.Add(time.Duration(i) * time.Second).UnixNano(), Kind: traces.EventRebalance, GPU: -1, Rank: -1,
+			Attrs: map[string]string{"client": "torchelastic", "group": "default", "member": "agent", "phase": st[2], "generation": "1", "source": "n" + st[0]}})
+	}
+	f.Add(seed.Bytes())
 	f.Add([]byte(`{"time_ns":-9223372036854775808,"kind":"rebalance","attrs":{"group":"g","phase":"start"}}` + "\n" +
 		`{"time_ns":9223372036854775807,"kind":"rebalance","attrs":{"group":"g","phase":"end"}}`))
 	// The runner logs every failed analyzer; a fuzz worker's stderr must

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/logparse"
 )
 
 // xidInfo is what NVIDIA documents about one XID code, and what to do.
@@ -47,13 +48,27 @@ var xids = map[int64]xidInfo{
 		"The GPU System Processor stopped responding: reset the GPU, and update the driver if it recurs."},
 }
 
+// gpuByPCI is the index of host h's GPU at a PCI address, -1 when the
+// manifest lists none there.
+func gpuByPCI(h *Host, addr string) int {
+	key := logparse.PCIKey(addr)
+	for _, g := range h.Manifest.GPUs {
+		if key != "" && logparse.PCIKey(g.PCIBusID) == key {
+			return g.Index
+		}
+	}
+	return -1
+}
+
 // HWFaults reports XID errors, ECC errors and remapped rows.
 var HWFaults = &Analyzer{
 	Name:    "hw-faults",
-	Version: "1",
+	Version: "2",
 	Doc: `hardware faults: XID errors, ECC errors, remapped rows, lost GPUs
 
-Reads events.jsonl (kinds xid, ecc, gpu_lost) and the ECC and row-remapping
+Reads events.jsonl (kinds xid, ecc, gpu_lost: from NVML, or from the
+kernel's NVRM lines in a journal, whose PCI address is mapped to the
+manifest's GPU) and the ECC and row-remapping
 counters of gpu_samples.parquet (a counter that grows inside the window is a
 new error). Well-known XIDs are classified after NVIDIA's XID catalogue: 13,
 31, 43, 45, 63, 92, 94 are warnings (mostly application faults or contained
@@ -98,6 +113,14 @@ func runHWFaults(pass *Pass) error {
 		return f
 	}
 	err := EachEvent(pass, func(h *Host, e *traces.Event) error {
+		// Kernel lines name the GPU by its PCI address: map it to the
+		// manifest's device, or keep the address where none matches.
+		where := ""
+		if pci := e.Attrs[logparse.AttrPCI]; pci != "" && e.GPU < 0 {
+			if e.GPU = gpuByPCI(h, pci); e.GPU < 0 {
+				where = " (GPU at PCI " + pci + ")"
+			}
+		}
 		switch e.Kind {
 		case traces.EventXID:
 			x, ok := xids[e.Code]
@@ -105,7 +128,7 @@ func runHWFaults(pass *Pass) error {
 				x = xidInfo{"not in Loupe's table", traces.SeverityWarning,
 					"Look the code up in NVIDIA's XID catalogue (docs.nvidia.com/deploy/xid-errors) and the kernel log (dmesg) of the host."}
 			}
-			add(h, e.GPU, e.Rank, fmt.Sprint("xid-", e.Code), fmt.Sprintf("XID %d: %s", e.Code, x.meaning), x.severity, x.advice, "events", 1, e.TimeNs)
+			add(h, e.GPU, e.Rank, fmt.Sprint("xid-", e.Code, where), fmt.Sprintf("XID %d: %s%s", e.Code, x.meaning, where), x.severity, x.advice, "events", 1, e.TimeNs)
 		case traces.EventECC:
 			sev, what := traces.SeverityWarning, "corrected"
 			if t := strings.ToLower(e.Attrs["type"]); t == "dbe" || t == "uncorrectable" || t == "uncorrected" {
@@ -115,7 +138,7 @@ func runHWFaults(pass *Pass) error {
 				"Check nvidia-smi -q -d ECC,ROW_REMAPPER; reset the GPU when idle if rows are pending remap; RMA on repeated uncorrectable errors.",
 				"events", 1, e.TimeNs)
 		case traces.EventGPULost:
-			add(h, e.GPU, e.Rank, "gpu-lost", "GPU lost", traces.SeverityCritical,
+			add(h, e.GPU, e.Rank, "gpu-lost"+where, "GPU lost"+where, traces.SeverityCritical,
 				"The driver lost the GPU: drain the host, check dmesg for the XID that preceded it, reboot, and RMA if it recurs.",
 				"events", 1, e.TimeNs)
 		}

@@ -19,7 +19,7 @@ const (
 // KinetoIdle is analyzer 4: why the GPU idles, per stream.
 var KinetoIdle = &Analyzer{
 	Name:    "kineto-idle-time",
-	Version: "1",
+	Version: "2",
 	Doc: `GPU idle time broken down per CUDA stream into host wait, kernel wait and other
 
 From each rank's Kineto trace, with HolisticTraceAnalysis's definitions

@@ -152,7 +152,7 @@ type kinetoEntry struct {
 	err   error
 }
 
-// kinetoRanks returns the capture's Kineto summaries with default options,
+// kinetoRanks returns the capture's Kineto summaries with the Input's options,
 // reading the traces once for all analyzers of a run. unread names the
 // traces that could not be read when others could; err is set when none
 // could.
@@ -173,7 +173,7 @@ func kinetoRanks(pass *Pass) (ranks []*KinetoRank, unread, err error) {
 		}
 		kinetoCache.Unlock()
 		if !ok {
-			e.ranks, e.err = KinetoSummaries(ctx, in, DefaultKinetoOptions())
+			e.ranks, e.err = KinetoSummaries(ctx, in, in.KinetoOptions())
 			if ctx.Err() != nil {
 				// A cancelled reading is not an answer: let the next caller retry.
 				kinetoCache.Lock()
@@ -206,7 +206,7 @@ func kinetoRanks(pass *Pass) (ranks []*KinetoRank, unread, err error) {
 // TemporalBreakdown is HTA's temporal breakdown for every rank of the
 // capture that has a Kineto trace.
 func TemporalBreakdown(ctx context.Context, in *Input) ([]RankBreakdown, error) {
-	ranks, err := KinetoSummaries(ctx, in, DefaultKinetoOptions())
+	ranks, err := KinetoSummaries(ctx, in, in.KinetoOptions())
 	out := make([]RankBreakdown, len(ranks))
 	for i, r := range ranks {
 		out[i] = r.Temporal
@@ -225,7 +225,7 @@ type RankKernels struct {
 // KernelBreakdown is the kernel breakdown for every rank of the capture that
 // has a Kineto trace.
 func KernelBreakdown(ctx context.Context, in *Input) ([]RankKernels, error) {
-	ranks, err := KinetoSummaries(ctx, in, DefaultKinetoOptions())
+	ranks, err := KinetoSummaries(ctx, in, in.KinetoOptions())
 	out := make([]RankKernels, len(ranks))
 	for i, r := range ranks {
 		out[i] = RankKernels{Rank: r.Rank, Host: r.Host.Manifest.Host, Kernels: r.Kernels}

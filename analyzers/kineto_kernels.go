@@ -13,7 +13,7 @@ import (
 // KinetoKernels is the kernel breakdown report.
 var KinetoKernels = &Analyzer{
 	Name:    "kineto-kernel-breakdown",
-	Version: "1",
+	Version: "2",
 	Doc: `top GPU kernels by total time, per rank
 
 From each rank's Kineto trace, as HolisticTraceAnalysis's
@@ -108,17 +108,6 @@ func TopKernels(all []KernelStat, c KernelClass, num int, ratio float64) []Kerne
 		keep = append(keep, others)
 	}
 	return keep
-}
-
-// linearQuantile is the linear-interpolation quantile of sorted values (pandas'
-// default).
-func linearQuantile(sorted []float64, q float64) float64 {
-	pos := q * float64(len(sorted)-1)
-	lo := int(pos)
-	if lo+1 >= len(sorted) {
-		return sorted[len(sorted)-1]
-	}
-	return sorted[lo] + (sorted[lo+1]-sorted[lo])*(pos-float64(lo))
 }
 
 func shortName(s string, n int) string {

@@ -18,13 +18,15 @@ const (
 // KinetoLaunch is analyzer 5: kernel launch overhead.
 var KinetoLaunch = &Analyzer{
 	Name:    "kineto-launch-overhead",
-	Version: "1",
+	Version: "2",
 	Doc: `kernel launch overhead: many short kernels and launch-delay outliers
 
 From each rank's Kineto trace, every launch call is matched to the GPU work it
-started by correlation id (cudaLaunchKernel, cudaLaunchKernelExC,
-cuLaunchKernel, cuLaunchKernelEx, cudaGraphLaunch whose one call starts many
-kernels, and cudaMemcpyAsync/cudaMemsetAsync as HTA counts them). As in
+started by correlation id: by default the calls HTA counts (cudaLaunchKernel,
+cudaLaunchKernelExC, cudaMemcpyAsync, cudaMemsetAsync), so that the numbers
+are HTA's; with KinetoOptions.ExtendedLaunchAPIs (analyze --launch-apis
+extended) also cuLaunchKernel, cuLaunchKernelEx and cudaGraphLaunch, one call
+of which starts many kernels, which HTA misses. As in
 HolisticTraceAnalysis's get_cuda_kernel_launch_stats: a short kernel ran for
 less time than its launch call took (at most 50 us); a runtime outlier is a
 launch call over 50 us; a launch-delay outlier started more than 100 us after

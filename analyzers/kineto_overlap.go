@@ -16,7 +16,7 @@ const (
 // KinetoOverlap is analyzer 6: communication/computation overlap.
 var KinetoOverlap = &Analyzer{
 	Name:    "kineto-comm-overlap",
-	Version: "1",
+	Version: "2",
 	Doc: `communication/computation overlap per rank
 
 From each rank's Kineto trace, as HolisticTraceAnalysis's get_comm_comp_overlap
@@ -50,7 +50,7 @@ func runKinetoOverlap(pass *Pass) error {
 		}
 		exposed := o.Communication - o.Overlapped
 		ev := []traces.Metric{
-			metric("comp_comm_overlap_pctg", roundPct(ratio), unitPercent),
+			metric("comp_comm_overlap_pctg", RoundPct(ratio), unitPercent),
 			metric("communication_time", micros(o.Communication), unitMicros),
 			metric("overlapped_time", micros(o.Overlapped), unitMicros),
 			metric("exposed_communication_time", micros(exposed), unitMicros),
@@ -67,7 +67,7 @@ func runKinetoOverlap(pass *Pass) error {
 	})
 }
 
-// roundPct is a ratio as a percentage with HTA's 2 decimals.
-func roundPct(r float64) float64 {
+// RoundPct is a ratio as a percentage with HTA's 2 decimals.
+func RoundPct(r float64) float64 {
 	return float64(int64(r*10000+0.5)) / 100
 }

@@ -31,8 +31,13 @@ import (
 // (DefaultKinetoOptions) are HTA's, so that the numbers agree with
 // HolisticTraceAnalysis on the same folder.
 type KinetoOptions struct {
-	// HTARounding rounds every event to whole microseconds the way HTA does
-	// (start up, end down), instead of keeping Kineto's nanoseconds.
+	// HTARounding rounds every event to whole microseconds the way HTA
+	// does, in HTA's arithmetic: ts and dur read as doubles (as Python's
+	// json reads them), the start rounded up and ts+dur, added in doubles,
+	// rounded down. A nanosecond-resolution ts is about 1.7e15 us, where
+	// doubles are 0.25 us apart, so HTA's starts can differ from the exact
+	// decimal by a microsecond; these are HTA's. Without it, Kineto's
+	// nanoseconds are kept exactly.
 	HTARounding bool
 	// IncludeLastStep keeps GPU work launched during the last ProfilerStep.
 	// HTA drops it when a trace has two or more steps, because the profiler
@@ -51,10 +56,12 @@ type KinetoOptions struct {
 	// IncludeMemoryLaunches counts cudaMemcpyAsync and cudaMemsetAsync in
 	// the launch statistics, as HTA does by default.
 	IncludeMemoryLaunches bool
-	// HTALaunchAPIsOnly counts only the kernel launches HTA recognises
-	// (cudaLaunchKernel, cudaLaunchKernelExC), to compare with HTA; by
-	// default cuLaunchKernel, cuLaunchKernelEx and cudaGraphLaunch count too.
-	HTALaunchAPIsOnly bool
+	// ExtendedLaunchAPIs also counts the launches HTA does not recognise
+	// (cuLaunchKernel, cuLaunchKernelEx, and cudaGraphLaunch, one call of
+	// which starts many kernels; HTA's #61, #271, #290). By default only
+	// HTA's set counts (cudaLaunchKernel, cudaLaunchKernelExC, and the
+	// memory calls with IncludeMemoryLaunches), so the numbers are HTA's.
+	ExtendedLaunchAPIs bool
 	// SortChunk is how many GPU events (48 bytes each) are sorted in memory
 	// before a sorted run is spilled to TempDir.
 	SortChunk int
@@ -97,6 +104,15 @@ const (
 	otherNames        = "(other names)"
 )
 
+// FLOPsPerStep is the operators' FLOPs per profiler step, 0 when the
+// trace has no flops arguments or no steps.
+func (r *KinetoRank) FLOPsPerStep() float64 {
+	if r.Steps == 0 {
+		return 0
+	}
+	return r.FLOPs / float64(r.Steps)
+}
+
 // KinetoRank is everything Loupe measures in one rank's Kineto trace.
 type KinetoRank struct {
 	Host *Host  `json:"-"`
@@ -113,6 +129,9 @@ type KinetoRank struct {
 	DroppedLastStep int64 `json:"dropped_last_step"`
 	// Steps is how many distinct ProfilerStep markers the trace has.
 	Steps int `json:"steps"`
+	// FLOPs sums the operators' flops arguments (a trace recorded with
+	// with_flops=True); 0 without them.
+	FLOPs float64 `json:"flops,omitempty"`
 
 	Temporal RankBreakdown `json:"temporal"`
 	Streams  []StreamIdle  `json:"streams"`
@@ -270,7 +289,7 @@ type rankBuilder struct {
 	sorter   opSorter
 	err      error
 	steps    map[int64]struct{} // distinct ProfilerStep numbers, at most kinetoMaxSteps
-	lastStep int64              // start of the latest ProfilerStep
+	lastStep int64              // start of the latest ProfilerStep, rounded as the events are
 }
 
 // analyzeKineto reads one trace and measures it.
@@ -332,31 +351,22 @@ func clampInt(v int64) int {
 }
 
 func (b *rankBuilder) launchCounted(a LaunchAPI) bool {
-	if b.opts.HTALaunchAPIsOnly && a.kernelLaunch() {
+	if !b.opts.ExtendedLaunchAPIs && a.kernelLaunch() {
 		return a == APICudaLaunchKernel || a == APICudaLaunchKernelExC
 	}
 	return a.kernelLaunch() || b.opts.IncludeMemoryLaunches && (a == APICudaMemcpyAsync || a == APICudaMemsetAsync)
 }
 
-// span converts ts and dur to [start, end], rounded as configured.
-func (b *rankBuilder) span(ts, dur int64) (int64, int64) {
-	end := ts + max(dur, 0)
+// span converts an event's ts and dur to [start, end] in nanoseconds,
+// rounded as configured.
+func (b *rankBuilder) span(ev *kineto.Event) (int64, int64) {
 	if b.opts.HTARounding {
-		ts = ceilDiv(ts, 1000) * 1000
-		end = floorDiv(end, 1000) * 1000
+		ts := int64(math.Ceil(ev.TsMicros)) * 1000
+		end := int64(math.Floor(ev.TsMicros+max(ev.DurMicros, 0))) * 1000
+		return ts, max(end, ts)
 	}
-	return ts, max(end, ts)
+	return ev.Ts, ev.Ts + max(ev.Dur, 0)
 }
-
-func floorDiv(a, b int64) int64 {
-	q := a / b
-	if a%b != 0 && a < 0 {
-		q--
-	}
-	return q
-}
-
-func ceilDiv(a, b int64) int64 { return -floorDiv(-a, b) }
 
 func (b *rankBuilder) event(ev *kineto.Event) {
 	b.out.Events++
@@ -370,9 +380,12 @@ func (b *rankBuilder) event(ev *kineto.Event) {
 		b.gpuEvent(ev)
 		return
 	}
+	if ev.Flops > 0 && string(ev.Cat) == "cpu_op" {
+		b.out.FLOPs += float64(ev.Flops)
+	}
 	if n, ok := profilerStep(ev.Name); ok && (string(ev.Cat) == "user_annotation" || string(ev.Cat) == "cpu_op") {
-		if len(b.steps) == 0 || ev.Ts > b.lastStep {
-			b.lastStep = ev.Ts
+		if start, _ := b.span(ev); len(b.steps) == 0 || start > b.lastStep {
+			b.lastStep = start
 		}
 		if len(b.steps) < kinetoMaxSteps {
 			b.steps[n] = struct{}{}
@@ -381,7 +394,7 @@ func (b *rankBuilder) event(ev *kineto.Event) {
 	if !ev.HasCorrelation {
 		return
 	}
-	start, end := b.span(ev.Ts, ev.Dur)
+	start, end := b.span(ev)
 	call := cpuCall{start: start, end: end, api: launchAPI(ev.Name)}
 	if ops, ok := b.pending.take(ev.Correlation); ok {
 		for _, o := range ops {
@@ -418,7 +431,7 @@ func (b *rankBuilder) gpuEvent(ev *kineto.Event) {
 			b.stats = append(b.stats, KernelStat{Name: name, Class: ClassifyKernel(name)})
 		}
 	}
-	start, end := b.span(ev.Ts, ev.Dur)
+	start, end := b.span(ev)
 	o := kOp{start: start, end: end, stream: ev.Stream, name: id}
 	// The class travels with the event: pooled names have none of their own.
 	class := b.stats[id].Class
@@ -471,9 +484,6 @@ func (b *rankBuilder) finish() error {
 	out.Steps = len(b.steps)
 	filter := !b.opts.IncludeLastStep && out.Steps >= 2
 	lastStep := b.lastStep
-	if b.opts.HTARounding {
-		lastStep = ceilDiv(lastStep, 1000) * 1000
-	}
 	switch {
 	case out.Steps == 0:
 		out.Notes = append(out.Notes, "no ProfilerStep markers: all GPU events kept (as HTA does)")

@@ -6,10 +6,14 @@ import (
 	"github.com/loupe-dev/loupe/traces"
 )
 
+// FLOPsPerStepMetric names the evidence of a rank's operator FLOPs per
+// profiler step in the temporal breakdown's findings.
+const FLOPsPerStepMetric = "flops_per_step"
+
 // KinetoTemporal is the temporal breakdown report.
 var KinetoTemporal = &Analyzer{
 	Name:    "kineto-temporal-breakdown",
-	Version: "1",
+	Version: "2",
 	Doc: `temporal breakdown of each rank's GPU time: computation, communication, memory, idle
 
 From each rank's Kineto trace, as HolisticTraceAnalysis's
@@ -21,7 +25,9 @@ while no computation runs), memory (memcpy/memset while neither runs) and
 other (synchronization). Times are whole microseconds rounded as HTA rounds
 them, and GPU work launched in the last ProfilerStep is left out as HTA does.
 One info finding per rank, its impact the idle time; a warning names each
-trace that could not be read.`,
+trace that could not be read. A trace recorded with with_flops=True adds
+flops_per_step: the operators' flops arguments summed over the trace, over
+its ProfilerSteps (goodput's MFU reads it).`,
 	Requires: kinetoRequires,
 	Run:      runKinetoTemporal,
 }
@@ -56,6 +62,9 @@ func runKinetoTemporal(pass *Pass) error {
 			metric("communication_time_pctg", b.Pct(b.Communication), unitPercent),
 			metric("memory_time_pctg", b.Pct(b.Memory), unitPercent),
 			metric("gpu_events", float64(r.GPUEvents), unitCount),
+		}
+		if f := r.FLOPsPerStep(); f > 0 {
+			ev = append(ev, metric(FLOPsPerStepMetric, f, "flop"))
 		}
 		title := fmt.Sprintf("Temporal breakdown, %s: %.1f%% compute, %.1f%% communication, %.1f%% memory, %.1f%% idle",
 			r.where(), b.Pct(b.Compute), b.Pct(b.Communication), b.Pct(b.Memory), b.Pct(b.Idle))

@@ -96,7 +96,10 @@ func rank0Events() []kev {
 		{Ph: "M", Name: "process_name", Pid: 0, Args: map[string]any{"name": "python"}},
 		step(1, 0, 1000),
 		step(2, 1000, 1000), // the last step: what it launches is left out
-		{Ph: "X", Cat: "cpu_op", Name: "aten::mm", Pid: 100, Tid: 100, Ts: 9, Dur: dur(10), Args: map[string]any{"External id": 5, "Input Dims": [][]int{{64, 64}, {64, 64}}}},
+		{Ph: "X", Cat: "cpu_op", Name: "aten::mm", Pid: 100, Tid: 100, Ts: 9, Dur: dur(10), Args: map[string]any{"External id": 5, "Input Dims": [][]int{{64, 64}, {64, 64}}, "flops": 2 * 64 * 64 * 64}},
+		// with_flops=True writes a float now and then; a user annotation's flops do not count.
+		{Ph: "X", Cat: "cpu_op", Name: "aten::addmm", Pid: 100, Tid: 100, Ts: 1005, Dur: dur(3), Args: map[string]any{"flops": json.Number("1.5e6")}},
+		{Ph: "X", Cat: "user_annotation", Name: "fwd", Pid: 100, Tid: 100, Ts: 1004, Dur: dur(9), Args: map[string]any{"flops": 7}},
 		launch("cudaLaunchKernel", 10, 5, 1),
 		launch("cudaLaunchKernel", 12, 5, 2),
 		launch("cudaLaunchKernel", 14, 3, 7),
@@ -141,6 +144,13 @@ func TestKinetoRank0(t *testing.T) {
 	if r.Rank != 0 || r.WorldSize != 3 || r.Steps != 2 || r.DroppedLastStep != 2 || r.GPUEvents != 10 {
 		t.Errorf("rank %d world %d steps %d dropped %d gpu events %d", r.Rank, r.WorldSize, r.Steps, r.DroppedLastStep, r.GPUEvents)
 	}
+	if want := (524288 + 1.5e6) / 2; r.FLOPs != 524288+1.5e6 || r.FLOPsPerStep() != want {
+		t.Errorf("flops %v, %v per step; want the two operators' over 2 steps, %v", r.FLOPs, r.FLOPsPerStep(), want)
+	}
+	fs := run(t, KinetoTemporal, in)
+	if len(fs) != 1 || evidence(fs[0])[FLOPsPerStepMetric] != (524288+1.5e6)/2 {
+		t.Errorf("temporal breakdown findings %+v: want flops_per_step in the evidence", fs)
+	}
 	wantT := RankBreakdown{Rank: 0, Span: us(420), Idle: us(161), Compute: us(158), NonCompute: us(101),
 		Communication: us(61), Memory: us(20), Other: us(20)}
 	if r.Temporal != wantT {
@@ -156,10 +166,21 @@ func TestKinetoRank0(t *testing.T) {
 	if len(r.Streams) != 2 || r.Streams[0] != wantS[0] || r.Streams[1] != wantS[1] {
 		t.Errorf("streams\n got %+v\nwant %+v", r.Streams, wantS)
 	}
-	if r.Overlap.Communication != us(130) || r.Overlap.Overlapped != us(69) || roundPct(r.Overlap.Ratio()) != 53.08 {
+	if r.Overlap.Communication != us(130) || r.Overlap.Overlapped != us(69) || RoundPct(r.Overlap.Ratio()) != 53.08 {
 		t.Errorf("overlap %+v ratio %v", r.Overlap, r.Overlap.Ratio())
 	}
-	l := r.Launch
+	// By default the launches HTA counts: cudaLaunchKernel, ExC and the
+	// memory call.
+	if l := r.Launch; l.Launches != 5 || len(l.ByAPI) != 3 || l.ByAPI["cudaLaunchKernel"] != 3 || l.ByAPI["cudaLaunchKernelExC"] != 1 || l.ByAPI["cudaMemcpyAsync"] != 1 {
+		t.Errorf("HTA's launch set: %+v", l)
+	}
+	ext := DefaultKinetoOptions()
+	ext.ExtendedLaunchAPIs = true
+	extended, err := KinetoSummaries(context.Background(), in, ext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := extended[0].Launch
 	wantAPI := map[string]int64{"cudaLaunchKernel": 3, "cudaLaunchKernelExC": 1, "cuLaunchKernel": 1,
 		"cuLaunchKernelEx": 1, "cudaGraphLaunch": 2, "cudaMemcpyAsync": 1}
 	if l.Launches != 9 || l.ShortKernels != 2 || l.DelayOutliers != 3 || l.RuntimeOutliers != 0 ||
@@ -568,14 +589,14 @@ func TestKinetoMatchesHTA(t *testing.T) {
 			t.Fatal(err)
 		}
 		opts := DefaultKinetoOptions()
-		opts.HTALaunchAPIsOnly = true
+		opts.ExtendedLaunchAPIs = false
 		rs, err := KinetoSummaries(context.Background(), in, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		r := rs[0]
 		b := r.Temporal
-		got := hta{micros(b.Idle), micros(b.Compute), micros(b.NonCompute), micros(b.Span), roundPct(r.Overlap.Ratio()),
+		got := hta{micros(b.Idle), micros(b.Compute), micros(b.NonCompute), micros(b.Span), RoundPct(r.Overlap.Ratio()),
 			[3]float64{micros(r.Streams[0].HostWait), micros(r.Streams[0].KernelWait), micros(r.Streams[0].Other)},
 			r.Launch.Launches, r.Launch.ShortKernels, r.Launch.DelayOutliers, micros(r.Launch.MaxDelay)}
 		if got != tc.want {
@@ -680,5 +701,37 @@ func TestKinetoFolderRefusesForeignJSON(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), name+" is not a Kineto trace") {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// Nanosecond-resolution traces: HTA reads ts and dur as doubles, and at
+// 1.7e15 us doubles are 0.25 us apart, so "…456.001" is …456.0 to it: the
+// kernel starts at 456 (ceil) and ends at floor(456.0 + 10.0) = 466, 10 us;
+// exact decimal rounding would start it at 457 and give 9 us. The second
+// kernel, "…500.700" for 3.3 us, is …500.75 as a double: 501 .. floor(504.05)
+// = 504, 3 us (exactly 501 .. 504 too). Span 456 .. 504 = 48 us, busy 13,
+// idle 35.
+func TestKinetoRoundsAsHTA(t *testing.T) {
+	trace := `{"schemaVersion": 1, "traceEvents": [
+{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 1712191898123450.000, "dur": 4.000, "args": {"correlation": 1}},
+{"ph": "X", "cat": "kernel", "name": "k1", "pid": 0, "tid": 7, "ts": 1712191898123456.001, "dur": 10.000, "args": {"correlation": 1, "stream": 7}},
+{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 1712191898123470.000, "dur": 4.000, "args": {"correlation": 2}},
+{"ph": "X", "cat": "kernel", "name": "k2", "pid": 0, "tid": 7, "ts": 1712191898123500.700, "dur": 3.300, "args": {"correlation": 2, "stream": 7}}
+]}`
+	r, err := analyzeKineto(context.Background(), strings.NewReader(trace), DefaultKinetoOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := r.Temporal; b.Span != us(48) || b.Compute != us(13) || b.Idle != us(35) {
+		t.Errorf("HTA rounding: %+v", b)
+	}
+	opts := DefaultKinetoOptions()
+	opts.HTARounding = false
+	r, err = analyzeKineto(context.Background(), strings.NewReader(trace), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := r.Temporal; b.Span != 47999*time.Nanosecond || b.Compute != 13300*time.Nanosecond {
+		t.Errorf("exact nanoseconds: %+v", b)
 	}
 }

@@ -88,6 +88,11 @@ func (f *finding) reportTargets(pass *Pass, targets []target, hostWide bool) {
 	}
 	out.Impact = traces.Impact{GPUSeconds: lost, WindowShare: share(lost, windowGPUSeconds(pass.Input))}
 	out.Evidence = append(out.Evidence, f.Evidence...)
+	for _, t := range ts[:min(len(ts), traces.MaxTargets)] {
+		out.Targets = append(out.Targets, traces.Target{
+			Host: t.Host.Manifest.Host, GPU: t.GPU, Rank: t.Rank, Severity: t.Severity, GPUSeconds: t.Lost, Evidence: t.Evidence,
+		})
+	}
 	if len(ts) == 1 {
 		out.Evidence = append(out.Evidence, ts[0].Evidence...)
 	} else {

@@ -61,7 +61,9 @@ func Run(ctx context.Context, in *Input, list []*Analyzer) ([]traces.Finding, er
 	return rep.Findings, errors.Join(errs...)
 }
 
-// Execute is Run with the outcome of every analyzer.
+// Execute is Run with the outcome of every analyzer. The correlation step
+// (RootCause) runs last, over all their findings, and is reported as one
+// more run.
 func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 	versions := make(map[string]string, len(list))
 	for _, a := range list {
@@ -126,8 +128,16 @@ func Execute(ctx context.Context, in *Input, list []*Analyzer) *Report {
 		}()
 	}
 	wg.Wait()
-	rep := &Report{Runs: runs, Findings: slices.Concat(found...)}
-	slices.SortStableFunc(rep.Findings, compareFindings)
+	start := time.Now()
+	rep := &Report{Runs: runs, Findings: Correlate(in, slices.Concat(found...))}
+	joined := 0
+	for _, f := range rep.Findings {
+		if f.Analyzer == RootCause.Name {
+			joined++
+		}
+	}
+	rep.Runs = append(rep.Runs, AnalyzerRun{Name: RootCause.Name, Version: RootCause.Version, Status: StatusOK,
+		Findings: joined, Duration: time.Since(start)})
 	return rep
 }
 

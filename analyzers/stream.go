@@ -34,6 +34,12 @@ func EachStep(pass *Pass, fn func(h *Host, s *traces.Step) error) error {
 	return eachRow(pass, traces.PartSteps, fn)
 }
 
+// EachStepSpan calls fn for every row of every host's step_history.parquet:
+// the run's steps from its first, merged into spans past the head.
+func EachStepSpan(pass *Pass, fn func(h *Host, s *traces.StepSpan) error) error {
+	return eachRow(pass, traces.PartStepHistory, fn)
+}
+
 // EachEvent calls fn for every record of every host's events.jsonl.
 func EachEvent(pass *Pass, fn func(h *Host, e *traces.Event) error) error {
 	for i := range pass.Input.Hosts {

@@ -43,6 +43,31 @@ type Finding struct {
 	MissingRanks []int `json:"missing_ranks,omitempty"`
 	// Simulated is set when the inputs came from simulated GPUs.
 	Simulated bool `json:"simulated,omitempty"`
+	// Targets are the GPUs and ranks the finding is about, each with its own
+	// evidence, the most severe and costly first (at most MaxTargets), so
+	// that the correlation step can join findings about the same place.
+	Targets []Target `json:"targets,omitempty"`
+	// RootCauses are the IDs of the root-cause findings that explain this
+	// one (analyzer "root-cause"); the finding itself stays as it was.
+	RootCauses []string `json:"root_causes,omitempty"`
+	// Explains, on a root-cause finding, lists the IDs of the findings it
+	// joins.
+	Explains []string `json:"explains,omitempty"`
+}
+
+// MaxTargets bounds the targets a finding carries.
+const MaxTargets = 64
+
+// Target is one GPU or rank a finding is about. GPU and Rank are -1 when
+// unknown.
+type Target struct {
+	Host     string `json:"host"`
+	GPU      int    `json:"gpu"`
+	Rank     int    `json:"rank"`
+	Severity string `json:"severity"`
+	// GPUSeconds is what this target lost (or cost the others).
+	GPUSeconds float64  `json:"gpu_seconds"`
+	Evidence   []Metric `json:"evidence"`
 }
 
 // Scope is what a finding is about: a whole job, or one host, GPU or rank of it.

@@ -34,6 +34,9 @@ type Incident struct {
 	DocURL       string   `json:"doc_url,omitempty"`
 	// Findings are the IDs of the findings grouped here.
 	Findings []string `json:"findings,omitempty"`
+	// Cause is the ID of the incident this one most likely follows from
+	// (an NCCL timeout after an XID: the hardware incident).
+	Cause string `json:"cause,omitempty"`
 	// Generated is an optional summary written by a language model; it never
 	// replaces the rule-based fields above.
 	Generated *GeneratedSummary `json:"generated,omitempty"`

@@ -3,6 +3,7 @@ package traces
 import (
 	"errors"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -27,6 +28,10 @@ const (
 	PartEvents            = "events.jsonl"
 	KinetoDir             = "kineto/"
 )
+
+// PartStepHistory is the run's step history from its first step (StepSpan
+// rows), so that analyzers judge the start of the run, not only the window.
+const PartStepHistory = "step_history.parquet"
 
 // Media types of the parts.
 const (
@@ -60,6 +65,10 @@ const (
 	// TriggerContinuous marks a continuous profile bundle: no capture
 	// window, nothing to analyze on its own.
 	TriggerContinuous = "continuous"
+	// TriggerLogHistory: a log-only bundle of events from log lines older
+	// than any capture window (a log file found with history, or logs
+	// analyzed offline).
+	TriggerLogHistory = "log-history"
 )
 
 // Manifest describes one host's share of one capture. It is stored as
@@ -82,6 +91,10 @@ type Manifest struct {
 	AgentVersion string    `json:"agent_version"`
 	// Simulated is true when any data in the bundle comes from simulated GPUs.
 	Simulated bool `json:"simulated,omitempty"`
+	// DriverVersion is the host's NVIDIA driver and CUDAVersion the CUDA
+	// version it supports, as NVML reports them; empty when unknown.
+	DriverVersion string `json:"driver_version,omitempty"`
+	CUDAVersion   string `json:"cuda_version,omitempty"`
 	// GPUs describes the devices whose samples the bundle carries: those the
 	// job's processes use, or, when the capture matched no process, every
 	// GPU of the host, which the job is then not known to own (OwnsGPU).
@@ -173,6 +186,46 @@ type Process struct {
 	Container string `json:"container,omitempty"`
 	Pod       string `json:"pod,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
+	// Started is when the process started, when known; a projection of a
+	// finding falls back on it for the run's start.
+	Started time.Time `json:"started,omitzero"`
+	// Image is the container image the process runs, as its container
+	// runtime names it; NCCLVersion the version of the libnccl it maps.
+	Image       string `json:"image,omitempty"`
+	NCCLVersion string `json:"nccl_version,omitempty"`
+}
+
+// Software is what a job ran on, summed up over its manifests: the
+// container images, driver, CUDA and NCCL versions. A field lists the
+// distinct values seen, sorted and joined by ", "; empty when unknown.
+type Software struct {
+	Image  string `json:"image,omitempty"`
+	Driver string `json:"driver,omitempty"`
+	CUDA   string `json:"cuda,omitempty"`
+	NCCL   string `json:"nccl,omitempty"`
+}
+
+// SoftwareOf sums up the software of the manifests of one job.
+func SoftwareOf(ms ...*Manifest) Software {
+	var images, drivers, cudas, nccls []string
+	add := func(list *[]string, v string) {
+		if v != "" && !slices.Contains(*list, v) {
+			*list = append(*list, v)
+		}
+	}
+	for _, m := range ms {
+		add(&drivers, m.DriverVersion)
+		add(&cudas, m.CUDAVersion)
+		for _, p := range m.Processes {
+			add(&images, p.Image)
+			add(&nccls, p.NCCLVersion)
+		}
+	}
+	join := func(list []string) string {
+		slices.Sort(list)
+		return strings.Join(list, ", ")
+	}
+	return Software{Image: join(images), Driver: join(drivers), CUDA: join(cudas), NCCL: join(nccls)}
 }
 
 // Part is one file of a bundle.

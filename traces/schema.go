@@ -143,18 +143,50 @@ type Step struct {
 	Source    string `parquet:"source,dict"`
 }
 
+// StepSpan is one row of step_history.parquet, the run's step history from
+// its first step: one step of one rank at full resolution (Steps == 1), or,
+// past the full-resolution head, Steps consecutive steps of that rank merged
+// into one row. Rows are never merged across a PID change or an iteration
+// that goes back (a restarted process), so restarts stay visible.
+type StepSpan struct {
+	Rank           int32 `parquet:"rank"`
+	PID            int32 `parquet:"pid"`
+	FirstIteration int64 `parquet:"first_iteration"`
+	Steps          int32 `parquet:"steps"`
+	// StartNs is the start of the first step, EndNs the end of the last.
+	StartNs int64 `parquet:"start_ns,timestamp(nanosecond)"`
+	EndNs   int64 `parquet:"end_ns,timestamp(nanosecond)"`
+	// MinNs and MaxNs are the shortest and longest step covered.
+	MinNs  int64  `parquet:"min_ns"`
+	MaxNs  int64  `parquet:"max_ns"`
+	Source string `parquet:"source,dict"`
+}
+
+// MeanNs is the mean step time the span covers.
+func (s StepSpan) MeanNs() int64 {
+	if s.Steps <= 0 {
+		return 0
+	}
+	return (s.EndNs - s.StartNs) / int64(s.Steps)
+}
+
 // Event kinds in events.jsonl.
 const (
 	EventXID          = "xid"
 	EventECC          = "ecc"
 	EventGPULost      = "gpu_lost"
-	EventNCCLWatchdog = "nccl_watchdog"
+	EventNCCLWatchdog = "nccl_watchdog" // a collective timed out
+	EventNCCLError    = "nccl_error"    // NCCL failed otherwise (system, internal, remote error)
 	EventCUDAError    = "cuda_error"
 	EventOOM          = "oom"
 	EventCrash        = "crash"
 	EventRebalance    = "rebalance"
 	EventLatency      = "latency"
 	EventNote         = "note"
+	// EventCheckpoint is a checkpoint save the job reported (Attrs "phase":
+	// start or end when known); goodput counts a long step holding one as
+	// checkpointing.
+	EventCheckpoint = "checkpoint"
 )
 
 // Event is one line of events.jsonl: a fault or notable event on the host.

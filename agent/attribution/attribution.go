@@ -1,5 +1,6 @@
 // Package attribution says who a GPU process belongs to: its job and rank
-// (from its environment), its container (from its cgroup) and, on
+// (from its environment), its container (from its cgroup) and the
+// container's image (from the runtime's state), and, on
 // Kubernetes, its pod and namespace (from the kubelet pod-resources API,
 // which maps GPU UUIDs to the containers they were allocated to).
 //
@@ -36,6 +37,10 @@ type Config struct {
 	RefreshInterval time.Duration `yaml:"refresh_interval"`
 	// Timeout bounds one call to the kubelet.
 	Timeout time.Duration `yaml:"timeout"`
+	// ContainerStateDirs are the container runtimes' state folders on the
+	// host, where a container's image is named (read through
+	// ProcRoot/1/root, the host's root with hostPID).
+	ContainerStateDirs []string `yaml:"container_state_dirs"`
 }
 
 // DefaultConfig returns the settings for a plain host or a DaemonSet with
@@ -47,6 +52,7 @@ func DefaultConfig() Config {
 		JobEnvVars:         []string{"SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"},
 		RefreshInterval:    30 * time.Second,
 		Timeout:            5 * time.Second,
+		ContainerStateDirs: defaultContainerStateDirs,
 	}
 }
 
@@ -68,6 +74,10 @@ type Info struct {
 	ContainerID string
 	// PodUID comes from the cgroup path of a Kubernetes container.
 	PodUID string
+	// Started is when the process started (zero when unknown).
+	Started time.Time
+	// Image is the container's image, from its runtime's state.
+	Image string
 }
 
 // Variables that carry ranks, in the order launchers set them: torchrun,
@@ -89,6 +99,7 @@ type Resolver struct {
 
 	mu      sync.RWMutex
 	byGPU   map[string]podRef
+	images  map[string]string // container ID -> image ("" when none is known)
 	lastErr error
 }
 
@@ -110,10 +121,14 @@ func New(cfg Config, logger *slog.Logger) *Resolver {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = def.Timeout
 	}
+	if cfg.ContainerStateDirs == nil {
+		cfg.ContainerStateDirs = def.ContainerStateDirs
+	}
 	if logger == nil {
 		logger = slog.Default()
 	}
-	r := &Resolver{cfg: cfg, log: logger.With("component", "attribution"), wanted: map[string]bool{"NVIDIA_VISIBLE_DEVICES": true}}
+	r := &Resolver{cfg: cfg, log: logger.With("component", "attribution"), wanted: map[string]bool{"NVIDIA_VISIBLE_DEVICES": true},
+		images: map[string]string{}}
 	for _, list := range [][]string{cfg.JobEnvVars, rankVars, localRankVars, worldSizeVars} {
 		for _, k := range list {
 			r.wanted[k] = true
@@ -149,6 +164,7 @@ func (r *Resolver) Process(pid int) (Info, error) {
 	if cg, err := os.ReadFile(filepath.Join(dir, "cgroup")); err == nil {
 		info.ContainerID, info.PodUID = parseCgroup(cg)
 	}
+	info.Image = r.imageOf(info.ContainerID)
 	for _, g := range info.GPUs {
 		if p, ok := r.lookup(g); ok {
 			info.Pod, info.Namespace, info.Container = p.pod, p.namespace, p.container

@@ -30,6 +30,8 @@ import (
 type GPUSource interface {
 	Devices() []traces.GPUInfo
 	Simulated() bool
+	// Versions are the driver's version and the CUDA version it supports.
+	Versions() (driver, cuda string)
 	// BeginCapture raises the sampling rate until end is called.
 	BeginCapture() (end func())
 	Samples(from, to time.Time) []traces.GPUSample
@@ -614,6 +616,7 @@ func (c *Capturer) manifest(req Request, start, end time.Time) traces.Manifest {
 	if c.src.GPU != nil {
 		m.Simulated = c.src.GPU.Simulated()
 		gpus := jobGPUs(req.Processes)
+		m.DriverVersion, m.CUDAVersion = c.src.GPU.Versions()
 		for _, g := range c.src.GPU.Devices() {
 			if gpus != nil && !gpus[g.Index] {
 				continue

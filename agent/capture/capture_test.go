@@ -31,7 +31,8 @@ type fakeGPU struct {
 func (g *fakeGPU) Devices() []traces.GPUInfo {
 	return []traces.GPUInfo{{Index: 0, UUID: "GPU-a", Name: "sim"}, {Index: 1, UUID: "GPU-b", Name: "sim"}}
 }
-func (g *fakeGPU) Simulated() bool { return true }
+func (g *fakeGPU) Simulated() bool                 { return true }
+func (g *fakeGPU) Versions() (driver, cuda string) { return "550.54.15", "12.4" }
 func (g *fakeGPU) BeginCapture() func() {
 	g.mu.Lock()
 	g.begun++
@@ -211,7 +212,8 @@ func TestTimedCapture(t *testing.T) {
 	}
 	dir := h.spool.committed[0]
 	m := readBundle(t, dir)
-	if m.Job != "train" || m.Run != "r1" || m.Host != "host-a" || m.Cluster != "c1" || m.WorldSize != 4 || !m.Simulated || m.AgentVersion != "test" {
+	if m.Job != "train" || m.Run != "r1" || m.Host != "host-a" || m.Cluster != "c1" || m.WorldSize != 4 || !m.Simulated || m.AgentVersion != "test" ||
+		m.DriverVersion != "550.54.15" || m.CUDAVersion != "12.4" {
 		t.Errorf("manifest %+v", m)
 	}
 	if !slices.Equal(m.Ranks, []int{0, 1}) || len(m.Processes) != 2 || len(m.GPUs) != 2 || !slices.Equal(m.GPUs[1].Ranks, []int{1}) {

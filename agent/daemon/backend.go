@@ -230,7 +230,15 @@ func (d *Daemon) processes(pids []int, keep func(attribution.Info) bool) []trace
 // does not give comes from the step markers.
 func (d *Daemon) process(info attribution.Info) traces.Process {
 	p := traces.Process{PID: info.PID, Comm: info.Comm, Rank: info.Rank, LocalRank: info.LocalRank, GPU: -1,
-		Container: info.Container, Pod: info.Pod, Namespace: info.Namespace}
+		Container: info.Container, Pod: info.Pod, Namespace: info.Namespace, Image: info.Image, Started: info.Started}
+	if d.nccl != nil {
+		for _, n := range d.nccl.Processes() {
+			if n.PID == info.PID {
+				p.NCCLVersion = n.Version
+				break
+			}
+		}
+	}
 	if d.gpu != nil {
 		for _, g := range d.gpu.Processes() {
 			if g.PID != info.PID || p.Uses(g.GPU) {

@@ -417,6 +417,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.logs != nil {
 		run(collLogs, func(ctx context.Context) error { d.logs.Run(ctx); return nil })
+		run("log-history", d.shipLogHistory)
 	}
 	run("capture", d.capturer.Run)
 	run("upload", d.uploader.Run)

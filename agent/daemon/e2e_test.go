@@ -68,6 +68,10 @@ func TestEndToEnd(t *testing.T) {
 		m.Processes[i].Rank != 0 || m.Processes[i].GPU != 0 || m.Processes[i].Comm == "" {
 		t.Errorf("processes %+v lack this test (pid %d, rank 0, gpu 0)", m.Processes, os.Getpid())
 	}
+	// The simulated GPUs run go-nvml's DGX H100 mock: its driver and CUDA.
+	if m.DriverVersion != "550.54.15" || m.CUDAVersion != "12.4" {
+		t.Errorf("driver %q CUDA %q, want the mock's 550.54.15 and 12.4", m.DriverVersion, m.CUDAVersion)
+	}
 	if want, got := base.Add(40*20*time.Millisecond), m.Start; got.Sub(want).Abs() > 5*time.Millisecond {
 		t.Errorf("window starts %v, want when iteration 40 began (%v)", got, want)
 	}

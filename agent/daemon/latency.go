@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/loupe-dev/loupe/agent/api"
-	"github.com/loupe-dev/loupe/agent/logtail"
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/logparse"
 )
 
 // Latency keeps an inference job's request latencies as latency events
@@ -23,7 +23,7 @@ func (b backend) Latency(_ context.Context, r api.LatencyRequest) error {
 		}
 		evs[i] = traces.Event{
 			TimeNs: at.UnixNano(), Kind: traces.EventLatency, GPU: -1, Rank: r.Rank,
-			Attrs: map[string]string{"job": r.Job, logtail.AttrValue: strconv.FormatFloat(v.Seconds, 'g', -1, 64)},
+			Attrs: map[string]string{"job": r.Job, logparse.AttrValue: strconv.FormatFloat(v.Seconds, 'g', -1, 64)},
 		}
 	}
 	b.d.latency.Add(evs...)

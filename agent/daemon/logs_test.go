@@ -87,3 +87,61 @@ func TestLogsAndLatencyInCapture(t *testing.T) {
 		t.Errorf("event kinds %v, want 1 cuda_error, 1 rebalance, 2 latency", kinds)
 	}
 }
+
+// A log file copied in after start-up (yesterday's consumer log) is read
+// from its start with the lines' own timestamps; its events, older than any
+// capture window, arrive in the store as a log-only bundle that the
+// analyzers read like a capture.
+func TestLogHistoryBundle(t *testing.T) {
+	cfg := testConfig(t)
+	logs := t.TempDir()
+	cfg.Logs.Files = []string{filepath.Join(logs, "*.log")}
+	cfg.Logs.PollInterval = 10 * time.Millisecond
+	if err := os.WriteFile(filepath.Join(logs, "app.log"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, cfg)
+	// Files present at the first poll are read from their end: wait for it.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(get(t, "http://"+d.MetricsAddr()+"/metrics"), "loupe_logtail_files 1"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the log tailer never found the file")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p := "INFO [Consumer clientId=consumer-infer-1, groupId=infer] "
+	yesterday := "2026-11-24T10:00:0"
+	history := strings.Join([]string{
+		yesterday + "0.000Z " + p + "Request joining group due to: group is already rebalancing",
+		yesterday + "3.000Z " + p + "Successfully joined group with generation Generation{generationId=4, memberId='consumer-infer-1-x', protocol='range'}",
+		yesterday + "3.500Z " + p + "Adding newly assigned partitions: requests-0",
+		"RuntimeError: CUDA error: an illegal memory access was encountered", // undated: takes 10:00:03.500
+	}, "\n") + "\n"
+	if err := os.WriteFile(filepath.Join(logs, "copied.log"), []byte(history), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	first := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	id := "lh-" + first.Format("20060102T150405.000Z")
+	m, dir := waitBundle(t, cfg, cfg.Logs.HistoryJob, cfg.DefaultRun, id)
+	if m.Trigger.Kind != traces.TriggerLogHistory || !m.Start.Equal(first) || !m.End.Equal(first.Add(3500*time.Millisecond+1)) {
+		t.Fatalf("manifest %+v", m)
+	}
+	ef, err := os.Open(filepath.Join(dir, traces.PartEvents))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ef.Close()
+	var kinds []string
+	err = traces.ReadEvents(ef, func(e traces.Event) error {
+		kinds = append(kinds, e.Kind)
+		if e.Kind == traces.EventCUDAError && e.TimeNs != first.Add(3500*time.Millisecond).UnixNano() {
+			t.Errorf("undated line stamped %v, want its neighbour's time", time.Unix(0, e.TimeNs).UTC())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(kinds, ",") != "rebalance,rebalance,rebalance,cuda_error" {
+		t.Fatalf("events %v", kinds)
+	}
+}

@@ -91,13 +91,14 @@ var metricsHelp = promtext.Help{
 	"loupe_steps_total":       "Steps seen per rank, by source (marker, kineto, nccl).",
 
 	// Logs.
-	"loupe_logtail_files":                 "Log files being followed.",
-	"loupe_logtail_lines_total":           "Log lines read.",
-	"loupe_logtail_lines_truncated_total": "Log lines cut at the line length limit.",
-	"loupe_logtail_events_total":          "Events (faults, rebalances) recognised in logs.",
-	"loupe_logtail_events_dropped_total":  "Log events dropped because the ring of recent events was full.",
-	"loupe_logtail_rotations_total":       "Log rotations and truncations followed.",
-	"loupe_logtail_errors_total":          "Errors reading log files.",
+	"loupe_logtail_files":                        "Log files being followed.",
+	"loupe_logtail_lines_total":                  "Log lines read.",
+	"loupe_logtail_lines_truncated_total":        "Log lines cut at the line length limit.",
+	"loupe_logtail_events_total":                 "Events (faults, rebalances) recognised in logs.",
+	"loupe_logtail_events_dropped_total":         "Log events dropped because the ring of recent events was full.",
+	"loupe_logtail_history_events_dropped_total": "Oldest historical log events (of files found after start-up) dropped because more than logs.max_events waited to ship.",
+	"loupe_logtail_rotations_total":              "Log rotations and truncations followed.",
+	"loupe_logtail_errors_total":                 "Errors reading log files.",
 
 	// Spool and upload.
 	"loupe_spool_entries":           "Committed captures waiting in the spool for upload.",

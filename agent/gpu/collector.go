@@ -27,6 +27,7 @@ type Collector struct {
 	sim      *Simulator
 	devs     []*device
 	driver   string
+	cuda     string // the CUDA version the driver supports, "12.4"
 	hostname string
 	metrics  *healthMetrics
 
@@ -87,6 +88,10 @@ func newCollector(cfg Config, logger *slog.Logger, set *metrics.Set, lib nvml.In
 	}
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		c.driver = v
+	}
+	if v, ret := lib.SystemGetCudaDriverVersion(); ret == nvml.SUCCESS && v > 0 {
+		// NVML encodes it as 1000*major + 10*minor.
+		c.cuda = fmt.Sprintf("%d.%d", v/1000, v%1000/10)
 	}
 	ringMin := int(float64(cfg.RingSeconds)/cfg.Interval.Seconds()) + 2
 	ringMax := int(float64(cfg.RingSeconds)*max(cfg.CaptureHz, 1/cfg.Interval.Seconds())) + 2
@@ -316,6 +321,10 @@ func (c *Collector) Devices() []traces.GPUInfo {
 	}
 	return out
 }
+
+// Versions are the NVIDIA driver's version and the CUDA version it
+// supports, as NVML reports them; empty without a GPU.
+func (c *Collector) Versions() (driver, cuda string) { return c.driver, c.cuda }
 
 // Simulated reports whether the GPUs are simulated.
 func (c *Collector) Simulated() bool { return c.sim != nil }

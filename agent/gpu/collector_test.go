@@ -20,6 +20,10 @@ func TestSamplesFollowTheDevices(t *testing.T) {
 	if got := len(c.Devices()); got != 8 {
 		t.Fatalf("Devices() = %d, want 8", got)
 	}
+	// The DGX H100 mock's driver 550.54.15 reports CUDA 12040.
+	if driver, cuda := c.Versions(); driver != "550.54.15" || cuda != "12.4" {
+		t.Errorf("Versions() = %q, %q; want 550.54.15, 12.4", driver, cuda)
+	}
 	eventually(t, "5 samples of every GPU", func() bool {
 		return tg.calls[7].Load() >= 5 && tg.calls[0].Load() >= 5
 	})

@@ -1,14 +1,21 @@
 // Package logtail is the agent's log collector: it tails configured log
-// files and globs (container logs included, in the CRI and Docker json-file
-// formats), follows rotation and truncation, and parses the lines into
-// traces.Event records: group-membership (rebalance) events of Kafka
-// consumers and torch elastic agents, and faults (NCCL watchdog timeouts,
-// CUDA errors, out-of-memory errors, Python crash stack traces). The events
-// wait in a bounded ring until a capture takes those of its window.
+// files and globs (container logs in the CRI and Docker json-file formats
+// and journald or syslog files included), follows rotation and truncation,
+// and parses the lines with traces/logparse into traces.Event records:
+// group-membership (rebalance) events of Kafka consumers and torch elastic
+// agents, and faults (kernel XIDs, NCCL timeouts and errors, CUDA errors,
+// out-of-memory errors, Python crash stack traces). The events wait in a
+// bounded ring until a capture takes those of its window.
 //
 // Files are identified by device and inode. A file present when the tailer
-// starts is read from its end (old history is not news); a file that
-// appears later is read from its start. When a path's inode changes
+// starts is read from its end (old history is not news, and an agent
+// restart must not ship it again); a file that appears later is read from
+// its start. The lines it already held then are its history: they are
+// parsed with their own timestamps (a line without one takes its nearest
+// timestamped neighbour's), and the events older than the moment the file
+// was found wait, apart from the ring, until History hands them out, once
+// every such file has been read to the end it had, so that the daemon can
+// ship them as a log-only bundle. When a path's inode changes
 // (rotation by rename), the old file is read to its end before the new one
 // is opened; when a file shrinks (truncation, copytruncate), reading starts
 // over at offset 0. Memory is bounded: lines by MaxLineBytes (the rest of a
@@ -18,6 +25,7 @@ package logtail
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,12 +42,13 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/logparse"
 )
 
 // Defaults of Config.
 const (
 	DefaultPollInterval = time.Second
-	DefaultMaxLineBytes = 64 << 10
+	DefaultMaxLineBytes = logparse.DefaultMaxLineBytes
 	DefaultMaxEvents    = 10000
 	// readChunk bounds what one poll reads from one file, so that a burst
 	// in one file cannot starve the others or grow memory.
@@ -59,11 +68,14 @@ type Config struct {
 	MaxLineBytes int `yaml:"max_line_bytes"`
 	// MaxEvents bounds the events kept for captures; the oldest go first.
 	MaxEvents int `yaml:"max_events"`
+	// HistoryJob names the job of the log-only bundles that carry the
+	// history of files found after start-up.
+	HistoryJob string `yaml:"history_job"`
 }
 
 // DefaultConfig returns the defaults (no files).
 func DefaultConfig() Config {
-	return Config{PollInterval: DefaultPollInterval, MaxLineBytes: DefaultMaxLineBytes, MaxEvents: DefaultMaxEvents}
+	return Config{PollInterval: DefaultPollInterval, MaxLineBytes: DefaultMaxLineBytes, MaxEvents: DefaultMaxEvents, HistoryJob: "logs"}
 }
 
 // Validate checks the globs and bounds.
@@ -76,6 +88,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PollInterval < 0 || c.MaxLineBytes < 0 || c.MaxEvents < 0 {
 		errs = append(errs, errors.New("logs: poll_interval, max_line_bytes and max_events must not be negative"))
+	}
+	if err := traces.ValidateComponent(c.HistoryJob); err != nil {
+		errs = append(errs, fmt.Errorf("logs.history_job: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -152,6 +167,11 @@ type Tailer struct {
 	now   func() time.Time
 	buf   []byte // read buffer, reused: polls run one at a time
 
+	hmu     sync.Mutex
+	history []traces.Event // events of files' history, oldest dropped past MaxEvents
+	reading int            // files whose history is not read to its end yet
+	hdrop   *metrics.Counter
+
 	lines, events, cut, rotations, errs *metrics.Counter
 	followed                            *metrics.Gauge
 	nfiles                              int
@@ -165,8 +185,12 @@ type follow struct {
 	off      int64
 	pending  []byte // an unfinished last line
 	skipping bool   // dropping the rest of an over-long line
-	parser   *Parser
+	parser   *logparse.Parser
 	seen     bool // found in the latest glob expansion
+	// history is the size the file had when it was found and read from
+	// its start; found is when that was. Zero for live files.
+	history int64
+	found   time.Time
 }
 
 // New returns a tailer for cfg, registering its metrics (loupe_logtail_*) in
@@ -191,6 +215,7 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) *Tailer {
 	t := &Tailer{
 		cfg: cfg, log: logger, files: map[string]*follow{}, now: time.Now, buf: make([]byte, 64<<10),
 		ring:      NewRing(cfg.MaxEvents, set.GetOrCreateCounter(`loupe_logtail_events_dropped_total`)),
+		hdrop:     set.GetOrCreateCounter(`loupe_logtail_history_events_dropped_total`),
 		lines:     set.GetOrCreateCounter(`loupe_logtail_lines_total`),
 		events:    set.GetOrCreateCounter(`loupe_logtail_events_total`),
 		cut:       set.GetOrCreateCounter(`loupe_logtail_lines_truncated_total`),
@@ -252,8 +277,8 @@ func (t *Tailer) poll(initial bool) {
 				t.errs.Inc()
 				continue
 			}
-			fl = &follow{parser: NewParser(t.cfg.MaxLineBytes)}
-			fl.parser.Source = SourceOf(p)
+			fl = &follow{parser: logparse.NewParser(t.cfg.MaxLineBytes)}
+			fl.parser.Source = logparse.SourceOf(p)
 			if err := t.open(p, fl, initial); err != nil {
 				continue
 			}
@@ -265,6 +290,7 @@ func (t *Tailer) poll(initial bool) {
 	for p, fl := range t.files {
 		if !fl.seen {
 			t.read(p, fl) // the last lines of a removed file
+			t.historyRead(fl)
 			fl.f.Close()
 			delete(t.files, p)
 		}
@@ -294,8 +320,75 @@ func (t *Tailer) open(p string, fl *follow, atEnd bool) error {
 	fl.off, fl.pending, fl.skipping = 0, fl.pending[:0], false
 	if atEnd {
 		fl.off = st.Size()
+	} else if st.Size() > 0 && fl.history == 0 {
+		fl.history, fl.found = st.Size(), t.now()
+		fl.parser.Ref = st.ModTime()
+		t.hmu.Lock()
+		t.reading++
+		t.hmu.Unlock()
 	}
 	return nil
+}
+
+// History hands out the events of the files' history, oldest first, once
+// every file found with history has been read to the end it had then; nil
+// before, or when there is none.
+func (t *Tailer) History() []traces.Event {
+	t.hmu.Lock()
+	defer t.hmu.Unlock()
+	if t.reading > 0 || len(t.history) == 0 {
+		return nil
+	}
+	out := t.history
+	t.history = nil
+	slices.SortStableFunc(out, func(a, b traces.Event) int { return cmp.Compare(a.TimeNs, b.TimeNs) })
+	return out
+}
+
+// historyGrace separates history from news: an event of a file's history
+// at most this much older than the moment the file was found is news.
+const historyGrace = 5 * time.Second
+
+// keep routes parsed events: those of a file's history older than when it
+// was found (less historyGrace) to the history, the rest to the ring.
+func (t *Tailer) keep(p string, fl *follow, out []traces.Event, history bool) {
+	if len(out) == 0 {
+		return
+	}
+	for i := range out {
+		out[i].Attrs[logparse.AttrSource] = p
+	}
+	t.events.Add(len(out))
+	live := out
+	if history {
+		cut := fl.found.Add(-historyGrace).UnixNano()
+		live = out[:0:0]
+		t.hmu.Lock()
+		for _, e := range out {
+			if e.TimeNs >= cut {
+				live = append(live, e)
+				continue
+			}
+			if len(t.history) >= t.cfg.MaxEvents {
+				t.history = t.history[1:]
+				t.hdrop.Inc()
+			}
+			t.history = append(t.history, e)
+		}
+		t.hmu.Unlock()
+	}
+	t.ring.Add(live...)
+}
+
+// historyRead notes that fl's history has been read to its end.
+func (t *Tailer) historyRead(fl *follow) {
+	if fl.history == 0 {
+		return
+	}
+	fl.history = 0
+	t.hmu.Lock()
+	t.reading--
+	t.hmu.Unlock()
 }
 
 func devIno(st os.FileInfo) (uint64, uint64) {
@@ -330,14 +423,17 @@ func (t *Tailer) read(p string, fl *follow) {
 }
 
 // drain reads up to readChunk new bytes of fl and parses the whole lines.
+// Lines of the file's history are parsed without a read time, so that a
+// line without a timestamp takes its neighbours'.
 func (t *Tailer) drain(p string, fl *follow) {
-	var out []traces.Event
+	var out, hist []traces.Event
 	now := t.now()
 	for total := 0; total < readChunk; {
 		n, err := fl.f.ReadAt(t.buf, fl.off)
+		base := fl.off
 		fl.off += int64(n)
 		total += n
-		out = t.split(fl, t.buf[:n], now, out)
+		out, hist = t.split(fl, t.buf[:n], base, now, out, hist)
 		if err != nil {
 			if err != io.EOF {
 				t.log.Warn("read log file", "path", p, "err", err)
@@ -346,23 +442,26 @@ func (t *Tailer) drain(p string, fl *follow) {
 			break
 		}
 	}
-	if len(out) > 0 {
-		for i := range out {
-			out[i].Attrs[AttrSource] = p
-		}
-		t.events.Add(len(out))
-		t.ring.Add(out...)
+	if fl.history > 0 && fl.off >= fl.history {
+		hist = fl.parser.Flush(fl.parser.Ref, hist) // undated history: the file's mtime
+		t.keep(p, fl, hist, true)
+		t.historyRead(fl)
+		hist = nil
 	}
+	t.keep(p, fl, hist, true)
+	t.keep(p, fl, out, false)
 }
 
-// split cuts data into lines, keeping an unfinished last line for later
-// and cutting lines longer than MaxLineBytes.
-func (t *Tailer) split(fl *follow, data []byte, now time.Time, out []traces.Event) []traces.Event {
-	for len(data) > 0 {
-		nl := bytes.IndexByte(data, '\n')
-		chunk := data
+// split cuts data, read at offset base, into lines, keeping an
+// unfinished last line for later and cutting lines longer than
+// MaxLineBytes. Events of lines that end inside the file's history go to
+// hist, the others to out.
+func (t *Tailer) split(fl *follow, data []byte, base int64, now time.Time, out, hist []traces.Event) ([]traces.Event, []traces.Event) {
+	for pos := 0; pos < len(data); {
+		nl := bytes.IndexByte(data[pos:], '\n')
+		chunk := data[pos:]
 		if nl >= 0 {
-			chunk = data[:nl]
+			chunk = chunk[:nl]
 		}
 		if !fl.skipping {
 			room := t.cfg.MaxLineBytes - len(fl.pending)
@@ -377,16 +476,20 @@ func (t *Tailer) split(fl *follow, data []byte, now time.Time, out []traces.Even
 		if nl < 0 {
 			break
 		}
-		data = data[nl+1:]
-		out = t.emit(fl, now, out)
+		if base+int64(pos+nl) < fl.history {
+			hist = t.emit(fl, time.Time{}, hist)
+		} else {
+			out = t.emit(fl, now, out)
+		}
+		pos += nl + 1
 	}
-	return out
+	return out, hist
 }
 
-func (t *Tailer) emit(fl *follow, now time.Time, out []traces.Event) []traces.Event {
+func (t *Tailer) emit(fl *follow, readAt time.Time, out []traces.Event) []traces.Event {
 	line := bytes.TrimSuffix(fl.pending, []byte{'\r'})
 	t.lines.Inc()
-	out = fl.parser.Feed(line, now, out)
+	out = fl.parser.Feed(line, readAt, out)
 	fl.pending, fl.skipping = fl.pending[:0], false
 	return out
 }
@@ -396,10 +499,5 @@ func (t *Tailer) flushPending(p string, fl *follow) {
 	if len(fl.pending) == 0 {
 		return
 	}
-	out := t.emit(fl, t.now(), nil)
-	for i := range out {
-		out[i].Attrs[AttrSource] = p
-	}
-	t.events.Add(len(out))
-	t.ring.Add(out...)
+	t.keep(p, fl, t.emit(fl, t.now(), nil), false)
 }

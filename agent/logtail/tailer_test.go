@@ -11,6 +11,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/loupe-dev/loupe/traces"
+	"github.com/loupe-dev/loupe/traces/logparse"
 )
 
 const cudaLine = "RuntimeError: CUDA error: an illegal memory access was encountered\n"
@@ -46,7 +47,7 @@ func TestTailerFollowsFiles(t *testing.T) {
 	tl.poll(false)
 	appendFile(t, old, "or: first\n")
 	tl.poll(false)
-	if ev := all(tl); len(ev) != 1 || ev[0].Attrs["error"] != "first" || ev[0].Attrs[AttrSource] != old {
+	if ev := all(tl); len(ev) != 1 || ev[0].Attrs["error"] != "first" || ev[0].Attrs[logparse.AttrSource] != old {
 		t.Fatalf("after append: %+v", ev)
 	}
 
@@ -107,7 +108,7 @@ func TestTailerPodAttribution(t *testing.T) {
 	}
 	tl := New(Config{Files: []string{filepath.Join(dir, "log/pods/*/*/*.log")}}, nil, nil)
 	tl.poll(true)
-	appendFile(t, filepath.Join(pod, "0.log"), "2026-11-25T10:00:07Z stderr F "+cudaLine)
+	appendFile(t, filepath.Join(pod, "0.log"), time.Now().UTC().Format(time.RFC3339Nano)+" stderr F "+cudaLine)
 	tl.poll(false)
 	ev := all(tl)
 	if len(ev) != 1 || ev[0].Attrs["pod"] != "infer-0" || ev[0].Attrs["namespace"] != "ml" || ev[0].Attrs["container"] != "consumer" {
@@ -179,4 +180,33 @@ func BenchmarkTailer(b *testing.B) {
 		tl.poll(false)
 	}
 	b.ReportMetric(float64(b.N)*10000/b.Elapsed().Seconds(), "lines/s")
+}
+
+// A file found after start-up is read from its start: the events of lines
+// older than the moment it was found go to History, once the whole of what
+// it held then has been read (a poll reads at most readChunk), and the
+// fresh ones to the ring.
+func TestTailerHistory(t *testing.T) {
+	dir := t.TempDir()
+	tl := New(Config{Files: []string{filepath.Join(dir, "*.log")}}, nil, nil)
+	tl.poll(true)
+	old := "2026-11-24T10:00:00Z stderr F RuntimeError: CUDA error: old\n"
+	filler := strings.Repeat("2026-11-24T10:00:01Z stdout F INFO step 10 loss 2.31 lr 0.0001 tokens/s 12345\n", readChunk/64)
+	fresh := time.Now().UTC().Format(time.RFC3339Nano) + " stderr F RuntimeError: CUDA error: fresh\n"
+	appendFile(t, filepath.Join(dir, "found.log"), old+filler+fresh)
+	tl.poll(false)
+	if h := tl.History(); h != nil {
+		t.Fatalf("history handed out before the file was read to its end: %d events", len(h))
+	}
+	tl.poll(false)
+	h := tl.History()
+	if len(h) != 1 || h[0].Attrs["error"] != "old" || h[0].TimeNs != time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC).UnixNano() {
+		t.Fatalf("history %+v", h)
+	}
+	if ev := all(tl); len(ev) != 1 || ev[0].Attrs["error"] != "fresh" {
+		t.Fatalf("ring %+v", ev)
+	}
+	if tl.History() != nil {
+		t.Fatal("history handed out twice")
+	}
 }

@@ -108,6 +108,8 @@ type Comm struct {
 type Process struct {
 	PID     int
 	Library string // the path as the process maps it
+	// Version is the library's version, "" when unknown (LibraryVersion).
+	Version string
 }
 
 // Tracer attaches the NCCL uprobes and collects their events. Create it
@@ -157,6 +159,7 @@ type attachment struct {
 type procState struct {
 	files    []fileID // NCCL libraries it maps
 	library  string
+	version  string
 	nextScan time.Time     // when to read its maps again (only while it maps none)
 	backoff  time.Duration // grows while it maps none, up to maxBackoff
 }
@@ -429,7 +432,7 @@ func (t *Tracer) Processes() []Process {
 	var out []Process
 	for pid, p := range t.procs {
 		if len(p.files) > 0 {
-			out = append(out, Process{PID: pid, Library: p.library})
+			out = append(out, Process{PID: pid, Library: p.library, Version: p.version})
 		}
 	}
 	t.scanMu.Unlock()
@@ -550,10 +553,11 @@ func (t *Tracer) scanProcLocked(pid int, p *procState, now time.Time) {
 		p.files = append(p.files, m.ID)
 		if p.library == "" {
 			p.library = m.Path
+			p.version = LibraryVersion(filepath.Join(t.cfg.ProcRoot, strconv.Itoa(pid), "root"), m.Path)
 		}
 	}
 	if len(p.files) > 0 {
-		t.log.Info("tracing NCCL", "pid", pid, "library", p.library)
+		t.log.Info("tracing NCCL", "pid", pid, "library", p.library, "version", p.version)
 	}
 }
 

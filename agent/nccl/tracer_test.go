@@ -486,8 +486,11 @@ func TestTracerWheelDlopen(t *testing.T) {
 	s := buildStandIn(t)
 	dir := t.TempDir()
 	wheel := filepath.Join(dir, "venv/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2")
-	if err := os.MkdirAll(filepath.Dir(wheel), 0o755); err != nil {
-		t.Fatal(err)
+	// The wheel's metadata names its version (the manifest's nccl_version).
+	for _, d := range []string{filepath.Dir(wheel), filepath.Join(dir, "venv/lib/python3.11/site-packages/nvidia_nccl_cu12-2.21.5.dist-info")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	lib, err := os.ReadFile(s.lib)
 	if err != nil {
@@ -505,6 +508,11 @@ func TestTracerWheelDlopen(t *testing.T) {
 	p := startProgram(t, []string{"LOUPE_NCCL_LIB=" + wheel}, s.rankDL, "initall", dir, strconv.Itoa(ndev), strconv.Itoa(iters))
 	pid := p.cmd.Process.Pid
 	waitFor(t, "the tracer to find the wheel's library", func() bool { return tracedPIDs(tr)[pid] == wheel })
+	for _, p := range tr.Processes() {
+		if p.PID == pid && p.Version != "2.21.5" {
+			t.Errorf("traced process %+v: want the wheel's version 2.21.5", p)
+		}
+	}
 	touch(t, filepath.Join(dir, "go"))
 	// ncclCommInitAll's own nested group calls, then the loop's.
 	events := collect(t, ch, ndev+2+iters*(ndev+2))

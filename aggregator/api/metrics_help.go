@@ -18,6 +18,8 @@ var MetricsHelp = promtext.Help{
 	"loupe_aggregator_process_errors_total":          "Notified captures that could not be processed.",
 	"loupe_aggregator_queued_captures":               "Captures waiting for analysis on this replica.",
 	"loupe_aggregator_incidents_total":               "Incidents made by triage.",
+	"loupe_aggregator_goodput_computed_total":        "Goodput records of job runs computed and stored.",
+	"loupe_aggregator_goodput_errors_total":          "Goodput computations that failed (the record is computed again when asked for).",
 	"loupe_aggregator_triage_errors_total":           "Triage runs that failed.",
 	"loupe_aggregator_http_requests_total":           "HTTP requests served, by route and status code.",
 	"loupe_aggregator_http_request_duration_seconds": "Time to serve an HTTP request, by route.",

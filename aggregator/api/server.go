@@ -8,6 +8,9 @@
 //	GET  /api/v1/findings/{id}                    one finding
 //	GET  /api/v1/analyzers                        the analyzers this build runs
 //	GET  /api/v1/incidents?cluster=&job=&severity=&limit=   incidents (triage), most severe first
+//	GET  /api/v1/goodput?cluster=&limit=          jobs ranked by GPU-hours lost
+//	GET  /api/v1/goodput/{cluster}/{job}          a job's runs compared
+//	GET  /api/v1/goodput/{cluster}/{job}/{run}    one run's goodput and badput over time
 //	GET  /api/v1/captures?cluster=&job=&run=&status=&limit=
 //	GET  /api/v1/captures/{cluster}/{job}/{run}/{capture}           manifests and findings
 //	GET  /api/v1/captures/{cluster}/{job}/{run}/{capture}/trace?host=  Chrome/Perfetto trace
@@ -70,6 +73,9 @@ type Config struct {
 	// Incidents answers GET /api/v1/incidents; without it the endpoint is
 	// not served.
 	Incidents IncidentSource
+	// Goodput answers GET /api/v1/goodput...; without it those endpoints
+	// are not served.
+	Goodput GoodputSource
 	// MaxPartSize bounds a part read for a trace export (0: traces default).
 	MaxPartSize int64
 	Logger      *slog.Logger
@@ -103,6 +109,11 @@ func New(cfg Config) *Server {
 	s.route("GET /api/v1/captures/{cluster}/{job}/{run}/{capture}/trace", "trace", s.trace)
 	if cfg.Incidents != nil {
 		s.route("GET /api/v1/incidents", "incidents", s.incidents)
+	}
+	if cfg.Goodput != nil {
+		s.route("GET /api/v1/goodput", "goodput", s.goodputFleet)
+		s.route("GET /api/v1/goodput/{cluster}/{job}", "goodput-job", s.goodputJob)
+		s.route("GET /api/v1/goodput/{cluster}/{job}/{run}", "goodput-run", s.goodputRun)
 	}
 	s.route("/api/v1/", "unknown", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusNotFound, "no API endpoint %s %s; see the aggregator's README for /api/v1/ endpoints", r.Method, r.URL.Path)

@@ -249,6 +249,36 @@ func (c *Capture) Simulated() bool {
 	return false
 }
 
+// Window is the capture window: the earliest host's start to the latest
+// host's end.
+func (c *Capture) Window() (start, end time.Time) {
+	for _, h := range c.Hosts {
+		if start.IsZero() || h.Manifest.Start.Before(start) {
+			start = h.Manifest.Start
+		}
+		if h.Manifest.End.After(end) {
+			end = h.Manifest.End
+		}
+	}
+	return start.UTC(), end.UTC()
+}
+
+// Parts counts, per part name, the hosts whose bundle holds it; under
+// traces.KinetoDir it counts the Kineto traces.
+func (c *Capture) Parts() map[string]int {
+	out := map[string]int{}
+	for _, h := range c.Hosts {
+		for _, p := range h.Manifest.Parts {
+			if strings.HasPrefix(p.Name, traces.KinetoDir) {
+				out[traces.KinetoDir]++
+			} else {
+				out[p.Name]++
+			}
+		}
+	}
+	return out
+}
+
 // Input builds the analyzers' view of the capture, reading parts from st
 // as the analyzers ask for them. Every read is checked against the size and
 // SHA-256 the manifest lists; maxPartSize bounds a part (0: the traces

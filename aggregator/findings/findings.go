@@ -66,6 +66,12 @@ type Record struct {
 	// from records alone.
 	Hosts     []HostSummary `json:"hosts"`
 	WorldSize int           `json:"world_size"`
+	// Start and End are the capture window; Parts counts the hosts holding
+	// each part (Capture.Parts), so that goodput knows what each window of
+	// a run could measure without reading its manifests.
+	Start time.Time      `json:"start,omitzero"`
+	End   time.Time      `json:"end,omitzero"`
+	Parts map[string]int `json:"parts,omitempty"`
 	// Partial is set when the capture was analyzed without every rank, after
 	// the partition timeout; MissingRanks names the ranks that never came.
 	Partial      bool  `json:"partial,omitempty"`

@@ -236,6 +236,31 @@ func (ix *Index) Captures(q CaptureQuery) (list []Entry, total int) {
 	return list, total
 }
 
+// Records returns the findings records of the captures that match q,
+// newest first (at most q.Limit). The records are shared: do not modify
+// them.
+func (ix *Index) Records(q CaptureQuery) []*Record {
+	ix.mu.RLock()
+	var es []*entry
+	for _, e := range ix.captures {
+		if e.record != nil && match(q.Cluster, e.ID.Cluster) && match(q.Job, e.ID.Job) && match(q.Run, e.ID.Run) && match(q.Status, e.Status) {
+			es = append(es, e)
+		}
+	}
+	ix.mu.RUnlock()
+	slices.SortFunc(es, func(a, b *entry) int {
+		return cmp.Or(b.FirstCommitted.Compare(a.FirstCommitted), cmp.Compare(a.ID.String(), b.ID.String()))
+	})
+	if q.Limit > 0 && len(es) > q.Limit {
+		es = es[:q.Limit]
+	}
+	out := make([]*Record, len(es))
+	for i, e := range es {
+		out[i] = e.record
+	}
+	return out
+}
+
 // Capture returns what the index knows about one capture.
 func (ix *Index) Capture(id capture.ID) (Entry, bool) {
 	ix.mu.RLock()

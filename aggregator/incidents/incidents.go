@@ -65,9 +65,6 @@ var ErrBusy = errors.New("another replica is triaging this capture")
 // LeaseKey is the object whose lease a replica holds while it triages.
 func LeaseKey(id capture.ID) string { return id.Prefix() + traces.FindingsDir + "/triage.lease" }
 
-// faultKinds are the event kinds triage turns into incidents.
-var faultKinds = []string{traces.EventNCCLWatchdog, traces.EventCUDAError, traces.EventOOM, traces.EventCrash}
-
 // Key is the object holding a capture's incidents.
 func Key(id capture.ID) string { return id.Prefix() + traces.FindingsDir + "/" + traces.IncidentsName }
 
@@ -283,7 +280,7 @@ func (m *Manager) faults(ctx context.Context, c *capture.Capture) ([]triage.Host
 			return nil, fmt.Errorf("host %s: %w", h.Manifest.Host, err)
 		}
 		err = traces.ReadEvents(rc, func(e traces.Event) error {
-			if len(out) < maxEvents && slices.Contains(faultKinds, e.Kind) {
+			if len(out) < maxEvents && slices.Contains(triage.FaultKinds, e.Kind) {
 				out = append(out, triage.HostEvent{Host: h.Manifest.Host, Event: e})
 			}
 			return nil

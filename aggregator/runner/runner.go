@@ -98,12 +98,14 @@ func New(cfg Config) *Runner {
 	}
 }
 
-// Versions maps each analyzer's name to its version.
+// Versions maps each analyzer's name to its version, and the correlation
+// step's (analyzers.RootCause), which runs after any of them.
 func Versions(list []*analyzers.Analyzer) map[string]string {
-	v := make(map[string]string, len(list))
+	v := make(map[string]string, len(list)+1)
 	for _, a := range list {
 		v[a.Name] = a.Version
 	}
+	v[analyzers.RootCause.Name] = analyzers.RootCause.Version
 	return v
 }
 
@@ -168,6 +170,10 @@ func (r *Runner) work(m mode, c *capture.Capture, rec *findings.Record) []*analy
 	}
 	stale := rec.Stale(r.versions)
 	var list []*analyzers.Analyzer
+	if slices.Contains(stale, analyzers.RootCause.Name) {
+		// Only the correlation is stale: re-correlate the stored findings.
+		list = []*analyzers.Analyzer{}
+	}
 	for _, a := range r.cfg.Analyzers {
 		if slices.Contains(stale, a.Name) {
 			list = append(list, a)
@@ -283,9 +289,11 @@ func (r *Runner) analyze(ctx context.Context, c *capture.Capture, list []*analyz
 		Partial:          in.Partial,
 		MissingRanks:     in.MissingRanks,
 		Simulated:        c.Simulated(),
+		Parts:            c.Parts(),
 		AnalyzerVersions: map[string]string{},
 		Findings:         rep.Findings,
 	}
+	rec.Start, rec.End = c.Window()
 	ran := make([]string, 0, len(list))
 	for _, run := range rep.Runs {
 		ran = append(ran, run.Name)
@@ -314,7 +322,8 @@ func (r *Runner) analyze(ctx context.Context, c *capture.Capture, list []*analyz
 			}
 		}
 	}
-	rec.Findings = dedup(rec.Findings)
+	// A backfill re-joins the kept findings with the new ones.
+	rec.Findings = dedup(analyzers.Correlate(in, rec.Findings))
 	newTag, err := findings.Write(ctx, r.cfg.Store, rec, etag)
 	if err != nil {
 		return Outcome{}, err

@@ -128,7 +128,7 @@ func TestOncePerVersion(t *testing.T) {
 		t.Fatalf("process after version change: %+v, %v; want current", out, err)
 	}
 	out, err := r2.Backfill(ctx, cap1)
-	if err != nil || out.Action != runner.ActionAnalyzed || !slices.Equal(out.Ran, []string{"count", "other"}) {
+	if err != nil || out.Action != runner.ActionAnalyzed || !slices.Equal(out.Ran, []string{"count", "other", analyzers.RootCause.Name}) {
 		t.Fatalf("backfill: %+v, %v", out, err)
 	}
 	rec, _, err := findings.Read(ctx, e.st, cap1)
@@ -283,3 +283,33 @@ func BenchmarkProcess(b *testing.B) {
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// A record from before the correlation step (or from an older version of
+// it) is re-correlated by Backfill without running the analyzers again.
+func TestBackfillRecorrelates(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	e.host(t, "cap1", "node-a", 1, 0)
+	r := e.runner("r1")
+	if out, err := r.Process(ctx, cap1); err != nil || out.Action != runner.ActionAnalyzed {
+		t.Fatalf("process: %+v, %v", out, err)
+	}
+	rec, etag, err := findings.Read(ctx, e.st, cap1)
+	if err != nil || rec.AnalyzerVersions[analyzers.RootCause.Name] != analyzers.RootCause.Version {
+		t.Fatalf("record %+v, %v: want the correlation step's version in it", rec, err)
+	}
+	delete(rec.AnalyzerVersions, analyzers.RootCause.Name)
+	if _, err := findings.Write(ctx, e.st, rec, etag); err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.Backfill(ctx, cap1)
+	if err != nil || out.Action != runner.ActionAnalyzed || !slices.Equal(out.Ran, []string{analyzers.RootCause.Name}) || out.Findings != 1 {
+		t.Fatalf("backfill: %+v, %v; want only the correlation re-run, the finding kept", out, err)
+	}
+	if n := e.count.Runs(cap1.String()); n != 1 {
+		t.Errorf("the analyzer ran %d times, want once", n)
+	}
+	if out, err := r.Backfill(ctx, cap1); err != nil || out.Action != runner.ActionCurrent {
+		t.Errorf("second backfill: %+v, %v; want current", out, err)
+	}
+}

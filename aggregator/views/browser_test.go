@@ -145,10 +145,24 @@ func startAggregator(t *testing.T) string {
 // serveStore runs a real aggregator over the store in root and waits until
 // capture id of each job is analyzed.
 func serveStore(t *testing.T, root, id string, jobs ...string) string {
+	var ids []capture.ID
+	for _, job := range jobs {
+		ids = append(ids, capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: id})
+	}
+	return serveAggregator(t, root, nil, ids)
+}
+
+// serveAggregator runs a real aggregator over the store in root, its
+// configuration changed by edit (when not nil), and waits until the
+// captures ids are analyzed.
+func serveAggregator(t *testing.T, root string, edit func(*aggregator.Config), ids []capture.ID) string {
 	t.Helper()
 	cfg := aggregator.DefaultConfig()
 	cfg.Store = "file://" + root
 	cfg.SweepInterval = 100 * time.Millisecond
+	if edit != nil {
+		edit(&cfg)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	svc, err := aggregator.New(ctx, cfg, analyzers.All, log)
@@ -163,10 +177,10 @@ func serveStore(t *testing.T, root, id string, jobs ...string) string {
 	wg.Go(func() { svc.Serve(ctx, ln) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	deadline := time.Now().Add(60 * time.Second)
-	for _, job := range jobs {
-		for !svc.Index.Done(capture.ID{Cluster: "c1", Job: job, Run: "r1", Capture: id}) {
+	for _, id := range ids {
+		for !svc.Index.Done(id) {
 			if time.Now().After(deadline) {
-				t.Fatalf("capture of %s not analyzed after 60 s", job)
+				t.Fatalf("capture %s not analyzed after 60 s", id)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

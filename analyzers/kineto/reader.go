@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"strconv"
 
 	"github.com/klauspost/compress/gzip"
 )
@@ -78,12 +79,19 @@ type Event struct {
 	Cat  []byte
 	Name []byte
 
-	Ts, Dur        int64
-	HasTs, HasDur  bool
-	HasCat         bool
-	Correlation    int64 // args.correlation, -1 when absent
-	Stream         int64 // args.stream, -1 when absent or not a number
-	ExternalID     int64 // args["External id"], -1 when absent
+	Ts, Dur int64
+	// TsMicros and DurMicros are ts and dur as a JSON reader that yields
+	// doubles (Python's json, and so pandas and HTA) sees them: the double
+	// nearest the decimal text, in microseconds.
+	TsMicros, DurMicros float64
+	HasTs, HasDur       bool
+	HasCat              bool
+	Correlation         int64 // args.correlation, -1 when absent
+	Stream              int64 // args.stream, -1 when absent or not a number
+	ExternalID          int64 // args["External id"], -1 when absent
+	// Flops is args.flops, the floating-point operations PyTorch's profiler
+	// counts for an operator when run with_flops=True; -1 when absent.
+	Flops          int64
 	HasCorrelation bool
 }
 
@@ -365,21 +373,29 @@ func (r *Reader) stringValue(depth int) (string, error) {
 	return string(b), err
 }
 
-// timeValue reads a time in microseconds as nanoseconds.
-func (r *Reader) timeValue(field string) (int64, error) {
+// timeValue reads a time in microseconds as nanoseconds, exactly, and as
+// the double a float-reading parser sees.
+func (r *Reader) timeValue(field string) (int64, float64, error) {
 	s := r.s
 	if c := s.skipSpace(); c != '-' && (c < '0' || c > '9') {
-		return 0, s.unexpected(c, "a number for "+field)
+		return 0, 0, s.unexpected(c, "a number for "+field)
 	}
 	tok, err := s.numberToken()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	v, ok := scaledInt(tok, 3)
 	if !ok {
-		return 0, s.errorf("%s %s is out of range (more than 292 years in microseconds)", field, tok)
+		return 0, 0, s.errorf("%s %s is out of range (more than 292 years in microseconds)", field, tok)
 	}
-	return v, nil
+	if !bytes.ContainsAny(tok, ".eE") {
+		return v, float64(v / 1000), nil // an integer: exact as a double below 2^53
+	}
+	f, err := strconv.ParseFloat(string(tok), 64)
+	if err != nil {
+		return 0, 0, s.errorf("%s %s: %v", field, tok, err)
+	}
+	return v, f, nil
 }
 
 // event parses one trace event object into r.ev.
@@ -392,9 +408,9 @@ func (r *Reader) event() error {
 	ev := &r.ev
 	ev.Ph = 0
 	ev.Cat, ev.Name = ev.Cat[:0], ev.Name[:0]
-	ev.Ts, ev.Dur = 0, 0
+	ev.Ts, ev.Dur, ev.TsMicros, ev.DurMicros = 0, 0, 0, 0
 	ev.HasTs, ev.HasDur, ev.HasCat, ev.HasCorrelation = false, false, false, false
-	ev.Correlation, ev.Stream, ev.ExternalID = -1, -1, -1
+	ev.Correlation, ev.Stream, ev.ExternalID, ev.Flops = -1, -1, -1, -1
 	return s.eachMember(func(key []byte) error {
 		switch string(key) {
 		case "ph":
@@ -428,12 +444,12 @@ func (r *Reader) event() error {
 			}
 			ev.Name = append(ev.Name, b...)
 		case "ts":
-			v, err := r.timeValue("ts")
-			ev.Ts, ev.HasTs = v, err == nil
+			v, f, err := r.timeValue("ts")
+			ev.Ts, ev.TsMicros, ev.HasTs = v, f, err == nil
 			return err
 		case "dur":
-			v, err := r.timeValue("dur")
-			ev.Dur, ev.HasDur = v, err == nil
+			v, f, err := r.timeValue("dur")
+			ev.Dur, ev.DurMicros, ev.HasDur = v, f, err == nil
 			return err
 		case "args":
 			return r.args()
@@ -462,6 +478,8 @@ func (r *Reader) args() error {
 			dst = &ev.Stream
 		case "External id":
 			dst = &ev.ExternalID
+		case "flops":
+			dst = &ev.Flops
 		default:
 			return s.skipValue(3)
 		}

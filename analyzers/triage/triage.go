@@ -12,17 +12,25 @@
 //     faults, the analyzer for the rest. Reports (the temporal and kernel
 //     breakdowns) are not incidents.
 //   - fault events found in logs that no analyzer covers: NCCL watchdog
-//     timeouts, CUDA errors, out-of-memory errors and crashes, grouped per
-//     kind and message (crashes per top stack frame), one incident however
-//     many hosts reported it. XID and ECC events become incidents through
-//     the hardware-faults analyzer's findings.
+//     timeouts, other NCCL errors, CUDA errors, out-of-memory errors
+//     (retried ones apart) and crashes, grouped per kind and error (crashes
+//     per top stack frame), one incident however many hosts reported it.
+//     An event's own host (from a journald or syslog prefix) is where it
+//     was seen; else the bundle's. XID and ECC events become incidents
+//     through the hardware-faults analyzer's findings; triage uses them to
+//     tie an NCCL timeout or error to the XID before it: one on any host
+//     of the job within the collective's timeout (plus a minute) before it
+//     is named in the NCCL incident's title and summary, the hardware
+//     incident becomes its Cause, and the hardware fix comes first.
 //
 // Severity rules, first match wins (the rule is recorded in Incident.Rule):
 //
 //	F1 nccl_watchdog                       critical  a collective timed out: the job is hung or aborted
+//	F6 nccl_error                          critical  NCCL failed (system, internal, remote error): the job aborts
 //	F2 crash                               critical  a process of the job died
 //	F3 cuda_error naming ECC/uncorrectable critical  a hardware error surfaced through CUDA
-//	F4 oom seen 3 times or more            critical  the job is likely crash-looping
+//	F7 oom the program retried after       warning   it went on (at a smaller batch, after freeing memory)
+//	F4 oom seen 3 times or more, or fatal  critical  the job is likely crash-looping, or died of it
 //	F5 cuda_error, oom                     warning
 //	R1 a grouped finding is critical       critical
 //	R2 window share >= CriticalShare       critical  (default 25 % of the window's GPU time)
@@ -34,7 +42,7 @@
 // stop the whole job, an estimate: WorldSize GPUs idle for the watchdog
 // timeout (from the event, else 30 min) for F1, and for RestartCost
 // (default 10 min: restart plus lost progress since the last checkpoint)
-// for crashes, OOMs and CUDA errors.
+// for crashes, NCCL errors, OOMs and CUDA errors; none for a retried OOM.
 package triage
 
 import (
@@ -61,6 +69,7 @@ const (
 	CategoryHardware      = "hardware"
 	CategoryInputPipeline = "input-pipeline"
 	CategoryNCCLTimeout   = "nccl-timeout"
+	CategoryNCCLError     = "nccl-error"
 	CategoryOOM           = "out-of-memory"
 	CategoryCUDAError     = "cuda-error"
 	CategoryCrash         = "crash"
@@ -106,6 +115,8 @@ var playbook = map[string]struct{ fix, doc string }{
 		"https://pytorch.org/docs/stable/data.html#multi-process-data-loading"},
 	CategoryNCCLTimeout: {"Find the rank that never reached the collective (look for a crash or straggler incident on another rank); keep TORCH_NCCL_ASYNC_ERROR_HANDLING on and the timeout realistic.",
 		"https://pytorch.org/docs/stable/distributed.html#torch.distributed.init_process_group"},
+	CategoryNCCLError: {"Rerun with NCCL_DEBUG=INFO (and NCCL_DEBUG_SUBSYS=INIT,NET) to see which peer or transport failed; a 'remote error' or 'system error' usually means another rank died or a NIC or link failed: look for a crash or hardware incident at the same time.",
+		"https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/troubleshooting.html"},
 	CategoryOOM: {"Reduce the micro-batch or sequence length, enable activation checkpointing, and set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True against fragmentation.",
 		"https://pytorch.org/docs/stable/notes/cuda.html#optimizing-memory-usage-with-pytorch-cuda-alloc-conf"},
 	CategoryCUDAError: {"Rerun with CUDA_LAUNCH_BLOCKING=1 to find the failing kernel, and under compute-sanitizer for memory errors.",
@@ -150,12 +161,75 @@ type HostEvent struct {
 
 // group accumulates the findings or events of one incident.
 type group struct {
-	inc    traces.Incident
-	share  float64
-	worst  string
-	count  int
-	frames []string
-	fixes  []string
+	subject  string
+	inc      traces.Incident
+	share    float64
+	worst    string
+	count    int
+	fatal    bool // a fault the process died of
+	firstNs  int64
+	lookback time.Duration // how far before the first fault event its cause may lie
+	frames   []string
+	fixes    []string
+}
+
+// ncclErrorLookback is how far before an NCCL error its XID may lie: a
+// collective's default timeout (torch.distributed's 30 min for NCCL in
+// older releases, the longest in use).
+const ncclErrorLookback = 30 * time.Minute
+
+// linkXID ties an NCCL timeout or error to an XID (or lost GPU) seen on
+// any host of the job within the fault's timeout (an error: 30 min) plus a
+// minute before it: one hw-faults judged critical first, an XID before a
+// lost GPU, then the latest.
+func linkXID(g *group, xidEvents []HostEvent, groups map[string]*group, order []string) {
+	from := g.firstNs - (g.lookback + time.Minute).Nanoseconds()
+	var best *HostEvent
+	var bestHW *group
+	for i := range xidEvents {
+		x := &xidEvents[i]
+		if x.Event.TimeNs < from || x.Event.TimeNs > g.firstNs {
+			continue
+		}
+		hw := hardwareGroup(x, groups, order)
+		critical := hw != nil && hw.worst == traces.SeverityCritical
+		bestCritical := bestHW != nil && bestHW.worst == traces.SeverityCritical
+		isXID, bestXID := x.Event.Kind == traces.EventXID, best != nil && best.Event.Kind == traces.EventXID
+		if best == nil || critical && !bestCritical ||
+			critical == bestCritical && (isXID && !bestXID || isXID == bestXID && x.Event.TimeNs > best.Event.TimeNs) {
+			best, bestHW = x, hw
+		}
+	}
+	if best == nil {
+		return
+	}
+	what := "a lost GPU"
+	if best.Event.Kind == traces.EventXID {
+		what = fmt.Sprintf("XID %d", best.Event.Code)
+	}
+	before := time.Duration(g.firstNs - best.Event.TimeNs).Round(time.Second)
+	g.inc.Title += fmt.Sprintf(", after %s on %s", what, best.Host)
+	g.inc.Summary = fmt.Sprintf("%s on %s (%s) came %v before it: the GPU failed, and the collectives waiting for its rank could not complete. %s",
+		what, best.Host, firstLine(best.Event.Message), before, g.inc.Summary)
+	g.fixes = append([]string{playbook[CategoryHardware].fix}, g.fixes...)
+	if bestHW != nil {
+		g.inc.Cause = bestHW.inc.ID
+	}
+}
+
+// hardwareGroup is the hw-faults incident of an XID or lost-GPU event.
+func hardwareGroup(x *HostEvent, groups map[string]*group, order []string) *group {
+	prefix := "GPU lost"
+	if x.Event.Kind == traces.EventXID {
+		prefix = fmt.Sprintf("XID %d:", x.Event.Code)
+	}
+	for _, key := range order {
+		g := groups[key]
+		if g.inc.Category == CategoryHardware && g.inc.Scope.Host == x.Host && strings.HasPrefix(g.inc.Summary, prefix) {
+			return g
+		}
+	}
+	return nil
 }
 
 // Triage builds the incidents of one capture. scope names the capture.
@@ -182,7 +256,7 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 		key := category + "\x00" + subject
 		g, ok := groups[key]
 		if !ok {
-			g = &group{inc: traces.Incident{
+			g = &group{subject: subject, inc: traces.Incident{
 				ID: incidentID(scope, category, subject), Category: category, Title: title,
 				Scope: traces.Scope{Cluster: scope.Cluster, Job: scope.Job, Run: scope.Run, Capture: scope.Capture, GPU: -1, Rank: -1},
 			}}
@@ -233,14 +307,21 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 			g.inc.Scope.Rank = f.Scope.Rank
 		}
 	}
+	var xidEvents []HostEvent
 	for _, he := range events {
 		e := he.Event
+		host := cmp.Or(e.Attrs["host"], he.Host)
+		if e.Kind == traces.EventXID || e.Kind == traces.EventGPULost {
+			xidEvents = append(xidEvents, HostEvent{Host: host, Event: e})
+			continue
+		}
 		category, subject, title := faultCategory(e)
 		if category == "" {
 			continue
 		}
 		g := get(category, subject, title)
 		g.count++
+		g.fatal = g.fatal || e.Attrs["fatal"] == "true"
 		g.inc.Simulated = g.inc.Simulated || e.Attrs["simulated"] == "true"
 		if g.inc.Summary == "" {
 			g.inc.Summary = e.Message
@@ -248,9 +329,20 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 		if g.count == 1 { // one stall of the whole job, however many hosts report it
 			g.inc.ImpactGPUHours += faultCost(e, cfg).Hours() * float64(cfg.WorldSize)
 		}
-		addPlace(&g.inc, he.Host, e.Rank)
+		if g.firstNs == 0 || e.TimeNs < g.firstNs {
+			g.firstNs, g.lookback = e.TimeNs, faultCost(e, cfg)
+			if e.Kind == traces.EventNCCLError {
+				g.lookback = ncclErrorLookback
+			}
+		}
+		addPlace(&g.inc, host, e.Rank)
 		if st := e.Attrs["stack"]; st != "" {
 			g.frames = append(g.frames, strings.Split(st, "\n")...)
+		}
+	}
+	for _, key := range order {
+		if g := groups[key]; g.inc.Category == CategoryNCCLTimeout || g.inc.Category == CategoryNCCLError {
+			linkXID(g, xidEvents, groups, order)
 		}
 	}
 
@@ -290,11 +382,19 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 
 func isFault(category string) bool {
 	switch category {
-	case CategoryNCCLTimeout, CategoryCrash, CategoryOOM, CategoryCUDAError:
+	case CategoryNCCLTimeout, CategoryNCCLError, CategoryCrash, CategoryOOM, CategoryCUDAError:
 		return true
 	}
 	return false
 }
+
+// subjectOOMRetry groups the out-of-memory errors a program retried after.
+const subjectOOMRetry = "oom-retry"
+
+// FaultKinds are the event kinds Triage reads: the faults it makes
+// incidents of, and the XIDs and lost GPUs it ties NCCL faults to.
+var FaultKinds = []string{traces.EventNCCLWatchdog, traces.EventNCCLError, traces.EventCUDAError, traces.EventOOM,
+	traces.EventCrash, traces.EventXID, traces.EventGPULost}
 
 // severity applies the documented rules, returning the severity and rule.
 func severity(g *group, inc *traces.Incident, cfg Config) (string, string) {
@@ -302,6 +402,8 @@ func severity(g *group, inc *traces.Incident, cfg Config) (string, string) {
 	switch inc.Category {
 	case CategoryNCCLTimeout:
 		return traces.SeverityCritical, "F1"
+	case CategoryNCCLError:
+		return traces.SeverityCritical, "F6"
 	case CategoryCrash:
 		return traces.SeverityCritical, "F2"
 	case CategoryCUDAError:
@@ -310,7 +412,10 @@ func severity(g *group, inc *traces.Incident, cfg Config) (string, string) {
 		}
 		return traces.SeverityWarning, "F5"
 	case CategoryOOM:
-		if g.count >= 3 {
+		switch {
+		case g.subject == subjectOOMRetry:
+			return traces.SeverityWarning, "F7"
+		case g.count >= 3 || g.fatal:
 			return traces.SeverityCritical, "F4"
 		}
 		return traces.SeverityWarning, "F5"
@@ -332,10 +437,16 @@ func faultCategory(e traces.Event) (category, subject, title string) {
 	switch e.Kind {
 	case traces.EventNCCLWatchdog:
 		return CategoryNCCLTimeout, "watchdog", "NCCL watchdog timeout: a collective never completed"
+	case traces.EventNCCLError:
+		msg := firstLine(cmp.Or(e.Attrs["error"], e.Message))
+		return CategoryNCCLError, msg, "NCCL error: " + msg
 	case traces.EventOOM:
+		if e.Attrs["retry"] == "true" {
+			return CategoryOOM, subjectOOMRetry, "CUDA out of memory, retried"
+		}
 		return CategoryOOM, "oom", "CUDA out of memory"
 	case traces.EventCUDAError:
-		msg := firstLine(e.Message)
+		msg := firstLine(cmp.Or(e.Attrs["error"], e.Message))
 		return CategoryCUDAError, msg, "CUDA error: " + msg
 	case traces.EventCrash:
 		top := firstLine(e.Attrs["stack"])
@@ -357,6 +468,9 @@ func firstLine(s string) string {
 
 // faultCost estimates what one fault costs each GPU of the job.
 func faultCost(e traces.Event, cfg Config) time.Duration {
+	if e.Kind == traces.EventOOM && e.Attrs["retry"] == "true" {
+		return 0 // the program went on
+	}
 	if e.Kind == traces.EventNCCLWatchdog {
 		if ms, err := strconv.ParseInt(e.Attrs["timeout_ms"], 10, 64); err == nil && ms > 0 {
 			return time.Duration(ms) * time.Millisecond

@@ -33,6 +33,8 @@ type Result struct {
 	Error        string           `json:"error,omitempty"`
 	Analyzers    []AnalyzerRun    `json:"analyzers"`
 	Findings     []traces.Finding `json:"findings"`
+	// Kineto holds every rank's Kineto measures, with --report.
+	Kineto []*analyzers.KinetoRank `json:"kineto,omitempty"`
 }
 
 // AnalyzerRun is how one analyzer fared on one capture.
@@ -51,12 +53,17 @@ func analyze(ctx context.Context, args []string, stdout, stderr io.Writer, tty b
 	jsonOut := fs.Bool("json", false, "print findings as JSON (for scripts) instead of a table")
 	only := fs.String("capture", "", "analyze only `CLUSTER/JOB/RUN/CAPTURE` of a store")
 	maxPart := fs.Int64("max-part-size", 0, "largest part read, in bytes (0: 8 GiB)")
+	kf := addKinetoFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: loupe-aggregator analyze URL-or-DIR [--json] [--capture CLUSTER/JOB/RUN/CAPTURE]")
+		fmt.Fprintln(stderr, "usage: loupe-aggregator analyze URL-or-DIR [--json] [--capture CLUSTER/JOB/RUN/CAPTURE] [--report] [--launch-apis hta|extended]")
 		fmt.Fprintln(stderr, "URL-or-DIR: a store URL (file:///DIR, s3://...), a store folder (holding v1/), a capture folder\n(host folders with manifest.json), a host bundle folder, or a folder of Kineto traces (*.json, *.json.gz).")
 		fs.PrintDefaults()
 	}
 	rest, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	kopts, err := kf.options()
 	if err != nil {
 		return err
 	}
@@ -77,7 +84,7 @@ func analyze(ctx context.Context, args []string, stdout, stderr io.Writer, tty b
 	failed := 0
 	for i, t := range targets {
 		prog.Note("capture %s (%d of %d)", t.name, i+1, len(targets))
-		res := analyzeOne(ctx, t, list, prog)
+		res := analyzeOne(ctx, t, list, prog, kf, kopts)
 		if res.Error != "" || hasFailure(res) {
 			failed++
 		}
@@ -112,7 +119,7 @@ func hasFailure(r Result) bool {
 }
 
 // analyzeOne loads and analyzes one capture; failures end up in the result.
-func analyzeOne(ctx context.Context, t target, list []*analyzers.Analyzer, prog *progress) Result {
+func analyzeOne(ctx context.Context, t target, list []*analyzers.Analyzer, prog *progress, kf *kinetoFlags, kopts *analyzers.KinetoOptions) Result {
 	res := Result{Capture: t.name, Analyzers: []AnalyzerRun{}, Findings: []traces.Finding{}}
 	in, err := t.load(ctx)
 	if err != nil {
@@ -123,7 +130,9 @@ func analyzeOne(ctx context.Context, t target, list []*analyzers.Analyzer, prog 
 		return res
 	}
 	res.Hosts, res.Partial, res.MissingRanks = len(in.Hosts), in.Partial, in.MissingRanks
+	in.Kineto = kopts
 	rep := analyzers.Execute(ctx, in, withProgress(list, prog))
+	res.Kineto, _ = kf.kinetoReport(ctx, in) // unreadable traces are a finding already
 	for _, r := range rep.Runs {
 		if r.Status == analyzers.StatusSkipped {
 			prog.Step() // skipped analyzers never run, so never step
@@ -295,6 +304,7 @@ func printTable(w io.Writer, results []Result) {
 			fmt.Fprintf(w, ", %d FAILED:\n    %s", len(failed), strings.Join(failed, "\n    "))
 		}
 		fmt.Fprintln(w)
+		printKinetoReport(w, r.Kineto)
 	}
 }
 

@@ -3,6 +3,7 @@
 //	loupe-aggregator [serve] [--config FILE] [--store URL] [--addr :8080] ...
 //	loupe-aggregator analyze URL-or-DIR [--json] [--capture CLUSTER/JOB/RUN/CAPTURE]
 //	loupe-aggregator backfill --since DATE [--dry-run] [--config FILE] [--store URL]
+//	loupe-aggregator analyze-logs FILE-or-DIR... [--json] [--gpus N] [--host NAME] [--tz ZONE]
 //
 // serve (the default) watches the store, analyzes every capture once all of
 // its ranks committed (or the partition timeout passed), stores findings
@@ -10,7 +11,9 @@
 // and the web UI. analyze runs the analyzers over a store, a bundle folder
 // or a plain folder of Kineto traces and prints the findings without
 // writing anything. backfill re-runs, for captures since DATE, the analyzers
-// whose version changed, and stores the results.
+// whose version changed, and stores the results. analyze-logs parses log
+// files users already have (rotated, container, journald) and prints the
+// rebalance, hardware-fault findings and the incidents they make.
 package main
 
 import (
@@ -63,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return analyze(ctx, args, stdout, stderr, isTerminal(stderr))
 	case "backfill":
 		return backfill(ctx, args, stdout, stderr, isTerminal(stderr))
+	case "analyze-logs":
+		return analyzeLogs(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -72,15 +77,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 const usage = `usage:
   loupe-aggregator [serve] [--config FILE] [--store URL] [--addr :8080] [flags]
-  loupe-aggregator analyze URL-or-DIR [--json] [--capture CLUSTER/JOB/RUN/CAPTURE]
+  loupe-aggregator analyze URL-or-DIR [--json] [--capture CLUSTER/JOB/RUN/CAPTURE] [--report] [--launch-apis hta|extended]
+  loupe-aggregator analyze-logs FILE-or-DIR... [--json] [--gpus N] [--host NAME] [--tz ZONE]
   loupe-aggregator backfill --since DATE [--dry-run] [--config FILE] [--store URL]
   loupe-aggregator help
 
 commands:
-  serve      the fleet service (the default): watch the store, analyze captures, serve the API and web UI
-  analyze    analyze a store, a capture or a folder of Kineto traces offline and print the findings
-  backfill   re-run the analyzers whose version changed over captures since DATE
-  help       print this
+  serve         the fleet service (the default): watch the store, analyze captures, serve the API and web UI
+  analyze       analyze a store, a capture or a folder of Kineto traces offline and print the findings
+  analyze-logs  diagnose from existing log files (rebalances, faults, incidents) with their own timestamps
+  backfill      re-run the analyzers whose version changed over captures since DATE
+  help          print this
 
 Run a command with -h for its flags.
 `

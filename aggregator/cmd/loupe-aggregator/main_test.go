@@ -75,8 +75,9 @@ func TestAnalyzeFolders(t *testing.T) {
 			if len(res) != 1 || res[0].Hosts != tt.hosts || res[0].Partial != tt.partial || res[0].Capture != tt.capture || res[0].Error != "" {
 				t.Fatalf("result %+v", res)
 			}
-			if len(res[0].Analyzers) != len(analyzers.All) {
-				t.Fatalf("%d analyzer runs, want %d", len(res[0].Analyzers), len(analyzers.All))
+			// Every analyzer, and the correlation step after them.
+			if len(res[0].Analyzers) != len(analyzers.All)+1 || res[0].Analyzers[len(analyzers.All)].Name != analyzers.RootCause.Name {
+				t.Fatalf("%d analyzer runs, want %d and %s last", len(res[0].Analyzers), len(analyzers.All)+1, analyzers.RootCause.Name)
 			}
 			ran := 0
 			for _, a := range res[0].Analyzers {

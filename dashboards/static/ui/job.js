@@ -8,6 +8,7 @@ import { loupe, fetchJSON, el, simBanner, showError, fmt, jobURL, ready, severit
 import { rasterHeatmap } from "./heatmap.js";
 import { drawFlame } from "./flame.js";
 import { findingsTable } from "./findings-table.js";
+import { drawGoodput } from "./goodput-chart.js";
 
 const main = document.getElementById("main");
 const [, , cluster, job, run] = location.pathname.split("/").map(decodeURIComponent);
@@ -167,7 +168,9 @@ function draw(v) {
   const arrivalBox = el("div", { id: "arrival", style: "width:100%" });
   const stepHist = chartBox("step-hist", 280), kernHist = chartBox("kernel-hist", 280), skewBox = chartBox("nccl-skew", 300);
   const flameBox = el("div", { id: "flame-box" });
+  const goodputBox = el("div", { class: "card", id: "goodput" }, el("p", { class: "muted" }, "Loading…"));
   const sections = {
+    goodput: [el("h2", {}, "Goodput of this run: where its GPU time went"), goodputBox],
     arrival: [el("h2", {}, "NCCL arrival lateness by rank and collective"),
       el("div", { class: "card" },
         v.arrival.collectives.length ? arrivalBox : el("p", { class: "muted" }, "No complete NCCL collectives in this capture."),
@@ -198,7 +201,7 @@ function draw(v) {
   };
   // The top finding's evidence comes first, right under it.
   const first = top ? evidenceOf[top.analyzer] : null;
-  const order = [first, "arrival", "steps", "kernels", "skew", "findings", "flame"].filter((k, i, a) => k && a.indexOf(k) === i);
+  const order = [first, "goodput", "arrival", "steps", "kernels", "skew", "findings", "flame"].filter((k, i, a) => k && a.indexOf(k) === i);
   main.replaceChildren(...header(v), leadCard(v, top), ...order.flatMap((k) => sections[k]));
 
   const charts = {};
@@ -208,6 +211,7 @@ function draw(v) {
   if (v.kernels.histogram.counts.length) charts.kernelHist = histogram(kernHist, v.kernels.histogram, "kernel duration (µs)", (x) => fmt(x, x < 10 ? 1 : 0));
   if (v.nccl_skew.length) charts.skew = skewChart(skewBox, v.nccl_skew);
   flamePicker(v, flameBox, top);
+  drawGoodput(goodputBox, cluster, job, run);
   loupe.job = { view: v, hotRanks: hot.map((x) => x.rank), charts, top: top && top.id, order };
   ready("job");
 }

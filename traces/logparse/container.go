@@ -1,4 +1,4 @@
-package logtail
+package logparse
 
 import (
 	"bytes"
@@ -8,27 +8,24 @@ import (
 	"time"
 )
 
-// Container runtimes wrap each line a program prints:
-//
-//	CRI (containerd, CRI-O):  2026-11-25T10:00:00.123456789Z stdout F message
-//	                          (P instead of F marks a partial line; the next
-//	                          record of the stream continues it)
-//	Docker json-file:         {"log":"message\n","stream":"stdout","time":"2026-11-25T10:00:00.1Z"}
-//	                          (a "log" without its trailing newline is partial)
-//
-// unwrap recognises both and returns the program's own text; other lines
-// pass through unchanged.
-
 // record is one line as the program printed it, or part of one.
 type record struct {
 	text    string
 	time    time.Time // zero when the wrapper carried none
 	stream  string    // stdout or stderr; "" for plain files
 	partial bool      // more of the same line follows
+	// From a journald or syslog wrapper.
+	host, unit string
+	pid        int
 }
 
-// unwrap decodes a container runtime's wrapper around line.
-func unwrap(line []byte) record {
+// unwrap decodes a container runtime's or journald's wrapper around line.
+func unwrap(line []byte, ref time.Time, loc *time.Location) record {
+	if len(line) > 0 && line[0] == '{' && bytes.Contains(line, []byte(`"__REALTIME_TIMESTAMP"`)) {
+		if r, ok := journalJSON(line); ok {
+			return r
+		}
+	}
 	if len(line) > 0 && line[0] == '{' && bytes.Contains(line, []byte(`"log"`)) {
 		var d struct {
 			Log    *string `json:"log"`
@@ -62,7 +59,7 @@ func unwrap(line []byte) record {
 			}
 		}
 	}
-	return record{text: string(line)}
+	return syslogLine(string(line), ref, loc)
 }
 
 func isDigit(b byte) bool { return b >= '0' && b <= '9' }

@@ -1,4 +1,4 @@
-package logtail
+package logparse
 
 import (
 	"strconv"
@@ -70,9 +70,10 @@ func TestParseLines(t *testing.T) {
 				"[2026-11-25 10:00:01,400] INFO [Consumer clientId=c1, groupId=g] Member Zq3yHYbjQ-O1RDgB_Ht5qw with epoch 5 transitioned from ACKNOWLEDGING to STABLE. (org.apache.kafka.clients.consumer.internals.ConsumerMembershipManager)",
 			},
 			want: []map[string]string{
-				{"phase": "start", "protocol": "consumer", "strategy": "cooperative", "generation": "0", "member_id": "Zq3yHYbjQ-O1RDgB_Ht5qw"},
-				{"phase": "start", "generation": "4"},
-				{"phase": "end", "generation": "4", "time": "10:00:01.300"},
+				{"phase": "state", "protocol": "consumer", "strategy": "cooperative", "generation": "0", "member_id": "Zq3yHYbjQ-O1RDgB_Ht5qw", "from": "UNSUBSCRIBED", "to": "JOINING"},
+				{"phase": "state", "generation": "4", "from": "JOINING", "to": "RECONCILING"},
+				{"phase": "state", "generation": "4", "from": "RECONCILING", "to": "ACKNOWLEDGING", "time": "10:00:01.300"},
+				{"phase": "state", "generation": "5", "from": "ACKNOWLEDGING", "to": "STABLE"},
 			},
 		},
 		{
@@ -86,6 +87,7 @@ func TestParseLines(t *testing.T) {
 			want: []map[string]string{
 				{"phase": "step", "client": "librdkafka", "strategy": "eager", "group": "infer", "member": "rdkafka#consumer-1"},
 				{"phase": "start", "time": "10:00:00.501"},
+				{"phase": "step", "reason": "wait-unassign-call -> wait-join"},
 				{"phase": "end", "time": "10:00:03.250"},
 			},
 		},
@@ -94,11 +96,13 @@ func TestParseLines(t *testing.T) {
 			lines: []string{
 				"[2026-11-25 10:00:00,000] torch.distributed.elastic.agent.server.api: [INFO] [default] Worker group FAILED. 3/3 attempts left; will restart worker group",
 				"[2026-11-25 10:00:20,000] torch.distributed.elastic.agent.server.api: [INFO] [default] Rendezvous complete for workers. Result: restart_count=1 master_addr=n0 master_port=29500",
+				"[2026-11-25 10:00:20,001] torch.distributed.elastic.agent.server.api: [INFO] [default] Starting worker group",
 				"I1125 10:05:00.000000 140 torch/distributed/elastic/agent/server/api.py:868] [trainer] Detected 2 new nodes from group_rank=0; will restart worker group",
 			},
 			want: []map[string]string{
 				{"client": "torchelastic", "phase": "start", "group": "default", "reason": "failed", "attempts_left": "3", "time": "10:00:00.000"},
-				{"phase": "end", "generation": "1"},
+				{"phase": "step", "generation": "1"},
+				{"phase": "end", "generation": "1", "time": "10:00:20.001"},
 				{"phase": "start", "group": "trainer", "reason": "new_nodes", "new_nodes": "2"},
 			},
 		},
@@ -144,9 +148,9 @@ func TestParseLines(t *testing.T) {
 				`  File "/app/serve.py", line 5, in forward`,
 				"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.11 GiB",
 			},
+			// The OOM is what the process died of: one event, with the stack.
 			want: []map[string]string{
-				{"kind": "crash", "stack": "forward (/app/serve.py:5)", "exception": "torch.OutOfMemoryError"},
-				{"kind": "oom", "gpu": "0", "tried_to_allocate": "20.00 MiB"},
+				{"kind": "oom", "gpu": "0", "tried_to_allocate": "20.00 MiB", "stack": "forward (/app/serve.py:5)", "exception": "torch.OutOfMemoryError", "fatal": "true"},
 			},
 		},
 		{
@@ -177,32 +181,43 @@ func TestParseLines(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := parseAll(tt.lines...)
-			if len(got) != len(tt.want) {
-				t.Fatalf("got %d events, want %d: %+v", len(got), len(tt.want), got)
-			}
-			for i, w := range tt.want {
-				e := got[i]
-				for k, v := range w {
-					var have string
-					switch k {
-					case "kind":
-						have = e.Kind
-					case "rank":
-						have = itoa(e.Rank)
-					case "gpu":
-						have = itoa(e.GPU)
-					case "time":
-						have = time.Unix(0, e.TimeNs).UTC().Format("15:04:05.000")
-					default:
-						have = e.Attrs[k]
-					}
-					if have != v {
-						t.Errorf("event %d %s = %q, want %q (event %+v)", i, k, have, v, e)
-					}
-				}
-			}
+			checkEvents(t, parseAll(tt.lines...), tt.want)
 		})
+	}
+}
+
+// checkEvents compares events with what is wanted of each: "kind", "rank",
+// "gpu", "pid", "code", "time" (UTC, compared to as many digits as the
+// wanted value has) and attributes by name.
+func checkEvents(t *testing.T, got []traces.Event, want []map[string]string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("got %d events, want %d: %+v", len(got), len(want), got)
+	}
+	for i, w := range want {
+		e := got[i]
+		for k, v := range w {
+			var have string
+			switch k {
+			case "kind":
+				have = e.Kind
+			case "rank":
+				have = itoa(e.Rank)
+			case "gpu":
+				have = itoa(e.GPU)
+			case "pid":
+				have = itoa(e.PID)
+			case "code":
+				have = itoa(int(e.Code))
+			case "time":
+				have = time.Unix(0, e.TimeNs).UTC().Format("15:04:05.000000000")[:len(v)]
+			default:
+				have = e.Attrs[k]
+			}
+			if have != v {
+				t.Errorf("event %d %s = %q, want %q (event %+v)", i, k, have, v, e)
+			}
+		}
 	}
 }
 
@@ -223,7 +238,7 @@ func TestLeadingTime(t *testing.T) {
 		{"2026-13-45 99:00:00 bad", ""},
 	}
 	for _, tt := range tests {
-		got, ok := leadingTime(tt.in, ref)
+		got, ok := leadingTime(tt.in, ref, time.Local)
 		if s := got.UTC().Format(time.RFC3339Nano); ok != (tt.want != "") || ok && s != tt.want {
 			t.Errorf("leadingTime(%q) = %s, %v; want %q", tt.in, s, ok, tt.want)
 		}
@@ -292,6 +307,9 @@ func BenchmarkParser(b *testing.B) {
 		{"java-rebalance", "[2026-11-25 10:00:05,000] INFO [Consumer clientId=consumer-infer-1, groupId=infer] Adding newly assigned partitions: requests-0"},
 		{"docker-json", `{"log":"GET /v1/infer 200 12ms\n","stream":"stdout","time":"2026-11-25T10:00:09.5Z"}`},
 		{"plain", "plain application log line without anything of interest in it, but of typical length"},
+		{"journal-plain", "2026-11-25T10:00:05.123456+0000 gpu-node-2 python3[6161]: [rank6]: INFO step 10 loss 2.31 lr 0.0001 tokens/s 12345"},
+		{"journal-xid", "2026-11-25T10:01:00.000200+0000 gpu-node-1 kernel: NVRM: Xid (PCI:0000:18:00): 79, pid=3131, name=python3, GPU has fallen off the bus."},
+		{"glog-elastic", "I1125 10:20:31.002000 140 torch/distributed/elastic/agent/server/api.py:685] [default] Starting worker group"},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			p := NewParser(0)
