@@ -3,6 +3,7 @@ package cpuprof
 import (
 	"bytes"
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -295,4 +296,35 @@ func peakRSS() int64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkUnwindRows compiles the unwind rows of real objects (the C
+// library, and CPython 3.11's library when pyenv has it): what describing
+// a process costs the first time an object is seen.
+func BenchmarkUnwindRows(b *testing.B) {
+	paths := []string{"/lib/x86_64-linux-gnu/libc.so.6"}
+	if home, err := os.UserHomeDir(); err == nil {
+		if libs, _ := filepath.Glob(filepath.Join(home, ".pyenv/versions/3.11.*/lib/libpython3.11.so.1.0")); len(libs) > 0 {
+			paths = append(paths, libs[0])
+		}
+	}
+	for _, path := range paths {
+		b.Run(filepath.Base(path), func(b *testing.B) {
+			ef, err := elf.Open(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ef.Close()
+			var rows int
+			b.ReportAllocs()
+			for b.Loop() {
+				r, err := unwindRows(ef)
+				if err != nil {
+					b.Fatal(err)
+				}
+				rows = len(r)
+			}
+			b.ReportMetric(float64(rows), "rows")
+		})
+	}
 }
