@@ -158,7 +158,8 @@ type agentFigures struct {
 // profiles everything else that runs there; "pids" samples the two busy
 // processes only (a window on them, continuous profiling off), the
 // figures of a quiet machine. One iteration is one second measured after a
-// 3 s warm-up: run with -benchtime=20x.
+// 3 s warm-up (kernel symbols loaded): run with -benchtime=20x.
+// LOUPE_BENCH_AGENT_CPUPROFILE=FILE writes the agent's CPU profile.
 func BenchmarkAgent(b *testing.B) {
 	requireRoot(b)
 	c, _ := start(b, testProgram(b, "cdeep-nofp"))
@@ -224,6 +225,14 @@ func benchAgentChild(spec string) {
 		profiles.Add(1)
 	}
 	cfg.Continuous.Enabled = pid1 == 0
+	if path := os.Getenv("LOUPE_BENCH_AGENT_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			fail(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	p, err := New(cfg, slog.New(slog.DiscardHandler), set)
 	if err != nil {
 		fail(err)
@@ -237,6 +246,11 @@ func benchAgentChild(spec string) {
 		defer w.Stop()
 	}
 	time.Sleep(3 * time.Second) // every busy process described, caches warm
+	// Kernel symbols load at the first kernel frame, a one-off cost that
+	// the busy processes may reach only inside the measured seconds.
+	p.mu.Lock()
+	p.sym.loadKernel()
+	p.mu.Unlock()
 	st0, err := p.sampler.Stats()
 	if err != nil {
 		fail(err)

@@ -155,6 +155,9 @@ func Load(opts Options) (*Sampler, error) {
 		return nil, err
 	}
 	opts.defaults()
+	// Rows are written through a memory mapping: a batch update copies
+	// each element through the map's update path, about a microsecond a row.
+	spec.Maps[SamplerMapRows].Flags |= unix.BPF_F_MMAPABLE
 	for name, n := range map[string]uint32{
 		SamplerMapStacks0: opts.StackEntries, SamplerMapStacks1: opts.StackEntries,
 		SamplerMapCounts0: opts.CountEntries, SamplerMapCounts1: opts.CountEntries,

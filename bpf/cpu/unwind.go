@@ -4,10 +4,13 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 )
 
 // CFAKind says how the canonical frame address (CFA: the caller's stack
@@ -233,6 +236,26 @@ func putArray[T any](m *ebpf.Map, first uint32, values []T) error {
 	return nil
 }
 
+// writeRows copies rows into the memory-mapped rows map from index first:
+// only the pages it writes are mapped, and only while it writes them, so
+// the rows do not stay in this process's resident memory.
+func writeRows(m *ebpf.Map, first uint32, rows []Row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	const rowSize = 8
+	page := int64(os.Getpagesize())
+	start := int64(first) * rowSize
+	end := start + int64(len(rows))*rowSize
+	off := start &^ (page - 1)
+	mem, err := unix.Mmap(m.FD(), off, int(end-off), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("mapping the rows map: %w", err)
+	}
+	copy(mem[start-off:], unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(rows))), len(rows)*rowSize))
+	return unix.Munmap(mem)
+}
+
 // SetUnwind turns table-driven unwinding on or off; while off, user stacks
 // are followed by frame pointers only.
 func (s *Sampler) SetUnwind(on bool) error {
@@ -260,7 +283,7 @@ func (s *Sampler) LoadTable(rows []Row) (Table, error) {
 	if !ok {
 		return Table{}, fmt.Errorf("%w: %d rows wanted, %d of %d free", ErrFull, len(rows), u.rows.capacity-u.rows.used, u.rows.capacity)
 	}
-	if err := putArray(s.objs.Rows, seg.first, rows); err != nil {
+	if err := writeRows(s.objs.Rows, seg.first, rows); err != nil {
 		u.rows.free(seg)
 		return Table{}, fmt.Errorf("writing %d unwind rows: %w", len(rows), err)
 	}

@@ -69,6 +69,13 @@ func TestUnwindMaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What the program reads is what was written through the mapping.
+	for i, want := range rows {
+		var got SamplerRow
+		if err := s.objs.Rows.Lookup(a.First+uint32(i), &got); err != nil || got.Pc != want.PC || got.Rule != want.Rule {
+			t.Errorf("row %d: %+v, %v; want %+v", i, got, err, want)
+		}
+	}
 	if _, err := s.LoadTable(make([]Row, 15)); !errors.Is(err, ErrFull) {
 		t.Errorf("loading 15 rows into 14 free: %v, want ErrFull", err)
 	}
