@@ -15,6 +15,8 @@ import (
 	"io"
 	"sync"
 
+	"github.com/google/pprof/profile"
+
 	"github.com/loupe-dev/loupe/traces"
 )
 
@@ -109,6 +111,11 @@ type Host struct {
 	Open func(ctx context.Context, name string) (io.ReadCloser, error)
 	// Key returns the object key (or file path) of a part, for lineage.
 	Key func(name string) string
+	// Baseline, when set, returns the host's normal CPU profile: the
+	// agent's continuous profiles of this job run from before the capture
+	// window, merged, and the object keys they were read from. It returns
+	// nil when the store holds none.
+	Baseline func(ctx context.Context) (*profile.Profile, []string, error)
 }
 
 // Has reports whether the host's bundle holds the named part; for
@@ -159,11 +166,17 @@ func (p *Pass) Used(h *Host, name string) {
 	if h.Key == nil {
 		return
 	}
-	k := h.Key(name)
+	p.usedKeys(h.Key(name))
+}
+
+// usedKeys records object keys read outside the capture's own parts.
+func (p *Pass) usedKeys(keys ...string) {
 	p.mu.Lock()
 	if p.inputs == nil {
 		p.inputs = make(map[string]struct{})
 	}
-	p.inputs[k] = struct{}{}
+	for _, k := range keys {
+		p.inputs[k] = struct{}{}
+	}
 	p.mu.Unlock()
 }

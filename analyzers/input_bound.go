@@ -17,6 +17,10 @@ const (
 	inputMinSamples  = 20  // CPU samples a rank needs to be judged
 	inputIdleUtil    = 10  // NVML gpu_util (percent) below which a GPU idles
 	inputIdleSMActiv = 0.1 // DCGM sm_active below which a GPU idles
+	// A stall window whose data-loading share rose this much (absolute)
+	// and at least doubled against the rank's normal profile is flagged
+	// even below inputLoadWarn.
+	inputRise = 0.15
 )
 
 // DataLoadingFrames are the substrings that mark a stack frame (function
@@ -39,7 +43,7 @@ var DataLoadingFrames = []string{
 // InputBound finds ranks whose GPU waits while their CPUs prepare input.
 var InputBound = &Analyzer{
 	Name:    "input-bound",
-	Version: "1",
+	Version: "2",
 	Doc: `CPU-bound input pipeline: the GPU idles while the CPUs load and preprocess data
 
 A GPU sample is idle when sm_active < 0.1 (with DCGM profiling data) or
@@ -51,6 +55,14 @@ carry neither is judged as a whole for each of its ranks. A rank is flagged
 when its GPU is idle >= 30% of the time and data loading is >= 30% of its CPU
 samples (warning), or >= 50% and >= 50% (critical); at least 20 CPU samples
 are needed.
+
+The rank's normal profile, the agent's continuous profiles of the job run
+on that host from the 30 minutes before the window (cpu_continuous.pb.gz),
+is compared with the window when the store has it: its data-loading share
+is reported beside the window's, and a rank whose GPU idles >= 30% while
+its data-loading share at least doubled against normal and rose by >= 15
+points is flagged (warning) even below the 30% share: the input pipeline
+slowed down during the window.
 
 Impact: the GPU's idle seconds times the data-loading share of the CPU time.`,
 	Requires: []string{traces.PartCPUProfile, traces.PartGPUSamples},
@@ -97,35 +109,54 @@ func runInputBound(pass *Pass) error {
 			continue
 		}
 		load := profileLoad(h, p)
+		var normal map[int]cpuLoad
+		bp, err := ReadBaselineProfile(pass, h)
+		if err != nil {
+			return err
+		}
+		if bp != nil {
+			normal = profileLoad(h, bp)
+		}
 		for _, rank := range h.Manifest.Ranks {
-			c := load[rank]
+			c, b := load[rank], normal[rank]
 			if len(load) == 1 {
 				c = load[-1] // no sample names its rank: judge the host as a whole
+			}
+			if len(normal) == 1 {
+				b = normal[-1]
 			}
 			g := gpus[gpuKey{h, int32(h.RankGPU(rank))}]
 			if c.total < inputMinSamples || g == nil || g.n == 0 {
 				continue
 			}
 			idle, dl := float64(g.idle)/float64(g.n), c.loading/c.total
+			hasNormal := b.total >= inputMinSamples
+			bdl := 0.0
+			if hasNormal {
+				bdl = b.loading / b.total
+			}
 			sev := ""
 			switch {
 			case idle >= inputIdleCrit && dl >= inputLoadCrit:
 				sev = traces.SeverityCritical
 			case idle >= inputIdleWarn && dl >= inputLoadWarn:
 				sev = traces.SeverityWarning
+			case hasNormal && idle >= inputIdleWarn && dl-bdl >= inputRise && dl >= 2*bdl:
+				sev = traces.SeverityWarning
 			default:
 				continue
 			}
 			idleSec := float64(g.idle) * g.perSample()
-			f.Targets = append(f.Targets, target{
-				Host: h, GPU: h.RankGPU(rank), Rank: rank, Severity: sev, Lost: idleSec * dl,
-				Evidence: []traces.Metric{
-					metric("gpu_idle_share", idle, unitRatio),
-					metric("gpu_idle_seconds", idleSec, unitSeconds),
-					metric("cpu_data_loading_share", dl, unitRatio),
-					metric("cpu_samples", c.total, unitCount),
-				},
-			})
+			ev := []traces.Metric{
+				metric("gpu_idle_share", idle, unitRatio),
+				metric("gpu_idle_seconds", idleSec, unitSeconds),
+				metric("cpu_data_loading_share", dl, unitRatio),
+				metric("cpu_samples", c.total, unitCount),
+			}
+			if hasNormal {
+				ev = append(ev, metric("cpu_data_loading_share_normal", bdl, unitRatio), metric("cpu_samples_normal", b.total, unitCount))
+			}
+			f.Targets = append(f.Targets, target{Host: h, GPU: h.RankGPU(rank), Rank: rank, Severity: sev, Lost: idleSec * dl, Evidence: ev})
 		}
 	}
 	f.report(pass)

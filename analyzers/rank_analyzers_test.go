@@ -1,6 +1,8 @@
 package analyzers
 
 import (
+	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -362,20 +364,33 @@ func TestInputBound(t *testing.T) {
 		name    string
 		edit    func(i int, s *traces.GPUSample)
 		samples map[int][2]int // rank -> {loading, training} CPU samples
-		want    bool
+		normal  map[int][2]int // the continuous profiles before the window, if any
+		want    string         // severity, "" for no finding
+		share   float64        // the window's data-loading share
 	}{
-		{"GPU idle, CPU loading data", idle, map[int][2]int{0: {60, 40}, 1: {5, 95}}, true},
-		{"GPU idle, CPU not loading data", idle, map[int][2]int{0: {10, 90}, 1: {5, 95}}, false},
-		{"CPU loading data, GPU busy", nil, map[int][2]int{0: {60, 40}, 1: {60, 40}}, false},
-		{"too few CPU samples", idle, map[int][2]int{0: {6, 4}, 1: {6, 4}}, false},
+		{"GPU idle, CPU loading data", idle, map[int][2]int{0: {60, 40}, 1: {5, 95}}, nil, traces.SeverityCritical, 0.6},
+		{"GPU idle, CPU not loading data", idle, map[int][2]int{0: {10, 90}, 1: {5, 95}}, nil, "", 0},
+		{"CPU loading data, GPU busy", nil, map[int][2]int{0: {60, 40}, 1: {60, 40}}, nil, "", 0},
+		{"too few CPU samples", idle, map[int][2]int{0: {6, 4}, 1: {6, 4}}, nil, "", 0},
 		// Without labels the host is judged as a whole, for each of its ranks.
-		{"unlabelled samples", idle, map[int][2]int{-1: {60, 40}}, true},
+		{"unlabelled samples", idle, map[int][2]int{-1: {60, 40}}, nil, traces.SeverityCritical, 0.6},
+		// Against the rank's normal profile: a share below 30% that rose
+		// from 5% is a stall of the input pipeline...
+		{"loading rose against normal", idle, map[int][2]int{0: {25, 75}, 1: {5, 95}}, map[int][2]int{0: {5, 95}, 1: {5, 95}}, traces.SeverityWarning, 0.25},
+		// ... one the rank always has is not news.
+		{"loading as usual", idle, map[int][2]int{0: {25, 75}, 1: {5, 95}}, map[int][2]int{0: {20, 80}, 1: {5, 95}}, "", 0},
+		{"critical with a normal profile", idle, map[int][2]int{0: {60, 40}, 1: {5, 95}}, map[int][2]int{0: {10, 90}, 1: {5, 95}}, traces.SeverityCritical, 0.6},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			in := writeCapture(t, "", hostBundle{name: "h1", ranks: []int{0, 1}, samples: series(2, 100, c.edit), profile: cpuProfile(c.samples)})
+			if c.normal != nil {
+				in.Hosts[0].Baseline = func(context.Context) (*profile.Profile, []string, error) {
+					return cpuProfile(c.normal), []string{"v1/c/j/r/continuous-20260301T115900Z-60s/h1/manifest.json"}, nil
+				}
+			}
 			fs := run(t, InputBound, in)
-			if !c.want {
+			if c.want == "" {
 				if len(fs) != 0 {
 					t.Fatalf("want no finding, got %+v", fs)
 				}
@@ -385,9 +400,18 @@ func TestInputBound(t *testing.T) {
 				t.Fatalf("want 1 finding, got %+v", fs)
 			}
 			f := fs[0]
-			check(t, f, map[string]float64{"gpu_idle_share": 0.6, "gpu_idle_seconds": 6, "cpu_data_loading_share": 0.6, "cpu_samples": 100})
-			if f.Severity != traces.SeverityCritical || f.Scope.Rank != 0 || f.Scope.GPU != 0 || !near(f.Impact.GPUSeconds, 6*0.6) {
-				t.Errorf("got %s %+v %+v, want critical on rank 0, 3.6 GPU-s", f.Severity, f.Scope, f.Impact)
+			want := map[string]float64{"gpu_idle_share": 0.6, "gpu_idle_seconds": 6, "cpu_data_loading_share": c.share, "cpu_samples": 100}
+			if c.normal != nil {
+				n := c.normal[0]
+				want["cpu_data_loading_share_normal"] = float64(n[0]) / float64(n[0]+n[1])
+				want["cpu_samples_normal"] = float64(n[0] + n[1])
+				if !slices.Contains(f.Lineage.Inputs, "v1/c/j/r/continuous-20260301T115900Z-60s/h1/manifest.json") {
+					t.Errorf("lineage %v lacks the continuous profile read", f.Lineage.Inputs)
+				}
+			}
+			check(t, f, want)
+			if f.Severity != c.want || f.Scope.Rank != 0 || f.Scope.GPU != 0 || !near(f.Impact.GPUSeconds, 6*c.share) {
+				t.Errorf("got %s %+v %+v, want %s on rank 0, %.1f GPU-s", f.Severity, f.Scope, f.Impact, c.want, 6*c.share)
 			}
 		})
 	}

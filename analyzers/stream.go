@@ -83,6 +83,21 @@ func ReadCPUProfile(pass *Pass, h *Host) (*profile.Profile, error) {
 	return p, nil
 }
 
+// ReadBaselineProfile returns host h's normal CPU profile (Host.Baseline),
+// recording what it read in the lineage; nil and no error when there is
+// none.
+func ReadBaselineProfile(pass *Pass, h *Host) (*profile.Profile, error) {
+	if h.Baseline == nil {
+		return nil, nil
+	}
+	p, keys, err := h.Baseline(pass.Context)
+	if err != nil {
+		return nil, fmt.Errorf("host %s: continuous profiles before the window: %w", h.Manifest.Host, err)
+	}
+	pass.usedKeys(keys...)
+	return p, nil
+}
+
 // eachRow streams one Parquet table of every host in batches of batchRows,
 // through the run's shared cache when there is one. Each row is a copy, so
 // an analyzer cannot disturb what the others see.

@@ -7,6 +7,7 @@
 //	/fleet                                   every GPU over time, by job
 //	/jobs/{cluster}/{job}/{run}?capture=ID   one job capture
 //	/findings                                all findings, filtered
+//	/cpu?cluster=&job=&host=&from=&to=       CPU flame graph from continuous profiles
 //	/goodput                                 jobs ranked by GPU-hours lost
 //	/ui/...                                  scripts, styles, ECharts
 //
@@ -56,6 +57,7 @@ func Handler() http.Handler {
 	mux.Handle("GET /{$}", http.RedirectHandler("/fleet", http.StatusFound))
 	mux.HandleFunc("GET /fleet", page("fleet.html"))
 	mux.HandleFunc("GET /findings", page("findings.html"))
+	mux.HandleFunc("GET /cpu", page("cpu.html"))
 	mux.HandleFunc("GET /goodput", page("goodput.html"))
 	jobPage := page("job.html")
 	mux.HandleFunc("GET /jobs/{cluster}/{job}/{run}", func(w http.ResponseWriter, r *http.Request) {
@@ -81,7 +83,7 @@ func Handler() http.Handler {
 		assets.ServeHTTP(w, r)
 	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "no page "+r.URL.Path+"; the UI has /fleet, /jobs/{cluster}/{job}/{run}, /findings and /goodput", http.StatusNotFound)
+		http.Error(w, "no page "+r.URL.Path+"; the UI has /fleet, /jobs/{cluster}/{job}/{run}, /findings, /goodput and /cpu", http.StatusNotFound)
 	})
 	return mux
 }

@@ -26,6 +26,7 @@ func TestHandler(t *testing.T) {
 		{"/fleet", http.StatusOK, `src="/ui/fleet.js"`},
 		{"/fleet?metric=power", http.StatusOK, `src="/ui/fleet.js"`},
 		{"/findings", http.StatusOK, `src="/ui/findings.js"`},
+		{"/cpu?job=train", http.StatusOK, `src="/ui/cpu.js"`},
 		{"/goodput", http.StatusOK, `src="/ui/goodput.js"`},
 		{"/jobs/c1/train/r1", http.StatusOK, `src="/ui/job.js"`},
 		{"/jobs/c1/train/r1?capture=cap-1", http.StatusOK, `src="/ui/job.js"`},
@@ -58,8 +59,8 @@ func TestAssetsResolve(t *testing.T) {
 	ref := regexp.MustCompile(`(?:src|href)="(/ui/[^"]+)"`)
 	imp := regexp.MustCompile(`(?m)^import .* from "\./([^"]+)";`)
 	pages, _ := fs.Glob(files, "*.html")
-	if len(pages) != 4 {
-		t.Fatalf("pages %v, want fleet, job, findings and goodput", pages)
+	if len(pages) != 5 {
+		t.Fatalf("pages %v, want fleet, job, findings, goodput and cpu", pages)
 	}
 	for _, p := range pages {
 		data, _ := fs.ReadFile(files, p)

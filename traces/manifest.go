@@ -21,8 +21,12 @@ const (
 	PartNCCLEvents = "nccl_events.parquet"
 	PartSteps      = "steps.parquet"
 	PartCPUProfile = "cpu.pb.gz"
-	PartEvents     = "events.jsonl"
-	KinetoDir      = "kineto/"
+	// PartContinuousProfile is the always-on CPU profile of one interval
+	// (pprof, labels pid, comm, container, pod, job, rank), in a bundle of
+	// its own whose capture id is a ContinuousCaptureID.
+	PartContinuousProfile = "cpu_continuous.pb.gz"
+	PartEvents            = "events.jsonl"
+	KinetoDir             = "kineto/"
 )
 
 // PartStepHistory is the run's step history from its first step (StepSpan
@@ -64,6 +68,9 @@ const (
 	TriggerNCCLHang = "nccl-hang"
 	// TriggerNCCLRecovered: a hung communicator made progress again.
 	TriggerNCCLRecovered = "nccl-hang-recovered"
+	// TriggerContinuous marks a continuous profile bundle: no capture
+	// window, nothing to analyze on its own.
+	TriggerContinuous = "continuous"
 	// TriggerLogHistory: a log-only bundle of events from log lines older
 	// than any capture window (a log file found with history, or logs
 	// analyzed offline).

@@ -184,13 +184,18 @@ func WriteTable[T any](w *BundleWriter, name string, rows []T) error {
 
 // WriteProfile writes p as the bundle's gzip-compressed pprof CPU profile.
 func (w *BundleWriter) WriteProfile(p *profile.Profile) error {
-	pw, err := w.Create(PartCPUProfile, MediaPprof)
+	return w.WriteProfileAs(PartCPUProfile, p)
+}
+
+// WriteProfileAs writes p as a gzip-compressed pprof part of that name.
+func (w *BundleWriter) WriteProfileAs(name string, p *profile.Profile) error {
+	pw, err := w.Create(name, MediaPprof)
 	if err != nil {
 		return err
 	}
 	if err := p.Write(pw); err != nil {
 		pw.Abort()
-		return fmt.Errorf("bundle part %q: %w", PartCPUProfile, err)
+		return fmt.Errorf("bundle part %q: %w", name, err)
 	}
 	return pw.Close()
 }

@@ -309,6 +309,9 @@ func (c *Capturer) validate(req *Request) error {
 			return fmt.Errorf("%w: %s: %v", ErrInvalid, f.name, err)
 		}
 	}
+	if traces.IsContinuous(req.ID) {
+		return fmt.Errorf("%w: id %q: ids starting with %q name continuous profiles; choose another", ErrInvalid, req.ID, traces.ContinuousPrefix)
+	}
 	switch {
 	case req.Iterations < 0 || req.Duration < 0 || req.StartIteration < 0:
 		return fmt.Errorf("%w: negative duration or iterations", ErrInvalid)

@@ -385,6 +385,7 @@ func TestSubmitRejects(t *testing.T) {
 		{Request{Job: "bad/job", Run: "r", Duration: time.Second}, "job:"},
 		{Request{Job: "j", Run: "", Duration: time.Second}, "run:"},
 		{Request{ID: "..", Job: "j", Run: "r", Duration: time.Second}, "id:"},
+		{Request{ID: "continuous-20260301T120000Z-60s", Job: "j", Run: "r", Duration: time.Second}, "continuous profiles"},
 		{Request{Job: "j", Run: "r", Duration: -time.Second}, "negative"},
 	} {
 		if _, err := h.c.Submit(tc.req); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {

@@ -86,6 +86,14 @@ func testProgram(t testing.TB, name string) string {
 		cmd = exec.Command(requireTool(t, "g++"), "-O0", "-fno-omit-frame-pointer", "-o", out, "testdata/cppburn.cc")
 	case "cburn-nofp":
 		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cburn.c")
+	case "cdeep-nofp":
+		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-o", out, "testdata/cdeep.c")
+	case "cdeep-g":
+		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-g", "-o", out, "testdata/cdeep.c")
+	case "cdeep-dwarf4":
+		cmd = exec.Command(requireTool(t, "gcc"), "-O2", "-fomit-frame-pointer", "-gdwarf-4", "-o", out, "testdata/cdeep.c")
+	case "cppdeep-nofp":
+		cmd = exec.Command(requireTool(t, "g++"), "-O2", "-fomit-frame-pointer", "-g", "-o", out, "testdata/cppdeep.cc")
 	default:
 		t.Fatalf("unknown test program %q", name)
 	}
@@ -99,6 +107,10 @@ func testProgram(t testing.TB, name string) string {
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		unprivilegedChild()
+		return
+	}
+	if spec := os.Getenv(benchAgentEnv); spec != "" {
+		benchAgentChild(spec)
 		return
 	}
 	code := m.Run()
@@ -124,6 +136,12 @@ func startJIT(t testing.TB, path string, args ...string) (*exec.Cmd, string) {
 func run(t testing.TB, firstLine bool, path string, args ...string) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.Command(path, args...)
+	return cmd, runCmd(t, cmd, firstLine)
+}
+
+// runCmdPipe starts cmd until the test ends and returns its output.
+func runCmdPipe(t testing.TB, cmd *exec.Cmd) *bufio.Reader {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -135,16 +153,23 @@ func run(t testing.TB, firstLine bool, path string, args ...string) (*exec.Cmd, 
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	line := ""
-	if firstLine {
-		line, err = bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			t.Fatalf("reading the first line of %s: %v", path, err)
-		}
-	} else {
-		go io.Copy(io.Discard, stdout)
+	return bufio.NewReader(stdout)
+}
+
+// runCmd starts cmd until the test ends and returns its first line of
+// output when firstLine is set.
+func runCmd(t testing.TB, cmd *exec.Cmd, firstLine bool) string {
+	t.Helper()
+	out := runCmdPipe(t, cmd)
+	if !firstLine {
+		go io.Copy(io.Discard, out)
+		return ""
 	}
-	return cmd, strings.TrimSpace(line)
+	line, err := out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the first line of %s: %v", cmd.Path, err)
+	}
+	return strings.TrimSpace(line)
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -162,6 +187,35 @@ func (w testWriter) Write(b []byte) (int, error) {
 // about 30 samples at 99 Hz, however busy the machine is.
 const cpuWanted = 300 * time.Millisecond
 
+// runProfiler starts a profiler's Run and waits until it has attached;
+// stop ends Run (which hands out the last continuous profile, if any) and
+// checks it returned no error.
+func runProfiler(t testing.TB, cfg Config, set *metrics.Set) (p *Profiler, stop func()) {
+	t.Helper()
+	p, err := New(cfg, testLogger(t), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	waitAttached(t, p, done)
+	stopped := false
+	stop = func() {
+		t.Helper()
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(stop)
+	return p, stop
+}
+
 // capture profiles pids (all when empty) until each of the watched
 // processes (pids, by default) has used cpuWanted of CPU time.
 func capture(t testing.TB, cfg Config, pids []int, watch ...int) *profile.Profile {
@@ -169,25 +223,15 @@ func capture(t testing.TB, cfg Config, pids []int, watch ...int) *profile.Profil
 	if len(watch) == 0 {
 		watch = pids
 	}
-	p, err := New(cfg, testLogger(t), metrics.NewSet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	p, stop := runProfiler(t, cfg, metrics.NewSet())
+	waitDescribed(t, p, pids...)
 	w := p.StartWindow(pids)
-	waitAttached(t, p, done)
 	waitCPU(t, watch...)
 	prof, err := w.Stop()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if err := prof.CheckValid(); err != nil {
 		t.Fatalf("invalid profile: %v", err)
 	}
@@ -202,6 +246,27 @@ func waitAttached(t testing.TB, p *Profiler, done chan error) {
 	case err := <-done:
 		t.Fatalf("Run returned before attaching: %v", err)
 	}
+}
+
+// waitDescribed waits until the unwinder has described the processes, so
+// that a capture measures unwinding rather than its first milliseconds
+// (when stacks follow frame pointers).
+func waitDescribed(t testing.TB, p *Profiler, pids ...int) {
+	t.Helper()
+	if p.tracker == nil {
+		return
+	}
+	p.tracker.request(pids)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		all := true
+		for _, pid := range pids {
+			all = all && p.tracker.isDescribed(uint32(pid))
+		}
+		if all {
+			return
+		}
+	}
+	t.Fatalf("the unwinder did not describe processes %v within 30 s", pids)
 }
 
 // waitCPU waits until each process has used cpuWanted of CPU time, at most
@@ -250,6 +315,30 @@ func frameNames(s *profile.Sample) []string {
 	return names
 }
 
+// samplesOf returns the samples of pid.
+func samplesOf(prof *profile.Profile, pid int) []*profile.Sample {
+	var out []*profile.Sample
+	for _, s := range prof.Sample {
+		if s.Label["pid"][0] == strconv.Itoa(pid) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// requireShare fails unless prof holds at least minSamples samples of pid
+// and match accepts at least share of them; what names what match looks for.
+func requireShare(t testing.TB, prof *profile.Profile, pid int, share float64, what string, match func(names []string) bool) {
+	t.Helper()
+	total, matched := pidSamples(prof, pid, match)
+	if total < minSamples {
+		t.Fatalf("%d samples of pid %d, want >= %d", total, pid, minSamples)
+	}
+	if got := float64(matched) / float64(total); got < share {
+		t.Errorf("%s in %.0f%% of %d samples, want >= %.0f%%\n%s", what, 100*got, total, 100*share, top(prof))
+	}
+}
+
 // calledFrom returns a matcher: fn is among the top frames (after kernel
 // frames of an interrupt), called from caller.
 func calledFrom(fn, caller string) func([]string) bool {
@@ -286,13 +375,7 @@ func TestBurnFunctionOnTop(t *testing.T) {
 		t.Run(tc.program, func(t *testing.T) {
 			cmd, _ := start(t, testProgram(t, tc.program), "burn")
 			prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid})
-			total, matched := pidSamples(prof, cmd.Process.Pid, calledFrom(tc.fn, tc.caller))
-			if total < minSamples {
-				t.Fatalf("%d samples of %s for %s of CPU time at 99 Hz, want >= %d", total, tc.program, cpuWanted, minSamples)
-			}
-			if share := float64(matched) / float64(total); share < 0.9 {
-				t.Errorf("%s (called from %s) on top in %.0f%% of %d samples, want >= 90%%\n%s", tc.fn, tc.caller, 100*share, total, top(prof))
-			}
+			requireShare(t, prof, cmd.Process.Pid, 0.9, fmt.Sprintf("%s (called from %s) on top", tc.fn, tc.caller), calledFrom(tc.fn, tc.caller))
 			for _, c := range prof.Comments {
 				if strings.HasPrefix(c, "truncated stacks") {
 					t.Errorf("frame-pointer program reported as truncated: %s", c)
@@ -343,14 +426,8 @@ func TestKernelFrames(t *testing.T) {
 		// libc's read keeps no frame pointer, so read_dev_zero is skipped.
 		return slices.Contains(names, "vfs_read") && slices.Contains(names, "read") && slices.Contains(names, "main")
 	}
-	total, matched := pidSamples(prof, cmd.Process.Pid, inRead)
-	if total < minSamples {
-		t.Fatalf("%d samples, want >= %d", total, minSamples)
-	}
 	// The loop spends nearly all its time clearing buffers in the kernel.
-	if share := float64(matched) / float64(total); share < 0.5 {
-		t.Errorf("vfs_read (kernel) under read and main (user) in %.0f%% of %d samples, want >= 50%%\n%s", 100*share, total, top(prof))
-	}
+	requireShare(t, prof, cmd.Process.Pid, 0.5, "vfs_read (kernel) under read and main (user)", inRead)
 	for _, loc := range prof.Location {
 		if loc.Mapping.File == kernelObject && loc.Address < 0xffff000000000000 {
 			t.Errorf("kernel frame at user address %#x", loc.Address)
@@ -406,23 +483,17 @@ func TestPerfMapFrame(t *testing.T) {
 			}
 			t.Cleanup(func() { os.Remove(path) })
 			prof := capture(t, Config{Hz: 99}, []int{pid})
-			total, matched := pidSamples(prof, pid, func(names []string) bool {
-				return len(names) >= 2 && names[0] == "py::jit_burn_loop:/app/train.py" && names[1] == "main"
-			})
-			if total < minSamples {
-				t.Fatalf("%d samples, want >= %d", total, minSamples)
-			}
-			if share := float64(matched) / float64(total); share < 0.9 {
-				t.Errorf("perf-map frame on top (called from main) in %.0f%% of %d samples, want >= 90%%\n%s", 100*share, total, top(prof))
-			}
+			requireShare(t, prof, pid, 0.9, "perf-map frame on top (called from main)", calledFrom("py::jit_burn_loop:/app/train.py", "main"))
 		})
 	}
 }
 
+// TestTruncatedStacksReported follows frame pointers only, through code
+// built without them: the profile must say its stacks are truncated.
 func TestTruncatedStacksReported(t *testing.T) {
 	requireRoot(t)
 	cmd, _ := start(t, testProgram(t, "cburn-nofp"), "burn")
-	prof := capture(t, Config{Hz: 99}, []int{cmd.Process.Pid})
+	prof := capture(t, Config{Hz: 99, FramePointersOnly: true}, []int{cmd.Process.Pid})
 	want := fmt.Sprintf("truncated stacks: pid %d (cburn-nofp)", cmd.Process.Pid)
 	for _, c := range prof.Comments {
 		if strings.HasPrefix(c, want) {
@@ -430,6 +501,75 @@ func TestTruncatedStacksReported(t *testing.T) {
 		}
 	}
 	t.Errorf("no comment %q in %q\n%s", want, prof.Comments, top(prof))
+}
+
+// TestUnwindWithoutFramePointers profiles C built with -O2
+// -fomit-frame-pointer, a hot loop three noinline calls deep: the unwind
+// tables find every caller, down to main and the C library, which frame
+// pointers cannot (checked too).
+func TestUnwindWithoutFramePointers(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "cdeep-nofp"))
+	pid := cmd.Process.Pid
+	deep := func(names []string) bool {
+		i := slices.Index(names, "deep_inner")
+		return i >= 0 && i+3 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer" && names[i+3] == "main"
+	}
+	prof := capture(t, Config{Hz: 99}, []int{pid})
+	requireShare(t, prof, pid, 0.8, "deep_inner < deep_middle < deep_outer < main", deep)
+	for _, c := range prof.Comments {
+		if strings.HasPrefix(c, "truncated stacks") {
+			t.Errorf("unwound stacks reported as truncated: %s", c)
+		}
+	}
+	t.Logf("unwound:\n%s", top(prof))
+	fp := capture(t, Config{Hz: 99, FramePointersOnly: true}, []int{pid})
+	if total, matched := pidSamples(fp, pid, deep); matched*2 > total {
+		t.Errorf("frame pointers alone found the whole stack in %d of %d samples: the test program keeps frame pointers\n%s", matched, total, top(fp))
+	}
+}
+
+// TestCPlusPlusWithoutFramePointers profiles C++ with exceptions thrown
+// and caught on every round and inlined templates, built with -O2
+// -fomit-frame-pointer: the function template's frame shows under the
+// function that catches, under main.
+func TestCPlusPlusWithoutFramePointers(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "cppdeep-nofp"))
+	pid := cmd.Process.Pid
+	prof := capture(t, Config{Hz: 99}, []int{pid})
+	requireShare(t, prof, pid, 0.8, "loupe::crunch<unsigned long> < work < main", func(names []string) bool {
+		i := slices.Index(names, "loupe::crunch<unsigned long>")
+		return i >= 0 && i+2 < len(names) && names[i+1] == "work" && names[i+2] == "main"
+	})
+}
+
+// TestShortLivedProcess starts a process after the profiler and lets it
+// exit within a second, before the next drain: it is still profiled, its
+// frames named and its stacks unwound.
+func TestShortLivedProcess(t *testing.T) {
+	requireRoot(t)
+	bin := testProgram(t, "cdeep-nofp")
+	p, stop := runProfiler(t, Config{Hz: 99, DrainInterval: 5 * time.Second}, metrics.NewSet())
+	w := p.StartWindow(nil)
+	cmd := exec.Command(bin, "800")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	prof, err := w.Stop()
+	stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, matched := pidSamples(prof, pid, func(names []string) bool {
+		i := slices.Index(names, "deep_inner")
+		return i >= 0 && i+2 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer"
+	})
+	// 800 ms of CPU at 99 Hz is about 80 samples, fewer on a busy machine.
+	if total < 10 || float64(matched) < 0.7*float64(total) {
+		t.Errorf("exited process %d: %d samples, %d of them deep_inner < deep_middle < deep_outer; want >= 10 and >= 70%%\n%s", pid, total, matched, top(prof))
+	}
 }
 
 // TestNoLostSamples samples a burner at 99 Hz for 10 s and checks that no
@@ -443,23 +583,13 @@ func TestNoLostSamples(t *testing.T) {
 	cmd, _ := start(t, testProgram(t, "cburn"), "burn")
 	pid := cmd.Process.Pid
 	set := metrics.NewSet()
-	p, err := New(Config{Hz: 99}, testLogger(t), set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	waitAttached(t, p, done)
+	p, stop := runProfiler(t, Config{Hz: 99}, set)
 	w := p.StartWindow(nil)
 	cpu0 := cpuTime(t, pid)
 	time.Sleep(10 * time.Second)
 	cpu1 := cpuTime(t, pid)
 	prof, err := w.Stop()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,10 +668,11 @@ func python312(t testing.TB) string {
 }
 
 // TestPythonPerfSupport profiles a real Python 3.12+ started with -X perf:
-// it writes /tmp/perf-<pid>.map, which the profiler reads. This
-// interpreter (like most python.org and pyenv builds) has no frame
-// pointers, so the stacks stop inside libpython: the profile and the log
-// must say so rather than show misleading stacks silently.
+// it writes /tmp/perf-<pid>.map, which the profiler reads (the path JITs
+// take). Following frame pointers only, through an interpreter that (like
+// most python.org and pyenv builds) has none, the stacks stop inside
+// libpython: the profile and the log must say so rather than show
+// misleading stacks silently.
 func TestPythonPerfSupport(t *testing.T) {
 	requireRoot(t)
 	py := python312(t)
@@ -567,7 +698,7 @@ while True:
 	if !strings.Contains(string(b), "py::burn_py:") {
 		t.Fatalf("%s -X perf wrote no perf map entry for burn_py: %v", py, err)
 	}
-	prof := capture(t, Config{Hz: 99}, []int{pid})
+	prof := capture(t, Config{Hz: 99, FramePointersOnly: true}, []int{pid})
 	total, inInterp := pidSamples(prof, pid, func(names []string) bool {
 		return len(names) > 0 && names[0] != ""
 	})
@@ -576,7 +707,7 @@ while True:
 	}
 	want := fmt.Sprintf("truncated stacks: pid %d (", pid)
 	for _, c := range prof.Comments {
-		if strings.HasPrefix(c, want) && strings.Contains(c, "PYTHONPERFSUPPORT") {
+		if strings.HasPrefix(c, want) && strings.Contains(c, "frame_pointers_only") {
 			return
 		}
 	}
@@ -677,4 +808,133 @@ func TestProfileFunction(t *testing.T) {
 	if _, err := Profile(context.Background(), Config{Hz: 5000}, nil, time.Second, testLogger(t)); err == nil || !strings.Contains(err.Error(), "999") {
 		t.Errorf("Hz 5000 accepted or unclear error: %v", err)
 	}
+}
+
+// TestContinuousProfile runs always-on profiling at 19 Hz with a capture
+// window at 99 Hz in the middle of it: every interval's profile holds the
+// burner (started after the profiler), its CPU time is accounted for
+// across the rate switches, and the window sees its own process only.
+func TestContinuousProfile(t *testing.T) {
+	requireRoot(t)
+	var mu sync.Mutex
+	var profs []*profile.Profile
+	cfg := Config{Hz: 99, Continuous: ContinuousConfig{Enabled: true, Hz: 19, Interval: 2 * time.Second, Sink: func(p *profile.Profile) {
+		mu.Lock()
+		profs = append(profs, p)
+		mu.Unlock()
+	}}, Labeler: func(pid int) map[string]string { return map[string]string{"job": "train", "pod": "p-1"} }}
+	p, stop := runProfiler(t, cfg, metrics.NewSet())
+	cmd, _ := start(t, testProgram(t, "cdeep-nofp"))
+	pid := cmd.Process.Pid
+	cpu0 := cpuTime(t, pid)
+	time.Sleep(3 * time.Second)
+	w := p.StartWindow([]int{pid})
+	time.Sleep(1500 * time.Millisecond)
+	wp, err := w.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	stop() // Run hands out the last, partial profile
+	cpu := cpuTime(t, pid) - cpu0
+	mu.Lock()
+	defer mu.Unlock()
+	if len(profs) < 3 {
+		t.Fatalf("%d continuous profiles in about 7.5 s at one per 2 s", len(profs))
+	}
+	var ns, deep, samples int64
+	for _, prof := range profs {
+		if err := prof.CheckValid(); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range samplesOf(prof, pid) {
+			if s.Label["job"][0] != "train" || s.Label["pod"][0] != "p-1" || s.Label["comm"][0] != "cdeep-nofp" {
+				t.Errorf("labels %v", s.Label)
+			}
+			samples += s.Value[0]
+			ns += s.Value[1]
+			if names := frameNames(s); slices.Contains(names, "deep_outer") {
+				deep += s.Value[0]
+			}
+		}
+	}
+	// The burner ran before, during and after the window: its CPU time
+	// is in the continuous profiles whatever the rate (within 35%; the
+	// time after its last drain and before its first one is missing).
+	got := time.Duration(ns)
+	t.Logf("burner: %d samples, %s of CPU in the continuous profiles, %s used", samples, got, cpu)
+	if got < cpu*65/100 || got > cpu*135/100 {
+		t.Errorf("continuous profiles account for %s of CPU time, the burner used %s", got, cpu)
+	}
+	if deep*10 < samples*8 {
+		t.Errorf("%d of %d samples unwound through deep_outer", deep, samples)
+	}
+	if total, _ := pidSamples(wp, pid, func([]string) bool { return false }); total < 50 {
+		t.Errorf("the 99 Hz window of 1.5 s holds %d samples of the burner", total)
+	}
+	for _, s := range wp.Sample {
+		if s.Label["pid"][0] != strconv.Itoa(pid) {
+			t.Fatalf("the window on pid %d holds a sample of pid %s", pid, s.Label["pid"][0])
+		}
+	}
+}
+
+// TestSourceLines profiles the C program built with -g: its frames carry
+// the file and line DWARF gives.
+func TestSourceLines(t *testing.T) {
+	requireRoot(t)
+	cmd, _ := start(t, testProgram(t, "cdeep-g"))
+	pid := cmd.Process.Pid
+	prof := capture(t, Config{Hz: 99}, []int{pid})
+	var total, inLoop int64
+	for _, s := range samplesOf(prof, pid) {
+		total += s.Value[0]
+		for _, loc := range s.Location {
+			// deep_inner's loop: lines 18 and 19 of testdata/cdeep.c.
+			if l := loc.Line; len(l) > 0 && l[0].Function.Name == "deep_inner" && strings.HasSuffix(l[0].Function.Filename, "cdeep.c") &&
+				l[0].Line >= 18 && l[0].Line <= 19 {
+				inLoop += s.Value[0]
+				break
+			}
+		}
+	}
+	if total < minSamples || float64(inLoop) < 0.8*float64(total) {
+		t.Errorf("%d of %d samples in deep_inner at cdeep.c:18-19\n%s", inLoop, total, top(prof))
+	}
+}
+
+// TestExecDescribedAnew: a process that execs another program keeps its
+// pid but not its mappings; it is described again and its new program's
+// stacks are unwound whole.
+func TestExecDescribedAnew(t *testing.T) {
+	requireRoot(t)
+	bin := testProgram(t, "cdeep-nofp")
+	cmd := exec.Command("sh", "-c", `read x; exec "$0"`, bin)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCmdPipe(t, cmd)
+	pid := cmd.Process.Pid
+	set := metrics.NewSet()
+	p, _ := runProfiler(t, Config{Hz: 99}, set)
+	waitDescribed(t, p, pid)
+	w := p.StartWindow([]int{pid})
+	in.Write([]byte("\n"))
+	// The exec hook drops the shell's description; the next sample of
+	// the new program has it described again.
+	for deadline := time.Now().Add(30 * time.Second); set.GetOrCreateCounter("loupe_cpuprof_unwind_processes_total").Get() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the exec'd process was not described again")
+		}
+	}
+	waitCPU(t, pid)
+	prof, err := w.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireShare(t, prof, pid, 0.8, "deep_inner < deep_middle < deep_outer after exec", func(names []string) bool {
+		i := slices.Index(names, "deep_inner")
+		return i >= 0 && i+2 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer"
+	})
 }

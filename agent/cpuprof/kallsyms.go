@@ -32,11 +32,35 @@ type ksym struct {
 	module string
 }
 
+// kallsymsSize is how many text symbols, and bytes of their names, a
+// kallsyms file holds: with it the tables are allocated once, at their
+// size (a few MiB), instead of growing through several times that.
+type kallsymsSize struct{ syms, names int }
+
+// sizeKallsyms counts the text symbols of a kallsyms file.
+func sizeKallsyms(r io.Reader) kallsymsSize {
+	var n kallsymsSize
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		_, rest, _ := bytes.Cut(line, []byte{' '})
+		typ, rest, _ := bytes.Cut(rest, []byte{' '})
+		name, _, _ := bytes.Cut(rest, []byte{'\t'})
+		if len(typ) == 1 && (typ[0]|0x20 == 't' || typ[0]|0x20 == 'w') {
+			n.syms++
+			n.names += len(name)
+		}
+	}
+	return n
+}
+
 // parseKallsyms reads /proc/kallsyms ("ADDR TYPE NAME [MODULE]"), keeping
-// text symbols, sorted by address. All-zero addresses mean kptr_restrict
-// hides them from this process: an error, since nothing can be resolved.
-func parseKallsyms(r io.Reader) (*kernelSymbols, error) {
-	ks := &kernelSymbols{modules: []string{""}}
+// text symbols, sorted by address; size, when known, sizes the tables.
+// All-zero addresses mean kptr_restrict hides them from this process: an
+// error, since nothing can be resolved.
+func parseKallsyms(r io.Reader, size kallsymsSize) (*kernelSymbols, error) {
+	ks := &kernelSymbols{modules: []string{""}, syms: make([]ksymEntry, 0, size.syms), arena: make([]byte, 0, size.names)}
 	modIdx := map[string]uint16{"": 0}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)

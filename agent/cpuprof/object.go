@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -28,8 +30,76 @@ type object struct {
 	strtabs [2]strtab // .symtab's and .dynsym's string tables
 	names   map[elfSym]string
 	gofuncs *goFuncs       // stripped Go binaries
+	isGo    bool           // a Go binary: its frames are named without DWARF
 	gonames map[int]string // names read from gofuncs, by function index
 	lastUse uint64
+	// lines names source lines from DWARF, of the file itself or of its
+	// debuginfo file; loaded at the first lookup (linesTried).
+	lines      *lineTable
+	debugFile  readerAtCloser
+	linesTried bool
+	lineCache  map[uint64]srcLine
+	fileNames  map[string]string // interned
+}
+
+// maxLineCache bounds the source positions remembered per object.
+const maxLineCache = 4096
+
+// sourceLine returns the file and line of ELF virtual address pc, from
+// the object's DWARF, or else from a debuginfo file found by build id
+// under one of debugDirs (/usr/lib/debug/.build-id/xx/yyyy.debug).
+func (o *object) sourceLine(pc uint64, debugDirs []string) (srcLine, bool) {
+	if !o.linesTried {
+		o.linesTried = true
+		o.loadLines(debugDirs)
+	}
+	if o.lines == nil {
+		return srcLine{}, false
+	}
+	if l, ok := o.lineCache[pc]; ok {
+		return l, l.line != 0
+	}
+	l, _ := o.lines.lookup(pc)
+	if len(o.lineCache) >= maxLineCache {
+		clear(o.lineCache)
+		clear(o.fileNames)
+	}
+	if name, ok := o.fileNames[l.file]; ok {
+		l.file = name
+	} else {
+		o.fileNames[l.file] = l.file
+	}
+	o.lineCache[pc] = l
+	return l, l.line != 0
+}
+
+func (o *object) loadLines(debugDirs []string) {
+	if o.isGo {
+		return // its DWARF is large and compressed; names suffice
+	}
+	if ef, err := elf.NewFile(o.f); err == nil {
+		if lt, err := newLineTable(ef); err == nil && lt != nil {
+			o.lines, o.lineCache, o.fileNames = lt, map[uint64]srcLine{}, map[string]string{}
+			return
+		}
+	}
+	if len(o.buildID) < 4 {
+		return
+	}
+	for _, dir := range debugDirs {
+		f, err := os.Open(filepath.Join(dir, ".build-id", o.buildID[:2], o.buildID[2:]+".debug"))
+		if err != nil {
+			continue
+		}
+		ef, err := elf.NewFile(f)
+		if err == nil && buildID(ef) == o.buildID {
+			if lt, err := newLineTable(ef); err == nil && lt != nil {
+				o.lines, o.lineCache, o.fileNames, o.debugFile = lt, map[uint64]srcLine{}, map[string]string{}, f
+				return
+			}
+		}
+		f.Close()
+	}
 }
 
 type elfSym struct {
@@ -82,6 +152,7 @@ func openObject(f readerAtCloser, path string) (*object, error) {
 	})
 	o.syms = dedupSyms(o.syms)
 	// A stripped Go binary keeps its pclntab.
+	o.isGo = ef.Section(".gopclntab") != nil
 	if sec := ef.Section(".gopclntab"); sec != nil && !o.hasSymtab() {
 		var text uint64
 		if t := ef.Section(".text"); t != nil {
@@ -230,7 +301,12 @@ func demangleName(s string) string {
 	return s
 }
 
-func (o *object) close() error { return o.f.Close() }
+func (o *object) close() error {
+	if o.debugFile != nil {
+		o.debugFile.Close()
+	}
+	return o.f.Close()
+}
 
 // buildID returns the GNU build id in hex, or else the Go build id.
 func buildID(ef *elf.File) string {

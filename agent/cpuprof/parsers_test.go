@@ -92,7 +92,11 @@ func TestPerfMap(t *testing.T) {
 }
 
 func TestKallsyms(t *testing.T) {
-	syms, err := parseKallsyms(strings.NewReader("ffffffff81000000 T _stext\nffffffff81000100 t do_thing\nffffffff82000000 D some_data\nffffffffc0000000 t mod_fn\t[nvidia]\n"))
+	text := "ffffffff81000000 T _stext\nffffffff81000100 t do_thing\nffffffff82000000 D some_data\nffffffffc0000000 t mod_fn\t[nvidia]\n"
+	if n := sizeKallsyms(strings.NewReader(text)); n != (kallsymsSize{3, len("_stext") + len("do_thing") + len("mod_fn")}) {
+		t.Errorf("size %+v", n)
+	}
+	syms, err := parseKallsyms(strings.NewReader(text), sizeKallsyms(strings.NewReader(text)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,10 +112,10 @@ func TestKallsyms(t *testing.T) {
 	if _, ok := syms.lookup(0x1000); ok {
 		t.Error("address below the kernel named")
 	}
-	if _, err := parseKallsyms(strings.NewReader("0000000000000000 T _stext\n0000000000000000 t x\n")); err == nil || !strings.Contains(err.Error(), "kptr_restrict") {
+	if _, err := parseKallsyms(strings.NewReader("0000000000000000 T _stext\n0000000000000000 t x\n"), kallsymsSize{}); err == nil || !strings.Contains(err.Error(), "kptr_restrict") {
 		t.Errorf("hidden addresses: got %v, want an error naming kptr_restrict", err)
 	}
-	if _, err := parseKallsyms(strings.NewReader("garbage\n")); err == nil {
+	if _, err := parseKallsyms(strings.NewReader("garbage\n"), kallsymsSize{}); err == nil {
 		t.Error("malformed kallsyms accepted")
 	}
 }
@@ -188,11 +192,11 @@ func TestSymbolizeSelf(t *testing.T) {
 	defer s.close()
 	s.beginDrain()
 	pc := uint64(reflect.ValueOf(symbolizeMe).Pointer())
-	f := s.user(uint32(os.Getpid()), pc)
+	f := s.user(uint32(os.Getpid()), pc, true)
 	if f.Function != "github.com/loupe-dev/loupe/agent/cpuprof.symbolizeMe" || f.BuildID == "" {
 		t.Errorf("symbolized %#x as %+v", pc, f)
 	}
-	if f := s.user(uint32(os.Getpid()), 1); f.Object != unknownObject || f.Function != "" {
+	if f := s.user(uint32(os.Getpid()), 1, true); f.Object != unknownObject || f.Function != "" {
 		t.Errorf("unmapped address named %+v", f)
 	}
 }
@@ -293,7 +297,7 @@ func FuzzParseKallsyms(f *testing.F) {
 	f.Add("ffffffff81000000 T _stext\nffffffffc0000000 t mod_fn\t[nvidia]\n")
 	f.Add("0 T x\n")
 	f.Fuzz(func(t *testing.T, text string) {
-		syms, err := parseKallsyms(strings.NewReader(text))
+		syms, err := parseKallsyms(strings.NewReader(text), sizeKallsyms(strings.NewReader(text)))
 		if err != nil {
 			return
 		}

@@ -13,6 +13,7 @@ import (
 // until ctx is done, with a profiler of its own, and returns the profile.
 // It serves on-demand captures and tests; a daemon keeps one Profiler.
 func Profile(ctx context.Context, cfg Config, pids []int, d time.Duration, logger *slog.Logger) (*profile.Profile, error) {
+	cfg.Continuous.Enabled = false
 	p, err := New(cfg, logger, nil)
 	if err != nil {
 		return nil, err

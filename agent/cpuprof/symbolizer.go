@@ -2,6 +2,7 @@ package cpuprof
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -14,10 +15,16 @@ import (
 // frames as pprof locations by value.
 type frame struct {
 	Function string // symbol, demangled; "" when unknown
-	Object   string // the mapped file, [kernel.kallsyms], [perf-map], [vdso], [unknown]
-	BuildID  string
+	// File and Line are the source position, when known: from DWARF for
+	// native code, from the code object for Python.
+	File string
+	Line int64
+	// Object is the mapped file, [kernel.kallsyms], [perf-map], [vdso],
+	// [python] or [unknown].
+	Object  string
+	BuildID string
 	// Address is the ELF virtual address for file-backed code (the same in
-	// every process), else the absolute address.
+	// every process), else the absolute address; 0 for Python frames.
 	Address uint64
 }
 
@@ -25,6 +32,7 @@ type frame struct {
 const (
 	kernelObject  = "[kernel.kallsyms]"
 	perfMapObject = "[perf-map]"
+	pythonObject  = "[python]"
 	unknownObject = "[unknown]"
 )
 
@@ -43,6 +51,9 @@ type symbolizer struct {
 	byBuildID map[string]*object
 	kernel    *kernelSymbols
 	kernelErr error
+	// debugDirs are where debuginfo files are looked for by build id,
+	// after the process's own /usr/lib/debug.
+	debugDirs []string
 }
 
 type fileKey struct {
@@ -62,7 +73,15 @@ type procInfo struct {
 	perfMtime int64
 	perfGen   uint64
 	lastSeen  uint64
+	// py is the process's interpreter, mem its memory (for code objects)
+	// and code the code objects read so far, by address.
+	py   *pyProcess
+	mem  *os.File
+	code map[uint64]*pyCode
 }
+
+// maxPyCodes bounds the code objects remembered per process.
+const maxPyCodes = 8192
 
 func newSymbolizer(procRoot string, logger *slog.Logger) *symbolizer {
 	return &symbolizer{
@@ -71,6 +90,7 @@ func newSymbolizer(procRoot string, logger *slog.Logger) *symbolizer {
 		procs:     map[uint32]*procInfo{},
 		byFile:    map[fileKey]*object{},
 		byBuildID: map[string]*object{},
+		debugDirs: []string{"/usr/lib/debug"},
 	}
 }
 
@@ -80,9 +100,63 @@ func (s *symbolizer) beginDrain() {
 	s.gen++
 	for pid, p := range s.procs {
 		if s.gen-p.lastSeen > 30 {
+			p.close()
 			delete(s.procs, pid)
 		}
 	}
+}
+
+func (p *procInfo) close() {
+	if p.mem != nil {
+		p.mem.Close()
+		p.mem = nil
+	}
+}
+
+// prepare takes a process's memory map (and interpreter) as the unwinder
+// read it, and opens its objects now, while the process lives: one that
+// exits before the next drain is named all the same.
+func (s *symbolizer) prepare(pid uint32, maps []mapping, py *pyProcess) {
+	if old, ok := s.procs[pid]; ok {
+		old.close()
+	}
+	p := &procInfo{maps: maps, objs: make([]*object, len(maps)), failed: make([]bool, len(maps)), mapsGen: s.gen, lastSeen: s.gen}
+	s.procs[pid] = p
+	for i := range maps {
+		if m := &maps[i]; !m.anonymous() && !m.pseudo() {
+			s.object(pid, p, i)
+		}
+	}
+	if py != nil {
+		p.py, p.code = py, map[uint64]*pyCode{}
+		p.mem, _ = os.Open(filepath.Join(s.procRoot, strconv.Itoa(int(pid)), "mem"))
+	}
+}
+
+// python names a Python frame of process pid: the code object at code,
+// running instruction lasti.
+func (s *symbolizer) python(pid uint32, code uint64, lasti uint32) frame {
+	p := s.proc(pid)
+	f := frame{Function: "[unknown python]", Object: pythonObject}
+	if p.py == nil || p.mem == nil {
+		return f
+	}
+	c, ok := p.code[code]
+	if !ok {
+		var err error
+		c, err = readPyCode(p.mem, p.py.layout, code, p.py.codeType)
+		if err != nil {
+			s.logger.Debug("cpuprof: unreadable Python code object", "pid", pid, "addr", fmt.Sprintf("%#x", code), "err", err)
+		}
+		if len(p.code) >= maxPyCodes {
+			clear(p.code)
+		}
+		p.code[code] = c // nil too: do not retry
+	}
+	if c == nil {
+		return f
+	}
+	return frame{Function: c.name, File: c.file, Line: c.line(p.py.layout.lines, lasti), Object: pythonObject}
 }
 
 func (s *symbolizer) proc(pid uint32) *procInfo {
@@ -110,8 +184,9 @@ func (s *symbolizer) readMaps(pid uint32, p *procInfo) {
 	p.maps, p.objs, p.failed = maps, make([]*object, len(maps)), make([]bool, len(maps))
 }
 
-// user names a user-space address of process pid.
-func (s *symbolizer) user(pid uint32, addr uint64) frame {
+// user names a user-space address of process pid, with its source line
+// when lines is set.
+func (s *symbolizer) user(pid uint32, addr uint64, lines bool) frame {
 	p := s.proc(pid)
 	i, ok := findMapping(p.maps, addr)
 	if !ok && p.mapsGen != s.gen {
@@ -143,6 +218,12 @@ func (s *symbolizer) user(pid uint32, addr uint64) frame {
 	}
 	f.Address = vaddr
 	f.Function, _ = obj.symbolize(vaddr)
+	if f.Function != "" && lines {
+		dirs := append([]string{filepath.Join(s.procRoot, strconv.Itoa(int(pid)), "root", "usr/lib/debug")}, s.debugDirs...)
+		if l, ok := obj.sourceLine(vaddr, dirs); ok {
+			f.File, f.Line = l.file, l.line
+		}
+	}
 	return f
 }
 
@@ -280,7 +361,10 @@ func (s *symbolizer) loadKernel() {
 	}
 	f, err := os.Open(filepath.Join(s.procRoot, "kallsyms"))
 	if err == nil {
-		s.kernel, err = parseKallsyms(f)
+		size := sizeKallsyms(f)
+		if _, err = f.Seek(0, io.SeekStart); err == nil {
+			s.kernel, err = parseKallsyms(f, size)
+		}
 		f.Close()
 	}
 	if err != nil {
@@ -310,6 +394,9 @@ func (s *symbolizer) close() {
 			seen[o] = true
 			o.close()
 		}
+	}
+	for _, p := range s.procs {
+		p.close()
 	}
 	s.byFile, s.byBuildID, s.procs = map[fileKey]*object{}, map[string]*object{}, map[uint32]*procInfo{}
 }

@@ -21,7 +21,9 @@ var rootFunctions = map[string]bool{
 // or ends in the C library: distributions strip glibc's local symbols, so
 // the frame that called main or a thread function there often has no name.
 func reachesRoot(user []frame) bool {
-	if len(user) > 0 && cRuntime(user[len(user)-1].Object) {
+	// The unwinder reports a Python thread's frames down to its first
+	// (module or thread) function, even where native unwinding stopped.
+	if len(user) > 0 && (cRuntime(user[len(user)-1].Object) || user[len(user)-1].Object == pythonObject) {
 		return true
 	}
 	for i := len(user) - 1; i >= 0; i-- {
@@ -66,13 +68,11 @@ func (w *Window) truncationNotes() []string {
 		}
 		share := 100 * float64(ps.truncated) / float64(ps.samples)
 		where := mostCommon(ps.stopsIn)
-		notes = append(notes, fmt.Sprintf("truncated stacks: pid %d (%s): %.0f%% of %d user stacks stop in %s before reaching a thread entry point; "+
-			"the code was likely built without frame pointers, so callers are missing. Rebuild with -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer "+
-			"(C/C++, Rust: -C force-frame-pointers=yes); for Python 3.12+ use an interpreter built with frame pointers and PYTHONPERFSUPPORT=1",
-			pid, ps.comm, share, ps.samples, where))
+		notes = append(notes, fmt.Sprintf("truncated stacks: pid %d (%s): %.0f%% of %d user stacks stop in %s before reaching a thread entry point, so callers are missing; %s",
+			pid, ps.comm, share, ps.samples, where, w.p.truncationAdvice()))
 		procs = append(procs, fmt.Sprintf("%d (%s, %.0f%%, in %s)", pid, ps.comm, share, where))
 	}
-	if len(procs) > 0 {
+	if len(procs) > 0 && !w.quiet {
 		const show = 10
 		more := ""
 		if len(procs) > show {
@@ -83,6 +83,17 @@ func (w *Window) truncationNotes() []string {
 			"processes", strings.Join(procs, ", ")+more)
 	}
 	return notes
+}
+
+// truncationAdvice says what to do about truncated stacks.
+func (p *Profiler) truncationAdvice() string {
+	if p.tracker == nil {
+		return "the agent follows frame pointers only (cpu.frame_pointers_only) and the code was likely built without them: " +
+			"turn that off so the agent unwinds with the objects' unwind tables, or rebuild with -fno-omit-frame-pointer " +
+			"-mno-omit-leaf-frame-pointer (C/C++, Rust: -C force-frame-pointers=yes)"
+	}
+	return "the code there has no unwind table the agent could use (no .eh_frame, a JIT without a perf map, or the table did not fit: " +
+		"see loupe_cpuprof_unwind_tables_full_total and raise cpu.unwind_rows) and was built without frame pointers"
 }
 
 func mostCommon(m map[string]uint64) string {

@@ -21,12 +21,19 @@ type Window struct {
 	pids    map[uint32]bool
 	start   time.Time
 	stopped bool
+	// quiet windows (the continuous profile) note truncated stacks in
+	// their comments only, not in the log.
+	quiet bool
 
 	frames  map[frame]uint64 // interned frames: frame -> location id
 	list    []frame          // location id - 1 -> frame
-	samples map[sampleKey]uint64
+	samples map[sampleKey]*sampleValue
 	procs   map[uint32]*procStats
 }
+
+// sampleValue is what a window holds of one (process, stack): samples and
+// the CPU time they stand for.
+type sampleValue struct{ n, ns uint64 }
 
 type sampleKey struct {
 	pid   uint32
@@ -54,7 +61,7 @@ func newWindow(p *Profiler, pids []int) *Window {
 		pids:    map[uint32]bool{},
 		start:   time.Now(),
 		frames:  map[frame]uint64{},
-		samples: map[sampleKey]uint64{},
+		samples: map[sampleKey]*sampleValue{},
 		procs:   map[uint32]*procStats{},
 	}
 	for _, pid := range pids {
@@ -65,7 +72,7 @@ func newWindow(p *Profiler, pids []int) *Window {
 
 func (w *Window) wants(pid uint32) bool { return w.all || w.pids[pid] }
 
-func (w *Window) add(pid uint32, comm string, st stack, count uint64, drained int64, labeler func(int) map[string]string) {
+func (w *Window) add(pid uint32, comm string, st stack, count, ns uint64, drained int64, labeler func(int) map[string]string) {
 	ps, ok := w.procs[pid]
 	if !ok {
 		ps = &procStats{stopsIn: map[string]uint64{}, comm: comm}
@@ -91,7 +98,14 @@ func (w *Window) add(pid uint32, comm string, st stack, count uint64, drained in
 		}
 		key = binary.LittleEndian.AppendUint64(key, id)
 	}
-	w.samples[sampleKey{pid: pid, comm: comm, stack: string(key), drained: drained}] += count
+	k := sampleKey{pid: pid, comm: comm, stack: string(key), drained: drained}
+	v := w.samples[k]
+	if v == nil {
+		v = &sampleValue{}
+		w.samples[k] = v
+	}
+	v.n += count
+	v.ns += ns
 }
 
 // Stop ends the window, first reading what the kernel sampled up to now,
@@ -109,13 +123,20 @@ func (w *Window) Stop() (*profile.Profile, error) {
 	w.stopped = true
 	p.drainLocked()
 	delete(p.windows, w)
+	if len(p.windows) == 0 && p.cont != nil {
+		p.setRateLocked(p.cfg.Continuous.Hz)
+	}
 	p.applyFilterLocked()
 	p.mu.Unlock()
 	return w.profile(time.Now()), nil
 }
 
 func (w *Window) profile(end time.Time) *profile.Profile {
-	period := int64(time.Second) / int64(w.p.cfg.Hz)
+	hz := w.p.cfg.Hz
+	if w == w.p.cont {
+		hz = w.p.cfg.Continuous.Hz
+	}
+	period := int64(time.Second) / int64(hz)
 	prof := &profile.Profile{
 		SampleType: []*profile.ValueType{
 			{Type: "samples", Unit: "count"},
@@ -127,11 +148,12 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		TimeNanos:         w.start.UnixNano(),
 		DurationNanos:     end.Sub(w.start).Nanoseconds(),
 	}
-	prof.Comments = append(prof.Comments, fmt.Sprintf("loupe eBPF CPU profile: %d Hz per CPU, %s", w.p.cfg.Hz, w.scope()))
+	prof.Comments = append(prof.Comments, fmt.Sprintf("loupe eBPF CPU profile: %d Hz per CPU, %s", hz, w.scope()))
 
 	type objKey struct{ file, buildID string }
+	type funcKey struct{ name, file string }
 	mappings := map[objKey]*profile.Mapping{}
-	funcs := map[string]*profile.Function{}
+	funcs := map[funcKey]*profile.Function{}
 	locs := make([]*profile.Location, len(w.list))
 	for i, f := range w.list {
 		m, ok := mappings[objKey{f.Object, f.BuildID}]
@@ -143,13 +165,16 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		loc := &profile.Location{ID: uint64(i + 1), Mapping: m, Address: f.Address}
 		if f.Function != "" {
 			m.HasFunctions = true
-			fn, ok := funcs[f.Function]
+			fn, ok := funcs[funcKey{f.Function, f.File}]
 			if !ok {
-				fn = &profile.Function{ID: uint64(len(prof.Function) + 1), Name: f.Function, SystemName: f.Function}
-				funcs[f.Function] = fn
+				fn = &profile.Function{ID: uint64(len(prof.Function) + 1), Name: f.Function, SystemName: f.Function, Filename: f.File}
+				funcs[funcKey{f.Function, f.File}] = fn
 				prof.Function = append(prof.Function, fn)
 			}
-			loc.Line = []profile.Line{{Function: fn}}
+			loc.Line = []profile.Line{{Function: fn, Line: f.Line}}
+			if f.Line != 0 {
+				m.HasFilenames, m.HasLineNumbers = true, true
+			}
 		}
 		locs[i] = loc
 	}
@@ -180,12 +205,14 @@ func (w *Window) profile(end time.Time) *profile.Profile {
 		return keys[i].drained < keys[j].drained
 	})
 	for _, k := range keys {
-		n := int64(w.samples[k])
+		v := w.samples[k]
 		s := &profile.Sample{
-			Value:    []int64{n, n * period},
-			Label:    map[string][]string{"pid": {strconv.Itoa(int(k.pid))}, "comm": {k.comm}},
-			NumLabel: map[string][]int64{traces.ProfileTimeLabel: {k.drained}},
-			NumUnit:  map[string][]string{traces.ProfileTimeLabel: {"nanoseconds"}},
+			Value: []int64{int64(v.n), int64(v.ns)},
+			Label: map[string][]string{"pid": {strconv.Itoa(int(k.pid))}, "comm": {k.comm}},
+		}
+		if k.drained != 0 {
+			s.NumLabel = map[string][]int64{traces.ProfileTimeLabel: {k.drained}}
+			s.NumUnit = map[string][]string{traces.ProfileTimeLabel: {"nanoseconds"}}
 		}
 		for name, v := range w.procs[k.pid].labels {
 			if v != "" && name != "pid" && name != "comm" {

@@ -254,9 +254,14 @@ var flagDocs = map[string]string{
 	"gpu.simulate_problems.starved_gpus":   "simulated GPUs that wait for input most of every step (demo, tests)",
 	"gpu.simulate_problems.pids":           "pids shown as the simulated GPUs' processes, round-robin; 0 leaves a GPU without one",
 
-	"cpu.enabled":        "eBPF CPU stack sampling",
-	"cpu.hz":             "CPU samples per second per CPU (up to 999)",
-	"cpu.drain_interval": "how often the kernel's sample counts are read and symbolized",
+	"cpu.enabled":             "eBPF CPU stack sampling",
+	"cpu.hz":                  "CPU samples per second per CPU inside capture windows (up to 999)",
+	"cpu.drain_interval":      "how often the kernel's sample counts are read and symbolized",
+	"cpu.frame_pointers_only": "follow frame pointers only: no unwinding by .eh_frame tables or CPython frame walking in the kernel",
+	"cpu.unwind_rows":         "room for unwind table rows in the kernel, 8 bytes each; objects that do not fit follow frame pointers",
+	"cpu.continuous.enabled":  "profile every process all the time and spool one continuous profile per interval",
+	"cpu.continuous.hz":       "CPU samples per second per CPU outside capture windows",
+	"cpu.continuous.interval": "time one continuous profile bundle covers (1s to 1h)",
 
 	"nccl.enabled":           "eBPF uprobes on libnccl",
 	"nccl.scan_interval":     "how often /proc is scanned for processes that map libnccl",

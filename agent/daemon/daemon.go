@@ -245,6 +245,7 @@ func (d *Daemon) startCollectors(own *metrics.Set) {
 	} else {
 		ccfg := cfg.CPU.Config
 		ccfg.Labeler = d.labels
+		ccfg.Continuous.Sink = d.writeContinuous
 		if p, err := cpuprof.New(ccfg, d.log, d.newSet()); err != nil {
 			d.down(collCPU, "cpu profiler off", err)
 		} else {
@@ -382,7 +383,7 @@ type cpuSource struct{ p *cpuprof.Profiler }
 
 func (c cpuSource) StartWindow(pids []int) capture.CPUWindow { return c.p.StartWindow(pids) }
 
-// labels are the pprof labels of a process: job, rank and container.
+// labels are the pprof labels of a process: job, rank, container and pod.
 func (d *Daemon) labels(pid int) map[string]string {
 	info := d.processInfo(pid)
 	out := map[string]string{}
@@ -394,6 +395,9 @@ func (d *Daemon) labels(pid int) map[string]string {
 	}
 	if info.Container != "" {
 		out["container"] = info.Container
+	}
+	if info.Pod != "" {
+		out["pod"] = info.Pod
 	}
 	return out
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/pprof/profile"
+
 	"github.com/loupe-dev/loupe/analyzers"
 	"github.com/loupe-dev/loupe/traces"
 	"github.com/loupe-dev/loupe/traces/store"
@@ -60,10 +62,11 @@ func OfKey(key string) (ID, string, error) {
 }
 
 // IsManifestKey reports whether key is a host manifest (the commit marker of
-// one host's bundle) in the v1 layout.
+// one host's bundle) of a capture in the v1 layout. Continuous profile
+// bundles are not captures: they are never analyzed on their own.
 func IsManifestKey(key string) bool {
-	_, name, err := traces.ParseKey(key)
-	return err == nil && name == traces.ManifestName
+	k, name, err := traces.ParseKey(key)
+	return err == nil && name == traces.ManifestName && !traces.IsContinuous(k.Capture)
 }
 
 // Host is one committed host bundle.
@@ -304,9 +307,90 @@ func (c *Capture) Input(st store.Store, maxPartSize int64) *analyzers.Input {
 				}
 				return verified{traces.VerifyReader(p, rc, maxPartSize), rc}, nil
 			},
+			Baseline: func(ctx context.Context) (*profile.Profile, []string, error) {
+				return Baseline(ctx, st, key, m.Start, maxPartSize)
+			},
 		})
 	}
 	return in
+}
+
+// BaselineLookback is how long before a capture window the continuous
+// profiles of a host count as its normal profile.
+const BaselineLookback = 30 * time.Minute
+
+// maxBaselineProfiles bounds the continuous profiles one baseline merges.
+const maxBaselineProfiles = 256
+
+// Baseline merges the continuous CPU profiles of host key's job run whose
+// intervals ended at most BaselineLookback before start, and returns them
+// with the object keys read; nil when there are none. The listing is of
+// the job run's continuous bundles only, from the lookback on. A profile
+// that cannot be read is left out: the baseline is context, not evidence.
+func Baseline(ctx context.Context, st store.Store, key traces.Key, start time.Time, maxPartSize int64) (*profile.Profile, []string, error) {
+	var profs []*profile.Profile
+	var keys []string
+	cursor := key.ContinuousSeek(start.Add(-BaselineLookback))
+	for len(profs) < maxBaselineProfiles {
+		objs, next, err := st.List(ctx, key.JobPrefix(), cursor, 1000)
+		if err != nil {
+			return nil, nil, fmt.Errorf("list continuous profiles of %s: %w", key.JobPrefix(), err)
+		}
+		for _, o := range objs {
+			k, name, err := traces.ParseKey(o.Key)
+			if err != nil || !traces.IsContinuous(k.Capture) {
+				next = "" // past the run's continuous bundles
+				break
+			}
+			from, d, err := traces.ParseContinuousCaptureID(k.Capture)
+			if err != nil || !from.Before(start) {
+				next = ""
+				break
+			}
+			if k.Host != key.Host || name != traces.ManifestName || from.Add(d).After(start) {
+				continue
+			}
+			if p, err := readContinuous(ctx, st, o.Key, maxPartSize); err == nil {
+				profs = append(profs, p)
+				keys = append(keys, o.Key, k.Object(traces.PartContinuousProfile))
+			}
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if len(profs) == 0 {
+		return nil, nil, nil
+	}
+	merged, err := profile.Merge(profs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("merge continuous profiles of %s: %w", key.Prefix(), err)
+	}
+	return merged, keys, nil
+}
+
+// readContinuous reads the continuous profile of a manifest, verified.
+func readContinuous(ctx context.Context, st store.Store, manifestKey string, maxPartSize int64) (*profile.Profile, error) {
+	rc, _, err := st.Get(ctx, manifestKey)
+	if err != nil {
+		return nil, err
+	}
+	m, err := traces.DecodeManifest(rc)
+	rc.Close()
+	if err != nil {
+		return nil, err
+	}
+	p, ok := m.Part(traces.PartContinuousProfile)
+	if !ok {
+		return nil, fmt.Errorf("%s lists no %s", manifestKey, traces.PartContinuousProfile)
+	}
+	prc, _, err := st.Get(ctx, traces.KeyOf(m).Object(p.Name))
+	if err != nil {
+		return nil, err
+	}
+	defer prc.Close()
+	return traces.ReadProfile(traces.VerifyReader(p, prc, maxPartSize))
 }
 
 // verified reads through a checksum verifier and closes the object.

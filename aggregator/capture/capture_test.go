@@ -1,11 +1,15 @@
 package capture_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/pprof/profile"
 
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/internal/aggtest"
@@ -152,5 +156,59 @@ func BenchmarkPartitionCheck(b *testing.B) {
 		if got := c.MissingRanks(); len(got) != 1 || got[0] != 4007 {
 			b.Fatalf("missing %v", got)
 		}
+	}
+}
+
+// TestBaseline: a host's normal profile merges its continuous profiles of
+// the job run that ended in the half hour before the window, and nothing
+// else: not other hosts', not the window's own interval, not older ones.
+func TestBaseline(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2026, 3, 1, 12, 0, 30, 0, time.UTC)
+	gz := func(n int64) []byte {
+		p := &profile.Profile{
+			SampleType: []*profile.ValueType{{Type: "samples", Unit: "count"}},
+			Sample:     []*profile.Sample{{Value: []int64{n}, NumLabel: map[string][]int64{"minute": {n}}}},
+		}
+		var b bytes.Buffer
+		p.Write(&b)
+		return b.Bytes()
+	}
+	// Minutes -40 to +2 around 12:00 on hosts h and other; sample values
+	// say which minute each is.
+	for min := -40; min <= 2; min++ {
+		for _, host := range []string{"h", "other"} {
+			from := start.Truncate(time.Minute).Add(time.Duration(min) * time.Minute)
+			m := aggtest.Manifest("j", traces.ContinuousCaptureID(from, time.Minute), host, 0)
+			m.Trigger.Kind = traces.TriggerContinuous
+			aggtest.Put(t, st, m, map[string][]byte{traces.PartContinuousProfile: gz(int64(100 + min))})
+		}
+	}
+	aggtest.Put(t, st, aggtest.Manifest("j", "cap", "h", 1, 0), nil)
+	key := traces.Key{Cluster: "c1", Job: "j", Run: "r1", Capture: "cap", Host: "h"}
+	p, keys, err := capture.Baseline(ctx, st, key, start, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Intervals from 11:30 (starting at or after 11:30:30 - 30 m, so
+	// 11:31) to the one ending at 12:00: minutes -29 to -1.
+	var got []int64
+	for _, s := range p.Sample {
+		got = append(got, s.Value[0]-100)
+	}
+	slices.Sort(got)
+	if len(got) != 29 || got[0] != -29 || got[len(got)-1] != -1 {
+		t.Errorf("baseline holds minutes %v, want -29 to -1", got)
+	}
+	if len(keys) != 2*29 || !strings.HasSuffix(keys[0], "/h/manifest.json") {
+		t.Errorf("keys %d: %v", len(keys), keys[:min(len(keys), 2)])
+	}
+	none, _, err := capture.Baseline(ctx, st, traces.Key{Cluster: "c1", Job: "j", Run: "r1", Capture: "cap", Host: "nobody"}, start, 0)
+	if err != nil || none != nil {
+		t.Errorf("baseline of a host without continuous profiles: %v, %v", none, err)
 	}
 }

@@ -68,6 +68,9 @@ type Index struct {
 	versions map[string]string
 	mu       sync.RWMutex
 	captures map[capture.ID]*entry
+	// profiles are the continuous CPU profiles, by job run and host.
+	profiles   map[seriesKey]*profileSeries
+	profileGen uint32
 }
 
 // NewIndex returns an empty index; versions maps each analyzer this build

@@ -139,6 +139,7 @@ func screenshot(t testing.TB, ctx context.Context, name string) {
 func startAggregator(t *testing.T) string {
 	t.Helper()
 	_, root := seed(t)
+	addContinuous(t, root)
 	return serveStore(t, root, "cap-1", trainJob, inferJob)
 }
 
@@ -359,6 +360,31 @@ func TestPagesInChromium(t *testing.T) {
 			t.Errorf("rank 5's flame graph has other ranks' frames: %v", names)
 		}
 		screenshot(t, ctx, "job")
+
+		// The continuous profiles of node-1 around the capture: the time
+		// range control reads them (the fixture's are all in forward).
+		eval[bool](t, ctx, `(() => { document.getElementById("flame-rank").value = "host=node-1"; const r = document.getElementById("flame-range");
+			r.value = "-1800"; r.dispatchEvent(new Event("change")); return true; })()`)
+		names, err = chromedp.Run(ctx, chromedp.Poll[[]string](`document.querySelector("#flame-box .controls").textContent.includes("from 10 continuous profiles") &&
+			echarts.getInstanceByDom(document.getElementById("flame")).getOption().series[0].data.map((d) => d.name)`, chromedp.WithPollingTimeout(20*time.Second)))
+		if err != nil {
+			t.Fatalf("continuous flame graph of node-1: %v (status %q)", err, eval[string](t, ctx, `document.querySelector("#flame-box .controls").textContent`))
+		}
+		if !slices.Contains(names, "forward") || slices.Contains(names, "data_loader") {
+			t.Errorf("node-1's continuous flame graph: %v, want forward and no data_loader", names)
+		}
+		screenshot(t, ctx, "job-continuous")
+
+		// The CPU page: the whole fleet over the fixture's first minute.
+		load(t, ctx, fmt.Sprintf("%s/cpu?from=%d&to=%d", base, t0.Unix(), t0.Add(time.Minute).Unix()), "cpu")
+		if n := eval[int](t, ctx, `window.__loupe.cpu.profiles`); n != 3 {
+			t.Errorf("CPU page merged %d continuous profiles, want 3 (two hosts of the training job, one ETL)", n)
+		}
+		names = eval[[]string](t, ctx, `echarts.getInstanceByDom(document.getElementById("flame")).getOption().series[0].data.map((d) => d.name)`)
+		if !slices.Contains(names, "forward") || !slices.Contains(names, "data_loader") {
+			t.Errorf("fleet CPU flame graph %v, want both jobs' frames", names)
+		}
+		screenshot(t, ctx, "cpu")
 
 		// The simulated job says so.
 		load(t, ctx, base+"/jobs/c1/"+inferJob+"/r1", "job")

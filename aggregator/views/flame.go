@@ -115,10 +115,18 @@ func (h *Handler) computeFlame(ctx context.Context, m *traces.Manifest, rank int
 	return buildFlame(p, m, rank), nil
 }
 
-// buildFlame folds the profile's samples into a call tree. With a rank, it
+// buildFlame folds the profile's samples into a call tree and drops what
+// is too narrow to draw.
+func buildFlame(p *profile.Profile, m *traces.Manifest, rank int) *FlameGraph {
+	fg := foldFlame(p, m, rank)
+	fg.Root.prune(int64(float64(fg.Total) * minFlameShare))
+	return fg
+}
+
+// foldFlame folds the profile's samples into a call tree. With a rank, it
 // keeps the samples labelled with that rank, or, when the agent did not
 // label ranks, those of the rank's processes as the manifest lists them.
-func buildFlame(p *profile.Profile, m *traces.Manifest, rank int) *FlameGraph {
+func foldFlame(p *profile.Profile, m *traces.Manifest, rank int) *FlameGraph {
 	fg := &FlameGraph{Host: m.Host, Rank: rank, Unit: "samples", Simulated: m.Simulated, Root: &FlameNode{Name: "all"}}
 	vi := 0
 	for i, st := range p.SampleType {
@@ -178,7 +186,6 @@ func buildFlame(p *profile.Profile, m *traces.Manifest, rank int) *FlameGraph {
 		}
 	}
 	fg.Total = fg.Root.Value
-	fg.Root.prune(int64(float64(fg.Total) * minFlameShare))
 	return fg
 }
 

@@ -6,6 +6,11 @@
 //	GET /api/v1/views/fleet?from=&to=&bucket=&metric=&cluster=&job=
 //	GET /api/v1/views/jobs/{cluster}/{job}/{run}?capture=
 //	GET /api/v1/views/flamegraph/{cluster}/{job}/{run}/{capture}?host=&rank=
+//	GET /api/v1/views/profile?cluster=&job=&host=&rank=&from=&to=
+//
+// The profile view merges the agents' continuous CPU profiles (found
+// through the index's profile catalog) into one flame graph per job, host
+// or fleet over a time range.
 //
 // Views are computed column-wise from the Parquet parts and cached per host
 // bundle (fleet) and per capture (job, flame graph), keyed by the manifest
@@ -90,9 +95,17 @@ func New(cfg Config) *Handler {
 		v, err := h.flamegraph(r)
 		httpjson.Answer(w, r, h.log, v, err)
 	})
+	h.route("profile", func(w http.ResponseWriter, r *http.Request) {
+		if h.cfg.Index == nil {
+			httpjson.Error(w, http.StatusServiceUnavailable, "continuous profiles need the aggregator's index")
+			return
+		}
+		v, err := h.profileFlame(r)
+		httpjson.Answer(w, r, h.log, v, err)
+	})
 	h.mux.HandleFunc(Prefix, func(w http.ResponseWriter, r *http.Request) {
-		httpjson.Error(w, http.StatusNotFound, "no view %s %s; views are GET %sfleet, %sjobs/{cluster}/{job}/{run} and %sflamegraph/{cluster}/{job}/{run}/{capture}",
-			r.Method, r.URL.Path, Prefix, Prefix, Prefix)
+		httpjson.Error(w, http.StatusNotFound, "no view %s %s; views are GET %sfleet, %sjobs/{cluster}/{job}/{run}, %sflamegraph/{cluster}/{job}/{run}/{capture} and %sprofile",
+			r.Method, r.URL.Path, Prefix, Prefix, Prefix, Prefix)
 	})
 	return h
 }

@@ -176,8 +176,12 @@ func (w *Watcher) Accept(evs []Event) int {
 	return n
 }
 
-// notify queues the capture of a manifest key the index does not know yet.
+// notify queues the capture of a manifest key the index does not know yet;
+// a continuous profile's manifest goes into the index's profile catalog.
 func (w *Watcher) notify(key, etag string) bool {
+	if w.cfg.Index != nil && w.cfg.Index.AddProfile(key) {
+		return true
+	}
 	if !capture.IsManifestKey(key) {
 		return false
 	}
@@ -274,6 +278,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 func (w *Watcher) Rebuild(ctx context.Context) error {
 	start := time.Now()
 	seen := map[capture.ID]bool{}
+	if w.cfg.Index != nil {
+		w.cfg.Index.BeginProfileListing()
+	}
 	cursor := ""
 	for {
 		next, err := w.page(ctx, cursor, seen)
@@ -288,6 +295,7 @@ func (w *Watcher) Rebuild(ctx context.Context) error {
 	dropped := 0
 	if w.cfg.Index != nil {
 		dropped = w.cfg.Index.Retain(func(id capture.ID) bool { return seen[id] })
+		dropped += w.cfg.Index.EndProfileListing()
 	}
 	w.log.Info("store listed", "captures", len(seen), "queued", w.Queued(), "dropped", dropped, "took", time.Since(start).Round(time.Millisecond))
 	return nil

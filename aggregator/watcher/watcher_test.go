@@ -74,6 +74,19 @@ func dirStore(t *testing.T) store.Store {
 	return st
 }
 
+// deletePrefix deletes every object under prefix, as retention would.
+func deletePrefix(t *testing.T, st store.Store, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	objs, _, err := st.List(ctx, prefix, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		st.Delete(ctx, o.Key)
+	}
+}
+
 func id(n int) capture.ID {
 	return capture.ID{Cluster: "c1", Job: "job1", Run: "r1", Capture: fmt.Sprintf("cap%03d", n)}
 }
@@ -302,13 +315,7 @@ func TestRebuildDropsDeleted(t *testing.T) {
 	r := newReplica(st, "a", count, -1)
 	r.run(t)
 	waitFor(t, "both captures", func() bool { return r.ix.Done(id(1)) && r.ix.Done(id(2)) })
-	objs, _, err := st.List(ctx, id(1).Prefix(), "", 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range objs {
-		st.Delete(ctx, o.Key)
-	}
+	deletePrefix(t, st, id(1).Prefix())
 	if err := r.w.Rebuild(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -344,5 +351,46 @@ func TestWorkersRunInParallel(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("captures were not analyzed in parallel: a blocked analysis held up the others")
 		}
+	}
+}
+
+// TestContinuousProfilesCatalogued: a continuous profile bundle is never
+// analyzed; the listing and notifications put it into the index's profile
+// catalog, and a listing after it was deleted takes it out.
+func TestContinuousProfilesCatalogued(t *testing.T) {
+	ctx := context.Background()
+	st := dirStore(t)
+	count := aggtest.NewCounter("count", "1")
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	cont := func(min int) string {
+		return traces.ContinuousCaptureID(t0.Add(time.Duration(min)*time.Minute), time.Minute)
+	}
+	aggtest.Put(t, st, aggtest.Manifest("job1", cont(0), "node-0", 1, 0), map[string][]byte{aggtest.PartName: []byte("p")})
+	putCapture(t, st, 1, 1)
+	r := newReplica(st, "a", count, -1)
+	r.run(t)
+	waitFor(t, "the capture", func() bool { return r.ix.Done(id(1)) })
+	waitFor(t, "the index to be ready", r.w.Ready)
+	q := findings.ProfileQuery{Job: "job1", From: t0, To: t0.Add(time.Hour)}
+	if got := r.ix.Profiles(q); len(got) != 1 || got[0].Host != "node-0" || !got[0].Start.Equal(t0) || got[0].End != t0.Add(time.Minute) {
+		t.Fatalf("profiles after the listing: %+v", got)
+	}
+	aggtest.Put(t, st, aggtest.Manifest("job1", cont(1), "node-0", 1, 0), map[string][]byte{aggtest.PartName: []byte("p")})
+	key := "pre/" + traces.Key{Cluster: "c1", Job: "job1", Run: "r1", Capture: cont(1), Host: "node-0"}.Object(traces.ManifestName)
+	if n := r.w.Accept([]watcher.Event{{Name: "s3:ObjectCreated:Put", Bucket: "loupe", Key: key}}); n != 1 {
+		t.Errorf("notification of a continuous profile: %d relevant", n)
+	}
+	if got := r.ix.Profiles(q); len(got) != 2 {
+		t.Errorf("profiles after the notification: %+v", got)
+	}
+	if got := count.All(); len(got) != 1 {
+		t.Errorf("analyzer runs %v: a continuous profile was analyzed", got)
+	}
+	deletePrefix(t, st, traces.Key{Cluster: "c1", Job: "job1", Run: "r1", Capture: cont(0)}.CapturePrefix())
+	if err := r.w.Rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.ix.Profiles(q); len(got) != 1 || !got[0].Start.Equal(t0.Add(time.Minute)) {
+		t.Errorf("profiles after deleting the first: %+v", got)
 	}
 }

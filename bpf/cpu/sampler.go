@@ -45,6 +45,30 @@ type Options struct {
 	StackEntries uint32
 	// CountEntries is the capacity of each of the two counts maps; 0 means 16384.
 	CountEntries uint32
+	// UnwindRows is the capacity of the unwind rows map, shared by every
+	// object's table; 0 means 1<<21 (16 MiB of kernel memory, 8 bytes a row).
+	UnwindRows uint32
+	// UnwindMappings is the capacity of the process mappings map; 0 means
+	// 1<<16 (2 MiB, 32 bytes a mapping).
+	UnwindMappings uint32
+	// UnwindTables is the most objects with unwind tables; 0 means 4096.
+	UnwindTables uint32
+	// Processes is the most processes described at once; 0 means 8192.
+	Processes uint32
+}
+
+func (o *Options) defaults() {
+	def := func(v *uint32, d uint32) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&o.StackEntries, 4096)
+	def(&o.CountEntries, 16384)
+	def(&o.UnwindRows, 1<<21)
+	def(&o.UnwindMappings, 1<<16)
+	def(&o.UnwindTables, 4096)
+	def(&o.Processes, 8192)
 }
 
 // Sample is one aggregated sample: Count samples of process PID, thread name
@@ -61,6 +85,8 @@ type Sample struct {
 type Sampler struct {
 	mu     sync.Mutex
 	objs   SamplerObjects
+	unwind *unwindMaps
+	hooks  []link.Link // the process exec and exit hooks
 	links  []link.Link
 	events []int
 	buffer uint32
@@ -128,22 +154,40 @@ func Load(opts Options) (*Sampler, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.StackEntries == 0 {
-		opts.StackEntries = 4096
+	opts.defaults()
+	// Rows are written through a memory mapping: a batch update copies
+	// each element through the map's update path, about a microsecond a row.
+	spec.Maps[SamplerMapRows].Flags |= unix.BPF_F_MMAPABLE
+	for name, n := range map[string]uint32{
+		SamplerMapStacks0: opts.StackEntries, SamplerMapStacks1: opts.StackEntries,
+		SamplerMapCounts0: opts.CountEntries, SamplerMapCounts1: opts.CountEntries,
+		SamplerMapRows: opts.UnwindRows, SamplerMapMappings: opts.UnwindMappings,
+		SamplerMapTables: opts.UnwindTables, SamplerMapProcs: opts.Processes,
+	} {
+		spec.Maps[name].MaxEntries = n
 	}
-	if opts.CountEntries == 0 {
-		opts.CountEntries = 16384
-	}
-	spec.Maps[SamplerMapStacks0].MaxEntries = opts.StackEntries
-	spec.Maps[SamplerMapStacks1].MaxEntries = opts.StackEntries
-	spec.Maps[SamplerMapCounts0].MaxEntries = opts.CountEntries
-	spec.Maps[SamplerMapCounts1].MaxEntries = opts.CountEntries
 	s := &Sampler{}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return nil, &PermissionError{Missing: []string{"CAP_BPF", "CAP_PERFMON"}, Err: err}
 		}
 		return nil, fmt.Errorf("loading the eBPF CPU sampler: %w", err)
+	}
+	if s.unwind, err = newUnwindMaps(&s.objs); err != nil {
+		s.objs.Close()
+		return nil, err
+	}
+	for _, prog := range []*ebpf.Program{s.objs.ProcessExec, s.objs.ProcessExit} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		if err != nil {
+			for _, h := range s.hooks {
+				h.Close()
+			}
+			s.unwind.events.Close()
+			s.objs.Close()
+			return nil, fmt.Errorf("attaching the CPU sampler's process exec and exit hooks: %w", err)
+		}
+		s.hooks = append(s.hooks, l)
 	}
 	return s, nil
 }
@@ -175,6 +219,31 @@ func (s *Sampler) Attach(hz int, cpus []int) error {
 			return fmt.Errorf("attaching the CPU sampler to the perf event of CPU %d: %w", cpu, err)
 		}
 		s.links = append(s.links, l)
+	}
+	return nil
+}
+
+// Stats returns the sampling program's run count and cumulative run time;
+// both stay zero unless BPF statistics are on (kernel.bpf_stats_enabled,
+// or ebpf.EnableStats).
+func (s *Sampler) Stats() (*ebpf.ProgramStats, error) {
+	st, err := s.objs.Sample.Stats()
+	if err != nil {
+		return nil, fmt.Errorf("reading the CPU sampler's run time: %w", err)
+	}
+	return st, nil
+}
+
+// SetRate changes the sampling frequency of every attached perf event to
+// hz samples per second of CPU time (from the next sample on).
+func (s *Sampler) SetRate(hz int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	period := uint64(time.Second) / uint64(hz)
+	for _, fd := range s.events {
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.PERF_EVENT_IOC_PERIOD, uintptr(unsafe.Pointer(&period))); errno != 0 {
+			return fmt.Errorf("setting the CPU sampling rate to %d Hz: %w", hz, errno)
+		}
 	}
 	return nil
 }
@@ -341,7 +410,10 @@ func (s *Sampler) Close() error {
 	for _, fd := range s.events {
 		errs = append(errs, unix.Close(fd))
 	}
-	errs = append(errs, s.objs.Close())
+	for _, h := range s.hooks {
+		errs = append(errs, h.Close())
+	}
+	errs = append(errs, s.unwind.events.Close(), s.objs.Close())
 	return errors.Join(errs...)
 }
 

@@ -13,6 +13,52 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SamplerMapping struct {
+	_     structs.HostLayout
+	Start uint64
+	End   uint64
+	Bias  uint64
+	Table uint32
+	Pad   uint32
+}
+
+type SamplerProc struct {
+	_          structs.HostLayout
+	First      uint32
+	Count      uint32
+	State      uint32
+	Py         uint32
+	PyRuntime  uint64
+	EvalStart  uint64
+	EvalEnd    uint64
+	Eval2Start uint64
+	Eval2End   uint64
+	Miss       uint32
+	Pad        uint32
+}
+
+type SamplerPyOffsets struct {
+	_                 structs.HostLayout
+	Kind              uint32
+	RuntimeInterpHead uint32
+	InterpThreadsHead uint32
+	TstateNext        uint32
+	TstateThreadId    uint32
+	TstateFrame       uint32
+	CframeCurrent     uint32
+	FrameBack         uint32
+	FrameCode         uint32
+	FrameLasti        uint32
+	FrameEntry        uint32
+	CodeAdaptive      uint32
+}
+
+type SamplerRow struct {
+	_    structs.HostLayout
+	Pc   uint32
+	Rule uint32
+}
+
 type SamplerSampleKey struct {
 	_           structs.HostLayout
 	Tgid        uint32
@@ -27,21 +73,51 @@ type SamplerStack struct {
 	Ips [127]uint64
 }
 
+type SamplerTable struct {
+	_     structs.HostLayout
+	First uint32
+	Count uint32
+}
+
+type SamplerWalk struct {
+	_       structs.HostLayout
+	Ip      uint64
+	Sp      uint64
+	Bp      uint64
+	Fsbase  uint64
+	Pyframe uint64
+	N       uint32
+	Mode    uint32
+	Tgid    uint32
+	Pad     uint32
+	Proc    SamplerProc
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SamplerMapCounts0    = "counts0"
-	SamplerMapCounts1    = "counts1"
-	SamplerMapLost       = "lost"
-	SamplerMapPids       = "pids"
-	SamplerMapScratch    = "scratch"
-	SamplerMapStacks0    = "stacks0"
-	SamplerMapStacks1    = "stacks1"
-	SamplerProgSample    = "sample"
-	SamplerVarBuffer     = "buffer"
-	SamplerVarEnabled    = "enabled"
-	SamplerVarFilterPids = "filter_pids"
+	SamplerMapCounts0      = "counts0"
+	SamplerMapCounts1      = "counts1"
+	SamplerMapEvents       = "events"
+	SamplerMapLost         = "lost"
+	SamplerMapMappings     = "mappings"
+	SamplerMapPids         = "pids"
+	SamplerMapProcs        = "procs"
+	SamplerMapPyOffsetSets = "py_offset_sets"
+	SamplerMapRows         = "rows"
+	SamplerMapScratch      = "scratch"
+	SamplerMapStacks0      = "stacks0"
+	SamplerMapStacks1      = "stacks1"
+	SamplerMapTables       = "tables"
+	SamplerMapWalkScratch  = "walk_scratch"
+	SamplerProgProcessExec = "process_exec"
+	SamplerProgProcessExit = "process_exit"
+	SamplerProgSample      = "sample"
+	SamplerVarBuffer       = "buffer"
+	SamplerVarEnabled      = "enabled"
+	SamplerVarFilterPids   = "filter_pids"
+	SamplerVarUnwind       = "unwind"
 )
 
 // LoadSampler returns the embedded CollectionSpec for Sampler.
@@ -86,20 +162,29 @@ type SamplerSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SamplerProgramSpecs struct {
-	Sample *ebpf.ProgramSpec `ebpf:"sample"`
+	ProcessExec *ebpf.ProgramSpec `ebpf:"process_exec"`
+	ProcessExit *ebpf.ProgramSpec `ebpf:"process_exit"`
+	Sample      *ebpf.ProgramSpec `ebpf:"sample"`
 }
 
 // SamplerMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SamplerMapSpecs struct {
-	Counts0 *ebpf.MapSpec `ebpf:"counts0"`
-	Counts1 *ebpf.MapSpec `ebpf:"counts1"`
-	Lost    *ebpf.MapSpec `ebpf:"lost"`
-	Pids    *ebpf.MapSpec `ebpf:"pids"`
-	Scratch *ebpf.MapSpec `ebpf:"scratch"`
-	Stacks0 *ebpf.MapSpec `ebpf:"stacks0"`
-	Stacks1 *ebpf.MapSpec `ebpf:"stacks1"`
+	Counts0      *ebpf.MapSpec `ebpf:"counts0"`
+	Counts1      *ebpf.MapSpec `ebpf:"counts1"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Lost         *ebpf.MapSpec `ebpf:"lost"`
+	Mappings     *ebpf.MapSpec `ebpf:"mappings"`
+	Pids         *ebpf.MapSpec `ebpf:"pids"`
+	Procs        *ebpf.MapSpec `ebpf:"procs"`
+	PyOffsetSets *ebpf.MapSpec `ebpf:"py_offset_sets"`
+	Rows         *ebpf.MapSpec `ebpf:"rows"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	Stacks0      *ebpf.MapSpec `ebpf:"stacks0"`
+	Stacks1      *ebpf.MapSpec `ebpf:"stacks1"`
+	Tables       *ebpf.MapSpec `ebpf:"tables"`
+	WalkScratch  *ebpf.MapSpec `ebpf:"walk_scratch"`
 }
 
 // SamplerVariableSpecs contains global variables before they are loaded into the kernel.
@@ -109,6 +194,7 @@ type SamplerVariableSpecs struct {
 	Buffer     *ebpf.VariableSpec `ebpf:"buffer"`
 	Enabled    *ebpf.VariableSpec `ebpf:"enabled"`
 	FilterPids *ebpf.VariableSpec `ebpf:"filter_pids"`
+	Unwind     *ebpf.VariableSpec `ebpf:"unwind"`
 }
 
 // SamplerObjects contains all objects after they have been loaded into the kernel.
@@ -131,24 +217,38 @@ func (o *SamplerObjects) Close() error {
 //
 // It can be passed to LoadSamplerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SamplerMaps struct {
-	Counts0 *ebpf.Map `ebpf:"counts0"`
-	Counts1 *ebpf.Map `ebpf:"counts1"`
-	Lost    *ebpf.Map `ebpf:"lost"`
-	Pids    *ebpf.Map `ebpf:"pids"`
-	Scratch *ebpf.Map `ebpf:"scratch"`
-	Stacks0 *ebpf.Map `ebpf:"stacks0"`
-	Stacks1 *ebpf.Map `ebpf:"stacks1"`
+	Counts0      *ebpf.Map `ebpf:"counts0"`
+	Counts1      *ebpf.Map `ebpf:"counts1"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Lost         *ebpf.Map `ebpf:"lost"`
+	Mappings     *ebpf.Map `ebpf:"mappings"`
+	Pids         *ebpf.Map `ebpf:"pids"`
+	Procs        *ebpf.Map `ebpf:"procs"`
+	PyOffsetSets *ebpf.Map `ebpf:"py_offset_sets"`
+	Rows         *ebpf.Map `ebpf:"rows"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
+	Stacks0      *ebpf.Map `ebpf:"stacks0"`
+	Stacks1      *ebpf.Map `ebpf:"stacks1"`
+	Tables       *ebpf.Map `ebpf:"tables"`
+	WalkScratch  *ebpf.Map `ebpf:"walk_scratch"`
 }
 
 func (m *SamplerMaps) Close() error {
 	return _SamplerClose(
 		m.Counts0,
 		m.Counts1,
+		m.Events,
 		m.Lost,
+		m.Mappings,
 		m.Pids,
+		m.Procs,
+		m.PyOffsetSets,
+		m.Rows,
 		m.Scratch,
 		m.Stacks0,
 		m.Stacks1,
+		m.Tables,
+		m.WalkScratch,
 	)
 }
 
@@ -159,17 +259,22 @@ type SamplerVariables struct {
 	Buffer     *ebpf.Variable `ebpf:"buffer"`
 	Enabled    *ebpf.Variable `ebpf:"enabled"`
 	FilterPids *ebpf.Variable `ebpf:"filter_pids"`
+	Unwind     *ebpf.Variable `ebpf:"unwind"`
 }
 
 // SamplerPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadSamplerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SamplerPrograms struct {
-	Sample *ebpf.Program `ebpf:"sample"`
+	ProcessExec *ebpf.Program `ebpf:"process_exec"`
+	ProcessExit *ebpf.Program `ebpf:"process_exit"`
+	Sample      *ebpf.Program `ebpf:"sample"`
 }
 
 func (p *SamplerPrograms) Close() error {
 	return _SamplerClose(
+		p.ProcessExec,
+		p.ProcessExit,
 		p.Sample,
 	)
 }

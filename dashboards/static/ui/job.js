@@ -239,12 +239,31 @@ function flamePicker(v, box, top) {
   const area = el("div", { id: "flame", class: "chart", style: "height:420px" });
   const status = el("span", { class: "muted" });
   const tools = el("div", { class: "controls", id: "flame-tools" });
-  const show = async (q) => {
+  // The capture's own profile, or the agents' continuous profiles of the
+  // same host or rank over a time range (GET /api/v1/views/profile).
+  const ranges = [
+    { label: "this capture", secs: 0 },
+    { label: "capture ± 30 min (continuous)", secs: -1800 },
+    { label: "last hour (continuous)", secs: 3600 },
+    { label: "last 6 hours (continuous)", secs: 6 * 3600 },
+    { label: "last 24 hours (continuous)", secs: 86400 },
+  ];
+  const url = (q, secs) => {
+    if (!secs) return `/api/v1/views/flamegraph/${v.id.cluster}/${v.id.job}/${v.id.run}/${v.id.capture}?${q}`;
+    const [from, to] = secs < 0
+      ? [Date.parse(v.start) / 1000 + secs, Date.parse(v.end) / 1000 - secs]
+      : [Date.now() / 1000 - secs, Date.now() / 1000];
+    return `/api/v1/views/profile?cluster=${v.id.cluster}&job=${v.id.job}&${q}&from=${Math.floor(from)}&to=${Math.ceil(to)}`;
+  };
+  const show = async () => {
+    const q = sel.value, secs = Number(range.value);
     status.textContent = "loading…";
     try {
-      const fg = await fetchJSON(`/api/v1/views/flamegraph/${v.id.cluster}/${v.id.job}/${v.id.run}/${v.id.capture}?${q}`);
+      const fg = await fetchJSON(url(q, secs));
       const total = fg.unit === "nanoseconds" ? `${fmt(fg.total / 1e9, 2)} s of CPU time` : `${fmt(fg.total, 0)} ${fg.unit}`;
-      status.textContent = `${total} on ${fg.host}${fg.rank >= 0 ? ", rank " + fg.rank : ""}${fg.note ? "; " + fg.note : ""}${fg.simulated ? " · SIMULATED GPUs on this host" : ""}`;
+      const where = fg.host || "every host of the job";
+      const span = secs ? ` from ${fg.profiles} continuous profiles` : "";
+      status.textContent = `${total} on ${where}${fg.rank >= 0 ? ", rank " + fg.rank : ""}${span}${fg.note ? "; " + fg.note : ""}${fg.simulated ? " · SIMULATED GPUs on this host" : ""}`;
       loupe.flame = drawFlame(area, fg, tools);
     } catch (err) {
       status.textContent = String(err.message || err);
@@ -252,11 +271,12 @@ function flamePicker(v, box, top) {
   };
   const rank = flameRank(v, top, profiled);
   const initial = rank === null ? choices[0].q : `rank=${rank}`;
-  const sel = el("select", { id: "flame-rank", onchange: (e) => show(e.target.value) },
+  const sel = el("select", { id: "flame-rank", onchange: show },
     choices.map((c) => el("option", { value: c.q, selected: c.q === initial }, c.label)));
-  box.append(el("div", { class: "card" }, el("div", { class: "controls" }, el("label", {}, "Profile of ", sel), status),
+  const range = el("select", { id: "flame-range", onchange: show }, ranges.map((r) => el("option", { value: r.secs }, r.label)));
+  box.append(el("div", { class: "card" }, el("div", { class: "controls" }, el("label", {}, "Profile of ", sel), el("label", {}, " over ", range), status),
     rank !== null ? el("p", { class: "muted", id: "flame-why" }, `Opened on rank ${rank}, which the findings name.`) : "", tools, area));
-  show(initial);
+  show();
 }
 
 load().catch((err) => showError(main, err));
