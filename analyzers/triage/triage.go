@@ -12,7 +12,11 @@
 //     faults, the hang's id for NCCL hangs (so that the capture of its
 //     recovery, in a later capture, resolves the same incident: Resolved
 //     is set), the analyzer for the rest. Reports (the temporal and kernel
-//     breakdowns) are not incidents.
+//     breakdowns) are not incidents. A root-cause finding about a rank
+//     joins that rank's straggler incident rather than making one of its
+//     own: it names the incident (an input-bound, thermal or failing-GPU
+//     straggler), its fix comes first, and it adds no impact, since it
+//     restates the straggler's.
 //   - fault events found in logs that no analyzer covers: NCCL watchdog
 //     timeouts, other NCCL errors, CUDA errors, out-of-memory errors
 //     (retried ones apart) and crashes, grouped per kind and error (crashes
@@ -82,6 +86,10 @@ const (
 	CategoryNCCLHang      = "nccl-hang"
 	categoryReport        = "report"
 )
+
+// nameRootCause is the analyzers' correlation step (analyzers.RootCause),
+// whose findings explain a straggler rank's other findings.
+const nameRootCause = "root-cause"
 
 // categoryOf maps an analyzer to the incident category of its findings; an
 // analyzer not listed is its own category.
@@ -278,6 +286,10 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 	for i := range findings {
 		f := &findings[i]
 		category := cmp.Or(categoryOf[f.Analyzer], f.Analyzer)
+		rootCause := f.Analyzer == nameRootCause && f.Scope.Rank >= 0
+		if rootCause {
+			category = CategoryStraggler
+		}
 		if category == categoryReport {
 			continue
 		}
@@ -296,6 +308,14 @@ func Triage(ctx context.Context, scope traces.Scope, findings []traces.Finding, 
 			title = fmt.Sprintf("%s (host %s, GPU %d: no process of job %s uses it)", title, f.Scope.Host, f.Scope.GPU, scope.Job)
 		}
 		g := get(category, subject, title)
+		if rootCause {
+			g.inc.Findings = append(g.inc.Findings, f.ID)
+			g.inc.Title = fmt.Sprintf("Rank %d: %s", f.Scope.Rank, f.Title)
+			if f.Recommendation != "" && !slices.Contains(g.fixes, f.Recommendation) {
+				g.fixes = append([]string{f.Recommendation}, g.fixes...)
+			}
+			continue
+		}
 		g.count++
 		g.inc.Findings = append(g.inc.Findings, f.ID)
 		g.inc.ImpactGPUHours += f.Impact.GPUSeconds / 3600

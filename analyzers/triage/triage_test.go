@@ -3,6 +3,7 @@ package triage
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -338,5 +339,28 @@ func TestHostWideFindingIsNotTheJobs(t *testing.T) {
 		} else if !slices.Contains(inc.Owners, "ml-infra") {
 			t.Errorf("job incident owners %v lack the job's team", inc.Owners)
 		}
+	}
+}
+
+// A root-cause finding about a straggling rank names that rank's one
+// incident and puts its fix first, without counting the wait twice; one
+// about no rank stays an incident of its own.
+func TestRootCauseJoinsTheStragglerIncident(t *testing.T) {
+	rc := finding("root-cause", traces.SeverityWarning, "Input-bound straggler: data loading starves the rank every other rank waits for", "h2", 3, 3, 1800, 0.30)
+	findings := []traces.Finding{
+		finding("nccl-straggler", traces.SeverityWarning, "NCCL straggler", "h2", -1, 3, 1800, 0.30),
+		finding("input-bound", traces.SeverityWarning, "Input pipeline starves the GPU", "h2", 3, 3, 900, 0.15),
+		rc,
+	}
+	incs := byCategory(Triage(context.Background(), scope, findings, nil, DefaultConfig()))
+	if len(incs) != 2 || len(incs[CategoryStraggler]) != 1 || len(incs[CategoryInputPipeline]) != 1 {
+		t.Fatalf("incidents %+v, want one straggler and one input-pipeline incident", incs)
+	}
+	s := incs[CategoryStraggler][0]
+	if s.Title != "Rank 3: "+rc.Title || !strings.HasPrefix(s.SuggestedFix, "fix root-cause") || !slices.Contains(s.Findings, rc.ID) {
+		t.Errorf("straggler incident %q, fix %q, findings %v", s.Title, s.SuggestedFix, s.Findings)
+	}
+	if want := 1800.0 / 3600; math.Abs(s.ImpactGPUHours-want) > 1e-9 {
+		t.Errorf("impact %v GPU-hours, want the straggler's %v alone", s.ImpactGPUHours, want)
 	}
 }
