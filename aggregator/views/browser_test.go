@@ -189,6 +189,22 @@ func serveAggregator(t *testing.T, root string, edit func(*aggregator.Config), i
 	return "http://" + ln.Addr().String()
 }
 
+// The fleet page of a shared host lists gpu-job with its one GPU and the
+// host's other GPUs as "no job", with no link to cpu-job's page.
+func TestFleetUnownedInChromium(t *testing.T) {
+	ctx, pageErrors := browser(t)
+	_, root := seedSharedHost(t)
+	base := serveStore(t, root, "cap-1", "gpu-job", "cpu-job")
+	checkPageErrors(t, pageErrors)
+	load(t, ctx, base+"/fleet?from=2026-11-25T12:00:00Z&to=2026-11-25T12:01:00Z", "fleet")
+	legend := eval[string](t, ctx, `document.querySelector(".jobs-legend").textContent`)
+	links := eval[[]string](t, ctx, `[...document.querySelectorAll(".jobs-legend a")].map((a) => a.dataset.job)`)
+	if !strings.Contains(legend, "c1/gpu-job/r1 (1 GPUs)") || !strings.Contains(legend, "c1: no job (7 GPUs no captured job uses)") ||
+		strings.Contains(legend, "cpu-job") || !slices.Equal(links, []string{"gpu-job"}) {
+		t.Errorf("legend %q, links %v", legend, links)
+	}
+}
+
 func TestPagesInChromium(t *testing.T) {
 	ctx, pageErrors := browser(t)
 	base := startAggregator(t)

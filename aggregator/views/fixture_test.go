@@ -238,7 +238,11 @@ func seed(t testing.TB) (store.Store, string) {
 	gpu := gpuSamples(t0, window, gpusPerHost, func(g int, d time.Duration) float32 {
 		return float32(0.5 + 0.4*math.Sin(d.Seconds()/10+float64(g)))
 	})
-	bundle(t, root, manifest(inferJob, "infer-1", 0, nil, true), gpu, nil, nil, nil)
+	infer := manifest(inferJob, "infer-1", 0, nil, true)
+	for g := range gpusPerHost { // one server process per GPU, no ranks
+		infer.Processes = append(infer.Processes, traces.Process{PID: 2000 + g, Rank: -1, LocalRank: -1, GPU: g})
+	}
+	bundle(t, root, infer, gpu, nil, nil, nil)
 	st, err := store.NewDir(root)
 	if err != nil {
 		t.Fatal(err)

@@ -378,6 +378,11 @@ type FleetJob struct {
 	FirstRow  int    `json:"first_row"`
 	Rows      int    `json:"rows"`
 	Simulated bool   `json:"simulated,omitempty"`
+	// Unowned marks the group of GPUs that no captured job's process uses
+	// (a host's idle GPUs, or another tenant's, sampled with a capture that
+	// matched no process): Job, Run and Capture are empty, and its rows
+	// are the host's, whichever capture sampled them.
+	Unowned bool `json:"unowned,omitempty"`
 }
 
 // FleetView is the body of GET /api/v1/views/fleet, minus Values, which is
@@ -512,6 +517,30 @@ func (h *Handler) fleet(ctx context.Context, fq fleetQuery) (*FleetView, []float
 		FleetRow
 		key rowKey
 	}
+	// A GPU the bundle's job does not use is the host's row, not the job's,
+	// and no row at all when another job of the window uses it: that job's
+	// row shows the device.
+	type device struct {
+		cluster, host string
+		gpu           int32
+	}
+	owned := map[device]bool{}
+	for i, e := range sel {
+		if errs[i] != nil {
+			continue
+		}
+		for _, gpu := range bins[i].gpus {
+			if e.m.OwnsGPU(int(gpu)) {
+				owned[device{e.m.Cluster, e.m.Host, gpu}] = true
+			}
+		}
+	}
+	keyOf := func(m *traces.Manifest, gpu int32) (rowKey, bool) {
+		if m.OwnsGPU(int(gpu)) {
+			return rowKey{m.Cluster, m.Job, m.Run, m.Host, gpu}, true
+		}
+		return rowKey{cluster: m.Cluster, host: m.Host, gpu: gpu}, !owned[device{m.Cluster, m.Host, gpu}]
+	}
 	rowIdx := map[rowKey]int{}
 	var rows []rowInfo
 	latest := map[jobKey]*traces.Manifest{}
@@ -528,7 +557,10 @@ func (h *Handler) fleet(ctx context.Context, fq fleetQuery) (*FleetView, []float
 		}
 		simJob[jk] = simJob[jk] || m.Simulated
 		for _, gpu := range bins[i].gpus {
-			k := rowKey{m.Cluster, m.Job, m.Run, m.Host, gpu}
+			k, ok := keyOf(m, gpu)
+			if !ok {
+				continue
+			}
 			if j, ok := rowIdx[k]; ok {
 				rows[j].Simulated = rows[j].Simulated || m.Simulated
 				continue
@@ -560,10 +592,17 @@ func (h *Handler) fleet(ctx context.Context, fq fleetQuery) (*FleetView, []float
 		rowIdx[r.key] = i
 		jk := jobKey{r.key.cluster, r.key.job, r.key.run}
 		if n := len(v.Jobs); n == 0 || v.Jobs[n-1].Cluster != jk.cluster || v.Jobs[n-1].Job != jk.job || v.Jobs[n-1].Run != jk.run {
-			v.Jobs = append(v.Jobs, FleetJob{Cluster: jk.cluster, Job: jk.job, Run: jk.run, Capture: latest[jk].CaptureID, FirstRow: i, Simulated: simJob[jk]})
+			fj := FleetJob{Cluster: jk.cluster, Job: jk.job, Run: jk.run, FirstRow: i, Simulated: simJob[jk]}
+			if l := latest[jk]; l != nil && jk.job != "" {
+				fj.Capture = l.CaptureID
+			} else {
+				fj.Unowned = true
+			}
+			v.Jobs = append(v.Jobs, fj)
 		}
 		r.Job = len(v.Jobs) - 1
 		v.Jobs[r.Job].Rows++
+		v.Jobs[r.Job].Simulated = v.Jobs[r.Job].Simulated || r.Simulated
 		v.Rows[i] = r.FleetRow
 		v.Simulated = v.Simulated || r.Simulated
 	}
@@ -578,7 +617,11 @@ func (h *Handler) fleet(ctx context.Context, fq fleetQuery) (*FleetView, []float
 		}
 		lo, hi := max(fromSec, b.start), min(toSec, b.start+b.secs)
 		for g, gpu := range b.gpus {
-			row := rowIdx[rowKey{e.m.Cluster, e.m.Job, e.m.Run, e.m.Host, gpu}]
+			k, ok := keyOf(e.m, gpu)
+			if !ok {
+				continue
+			}
+			row := rowIdx[k]
 			vals := b.vals[fq.metric][int64(g)*b.secs : int64(g+1)*b.secs]
 			base := row * int(ncols)
 			for t := lo; t < hi; t++ {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/loupe-dev/loupe/aggregator/capture"
 	"github.com/loupe-dev/loupe/aggregator/views"
+	"github.com/loupe-dev/loupe/traces"
 	"github.com/loupe-dev/loupe/traces/store"
 )
 
@@ -127,7 +128,7 @@ func TestFleet(t *testing.T) {
 // job link opens the latest capture in the window.
 func TestFleetCaptures(t *testing.T) {
 	st, root := seed(t)
-	later := manifest(trainJob, "node-1", 0, nil, false)
+	later := manifest(trainJob, "node-1", trainHosts*gpusPerHost, []int{0, 1, 2, 3, 4, 5, 6, 7}, false) // node-1 runs ranks 0-7
 	later.CaptureID, later.Start, later.End = "cap-2", t0.Add(2*time.Minute), t0.Add(3*time.Minute)
 	bundle(t, root, later, gpuSamples(later.Start, time.Minute, gpusPerHost, func(int, time.Duration) float32 { return 0.5 }), nil, nil, nil)
 	ix := indexOf(t, st, trainJob, inferJob)
@@ -154,6 +155,63 @@ func TestFleetCaptures(t *testing.T) {
 		t.Errorf("cells %s", got)
 	}
 }
+
+// seedSharedHost: on a shared host, job gpu-job uses GPU 2 and cpu-job no
+// GPU, so the agent gave cpu-job's capture every GPU of the host (it
+// matched no process).
+func seedSharedHost(t *testing.T) (store.Store, string) {
+	t.Helper()
+	root := t.TempDir()
+	gpuJob := manifest("gpu-job", "shared-1", 1, nil, false)
+	gpuJob.GPUs = []traces.GPUInfo{{Index: 2, UUID: "GPU-0002", Ranks: []int{0}}}
+	gpuJob.Processes = []traces.Process{{PID: 4242, Rank: 0, GPU: 2}}
+	gpuJob.Ranks = []int{0}
+	bundle(t, root, gpuJob, gpuSamples(t0, window, gpusPerHost, func(int, time.Duration) float32 { return 0.8 }), nil, nil, nil)
+	bundle(t, root, manifest("cpu-job", "shared-1", 0, nil, false), gpuSamples(t0, window, gpusPerHost, func(int, time.Duration) float32 { return 0.1 }), nil, nil, nil)
+	st, err := store.NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, root
+}
+
+// TestFleetUnownedGPUs: on the shared host, GPU 2 is gpu-job's row; the
+// other seven are the host's, in one group with no job, not cpu-job's.
+func TestFleetUnownedGPUs(t *testing.T) {
+	st, _ := seedSharedHost(t)
+	srv := httptest.NewServer(views.New(views.Config{Store: st, Index: indexOf(t, st, "gpu-job", "cpu-job")}))
+	defer srv.Close()
+	var v fleetBody
+	get(t, srv.URL+"/api/v1/views/fleet?from=2026-11-25T12:00:00Z&to=2026-11-25T12:01:00Z&bucket=1m", &v)
+	if len(v.Rows) != gpusPerHost || len(v.Jobs) != 2 {
+		t.Fatalf("%d rows, jobs %+v; want %d rows in two groups", len(v.Rows), v.Jobs, gpusPerHost)
+	}
+	var owned, unowned FleetJobRef
+	for _, j := range v.Jobs {
+		switch {
+		case j.Unowned && j.Job == "" && j.Capture == "":
+			unowned = FleetJobRef{j.FirstRow, j.Rows}
+		case j.Job == "gpu-job" && !j.Unowned && j.Capture == "cap-1":
+			owned = FleetJobRef{j.FirstRow, j.Rows}
+		default:
+			t.Errorf("unexpected group %+v", j)
+		}
+	}
+	if owned.rows != 1 || v.Rows[owned.first].GPU != 2 || unowned.rows != gpusPerHost-1 {
+		t.Fatalf("gpu-job %+v, unowned %+v, rows %+v", owned, unowned, v.Rows)
+	}
+	for i := unowned.first; i < unowned.first+unowned.rows; i++ {
+		if v.Rows[i].GPU == 2 || v.Rows[i].Host != "shared-1" {
+			t.Errorf("unowned row %+v", v.Rows[i])
+		}
+	}
+	if x := v.Values[owned.first]; x == nil || math.Abs(*x-80) > 0.1 {
+		t.Errorf("gpu-job's GPU 2 = %v, want its own 80 %%", x)
+	}
+}
+
+// FleetJobRef is a group's rows in a fleet view.
+type FleetJobRef struct{ first, rows int }
 
 func TestFleetDefaultsAndGaps(t *testing.T) {
 	srv := server(t)

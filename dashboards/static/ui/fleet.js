@@ -43,9 +43,13 @@ function draw(data) {
     for (const v of values) if (v !== null && v > vmax) vmax = v;
     vmax = vmax || 1;
   }
+  // Unowned groups are GPUs no captured job uses: the host's, with no job page.
+  const groupName = (j) => (j.unowned ? `${j.cluster}: no job` : `${j.cluster}/${j.job}/${j.run}`);
   const jobLinks = el("div", { class: "jobs-legend" }, "Jobs: ",
-    data.jobs.map((j) => el("a", { href: jobURL(j.cluster, j.job, j.run, j.capture), "data-job": j.job },
-      `${j.cluster}/${j.job}/${j.run} (${j.rows} GPUs)`, j.simulated ? " " : "", j.simulated ? el("span", { class: "badge sim" }, "simulated") : "")));
+    data.jobs.map((j) => [j.unowned
+      ? el("span", { class: "muted", "data-unowned": "" }, `${groupName(j)} (${j.rows} GPUs no captured job uses)`)
+      : el("a", { href: jobURL(j.cluster, j.job, j.run, j.capture), "data-job": j.job }, `${groupName(j)} (${j.rows} GPUs)`),
+    j.simulated ? " " : "", j.simulated ? el("span", { class: "badge sim" }, "simulated") : "", " "]));
   const box = el("div", { id: "fleet", style: "width:100%" });
   main.replaceChildren(
     el("h1", {}, `Fleet: ${data.metric.label}`),
@@ -61,13 +65,13 @@ function draw(data) {
   const hm = rasterHeatmap(box, {
     rows: rows.map(label), cols: ncols, values, min: 0, max: vmax, unit: data.metric.unit, left: 230,
     xAxis: { type: "time", min: data.from_ms, max: data.from_ms + ncols * data.bucket_s * 1000, axisLabel: { hideOverlap: true } },
-    labelFormatter: (v, i) => (firstRows.has(i) ? `{group|${data.jobs[rows[i].job].job}} ${v}` : v),
+    labelFormatter: (v, i) => (firstRows.has(i) ? `{group|${data.jobs[rows[i].job].job || "no job"}} ${v}` : v),
     separators: data.jobs.map((j) => j.first_row),
     tooltip: (r, c) => {
       const row = rows[r], job = data.jobs[row.job], v = values[r * ncols + c];
       const t0 = new Date(data.from_ms + c * data.bucket_s * 1000).toISOString().slice(11, 19);
       return [
-        [el("b", {}, `${job.cluster}/${job.job}/${job.run}`), row.simulated ? " [SIMULATED]" : ""],
+        [el("b", {}, groupName(job)), row.simulated ? " [SIMULATED]" : ""],
         `${row.host} gpu${row.gpu} ${row.model || ""}`,
         el("span", { class: "muted" }, row.uuid || ""),
         [`${t0} +${data.bucket_s}s: ${data.metric.label} `, el("b", {}, v === null ? "no data" : `${fmt(v)} ${data.metric.unit}`)],
@@ -75,7 +79,7 @@ function draw(data) {
     },
     onClick: (r) => {
       const job = data.jobs[rows[r].job];
-      location.href = jobURL(job.cluster, job.job, job.run, job.capture);
+      if (!job.unowned) location.href = jobURL(job.cluster, job.job, job.run, job.capture);
     },
   });
 
