@@ -88,7 +88,7 @@ func TestEndToEndMinIO(t *testing.T) {
 			t.Fatal(err)
 		}
 		aggtest.WriteSteps(t, dir, m)
-		if err := sp.Commit(m.CaptureID, host); err != nil {
+		if err := sp.Commit(dir); err != nil {
 			t.Fatal(err)
 		}
 		up := upload.New(sp, srv.Store(t), upload.Options{Logger: log, Interval: time.Hour})

@@ -58,10 +58,11 @@ type NCCLSource interface {
 
 // Spool holds bundles on local disk until they are uploaded (spool.Spool).
 type Spool interface {
-	// Begin returns the directory to write the bundle of (captureID, host) in.
-	Begin(captureID, host string) (string, error)
-	Commit(captureID, host string) error
-	Abort(captureID, host string) error
+	// Begin returns a fresh directory to write the bundle of (captureID,
+	// host) in; Commit queues it, Abort discards it.
+	Begin(captureID, host string) (dir string, err error)
+	Commit(dir string) error
+	Abort(dir string) error
 }
 
 // Notifier is woken when a bundle is committed (upload.Uploader).
@@ -534,7 +535,7 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	committed := false
 	defer func() {
 		if !committed {
-			if err := c.spool.Abort(req.ID, c.cfg.Host); err != nil {
+			if err := c.spool.Abort(dir); err != nil {
 				c.log.Warn("spool abort", "capture", req.ID, "err", err)
 			}
 		}
@@ -608,7 +609,7 @@ func (c *Capturer) write(ctx context.Context, req Request, start, end time.Time,
 	if err != nil {
 		return nil, err
 	}
-	if err := c.spool.Commit(req.ID, c.cfg.Host); err != nil {
+	if err := c.spool.Commit(dir); err != nil {
 		return nil, fmt.Errorf("spool commit: %w", err)
 	}
 	committed = true

@@ -83,19 +83,21 @@ type dirSpool struct {
 	committed []string
 }
 
-func (s *dirSpool) path(id, host string) string { return filepath.Join(s.root, "tmp", id+"_"+host) }
 func (s *dirSpool) Begin(id, host string) (string, error) {
-	return s.path(id, host), os.MkdirAll(s.path(id, host), 0o755)
+	if err := os.MkdirAll(filepath.Join(s.root, "tmp"), 0o755); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(filepath.Join(s.root, "tmp"), id+"_"+host+"_")
 }
-func (s *dirSpool) Commit(id, host string) error {
-	dst := filepath.Join(s.root, "ready", id+"_"+host)
+func (s *dirSpool) Commit(dir string) error {
+	dst := filepath.Join(s.root, "ready", filepath.Base(dir))
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
 	s.committed = append(s.committed, dst)
-	return os.Rename(s.path(id, host), dst)
+	return os.Rename(dir, dst)
 }
-func (s *dirSpool) Abort(id, host string) error { return os.RemoveAll(s.path(id, host)) }
+func (s *dirSpool) Abort(dir string) error { return os.RemoveAll(dir) }
 
 type countNotify struct{ n atomic.Int32 }
 

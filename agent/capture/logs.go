@@ -46,10 +46,10 @@ func (c *Capturer) WriteLogs(job, run string, events []traces.Event) (*traces.Ma
 		return bw.Commit()
 	}()
 	if err == nil {
-		err = c.spool.Commit(req.ID, c.cfg.Host)
+		err = c.spool.Commit(dir)
 	}
 	if err != nil {
-		if aerr := c.spool.Abort(req.ID, c.cfg.Host); aerr != nil {
+		if aerr := c.spool.Abort(dir); aerr != nil {
 			c.log.Warn("spool abort", "capture", req.ID, "err", aerr)
 		}
 		return nil, err

@@ -102,7 +102,7 @@ func (d *Daemon) commitContinuous(id, job, run string, start, end time.Time, pro
 	committed := false
 	defer func() {
 		if !committed {
-			d.spool.Abort(id, d.cfg.Host)
+			d.spool.Abort(dir)
 		}
 	}()
 	bw, err := traces.NewBundleWriter(dir, m)
@@ -115,7 +115,7 @@ func (d *Daemon) commitContinuous(id, job, run string, start, end time.Time, pro
 	if _, err := bw.Commit(); err != nil {
 		return err
 	}
-	if err := d.spool.Commit(id, d.cfg.Host); err != nil {
+	if err := d.spool.Commit(dir); err != nil {
 		return err
 	}
 	committed = true

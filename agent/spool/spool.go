@@ -7,7 +7,7 @@
 // (Quarantine, into quarantine/), or when the disk cap evicts it; each of the
 // last two is logged and counted, never silent.
 //
-//	<dir>/tmp/<capture>@<host>/            being written
+//	<dir>/tmp/<capture>@<host>@<random>/   being written
 //	<dir>/ready/<seq>@<capture>@<host>/    committed, waiting for upload
 //	<dir>/quarantine/<seq>@<capture>@<host>/  corrupted, kept for inspection
 //
@@ -181,33 +181,36 @@ func (s *Spool) load() error {
 }
 
 // Begin returns a fresh folder where the capture's bundle is written: its
-// parts, then manifest.json last. Commit or Abort it.
+// parts, then manifest.json last. Pass the folder to Commit or Abort. Each
+// call gets its own folder, so two jobs of a shared host captured within
+// the same millisecond (the same capture ID) are written side by side.
 func (s *Spool) Begin(captureID, host string) (string, error) {
-	d, err := s.tmpPath(captureID, host)
-	if err != nil {
-		return "", err
+	if err := traces.ValidateComponent(captureID); err != nil {
+		return "", fmt.Errorf("spool: capture id: %w", err)
 	}
-	if err := os.Mkdir(d, 0o750); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return "", fmt.Errorf("spool: capture %s on %s is already being written; Commit or Abort it first", captureID, host)
-		}
+	if err := traces.ValidateComponent(host); err != nil {
+		return "", fmt.Errorf("spool: host: %w", err)
+	}
+	d, err := os.MkdirTemp(s.tmp, captureID+"@"+host+"@")
+	if err != nil {
 		return "", fmt.Errorf("spool: %v", err)
 	}
 	return d, nil
 }
 
-// Commit makes the capture begun with Begin durable and queues it for
-// upload: every file and folder is fsynced, then the folder is renamed into
-// ready/ and the rename fsynced. The bundle must hold manifest.json.
-func (s *Spool) Commit(captureID, host string) error {
-	src, err := s.tmpPath(captureID, host)
+// Commit makes the capture written into dir (a folder Begin returned)
+// durable and queues it for upload: every file and folder is fsynced, then
+// the folder is renamed into ready/ and the rename fsynced. The bundle must
+// hold manifest.json.
+func (s *Spool) Commit(dir string) error {
+	captureID, host, err := s.pending(dir)
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(src, traces.ManifestName)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, traces.ManifestName)); err != nil {
 		return fmt.Errorf("spool: commit %s on %s: %v; write %s last, then Commit", captureID, host, err, traces.ManifestName)
 	}
-	size, err := syncTree(src)
+	size, err := syncTree(dir)
 	if err != nil {
 		return fmt.Errorf("spool: commit %s on %s: %v", captureID, host, err)
 	}
@@ -215,7 +218,7 @@ func (s *Spool) Commit(captureID, host string) error {
 	defer s.mu.Unlock()
 	seq := max(time.Now().UnixNano(), s.lastSeq+1)
 	name := fmt.Sprintf("%020d@%s@%s", seq, captureID, host)
-	if err := os.Rename(src, filepath.Join(s.ready, name)); err != nil {
+	if err := os.Rename(dir, filepath.Join(s.ready, name)); err != nil {
 		return fmt.Errorf("spool: commit %s on %s: %v", captureID, host, err)
 	}
 	// Queued from here on, even if an fsync below fails.
@@ -231,26 +234,25 @@ func (s *Spool) Commit(captureID, host string) error {
 	return nil
 }
 
-// Abort discards a capture begun with Begin.
-func (s *Spool) Abort(captureID, host string) error {
-	d, err := s.tmpPath(captureID, host)
+// Abort discards the capture folder dir that Begin returned.
+func (s *Spool) Abort(dir string) error {
+	captureID, host, err := s.pending(dir)
 	if err != nil {
 		return err
 	}
-	if err := os.RemoveAll(d); err != nil {
+	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("spool: abort %s on %s: %v", captureID, host, err)
 	}
 	return nil
 }
 
-func (s *Spool) tmpPath(captureID, host string) (string, error) {
-	if err := traces.ValidateComponent(captureID); err != nil {
-		return "", fmt.Errorf("spool: capture id: %w", err)
+// pending names the capture and host of a folder Begin returned.
+func (s *Spool) pending(dir string) (captureID, host string, err error) {
+	parts := strings.Split(filepath.Base(dir), "@")
+	if filepath.Dir(filepath.Clean(dir)) != s.tmp || len(parts) != 3 {
+		return "", "", fmt.Errorf("spool: %s is not a folder Begin returned", dir)
 	}
-	if err := traces.ValidateComponent(host); err != nil {
-		return "", fmt.Errorf("spool: host: %w", err)
-	}
-	return filepath.Join(s.tmp, captureID+"@"+host), nil
+	return parts[0], parts[1], nil
 }
 
 // Ready returns the queued entries, oldest first. Folders in ready/ whose

@@ -40,7 +40,8 @@ func TestQueueOrderAndReopen(t *testing.T) {
 		spooltest.Write(t, sp, spooltest.Manifest(id, "h1"), spooltest.Parts(1, 2, 100))
 	}
 	// An unfinished capture: begun, never committed.
-	if _, err := sp.Begin("c9", "h1"); err != nil {
+	unfinished, err := sp.Begin("c9", "h1")
+	if err != nil {
 		t.Fatal(err)
 	}
 	ready, _ := sp.Ready()
@@ -63,7 +64,7 @@ func TestQueueOrderAndReopen(t *testing.T) {
 	if gauge(set2, "loupe_spool_entries") != 3 {
 		t.Errorf("after reopen, entries gauge %v", gauge(set2, "loupe_spool_entries"))
 	}
-	if _, err := os.Stat(filepath.Join(dir, "tmp", "c9@h1")); !os.IsNotExist(err) || !strings.Contains(log.String(), "never committed") {
+	if _, err := os.Stat(unfinished); !os.IsNotExist(err) || !strings.Contains(log.String(), "never committed") {
 		t.Errorf("the unfinished capture was not discarded with a log line: %v\n%s", err, log)
 	}
 	// New commits sort after the old ones even across a reopen.
@@ -96,23 +97,74 @@ func TestBeginCommitErrors(t *testing.T) {
 			t.Errorf("Begin(%q, %q) = %v, want a %s error", tc.id, tc.host, err, tc.want)
 		}
 	}
-	if _, err := sp.Begin("c", "h"); err != nil {
+	first, err := sp.Begin("c", "h")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sp.Begin("c", "h"); err == nil || !strings.Contains(err.Error(), "already") {
-		t.Errorf("second Begin: %v", err)
-	}
-	if err := sp.Commit("c", "h"); err == nil || !strings.Contains(err.Error(), "manifest.json") {
+	if err := sp.Commit(first); err == nil || !strings.Contains(err.Error(), "manifest.json") {
 		t.Errorf("Commit without a manifest: %v", err)
 	}
-	if err := sp.Abort("c", "h"); err != nil {
+	if err := sp.Abort(first); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sp.Begin("c", "h"); err != nil {
-		t.Errorf("Begin after Abort: %v", err)
+	if _, err := os.Stat(first); !os.IsNotExist(err) {
+		t.Errorf("Abort left %s: %v", first, err)
+	}
+	for _, dir := range []string{"", t.TempDir(), filepath.Join(filepath.Dir(first), "c@h")} {
+		if err := sp.Commit(dir); err == nil || !strings.Contains(err.Error(), "not a folder Begin returned") {
+			t.Errorf("Commit(%q) = %v, want a 'not a folder Begin returned' error", dir, err)
+		}
 	}
 	if ready, _ := sp.Ready(); len(ready) != 0 {
 		t.Errorf("ready = %v", ready)
+	}
+}
+
+// Two jobs on one host captured in the same millisecond share a capture ID;
+// both bundles are written at once and both are queued.
+func TestSameCaptureTwiceAtOnce(t *testing.T) {
+	sp, _, _ := open(t, t.TempDir(), 0)
+	a, b := spooltest.Manifest("od-1", "h1"), spooltest.Manifest("od-1", "h1")
+	a.Job, b.Job = "gpu-job", "cpu-job"
+	dirA, err := sp.Begin(a.CaptureID, a.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirB, err := sp.Begin(b.CaptureID, b.Host)
+	if err != nil {
+		t.Fatalf("a second Begin of the same capture while the first is open: %v", err)
+	}
+	if dirA == dirB {
+		t.Fatalf("both writers got folder %s", dirA)
+	}
+	for _, w := range []struct {
+		dir string
+		m   traces.Manifest
+	}{{dirA, a}, {dirB, b}} {
+		bw, err := traces.NewBundleWriter(w.dir, w.m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bw.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, dir := range []string{dirB, dirA} {
+		if err := sp.Commit(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ready, _ := sp.Ready()
+	var jobs []string
+	for _, e := range ready {
+		m, _, err := sp.Load(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, m.Job)
+	}
+	if strings.Join(jobs, " ") != "cpu-job gpu-job" {
+		t.Errorf("queued jobs = %v, want both, in commit order cpu-job gpu-job", jobs)
 	}
 }
 

@@ -60,7 +60,7 @@ func TestBundleRoundTripThroughMinIO(t *testing.T) {
 	if _, err := bw.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.sp.Commit(m.CaptureID, m.Host); err != nil {
+	if err := r.sp.Commit(dir); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.up.Drain(ctx); err != nil {

@@ -71,7 +71,7 @@ func Write(t testing.TB, sp *spool.Spool, m traces.Manifest, parts map[string][]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sp.Commit(m.CaptureID, m.Host); err != nil {
+	if err := sp.Commit(dir); err != nil {
 		t.Fatal(err)
 	}
 	return got
