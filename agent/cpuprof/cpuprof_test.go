@@ -890,16 +890,17 @@ func TestSourceLines(t *testing.T) {
 	for _, s := range samplesOf(prof, pid) {
 		total += s.Value[0]
 		for _, loc := range s.Location {
-			// deep_inner's loop: lines 18 and 19 of testdata/cdeep.c.
+			// deep_inner's loop: its counter on line 17, its body on
+			// line 18 of testdata/cdeep.c (gcc -O2 interleaves them).
 			if l := loc.Line; len(l) > 0 && l[0].Function.Name == "deep_inner" && strings.HasSuffix(l[0].Function.Filename, "cdeep.c") &&
-				l[0].Line >= 18 && l[0].Line <= 19 {
+				l[0].Line >= 17 && l[0].Line <= 18 {
 				inLoop += s.Value[0]
 				break
 			}
 		}
 	}
 	if total < minSamples || float64(inLoop) < 0.8*float64(total) {
-		t.Errorf("%d of %d samples in deep_inner at cdeep.c:18-19\n%s", inLoop, total, top(prof))
+		t.Errorf("%d of %d samples in deep_inner at cdeep.c:17-18\n%s", inLoop, total, top(prof))
 	}
 }
 

@@ -3,6 +3,7 @@ package nccl
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -215,10 +216,10 @@ func TestTracerSplit(t *testing.T) {
 // times converted from the GPU's clock into the run, algorithm and
 // protocol, network waits on the ranks that waited for the others. By
 // host arrival rank 1 is the straggler; by GPU start, rank 2. Run with the
-// newest interface and with v4, as an older NCCL takes.
+// newest interface (v7) and with v4, as an older NCCL takes.
 func TestTracerPlugin(t *testing.T) {
 	s := nccltest.Build(t)
-	for _, api := range []string{"6", "4"} {
+	for _, api := range []string{"7", "4"} {
 		t.Run("v"+api, func(t *testing.T) {
 			set := metrics.NewSet()
 			cfg := testConfig()
@@ -284,6 +285,11 @@ func TestTracerPlugin(t *testing.T) {
 			}
 			if len(colls) != want {
 				t.Fatalf("%d merged collectives, want %d", len(colls), want)
+			}
+			for _, p := range tr.plugin.between(0, 1<<62) {
+				if strconv.Itoa(int(p.api)) != api {
+					t.Fatalf("record %+v came through profiler API v%d, want v%s", p, p.api, api)
+				}
 			}
 			if len(comms) != 4 || comms[0] != comms[1] || comms[0] != comms[2] || comms[0] != comms[3] {
 				t.Fatalf("commHash by rank %v: want one communicator", comms)

@@ -2,8 +2,7 @@
  *
  * NCCL (>= 2.23) loads it when NCCL_PROFILER_PLUGIN=loupe (with the library
  * on the loader's path) or NCCL_PROFILER_PLUGIN=/path/to/it, and takes the
- * newest interface both know: ncclProfiler_v6, ncclProfiler_v5 or
- * ncclProfiler_v4. For every collective and point-to-point call it follows
+ * newest interface both know: ncclProfiler_v7, _v6, _v5 or _v4. For every collective and point-to-point call it follows
  * NCCL's event tree (API call, task, proxy operations and steps, kernel
  * channels) and sends one record to the local loupe-agent when the call's
  * kernel ended: its communicator's commHash, the plugin's count of the
@@ -588,7 +587,7 @@ static ncclResult_t finalize(void *context)
 	return 0;
 }
 
-/* ---- v5 and v6 ---- */
+/* ---- v5, v6 and v7 ---- */
 
 /* FILL_DESCR copies what the plugin follows from a v4 or v5 descriptor
  * e into d: the members it reads have the same names in both. */
@@ -641,6 +640,22 @@ static ncclResult_t start_v6(void *context, void **handle, ncclProfilerEventDesc
 	return start_v5(context, handle, (ncclProfilerEventDescr_v5_t *)e);
 }
 
+/* v7 appends members to the task and API structs and adds kernel phase
+ * events; what the plugin reads keeps its place. */
+_Static_assert(offsetof(ncclProfilerEventDescr_v7_t, coll.parentGroup) == offsetof(ncclProfilerEventDescr_v5_t, coll.parentGroup), "v7 layout");
+_Static_assert(offsetof(ncclProfilerEventDescr_v7_t, p2p.parentGroup) == offsetof(ncclProfilerEventDescr_v5_t, p2p.parentGroup), "v7 layout");
+_Static_assert(offsetof(ncclProfilerEventDescr_v7_t, proxyOp.pid) == offsetof(ncclProfilerEventDescr_v5_t, proxyOp.pid), "v7 layout");
+_Static_assert(offsetof(ncclProfilerEventDescr_v7_t, kernelCh.pTimer) == offsetof(ncclProfilerEventDescr_v5_t, kernelCh.pTimer), "v7 layout");
+
+static ncclResult_t start_v7(void *context, void **handle, ncclProfilerEventDescr_v7_t *e)
+{
+	if (e->type & (ncclProfileCeColl | ncclProfileCeSync | ncclProfileCeBatch | ncclProfileKernelPhase)) {
+		*handle = NULL; /* not requested */
+		return 0;
+	}
+	return start_v5(context, handle, (ncclProfilerEventDescr_v5_t *)e);
+}
+
 static ncclResult_t init_v5(void **context, uint64_t comm_id, int *mask, const char *name, int nnodes, int nranks,
 			    int rank, ncclDebugLogger_t logfn)
 {
@@ -655,10 +670,26 @@ static ncclResult_t init_v6(void **context, uint64_t comm_id, int *mask, const c
 	return init_common(context, comm_id, mask, nranks, rank, 6);
 }
 
+static ncclResult_t init_v7(void **context, uint64_t comm_id, int *mask, const char *name, int nnodes, int nranks,
+			    int rank, ncclDebugLogger_t logfn)
+{
+	(void)name, (void)nnodes, (void)logfn;
+	return init_common(context, comm_id, mask, nranks, rank, 7);
+}
+
 static ncclResult_t record_v5(void *handle, ncclProfilerEventState_v5_t state, ncclProfilerEventStateArgs_v5_t *args)
 {
 	return record_common(handle, state, args);
 }
+
+__attribute__((visibility("default"))) ncclProfiler_v7_t ncclProfiler_v7 = {
+	.name = "loupe",
+	.init = init_v7,
+	.startEvent = start_v7,
+	.stopEvent = stop_event,
+	.recordEventState = record_v5,
+	.finalize = finalize,
+};
 
 __attribute__((visibility("default"))) ncclProfiler_v6_t ncclProfiler_v6 = {
 	.name = "loupe",

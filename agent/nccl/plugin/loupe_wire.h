@@ -27,7 +27,7 @@ struct loupe_wire_header {
 	uint32_t pid;         /* getpid(), in the sender's pid namespace */
 	uint32_t count;       /* records that follow */
 	uint64_t lost;        /* records dropped since the plugin was loaded */
-	uint32_t api;         /* the profiler API version NCCL took: 6, 5 or 4 */
+	uint32_t api;         /* the profiler API version NCCL took: 7, 6, 5 or 4 */
 	uint32_t _pad;
 };
 

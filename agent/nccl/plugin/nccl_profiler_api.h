@@ -1,7 +1,8 @@
 /* The parts of NCCL's profiler plugin interface (NCCL >= 2.23,
  * NCCL_PROFILER_PLUGIN) that Loupe's plugin implements and the test's
- * stand-in NCCL drives: versions 6 (NCCL 2.29), 5 (2.28) and 4 (2.26).
- * Written from NVIDIA/nccl's src/include/plugin/profiler/profiler_v{4,5,6}.h
+ * stand-in NCCL drives: versions 7 (NCCL's newest), 6 (NCCL 2.29), 5 (2.28)
+ * and 4 (2.26).
+ * Written from NVIDIA/nccl's src/include/plugin/profiler/profiler_v{4,5,6,7}.h
  * and nccl_profiler.h: every struct has the same members, types and order
  * as there, so the layouts are NCCL's; enum values are NCCL's. */
 #ifndef LOUPE_NCCL_PROFILER_API_H
@@ -46,9 +47,10 @@ enum {
 	ncclProfileCeColl = (1 << 12),      /* v6 */
 	ncclProfileCeSync = (1 << 13),      /* v6 */
 	ncclProfileCeBatch = (1 << 14),     /* v6 */
+	ncclProfileKernelPhase = (1 << 15), /* v7 */
 };
 
-/* Event states (recordEventState), the same for v4 to v6. */
+/* Event states (recordEventState), the same for v4 to v7. */
 typedef enum {
 	ncclProfilerProxyOpSendPosted = 0,
 	ncclProfilerProxyOpSendRemFifoWait = 1,
@@ -81,11 +83,13 @@ typedef enum {
 	ncclProfilerCeSyncComplete = 28,
 	ncclProfilerCeBatchStart = 29,
 	ncclProfilerCeBatchComplete = 30,
+	ncclProfilerKernelPhaseStop = 31, /* v7 */
 } ncclProfilerEventState_t;
 
 typedef ncclProfilerEventState_t ncclProfilerEventState_v4_t;
 typedef ncclProfilerEventState_t ncclProfilerEventState_v5_t;
 typedef ncclProfilerEventState_t ncclProfilerEventState_v6_t;
+typedef ncclProfilerEventState_t ncclProfilerEventState_v7_t;
 
 /* ---- v4 ---- */
 
@@ -298,5 +302,132 @@ typedef struct {
 					 ncclProfilerEventStateArgs_v6_t *eStateArgs);
 	ncclResult_t (*finalize)(void *context);
 } ncclProfiler_v6_t;
+
+/* ---- v7: a user tag at the end of the API, task and copy-engine
+ * descriptors, the kernel variant before it in coll, and kernel phase
+ * sub-events; the other members keep v6's places. ---- */
+
+typedef struct {
+	uint64_t type;
+	void *parentObj;
+	int rank;
+	union {
+		struct {
+			bool graphCaptured;
+			int groupDepth;
+		} groupApi;
+		struct {
+			const char *func;
+			size_t count;
+			const char *datatype;
+			int root;
+			void *stream;
+			bool graphCaptured;
+			uint64_t userTag;
+		} collApi;
+		struct {
+			const char *func;
+			size_t count;
+			const char *datatype;
+			void *stream;
+			bool graphCaptured;
+			uint64_t userTag;
+		} p2pApi;
+		struct {
+			void *stream;
+		} kernelLaunch;
+		struct {
+			uint64_t seqNumber;
+			const char *func;
+			void const *sendBuff;
+			void *recvBuff;
+			size_t count;
+			int root;
+			const char *datatype;
+			uint8_t nChannels;
+			uint8_t nWarps;
+			const char *algo;
+			const char *proto;
+			void *parentGroup;
+			const char *kernelVariant;
+			bool isSymColl;
+			uint64_t userTag;
+		} coll;
+		struct {
+			const char *func;
+			void *buff;
+			const char *datatype;
+			size_t count;
+			int peer;
+			uint8_t nChannels;
+			void *parentGroup;
+			uint64_t userTag;
+		} p2p;
+		struct {
+			ncclPid_t pid;
+			uint8_t channelId;
+			int peer;
+			int nSteps;
+			int chunkSize;
+			int isSend;
+		} proxyOp;
+		struct {
+			int step;
+		} proxyStep;
+		struct {
+			uint8_t channelId;
+			uint64_t pTimer;
+		} kernelCh;
+		struct {
+			int64_t id;
+			void *data;
+		} netPlugin;
+		struct {
+			uint64_t seqNumber;
+			const char *func;
+			void const *sendBuff;
+			void *recvBuff;
+			size_t count;
+			int root;
+			const char *datatype;
+			const char *syncStrategy;
+			bool intraBatchSync;
+			uint32_t batchSize;
+			uint32_t numBatches;
+			uint32_t ceSeqNum;
+			void *stream;
+			uint64_t userTag;
+		} ceColl;
+		struct {
+			bool isComplete;
+			int nRanks;
+		} ceCollSync;
+		struct {
+			int numOps;
+			size_t totalBytes;
+			bool useIntraSync;
+		} ceCollBatch;
+		struct {
+			uint8_t channelId;
+			uint8_t phaseId;
+			const char *phaseName;
+			uint64_t pTimer;
+		} kernelPhase;
+	};
+} ncclProfilerEventDescr_v7_t;
+
+/* Same members as v4's; kernelCh also carries a kernel phase's stop time. */
+typedef ncclProfilerEventStateArgs_v4_t ncclProfilerEventStateArgs_v7_t;
+
+typedef struct {
+	const char *name;
+	ncclResult_t (*init)(void **context, uint64_t commId, int *eActivationMask, const char *commName, int nNodes,
+			     int nranks, int rank, ncclDebugLogger_t logfn);
+	ncclResult_t (*startEvent)(void *context, void **eHandle, ncclProfilerEventDescr_v7_t *eDescr);
+	ncclResult_t (*stopEvent)(void *eHandle);
+	ncclResult_t (*recordEventState)(void *eHandle, ncclProfilerEventState_v7_t eState,
+					 ncclProfilerEventStateArgs_v7_t *eStateArgs);
+	ncclResult_t (*finalize)(void *context);
+} ncclProfiler_v7_t;
 
 #endif

@@ -8,7 +8,7 @@
  *
  * Like NCCL >= 2.23 it loads a profiler plugin named by NCCL_PROFILER_PLUGIN
  * ("none", a name for libnccl-profiler-<name>.so, or a path), takes the
- * newest of ncclProfiler_v6, _v5 and _v4 it finds (NCCL_STANDIN_PROFILER_
+ * newest of ncclProfiler_v7, _v6, _v5 and _v4 it finds (NCCL_STANDIN_PROFILER_
  * VERSIONS, e.g. "4", plays an older NCCL that knows fewer), and calls its
  * entry points as NCCL does: init per communicator with its commHash; per
  * call the group and API events (v5+), then at launch the task event with
@@ -142,6 +142,7 @@ static void sleep_until(int64_t t)
 
 static pthread_once_t prof_once = PTHREAD_ONCE_INIT;
 static int prof_version; /* 0: none */
+static ncclProfiler_v7_t *prof7;
 static ncclProfiler_v6_t *prof6;
 static ncclProfiler_v5_t *prof5;
 static ncclProfiler_v4_t *prof4;
@@ -172,8 +173,10 @@ static void prof_load(void)
 		return;
 	}
 	if (versions == NULL)
-		versions = "6,5,4";
-	if (strchr(versions, '6') && (prof6 = dlsym(lib, "ncclProfiler_v6")) != NULL)
+		versions = "7,6,5,4";
+	if (strchr(versions, '7') && (prof7 = dlsym(lib, "ncclProfiler_v7")) != NULL)
+		prof_version = 7;
+	else if (strchr(versions, '6') && (prof6 = dlsym(lib, "ncclProfiler_v6")) != NULL)
 		prof_version = 6;
 	else if (strchr(versions, '5') && (prof5 = dlsym(lib, "ncclProfiler_v5")) != NULL)
 		prof_version = 5;
@@ -186,6 +189,9 @@ static void prof_init(struct ncclComm *c)
 {
 	int mask = 0, err = 0;
 	switch (prof_version) {
+	case 7:
+		err = prof7->init(&c->prof, c->hash, &mask, "", 1, c->nranks, c->rank, prof_log);
+		break;
 	case 6:
 		err = prof6->init(&c->prof, c->hash, &mask, "", 1, c->nranks, c->rank, prof_log);
 		break;
@@ -203,15 +209,18 @@ static void prof_init(struct ncclComm *c)
 }
 
 /* prof_start starts an event described in the newest layout; an older
- * plugin gets it translated as NCCL's adapters do (v4: no API events, the
- * group as the task's parent, a one-byte type). */
-static void *prof_start(struct ncclComm *c, ncclProfilerEventDescr_v6_t *d)
+ * plugin gets it translated as NCCL's adapters do (v5 and v6: the same
+ * members in the same places, less v7's additions at the ends; v4: no API
+ * events, the group as the task's parent, a one-byte type). */
+static void *prof_start(struct ncclComm *c, ncclProfilerEventDescr_v7_t *d)
 {
 	void *h = NULL;
 	if (c == NULL || c->prof == NULL || !(prof_mask & d->type))
 		return NULL;
-	if (prof_version == 6) {
-		prof6->startEvent(c->prof, &h, d);
+	if (prof_version == 7) {
+		prof7->startEvent(c->prof, &h, d);
+	} else if (prof_version == 6) {
+		prof6->startEvent(c->prof, &h, (ncclProfilerEventDescr_v6_t *)d);
 	} else if (prof_version == 5) {
 		prof5->startEvent(c->prof, &h, (ncclProfilerEventDescr_v5_t *)d);
 	} else if (prof_version == 4) {
@@ -269,7 +278,9 @@ static void prof_stop(void *h)
 {
 	if (h == NULL)
 		return;
-	if (prof_version == 6)
+	if (prof_version == 7)
+		prof7->stopEvent(h);
+	else if (prof_version == 6)
 		prof6->stopEvent(h);
 	else if (prof_version == 5)
 		prof5->stopEvent(h);
@@ -281,7 +292,9 @@ static void prof_record(void *h, ncclProfilerEventState_t s, ncclProfilerEventSt
 {
 	if (h == NULL)
 		return;
-	if (prof_version == 6)
+	if (prof_version == 7)
+		prof7->recordEventState(h, s, a);
+	else if (prof_version == 6)
 		prof6->recordEventState(h, s, a);
 	else if (prof_version == 5)
 		prof5->recordEventState(h, s, a);
@@ -325,20 +338,20 @@ static void run_kernel(struct ncclComm *c, struct work *w)
 	}
 	int64_t start = now_ns();
 	for (int i = 0; i < CHANNELS; i++) {
-		ncclProfilerEventDescr_v6_t d = { .type = ncclProfileKernelCh, .parentObj = w->task, .rank = c->rank };
+		ncclProfilerEventDescr_v7_t d = { .type = ncclProfileKernelCh, .parentObj = w->task, .rank = c->rank };
 		d.kernelCh.channelId = (uint8_t)i;
 		d.kernelCh.pTimer = (uint64_t)(start + GPU_SKEW_NS);
 		ch[i] = prof_start(c, &d);
 	}
 	{
-		ncclProfilerEventDescr_v6_t d = { .type = ncclProfileProxyOp, .parentObj = w->task, .rank = c->rank };
+		ncclProfilerEventDescr_v7_t d = { .type = ncclProfileProxyOp, .parentObj = w->task, .rank = c->rank };
 		d.proxyOp.pid = getpid();
 		d.proxyOp.peer = (c->rank + 1) % c->nranks;
 		d.proxyOp.nSteps = 1;
 		d.proxyOp.chunkSize = 1 << 19;
 		d.proxyOp.isSend = 1;
 		op = prof_start(c, &d);
-		ncclProfilerEventDescr_v6_t s = { .type = ncclProfileProxyStep, .parentObj = op, .rank = c->rank };
+		ncclProfilerEventDescr_v7_t s = { .type = ncclProfileProxyStep, .parentObj = op, .rank = c->rank };
 		step = prof_start(c, &s);
 	}
 	/* The proxy waits for the GPU to produce the data, then for the peers:
@@ -568,7 +581,9 @@ static void destroy(ncclComm_t comm)
 		free(comm->stream);
 	}
 	if (comm->prof != NULL) {
-		if (prof_version == 6)
+		if (prof_version == 7)
+			prof7->finalize(comm->prof);
+		else if (prof_version == 6)
 			prof6->finalize(comm->prof);
 		else if (prof_version == 5)
 			prof5->finalize(comm->prof);
@@ -598,7 +613,7 @@ static __thread int group_len;
 
 static void *start_group_api(struct ncclComm *c, int depth)
 {
-	ncclProfilerEventDescr_v6_t d = { .type = ncclProfileGroupApi, .rank = c ? c->rank : -1 };
+	ncclProfilerEventDescr_v7_t d = { .type = ncclProfileGroupApi, .rank = c ? c->rank : -1 };
 	d.groupApi.groupDepth = depth;
 	return prof_start(c, &d);
 }
@@ -611,14 +626,14 @@ static void launch(struct task *ts, int n)
 	if (n == 0)
 		return;
 	struct ncclComm *c0 = ts[0].comm;
-	ncclProfilerEventDescr_v6_t g = { .type = ncclProfileGroup, .rank = c0->rank };
+	ncclProfilerEventDescr_v7_t g = { .type = ncclProfileGroup, .rank = c0->rank };
 	void *group = prof_start(c0, &g);
 	void *handles[256];
 	for (int i = 0; i < n; i++) {
 		struct task *t = &ts[i];
 		struct ncclComm *c = t->comm;
 		int coll = t->func != F_SEND && t->func != F_RECV;
-		ncclProfilerEventDescr_v6_t d = { .type = coll ? ncclProfileColl : ncclProfileP2p, .parentObj = t->api,
+		ncclProfilerEventDescr_v7_t d = { .type = coll ? ncclProfileColl : ncclProfileP2p, .parentObj = t->api,
 						  .rank = c->rank };
 		if (coll) {
 			d.coll.seqNumber = c->seq[t->func]++;
@@ -641,7 +656,7 @@ static void launch(struct task *ts, int n)
 		}
 		handles[i] = prof_start(c, &d);
 	}
-	ncclProfilerEventDescr_v6_t kl = { .type = ncclProfileKernelLaunch, .rank = c0->rank };
+	ncclProfilerEventDescr_v7_t kl = { .type = ncclProfileKernelLaunch, .rank = c0->rank };
 	void *launch_ev = prof_start(c0, &kl);
 	int64_t at = now_ns();
 	for (int i = 0; i < n; i++) {
@@ -668,7 +683,7 @@ static ncclResult_t call(ncclComm_t c, int func, size_t count, ncclDataType_t da
 		group_api = start_group_api(c, group_depth + 1);
 		prof_record(group_api, ncclProfilerGroupStartApiStop, NULL);
 	}
-	ncclProfilerEventDescr_v6_t d = { .type = coll ? ncclProfileCollApi : ncclProfileP2pApi,
+	ncclProfilerEventDescr_v7_t d = { .type = coll ? ncclProfileCollApi : ncclProfileP2pApi,
 					  .parentObj = group_depth ? group_api : group, .rank = c->rank };
 	if (coll) {
 		d.collApi.func = func_names[func];

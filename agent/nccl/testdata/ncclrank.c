@@ -182,14 +182,36 @@ __attribute__((noinline)) void stuck_outside_nccl(int ms)
 	}
 }
 
+/* keep_going: ITERS iterations, or under NCCLRANK_UNTIL_STOP until DIR/stop
+ * exists. All ranks must stop after the same iteration, or those that go on
+ * wait for ever in a collective the others never call; so the first rank
+ * to see DIR/stop publishes the last iteration for all in DIR/stop-at (its
+ * own plus 2, more than the one iteration the per-iteration barrier lets
+ * ranks drift apart), written aside and linked into place, which only the
+ * first link does. */
 static int keep_going(int i, int iters)
 {
-	char p[4200];
+	static int last = -1;
+	char p[4200], mine[4300];
 	struct stat st;
+	FILE *f;
 	if (!env_int("NCCLRANK_UNTIL_STOP", 0))
 		return i < iters;
-	path(p, "stop");
-	return stat(p, &st) != 0;
+	if (last < 0) {
+		path(p, "stop");
+		if (stat(p, &st) != 0)
+			return 1;
+		path(p, "stop-at");
+		snprintf(mine, sizeof(mine), "%s.%d", p, rank);
+		if ((f = fopen(mine, "w")) == NULL || fprintf(f, "%d\n", i + 2) < 0 || fclose(f) != 0)
+			die(mine);
+		if (link(mine, p) != 0 && errno != EEXIST)
+			die(p);
+		if ((f = fopen(p, "r")) == NULL || fscanf(f, "%d", &last) != 1)
+			die(p);
+		fclose(f);
+	}
+	return i < last;
 }
 
 static void maybe_stall(int i)
