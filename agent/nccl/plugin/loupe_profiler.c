@@ -656,58 +656,32 @@ static ncclResult_t start_v7(void *context, void **handle, ncclProfilerEventDesc
 	return start_v5(context, handle, (ncclProfilerEventDescr_v5_t *)e);
 }
 
-static ncclResult_t init_v5(void **context, uint64_t comm_id, int *mask, const char *name, int nnodes, int nranks,
-			    int rank, ncclDebugLogger_t logfn)
-{
-	(void)name, (void)nnodes, (void)logfn;
-	return init_common(context, comm_id, mask, nranks, rank, 5);
-}
-
-static ncclResult_t init_v6(void **context, uint64_t comm_id, int *mask, const char *name, int nnodes, int nranks,
-			    int rank, ncclDebugLogger_t logfn)
-{
-	(void)name, (void)nnodes, (void)logfn;
-	return init_common(context, comm_id, mask, nranks, rank, 6);
-}
-
-static ncclResult_t init_v7(void **context, uint64_t comm_id, int *mask, const char *name, int nnodes, int nranks,
-			    int rank, ncclDebugLogger_t logfn)
-{
-	(void)name, (void)nnodes, (void)logfn;
-	return init_common(context, comm_id, mask, nranks, rank, 7);
-}
-
 static ncclResult_t record_v5(void *handle, ncclProfilerEventState_v5_t state, ncclProfilerEventStateArgs_v5_t *args)
 {
 	return record_common(handle, state, args);
 }
 
-__attribute__((visibility("default"))) ncclProfiler_v7_t ncclProfiler_v7 = {
-	.name = "loupe",
-	.init = init_v7,
-	.startEvent = start_v7,
-	.stopEvent = stop_event,
-	.recordEventState = record_v5,
-	.finalize = finalize,
-};
+/* EXPORT_PROFILER defines init_vN and the exported ncclProfiler_vN for the
+ * versions whose entry points differ only by their descriptor's type. */
+#define EXPORT_PROFILER(N)                                                                                  \
+	static ncclResult_t init_v##N(void **context, uint64_t comm_id, int *mask, const char *name,        \
+				      int nnodes, int nranks, int rank, ncclDebugLogger_t logfn)            \
+	{                                                                                                   \
+		(void)name, (void)nnodes, (void)logfn;                                                      \
+		return init_common(context, comm_id, mask, nranks, rank, N);                                \
+	}                                                                                                   \
+	__attribute__((visibility("default"))) ncclProfiler_v##N##_t ncclProfiler_v##N = {                \
+		.name = "loupe",                                                                            \
+		.init = init_v##N,                                                                          \
+		.startEvent = start_v##N,                                                                   \
+		.stopEvent = stop_event,                                                                    \
+		.recordEventState = record_v5,                                                              \
+		.finalize = finalize,                                                                       \
+	};
 
-__attribute__((visibility("default"))) ncclProfiler_v6_t ncclProfiler_v6 = {
-	.name = "loupe",
-	.init = init_v6,
-	.startEvent = start_v6,
-	.stopEvent = stop_event,
-	.recordEventState = record_v5,
-	.finalize = finalize,
-};
-
-__attribute__((visibility("default"))) ncclProfiler_v5_t ncclProfiler_v5 = {
-	.name = "loupe",
-	.init = init_v5,
-	.startEvent = start_v5,
-	.stopEvent = stop_event,
-	.recordEventState = record_v5,
-	.finalize = finalize,
-};
+EXPORT_PROFILER(7) /* ncclProfiler_v7 */
+EXPORT_PROFILER(6) /* ncclProfiler_v6 */
+EXPORT_PROFILER(5) /* ncclProfiler_v5 */
 
 /* ---- v4: no API events, the commHash after the name, a one-byte type ---- */
 

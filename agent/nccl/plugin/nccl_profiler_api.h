@@ -91,6 +91,29 @@ typedef ncclProfilerEventState_t ncclProfilerEventState_v5_t;
 typedef ncclProfilerEventState_t ncclProfilerEventState_v6_t;
 typedef ncclProfilerEventState_t ncclProfilerEventState_v7_t;
 
+/* The descriptor members that no version since v4 changed: the proxy's,
+ * the kernel channel's and the network plugin's. */
+#define LOUPE_PROFILER_DESCR_PROXY_MEMBERS \
+	struct {                           \
+		ncclPid_t pid;             \
+		uint8_t channelId;         \
+		int peer;                  \
+		int nSteps;                \
+		int chunkSize;             \
+		int isSend;                \
+	} proxyOp;                         \
+	struct {                           \
+		int step;                  \
+	} proxyStep;                       \
+	struct {                           \
+		uint8_t channelId;         \
+		uint64_t pTimer;           \
+	} kernelCh;                        \
+	struct {                           \
+		int64_t id;                \
+		void *data;                \
+	} netPlugin;
+
 /* ---- v4 ---- */
 
 typedef struct {
@@ -119,25 +142,7 @@ typedef struct {
 			int peer;
 			uint8_t nChannels;
 		} p2p;
-		struct {
-			ncclPid_t pid;
-			uint8_t channelId;
-			int peer;
-			int nSteps;
-			int chunkSize;
-			int isSend;
-		} proxyOp;
-		struct {
-			int step;
-		} proxyStep;
-		struct {
-			uint8_t channelId;
-			uint64_t pTimer;
-		} kernelCh;
-		struct {
-			int64_t id;
-			void *data;
-		} netPlugin;
+		LOUPE_PROFILER_DESCR_PROXY_MEMBERS
 	};
 } ncclProfilerEventDescr_v4_t;
 
@@ -167,81 +172,96 @@ typedef struct {
 	ncclResult_t (*finalize)(void *context);
 } ncclProfiler_v4_t;
 
-/* ---- v5 and v6: one descriptor layout up to netPlugin; v6 adds the
- * copy-engine members at the end of the union. ---- */
+/* ---- v5 to v7: one descriptor layout; v6 adds the copy-engine members
+ * at the end of the union, v7 a user tag at the end of the API, task and
+ * copy-engine members (and the kernel variant before it in coll) and
+ * kernel phase events. The *_tail arguments are v7's additions. ---- */
 
-#define LOUPE_PROFILER_DESCR_V5_MEMBERS                                                                         \
-	struct {                                                                                                \
-		bool graphCaptured;                                                                             \
-		int groupDepth;                                                                                 \
-	} groupApi;                                                                                             \
-	struct {                                                                                                \
-		const char *func;                                                                               \
-		size_t count;                                                                                   \
-		const char *datatype;                                                                           \
-		int root;                                                                                       \
-		void *stream;                                                                                   \
-		bool graphCaptured;                                                                             \
-	} collApi;                                                                                              \
-	struct {                                                                                                \
-		const char *func;                                                                               \
-		size_t count;                                                                                   \
-		const char *datatype;                                                                           \
-		void *stream;                                                                                   \
-		bool graphCaptured;                                                                             \
-	} p2pApi;                                                                                               \
-	struct {                                                                                                \
-		void *stream;                                                                                   \
-	} kernelLaunch;                                                                                         \
-	struct {                                                                                                \
-		uint64_t seqNumber;                                                                             \
-		const char *func;                                                                               \
-		void const *sendBuff;                                                                           \
-		void *recvBuff;                                                                                 \
-		size_t count;                                                                                   \
-		int root;                                                                                       \
-		const char *datatype;                                                                           \
-		uint8_t nChannels;                                                                              \
-		uint8_t nWarps;                                                                                 \
-		const char *algo;                                                                               \
-		const char *proto;                                                                              \
-		void *parentGroup;                                                                              \
-	} coll;                                                                                                 \
-	struct {                                                                                                \
-		const char *func;                                                                               \
-		void *buff;                                                                                     \
-		const char *datatype;                                                                           \
-		size_t count;                                                                                   \
-		int peer;                                                                                       \
-		uint8_t nChannels;                                                                              \
-		void *parentGroup;                                                                              \
-	} p2p;                                                                                                  \
-	struct {                                                                                                \
-		ncclPid_t pid;                                                                                  \
-		uint8_t channelId;                                                                              \
-		int peer;                                                                                       \
-		int nSteps;                                                                                     \
-		int chunkSize;                                                                                  \
-		int isSend;                                                                                     \
-	} proxyOp;                                                                                              \
-	struct {                                                                                                \
-		int step;                                                                                       \
-	} proxyStep;                                                                                            \
-	struct {                                                                                                \
-		uint8_t channelId;                                                                              \
-		uint64_t pTimer;                                                                                \
-	} kernelCh;                                                                                             \
-	struct {                                                                                                \
-		int64_t id;                                                                                     \
-		void *data;                                                                                     \
-	} netPlugin;
+#define LOUPE_PROFILER_DESCR_MEMBERS(api_tail, coll_tail, p2p_tail) \
+	struct {                                                    \
+		bool graphCaptured;                                 \
+		int groupDepth;                                     \
+	} groupApi;                                                 \
+	struct {                                                    \
+		const char *func;                                   \
+		size_t count;                                       \
+		const char *datatype;                               \
+		int root;                                           \
+		void *stream;                                       \
+		bool graphCaptured;                                 \
+		api_tail                                            \
+	} collApi;                                                  \
+	struct {                                                    \
+		const char *func;                                   \
+		size_t count;                                       \
+		const char *datatype;                               \
+		void *stream;                                       \
+		bool graphCaptured;                                 \
+		api_tail                                            \
+	} p2pApi;                                                   \
+	struct {                                                    \
+		void *stream;                                       \
+	} kernelLaunch;                                             \
+	struct {                                                    \
+		uint64_t seqNumber;                                 \
+		const char *func;                                   \
+		void const *sendBuff;                               \
+		void *recvBuff;                                     \
+		size_t count;                                       \
+		int root;                                           \
+		const char *datatype;                               \
+		uint8_t nChannels;                                  \
+		uint8_t nWarps;                                     \
+		const char *algo;                                   \
+		const char *proto;                                  \
+		void *parentGroup;                                  \
+		coll_tail                                           \
+	} coll;                                                     \
+	struct {                                                    \
+		const char *func;                                   \
+		void *buff;                                         \
+		const char *datatype;                               \
+		size_t count;                                       \
+		int peer;                                           \
+		uint8_t nChannels;                                  \
+		void *parentGroup;                                  \
+		p2p_tail                                            \
+	} p2p;                                                      \
+	LOUPE_PROFILER_DESCR_PROXY_MEMBERS
+
+#define LOUPE_PROFILER_DESCR_CE_MEMBERS(ce_tail) \
+	struct {                                 \
+		uint64_t seqNumber;              \
+		const char *func;                \
+		void const *sendBuff;            \
+		void *recvBuff;                  \
+		size_t count;                    \
+		int root;                        \
+		const char *datatype;            \
+		const char *syncStrategy;        \
+		bool intraBatchSync;             \
+		uint32_t batchSize;              \
+		uint32_t numBatches;             \
+		uint32_t ceSeqNum;               \
+		void *stream;                    \
+		ce_tail                          \
+	} ceColl;                                \
+	struct {                                 \
+		bool isComplete;                 \
+		int nRanks;                      \
+	} ceCollSync;                            \
+	struct {                                 \
+		int numOps;                      \
+		size_t totalBytes;               \
+		bool useIntraSync;               \
+	} ceCollBatch;
 
 typedef struct {
 	uint64_t type;
 	void *parentObj;
 	int rank;
 	union {
-		LOUPE_PROFILER_DESCR_V5_MEMBERS
+		LOUPE_PROFILER_DESCR_MEMBERS(, , )
 	};
 } ncclProfilerEventDescr_v5_t;
 
@@ -250,166 +270,43 @@ typedef struct {
 	void *parentObj;
 	int rank;
 	union {
-		LOUPE_PROFILER_DESCR_V5_MEMBERS
-		struct {
-			uint64_t seqNumber;
-			const char *func;
-			void const *sendBuff;
-			void *recvBuff;
-			size_t count;
-			int root;
-			const char *datatype;
-			const char *syncStrategy;
-			bool intraBatchSync;
-			uint32_t batchSize;
-			uint32_t numBatches;
-			uint32_t ceSeqNum;
-			void *stream;
-		} ceColl;
-		struct {
-			bool isComplete;
-			int nRanks;
-		} ceCollSync;
-		struct {
-			int numOps;
-			size_t totalBytes;
-			bool useIntraSync;
-		} ceCollBatch;
+		LOUPE_PROFILER_DESCR_MEMBERS(, , )
+		LOUPE_PROFILER_DESCR_CE_MEMBERS()
 	};
 } ncclProfilerEventDescr_v6_t;
 
 typedef ncclProfilerEventStateArgs_v4_t ncclProfilerEventStateArgs_v5_t;
 typedef ncclProfilerEventStateArgs_v4_t ncclProfilerEventStateArgs_v6_t;
 
-typedef struct {
-	const char *name;
-	ncclResult_t (*init)(void **context, uint64_t commId, int *eActivationMask, const char *commName, int nNodes,
-			     int nranks, int rank, ncclDebugLogger_t logfn);
-	ncclResult_t (*startEvent)(void *context, void **eHandle, ncclProfilerEventDescr_v5_t *eDescr);
-	ncclResult_t (*stopEvent)(void *eHandle);
-	ncclResult_t (*recordEventState)(void *eHandle, ncclProfilerEventState_v5_t eState,
-					 ncclProfilerEventStateArgs_v5_t *eStateArgs);
-	ncclResult_t (*finalize)(void *context);
-} ncclProfiler_v5_t;
+/* The entry points of v5 and later, which differ only by their types. */
+#define LOUPE_PROFILER_T(v)                                                                                        \
+	typedef struct {                                                                                           \
+		const char *name;                                                                                  \
+		ncclResult_t (*init)(void **context, uint64_t commId, int *eActivationMask, const char *commName, \
+				     int nNodes, int nranks, int rank, ncclDebugLogger_t logfn);                   \
+		ncclResult_t (*startEvent)(void *context, void **eHandle, ncclProfilerEventDescr_##v##_t *eDescr); \
+		ncclResult_t (*stopEvent)(void *eHandle);                                                          \
+		ncclResult_t (*recordEventState)(void *eHandle, ncclProfilerEventState_##v##_t eState,             \
+						 ncclProfilerEventStateArgs_##v##_t *eStateArgs);                  \
+		ncclResult_t (*finalize)(void *context);                                                           \
+	} ncclProfiler_##v##_t;
 
-typedef struct {
-	const char *name;
-	ncclResult_t (*init)(void **context, uint64_t commId, int *eActivationMask, const char *commName, int nNodes,
-			     int nranks, int rank, ncclDebugLogger_t logfn);
-	ncclResult_t (*startEvent)(void *context, void **eHandle, ncclProfilerEventDescr_v6_t *eDescr);
-	ncclResult_t (*stopEvent)(void *eHandle);
-	ncclResult_t (*recordEventState)(void *eHandle, ncclProfilerEventState_v6_t eState,
-					 ncclProfilerEventStateArgs_v6_t *eStateArgs);
-	ncclResult_t (*finalize)(void *context);
-} ncclProfiler_v6_t;
+LOUPE_PROFILER_T(v5) /* ncclProfiler_v5_t */
+LOUPE_PROFILER_T(v6) /* ncclProfiler_v6_t */
 
-/* ---- v7: a user tag at the end of the API, task and copy-engine
- * descriptors, the kernel variant before it in coll, and kernel phase
- * sub-events; the other members keep v6's places. ---- */
+/* ---- v7 ---- */
 
 typedef struct {
 	uint64_t type;
 	void *parentObj;
 	int rank;
 	union {
-		struct {
-			bool graphCaptured;
-			int groupDepth;
-		} groupApi;
-		struct {
-			const char *func;
-			size_t count;
-			const char *datatype;
-			int root;
-			void *stream;
-			bool graphCaptured;
-			uint64_t userTag;
-		} collApi;
-		struct {
-			const char *func;
-			size_t count;
-			const char *datatype;
-			void *stream;
-			bool graphCaptured;
-			uint64_t userTag;
-		} p2pApi;
-		struct {
-			void *stream;
-		} kernelLaunch;
-		struct {
-			uint64_t seqNumber;
-			const char *func;
-			void const *sendBuff;
-			void *recvBuff;
-			size_t count;
-			int root;
-			const char *datatype;
-			uint8_t nChannels;
-			uint8_t nWarps;
-			const char *algo;
-			const char *proto;
-			void *parentGroup;
-			const char *kernelVariant;
-			bool isSymColl;
-			uint64_t userTag;
-		} coll;
-		struct {
-			const char *func;
-			void *buff;
-			const char *datatype;
-			size_t count;
-			int peer;
-			uint8_t nChannels;
-			void *parentGroup;
-			uint64_t userTag;
-		} p2p;
-		struct {
-			ncclPid_t pid;
-			uint8_t channelId;
-			int peer;
-			int nSteps;
-			int chunkSize;
-			int isSend;
-		} proxyOp;
-		struct {
-			int step;
-		} proxyStep;
+		LOUPE_PROFILER_DESCR_MEMBERS(uint64_t userTag;, const char *kernelVariant; bool isSymColl; uint64_t userTag;,
+					     uint64_t userTag;)
+		LOUPE_PROFILER_DESCR_CE_MEMBERS(uint64_t userTag;)
 		struct {
 			uint8_t channelId;
-			uint64_t pTimer;
-		} kernelCh;
-		struct {
-			int64_t id;
-			void *data;
-		} netPlugin;
-		struct {
-			uint64_t seqNumber;
-			const char *func;
-			void const *sendBuff;
-			void *recvBuff;
-			size_t count;
-			int root;
-			const char *datatype;
-			const char *syncStrategy;
-			bool intraBatchSync;
-			uint32_t batchSize;
-			uint32_t numBatches;
-			uint32_t ceSeqNum;
-			void *stream;
-			uint64_t userTag;
-		} ceColl;
-		struct {
-			bool isComplete;
-			int nRanks;
-		} ceCollSync;
-		struct {
-			int numOps;
-			size_t totalBytes;
-			bool useIntraSync;
-		} ceCollBatch;
-		struct {
-			uint8_t channelId;
-			uint8_t phaseId;
+			uint8_t phaseId; /* 0 initial sync, 1 compute, 2 final sync */
 			const char *phaseName;
 			uint64_t pTimer;
 		} kernelPhase;
@@ -419,15 +316,6 @@ typedef struct {
 /* Same members as v4's; kernelCh also carries a kernel phase's stop time. */
 typedef ncclProfilerEventStateArgs_v4_t ncclProfilerEventStateArgs_v7_t;
 
-typedef struct {
-	const char *name;
-	ncclResult_t (*init)(void **context, uint64_t commId, int *eActivationMask, const char *commName, int nNodes,
-			     int nranks, int rank, ncclDebugLogger_t logfn);
-	ncclResult_t (*startEvent)(void *context, void **eHandle, ncclProfilerEventDescr_v7_t *eDescr);
-	ncclResult_t (*stopEvent)(void *eHandle);
-	ncclResult_t (*recordEventState)(void *eHandle, ncclProfilerEventState_v7_t eState,
-					 ncclProfilerEventStateArgs_v7_t *eStateArgs);
-	ncclResult_t (*finalize)(void *context);
-} ncclProfiler_v7_t;
+LOUPE_PROFILER_T(v7) /* ncclProfiler_v7_t */
 
 #endif
