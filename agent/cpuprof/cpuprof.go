@@ -49,6 +49,12 @@ type Config struct {
 	// Objects that do not fit are unwound by frame pointers, counted in
 	// loupe_cpuprof_unwind_tables_full_total.
 	UnwindRows uint32 `yaml:"unwind_rows"`
+	// UnwindMappings is the room for the executable mappings of the
+	// processes described to the unwinder (32 bytes each): default 65536
+	// (a PyTorch process maps a few hundred). A process that does not fit
+	// is unwound by frame pointers, counted in
+	// loupe_cpuprof_unwind_processes_full_total.
+	UnwindMappings uint32 `yaml:"unwind_mappings"`
 	// Continuous is always-on profiling between (and during) windows.
 	Continuous ContinuousConfig `yaml:"continuous"`
 	// Labeler, when set, adds labels such as container, pod, job and rank
@@ -75,7 +81,7 @@ type ContinuousConfig struct {
 // DefaultConfig returns the defaults: windows and continuous profiling at
 // 19 Hz, one continuous profile a minute, drained every second.
 func DefaultConfig() Config {
-	return Config{Hz: 19, DrainInterval: time.Second, UnwindRows: 1 << 21,
+	return Config{Hz: 19, DrainInterval: time.Second, UnwindRows: 1 << 21, UnwindMappings: 1 << 16,
 		Continuous: ContinuousConfig{Enabled: true, Hz: 19, Interval: time.Minute}}
 }
 
@@ -99,6 +105,9 @@ func (c *Config) validate() error {
 	if c.UnwindRows == 0 {
 		c.UnwindRows = d.UnwindRows
 	}
+	if c.UnwindMappings == 0 {
+		c.UnwindMappings = d.UnwindMappings
+	}
 	if c.Continuous.Hz == 0 {
 		c.Continuous.Hz = d.Continuous.Hz
 	}
@@ -113,6 +122,9 @@ func (c *Config) validate() error {
 	}
 	if c.UnwindRows < 1<<12 || c.UnwindRows > 1<<26 {
 		return fmt.Errorf("cpuprof: unwind_rows %d out of range: use 4096 to 67108864 (2097152 is the default)", c.UnwindRows)
+	}
+	if c.UnwindMappings < 8 || c.UnwindMappings > 1<<22 {
+		return fmt.Errorf("cpuprof: unwind_mappings %d out of range: use 8 to 4194304 (65536 is the default)", c.UnwindMappings)
 	}
 	return nil
 }
@@ -185,7 +197,8 @@ func New(cfg Config, logger *slog.Logger, set *metrics.Set) (*Profiler, error) {
 		p.cont.quiet = true
 	}
 	hz := max(cfg.Hz, p.rate)
-	p.sampler, err = cpu.Load(cpu.Options{StackEntries: stackEntries(hz, len(cpus), cfg.DrainInterval), UnwindRows: cfg.UnwindRows})
+	p.sampler, err = cpu.Load(cpu.Options{StackEntries: stackEntries(hz, len(cpus), cfg.DrainInterval), UnwindRows: cfg.UnwindRows,
+		UnwindMappings: cfg.UnwindMappings})
 	if err != nil {
 		return nil, fmt.Errorf("cpuprof: CPU profiles are off: %w", err)
 	}

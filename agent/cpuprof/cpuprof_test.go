@@ -511,10 +511,6 @@ func TestUnwindWithoutFramePointers(t *testing.T) {
 	requireRoot(t)
 	cmd, _ := start(t, testProgram(t, "cdeep-nofp"))
 	pid := cmd.Process.Pid
-	deep := func(names []string) bool {
-		i := slices.Index(names, "deep_inner")
-		return i >= 0 && i+3 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer" && names[i+3] == "main"
-	}
 	prof := capture(t, Config{Hz: 99}, []int{pid})
 	requireShare(t, prof, pid, 0.8, "deep_inner < deep_middle < deep_outer < main", deep)
 	for _, c := range prof.Comments {
@@ -526,6 +522,47 @@ func TestUnwindWithoutFramePointers(t *testing.T) {
 	fp := capture(t, Config{Hz: 99, FramePointersOnly: true}, []int{pid})
 	if total, matched := pidSamples(fp, pid, deep); matched*2 > total {
 		t.Errorf("frame pointers alone found the whole stack in %d of %d samples: the test program keeps frame pointers\n%s", matched, total, top(fp))
+	}
+}
+
+// deep matches cdeep's whole stack, deep_inner up to main.
+func deep(names []string) bool {
+	i := slices.Index(names, "deep_inner")
+	return i >= 0 && i+3 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer" && names[i+3] == "main"
+}
+
+// TestMappingsFull leaves room for 16 executable mappings: a Python process
+// that imported numpy (about 30) does not fit, is counted and logged, and
+// is still sampled, by frame pointers; the C program beside it (about 5)
+// fits and is unwound whole.
+func TestMappingsFull(t *testing.T) {
+	requireRoot(t)
+	const python = "/usr/bin/python3"
+	c, _ := start(t, testProgram(t, "cdeep-nofp"))
+	py, _ := start(t, python, "-c", "import numpy\nwhile True: numpy.sort(numpy.random.rand(1000))")
+	cpid, ppid := c.Process.Pid, py.Process.Pid
+	set := metrics.NewSet()
+	p, stop := runProfiler(t, Config{Hz: 99, UnwindMappings: 16}, set)
+	defer stop()
+	w := p.StartWindow([]int{cpid, ppid})
+	full := set.GetOrCreateCounter("loupe_cpuprof_unwind_processes_full_total")
+	for deadline := time.Now().Add(30 * time.Second); full.Get() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s with numpy was never counted as not fitting (is python3-numpy installed?)", python)
+		}
+	}
+	waitDescribed(t, p, cpid)
+	waitCPU(t, cpid, ppid)
+	prof, err := w.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireShare(t, prof, cpid, 0.8, "deep_inner < deep_middle < deep_outer < main", deep)
+	if total, _ := pidSamples(prof, ppid, func([]string) bool { return true }); total < minSamples || p.tracker.isDescribed(uint32(ppid)) {
+		t.Errorf("the process that did not fit: %d samples (want >= %d), described %v", total, minSamples, p.tracker.isDescribed(uint32(ppid)))
+	}
+	if u := p.sampler.Usage(); u.MappingsCap != 16 || u.Mappings > 16 || u.Mappings == 0 {
+		t.Errorf("mappings in use %d of %d, want the C program's within 16", u.Mappings, u.MappingsCap)
 	}
 }
 

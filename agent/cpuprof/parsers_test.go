@@ -162,10 +162,13 @@ func TestConfig(t *testing.T) {
 		{cfg: Config{Hz: 1000}, err: true},
 		{cfg: Config{Hz: -1}, err: true},
 		{cfg: Config{DrainInterval: time.Millisecond}, err: true},
+		{cfg: Config{UnwindMappings: 4}, err: true},
+		{cfg: Config{UnwindMappings: 1 << 23}, err: true},
 	} {
 		got := tc.cfg
 		err := got.validate()
-		if (err != nil) != tc.err || (!tc.err && (got.Hz != tc.want.Hz || got.DrainInterval != tc.want.DrainInterval)) {
+		if (err != nil) != tc.err || (!tc.err && (got.Hz != tc.want.Hz || got.DrainInterval != tc.want.DrainInterval ||
+			got.UnwindMappings != DefaultConfig().UnwindMappings)) {
 			t.Errorf("validate(%+v) = %+v, %v", tc.cfg, got, err)
 		}
 	}

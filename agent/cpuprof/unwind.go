@@ -2,6 +2,7 @@ package cpuprof
 
 import (
 	"bytes"
+	"context"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -44,7 +45,8 @@ type tracker struct {
 	vdso    *unwindObject
 	gen     uint64 // describe count, for least-recently-used tables
 
-	described, tableFull, pyUnsupported *metrics.Counter
+	described, tableFull, procsFull, pyUnsupported *metrics.Counter
+	warnedFull                                     bool // under mu: a full mappings map was logged at warning level once
 }
 
 // unwindObject is one mapped file as the unwinder knows it.
@@ -89,10 +91,13 @@ func newTracker(s *cpu.Sampler, procRoot string, log *slog.Logger, set *metrics.
 		objects: map[fileKey]*unwindObject{}, byBuild: map[string]*unwindObject{}, procs: map[uint32]*trackedProc{},
 		described:     set.GetOrCreateCounter("loupe_cpuprof_unwind_processes_total"),
 		tableFull:     set.GetOrCreateCounter("loupe_cpuprof_unwind_tables_full_total"),
+		procsFull:     set.GetOrCreateCounter("loupe_cpuprof_unwind_processes_full_total"),
 		pyUnsupported: set.GetOrCreateCounter("loupe_cpuprof_python_unsupported_total"),
 	}
 	set.GetOrCreateGauge("loupe_cpuprof_unwind_rows", func() float64 { return float64(s.Usage().Rows) })
 	set.GetOrCreateGauge("loupe_cpuprof_unwind_rows_capacity", func() float64 { return float64(s.Usage().RowsCap) })
+	set.GetOrCreateGauge("loupe_cpuprof_unwind_mappings", func() float64 { return float64(s.Usage().Mappings) })
+	set.GetOrCreateGauge("loupe_cpuprof_unwind_mappings_capacity", func() float64 { return float64(s.Usage().MappingsCap) })
 	return t
 }
 
@@ -235,6 +240,17 @@ func (t *tracker) describe(pid uint32, miss bool) {
 	switch {
 	case errors.Is(err, cpu.ErrGone):
 		t.unref(objs)
+		return
+	case errors.Is(err, cpu.ErrFull):
+		t.unref(objs)
+		t.procsFull.Inc()
+		// Once at warning level: on a host that outgrew the map every new
+		// process would say it again.
+		level := slog.LevelDebug
+		if !t.warnedFull {
+			level, t.warnedFull = slog.LevelWarn, true
+		}
+		t.log.Log(context.Background(), level, "cpuprof: no room to describe a process to the unwinder; its stacks follow frame pointers (raise cpu.unwind_mappings; counted in loupe_cpuprof_unwind_processes_full_total)", "pid", pid, "err", err)
 		return
 	case err != nil:
 		t.unref(objs)

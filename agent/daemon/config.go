@@ -259,6 +259,7 @@ var flagDocs = map[string]string{
 	"cpu.drain_interval":      "how often the kernel's sample counts are read and symbolized",
 	"cpu.frame_pointers_only": "follow frame pointers only: no unwinding by .eh_frame tables or CPython frame walking in the kernel",
 	"cpu.unwind_rows":         "room for unwind table rows in the kernel, 8 bytes each; objects that do not fit follow frame pointers",
+	"cpu.unwind_mappings":     "room for the executable mappings of the processes described to the unwinder, 32 bytes each; processes that do not fit follow frame pointers",
 	"cpu.continuous.enabled":  "profile every process all the time and spool one continuous profile per interval",
 	"cpu.continuous.hz":       "CPU samples per second per CPU outside capture windows",
 	"cpu.continuous.interval": "time one continuous profile bundle covers (1s to 1h)",

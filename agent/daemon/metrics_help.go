@@ -71,13 +71,16 @@ var metricsHelp = promtext.Help{
 	"loupe_dcgm_profiling_paused":         "1 while DCGM profiling is paused (for Nsight) through the agent's API.",
 
 	// CPU profiles (eBPF).
-	"loupe_cpuprof_samples_total":            "CPU stack samples taken by the eBPF profiler.",
-	"loupe_cpuprof_lost_samples_total":       "CPU stack samples lost, by reason.",
-	"loupe_cpuprof_unwind_processes_total":   "Processes described to the BPF unwinder (maps, unwind tables, interpreter).",
-	"loupe_cpuprof_unwind_tables_full_total": "Objects left without unwind rows because the rows map was full; their frames follow frame pointers.",
-	"loupe_cpuprof_unwind_rows":              "Unwind rows in the kernel map.",
-	"loupe_cpuprof_unwind_rows_capacity":     "Capacity of the kernel map of unwind rows (cpu.unwind_rows).",
-	"loupe_cpuprof_python_unsupported_total": "CPython interpreters whose version has no known frame layout (native frames only).",
+	"loupe_cpuprof_samples_total":               "CPU stack samples taken by the eBPF profiler.",
+	"loupe_cpuprof_lost_samples_total":          "CPU stack samples lost, by reason.",
+	"loupe_cpuprof_unwind_processes_total":      "Processes described to the BPF unwinder (maps, unwind tables, interpreter).",
+	"loupe_cpuprof_unwind_tables_full_total":    "Objects left without unwind rows because the rows map was full; their frames follow frame pointers.",
+	"loupe_cpuprof_unwind_rows":                 "Unwind rows in the kernel map.",
+	"loupe_cpuprof_unwind_rows_capacity":        "Capacity of the kernel map of unwind rows (cpu.unwind_rows).",
+	"loupe_cpuprof_unwind_mappings":             "Executable mappings of described processes in the kernel map.",
+	"loupe_cpuprof_unwind_mappings_capacity":    "Capacity of the kernel map of process mappings (cpu.unwind_mappings).",
+	"loupe_cpuprof_unwind_processes_full_total": "Processes left undescribed because the mappings map was full; their stacks follow frame pointers.",
+	"loupe_cpuprof_python_unsupported_total":    "CPython interpreters whose version has no known frame layout (native frames only).",
 
 	// NCCL (eBPF uprobes).
 	"loupe_nccl_events_total":                    "NCCL calls seen, by operation.",

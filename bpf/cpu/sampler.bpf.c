@@ -286,10 +286,12 @@ static __always_inline void count_lost(__u32 reason)
 		*n += 1;
 }
 
-static __always_inline void send_event(__u32 kind, __u32 pid)
+// send_event returns bpf_ringbuf_output's result: negative when the ring is
+// full.
+static __always_inline long send_event(__u32 kind, __u32 pid)
 {
 	struct event ev = {.kind = kind, .pid = pid};
-	bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+	return bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
 }
 
 // stack_hash hashes the frames of st (a multiply-xorshift mix per frame);
@@ -683,8 +685,10 @@ static __always_inline long user_stack(struct bpf_perf_event_data *ctx, __u32 tg
 		struct proc *p = bpf_map_lookup_elem(&procs, &tgid);
 		if (!p) {
 			struct proc fresh = {.state = PROC_PENDING};
-			if (!bpf_map_update_elem(&procs, &tgid, &fresh, BPF_NOEXIST))
-				send_event(EVENT_NEW, tgid);
+			// With the ring full user space never hears of the process:
+			// undo, so that its next sample asks again.
+			if (!bpf_map_update_elem(&procs, &tgid, &fresh, BPF_NOEXIST) && send_event(EVENT_NEW, tgid) < 0)
+				bpf_map_delete_elem(&procs, &tgid);
 		} else if (p->state == PROC_NO_USER) {
 			return 0;
 		} else if (p->state == PROC_READY) {
