@@ -238,7 +238,7 @@ func (t *tracker) describe(pid uint32, miss bool) {
 	t.release(pid)
 	err = t.s.SetProcess(pid, proc)
 	switch {
-	case errors.Is(err, cpu.ErrGone):
+	case errors.Is(err, cpu.ErrGone), errors.Is(err, cpu.ErrClosed):
 		t.unref(objs)
 		return
 	case errors.Is(err, cpu.ErrFull):
@@ -446,6 +446,9 @@ func (t *tracker) ensureLoaded(o *unwindObject) bool {
 		if err == nil {
 			o.table, o.loaded, o.rows = tab, true, nil
 			return true
+		}
+		if errors.Is(err, cpu.ErrClosed) {
+			return false
 		}
 		if !errors.Is(err, cpu.ErrFull) || !t.evictOne() {
 			t.tableFull.Inc()

@@ -183,6 +183,10 @@ var ErrFull = errors.New("unwind map full")
 // ErrGone reports a process that exited before it was described.
 var ErrGone = errors.New("process gone")
 
+// ErrClosed reports a call after Close, as when the profiler stops while a
+// process is being described.
+var ErrClosed = errors.New("CPU sampler closed")
+
 // UnwindUsage is how full the unwinding maps are.
 type UnwindUsage struct {
 	Rows, RowsCap         uint32
@@ -271,10 +275,13 @@ func (s *Sampler) SetUnwind(on bool) error {
 
 // LoadTable copies an object's unwind rows (sorted by PC) into the
 // kernel. It fails with ErrFull when the rows map or the table ids are
-// used up.
+// used up, and with ErrClosed after Close.
 func (s *Sampler) LoadTable(rows []Row) (Table, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return Table{}, ErrClosed
+	}
 	u := s.unwind
 	if len(u.tableIDs) == 0 {
 		return Table{}, fmt.Errorf("%w: all %d tables in use", ErrFull, s.objs.Tables.MaxEntries())
@@ -313,10 +320,14 @@ func (s *Sampler) FreeTable(t Table) error {
 
 // SetProcess describes a process the program reported with EventNew or
 // EventMaps. It fails with ErrGone when the process has exited meanwhile,
-// and with ErrFull when the mappings map has no room.
+// with ErrFull when the mappings map has no room, and with ErrClosed after
+// Close.
 func (s *Sampler) SetProcess(pid uint32, p Process) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
 	u := s.unwind
 	if len(p.Mappings) > 1<<16 {
 		return fmt.Errorf("%w: process %d has %d executable mappings, at most %d", ErrFull, pid, len(p.Mappings), 1<<16)

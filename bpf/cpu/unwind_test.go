@@ -106,6 +106,14 @@ func TestUnwindMaps(t *testing.T) {
 	if u := s.Usage(); u.Mappings != 0 {
 		t.Errorf("%d mappings held after a failed describe", u.Mappings)
 	}
+	// A profiler stopping while it describes a process.
+	s.Close()
+	if _, err := s.LoadTable(rows); !errors.Is(err, ErrClosed) {
+		t.Errorf("LoadTable after Close: %v, want ErrClosed", err)
+	}
+	if err := s.SetProcess(uint32(os.Getpid()), Process{}); !errors.Is(err, ErrClosed) {
+		t.Errorf("SetProcess after Close: %v, want ErrClosed", err)
+	}
 }
 
 func TestPythonFrame(t *testing.T) {
