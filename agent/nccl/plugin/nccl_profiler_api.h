@@ -91,6 +91,17 @@ typedef ncclProfilerEventState_t ncclProfilerEventState_v5_t;
 typedef ncclProfilerEventState_t ncclProfilerEventState_v6_t;
 typedef ncclProfilerEventState_t ncclProfilerEventState_v7_t;
 
+/* A collective's call and NCCL's count of it, first in every version's
+ * task descriptor and in v6's copy-engine one. */
+#define LOUPE_PROFILER_COLL_ARGS \
+	uint64_t seqNumber;      \
+	const char *func;        \
+	void const *sendBuff;    \
+	void *recvBuff;          \
+	size_t count;            \
+	int root;                \
+	const char *datatype;
+
 /* The descriptor members that no version since v4 changed: the proxy's,
  * the kernel channel's and the network plugin's. */
 #define LOUPE_PROFILER_DESCR_PROXY_MEMBERS \
@@ -122,13 +133,7 @@ typedef struct {
 	int rank;
 	union {
 		struct {
-			uint64_t seqNumber;
-			const char *func;
-			void const *sendBuff;
-			void *recvBuff;
-			size_t count;
-			int root;
-			const char *datatype;
+			LOUPE_PROFILER_COLL_ARGS
 			uint8_t nChannels;
 			uint8_t nWarps;
 			const char *algo;
@@ -203,13 +208,7 @@ typedef struct {
 		void *stream;                                       \
 	} kernelLaunch;                                             \
 	struct {                                                    \
-		uint64_t seqNumber;                                 \
-		const char *func;                                   \
-		void const *sendBuff;                               \
-		void *recvBuff;                                     \
-		size_t count;                                       \
-		int root;                                           \
-		const char *datatype;                               \
+		LOUPE_PROFILER_COLL_ARGS                            \
 		uint8_t nChannels;                                  \
 		uint8_t nWarps;                                     \
 		const char *algo;                                   \
@@ -231,13 +230,7 @@ typedef struct {
 
 #define LOUPE_PROFILER_DESCR_CE_MEMBERS(ce_tail) \
 	struct {                                 \
-		uint64_t seqNumber;              \
-		const char *func;                \
-		void const *sendBuff;            \
-		void *recvBuff;                  \
-		size_t count;                    \
-		int root;                        \
-		const char *datatype;            \
+		LOUPE_PROFILER_COLL_ARGS         \
 		const char *syncStrategy;        \
 		bool intraBatchSync;             \
 		uint32_t batchSize;              \
