@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -51,6 +52,25 @@ func (h *hangHook) incidents() []traces.Incident {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]traces.Incident(nil), h.got...)
+}
+
+// waitTraced waits until the agent at metricsAddr traces n NCCL processes.
+func waitTraced(t *testing.T, metricsAddr string, n int) {
+	t.Helper()
+	want := fmt.Sprintf("loupe_nccl_attached_processes %d\n", n)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get("http://" + metricsAddr + "/metrics")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(body), want) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent does not trace the job's %d ranks after a minute", n)
+		}
+	}
 }
 
 // The agent and the aggregator together, on a 4-rank job launched with
@@ -107,11 +127,17 @@ func TestNCCLHangIncidentEndToEnd(t *testing.T) {
 	}
 	wg.Go(func() { agent.Run(ctx) })
 
+	// The ranks wait for DIR/go until the agent traces all four, so that
+	// the stall is seen from its start however loaded the machine is (a
+	// job that does not wait for the agent is the nccl package's
+	// TestTracerJobStartsAfterAgent).
 	j := nccltest.StartJob(t, s.Rank, "ranks", 4, 0, -1, 0,
-		[]string{"SLURM_JOB_ID=llm-hang", "NCCLRANK_NO_GO=1", "NCCLRANK_UNTIL_STOP=1"}, func(int) []string {
+		[]string{"SLURM_JOB_ID=llm-hang", "NCCLRANK_UNTIL_STOP=1"}, func(int) []string {
 			return []string{"NCCLRANK_STALL_RANK=2", "NCCLRANK_STALL_AT=40", "NCCLRANK_STALL_MS=20000"}
 		})
 	defer j.Kill()
+	waitTraced(t, agent.MetricsAddr(), 4)
+	j.Touch(t, "go")
 	started := time.Now()
 	var open, resolved *traces.Incident
 	for deadline := started.Add(3 * time.Minute); open == nil || resolved == nil; time.Sleep(100 * time.Millisecond) {
