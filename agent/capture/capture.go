@@ -195,7 +195,9 @@ type Capturer struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	queue chan *job
+	queue   chan *job
+	started chan struct{} // closed when Run first takes captures
+	once    sync.Once
 
 	mu      sync.Mutex
 	running bool
@@ -231,9 +233,13 @@ func New(cfg Config, src Sources, sp Spool, n Notifier, logger *slog.Logger) *Ca
 	}
 	return &Capturer{
 		cfg: cfg, src: src, spool: sp, notify: n, log: logger, now: time.Now,
-		queue: make(chan *job, cfg.MaxConcurrent), byID: map[string]*job{},
+		queue: make(chan *job, cfg.MaxConcurrent), started: make(chan struct{}), byID: map[string]*job{},
 	}
 }
+
+// Started is closed once Run takes captures; Submit fails with ErrStopped
+// before that.
+func (c *Capturer) Started() <-chan struct{} { return c.started }
 
 // Run executes submitted captures until ctx ends. A window still open at
 // that point is closed early and its bundle written, so data already
@@ -246,6 +252,7 @@ func (c *Capturer) Run(ctx context.Context) error {
 	}
 	c.running = true
 	c.mu.Unlock()
+	c.once.Do(func() { close(c.started) })
 	var wg sync.WaitGroup
 	defer func() {
 		c.mu.Lock()

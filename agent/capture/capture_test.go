@@ -130,21 +130,18 @@ func newHarness(t *testing.T, src Sources, cfg Config) *harness {
 	}
 	cfg.Cluster, cfg.Host, cfg.AgentVersion = "c1", "host-a", "test"
 	h.c = New(cfg, src, h.spool, h.notify, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	select {
+	case <-h.c.Started():
+		t.Fatal("Started is closed before Run")
+	default:
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() { h.done <- h.c.Run(ctx) }()
 	t.Cleanup(h.stop)
 	// Submit fails until Run has started.
-	for !h.c.isRunning() {
-		time.Sleep(time.Millisecond)
-	}
+	<-h.c.Started()
 	return h
-}
-
-func (c *Capturer) isRunning() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.running
 }
 
 func (h *harness) stop() {

@@ -446,6 +446,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	run("capture", d.capturer.Run)
 	run("upload", d.uploader.Run)
+	// Ready, and serving, once the capture service takes requests: a
+	// capture asked for right after start-up would get a 503 otherwise.
+	select {
+	case <-d.capturer.Started():
+	case <-ctx.Done():
+	}
 	d.running.Store(true)
 	defer d.running.Store(false)
 
