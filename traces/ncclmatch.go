@@ -264,7 +264,7 @@ func sortCalls(calls []ncclCall) []ncclCall {
 
 // align finds the shift that maps s's seqs onto g's numbering: candidate
 // shifts come from the calls of g with the same signature nearest in time
-// to s's first calls; a candidate holds when every compared call agrees
+// to s's first calls and to its first calls within g's time; a candidate holds when every compared call agrees
 // and at least minMatchCalls overlap; of those that hold, the one with the
 // smallest median arrival difference wins (its score).
 func align(g *ncclGroup, s *ncclStream) (shift, score int64, ok bool) {
@@ -277,14 +277,21 @@ func align(g *ncclGroup, s *ncclStream) (shift, score int64, ok bool) {
 			slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(g.calls[a].t, g.calls[b].t) })
 		}
 	}
+	// From s's first calls, and from its first calls within g's time: a
+	// stream that starts before g's (a straggler still in the iteration
+	// the others had finished when the window opened) has no partner in g
+	// for its first calls.
+	within := max(0, slices.IndexFunc(s.calls, func(c ncclCall) bool { return c.t >= g.calls[0].t }))
 	var cands []int64
-	for _, c := range s.calls[:min(4, len(s.calls))] {
-		idx := g.bySig[c.sig]
-		at, _ := slices.BinarySearchFunc(idx, c.t, func(i int, t int64) int { return cmp.Compare(g.calls[i].t, t) })
-		for _, j := range []int{at - 2, at - 1, at, at + 1} {
-			if j >= 0 && j < len(idx) {
-				if d := g.calls[idx[j]].seq - c.seq; !slices.Contains(cands, d) {
-					cands = append(cands, d)
+	for _, from := range []int{0, within} {
+		for _, c := range s.calls[from:min(from+4, len(s.calls))] {
+			idx := g.bySig[c.sig]
+			at, _ := slices.BinarySearchFunc(idx, c.t, func(i int, t int64) int { return cmp.Compare(g.calls[i].t, t) })
+			for _, j := range []int{at - 2, at - 1, at, at + 1} {
+				if j >= 0 && j < len(idx) {
+					if d := g.calls[idx[j]].seq - c.seq; !slices.Contains(cands, d) {
+						cands = append(cands, d)
+					}
 				}
 			}
 		}

@@ -2,6 +2,7 @@ package traces
 
 import (
 	"encoding/binary"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -125,6 +126,31 @@ func TestNCCLMatcherLateAttach(t *testing.T) {
 	if n := sum.Note(); !strings.Contains(n, "4 of them were matched") || !strings.Contains(n, `"pattern"`) {
 		t.Errorf("note %q", n)
 	}
+}
+
+// The window opens while the straggler, rank 2, is still in the iteration
+// the others have already finished: its first calls have no partner among
+// the others' (the longest stream, which the others' streams join first),
+// and the shift is found from its calls that overlap theirs.
+func TestNCCLMatcherStragglerBehindAtWindowStart(t *testing.T) {
+	start := time.Unix(1700000000, 0)
+	var rows []NCCLEvent
+	pids := map[int32]bool{}
+	for i := range 4 {
+		r := ncclRank{pid: int32(600 + i), handle: 0x60, rank: int32(i), from: 5}
+		rs := streamRows(r, dataParallel, 20, start)
+		if i == 2 {
+			r.from, r.late = 1, 30*time.Millisecond
+			rs = streamRows(r, dataParallel, 20, start)
+			rs = rs[:len(rs)-4] // its last calls come after the window
+		}
+		pids[r.pid] = true
+		rows = append(rows, rs...)
+	}
+	if sum := matchAll(rows, byHandleHost); sum.Matched != 4 || sum.Communicators != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	checkAligned(t, rows, pids)
 }
 
 // A straggler whose lateness builds up over an iteration, until its last
@@ -254,4 +280,52 @@ func FuzzNCCLMatcher(f *testing.F) {
 			}
 		}
 	})
+}
+
+// On a loaded machine: the ranks issue an iteration's collectives back to
+// back (their enqueue is asynchronous), but preemption stretches some gaps
+// to milliseconds; the straggler, rank 2, sleeps 4 ms before each call, and
+// every iteration starts when it issued the last one. Matched by median
+// distance alone, its calls would line up as well with the others' next
+// iteration as with the true one.
+func TestNCCLMatcherLoadedMachine(t *testing.T) {
+	start := time.Unix(1700000000, 0)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	const iters, slow = 60, 4 * time.Millisecond
+	n := len(dataParallel)
+	from := []int{3, 8, 0, 12}
+	var rows []NCCLEvent
+	pids := map[int32]bool{}
+	iterStart := start
+	for it := range iters {
+		for r := range 4 {
+			pid := int32(500 + r)
+			pids[pid] = true
+			at := iterStart
+			for k, c := range dataParallel {
+				switch {
+				case r == 2:
+					at = at.Add(slow)
+				case k > 0 && rnd.IntN(3) == 0:
+					at = at.Add(time.Duration(rnd.IntN(6000)) * time.Microsecond)
+				case k > 0:
+					at = at.Add(20 * time.Microsecond)
+				}
+				idx := it*n + k
+				if idx < from[r] {
+					continue
+				}
+				rows = append(rows, NCCLEvent{
+					TimeNs: at.UnixNano(), PID: pid, TID: pid, Rank: -1, NRanks: -1, Op: c.op, Seq: int64(idx - from[r]),
+					Count: c.count, Datatype: c.dtype, Bytes: int64(idx), Peer: -1, GlobalRank: int32(r), WorldSize: 4,
+					CommHandle: 0x90, Source: SourceUprobe,
+				})
+			}
+		}
+		iterStart = iterStart.Add(time.Duration(n)*slow + time.Millisecond)
+	}
+	if sum := matchAll(rows, byHandleHost); sum.Matched != 4 || sum.Communicators != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	checkAligned(t, rows, pids)
 }
