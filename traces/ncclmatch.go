@@ -264,9 +264,10 @@ func sortCalls(calls []ncclCall) []ncclCall {
 
 // align finds the shift that maps s's seqs onto g's numbering: candidate
 // shifts come from the calls of g with the same signature nearest in time
-// to s's first calls and to its first calls within g's time; a candidate holds when every compared call agrees
-// and at least minMatchCalls overlap; of those that hold, the one with the
-// smallest median arrival difference wins (its score).
+// to s's first calls and to its first calls within g's time; a candidate
+// holds when every compared call agrees and at least minMatchCalls
+// overlap; of those that hold, the one with the smallest median arrival
+// difference wins (its score).
 func align(g *ncclGroup, s *ncclStream) (shift, score int64, ok bool) {
 	if g.bySig == nil {
 		g.bySig = map[uint64][]int{}

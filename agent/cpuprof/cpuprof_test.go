@@ -512,7 +512,7 @@ func TestUnwindWithoutFramePointers(t *testing.T) {
 	cmd, _ := start(t, testProgram(t, "cdeep-nofp"))
 	pid := cmd.Process.Pid
 	prof := capture(t, Config{Hz: 99}, []int{pid})
-	requireShare(t, prof, pid, 0.8, "deep_inner < deep_middle < deep_outer < main", deep)
+	requireShare(t, prof, pid, 0.8, "deep_inner < deep_middle < deep_outer < main", wholeDeepStack)
 	for _, c := range prof.Comments {
 		if strings.HasPrefix(c, "truncated stacks") {
 			t.Errorf("unwound stacks reported as truncated: %s", c)
@@ -520,13 +520,13 @@ func TestUnwindWithoutFramePointers(t *testing.T) {
 	}
 	t.Logf("unwound:\n%s", top(prof))
 	fp := capture(t, Config{Hz: 99, FramePointersOnly: true}, []int{pid})
-	if total, matched := pidSamples(fp, pid, deep); matched*2 > total {
+	if total, matched := pidSamples(fp, pid, wholeDeepStack); matched*2 > total {
 		t.Errorf("frame pointers alone found the whole stack in %d of %d samples: the test program keeps frame pointers\n%s", matched, total, top(fp))
 	}
 }
 
-// deep matches cdeep's whole stack, deep_inner up to main.
-func deep(names []string) bool {
+// wholeDeepStack matches cdeep's whole stack, deep_inner up to main.
+func wholeDeepStack(names []string) bool {
 	i := slices.Index(names, "deep_inner")
 	return i >= 0 && i+3 < len(names) && names[i+1] == "deep_middle" && names[i+2] == "deep_outer" && names[i+3] == "main"
 }
@@ -557,7 +557,7 @@ func TestMappingsFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	requireShare(t, prof, cpid, 0.8, "deep_inner < deep_middle < deep_outer < main", deep)
+	requireShare(t, prof, cpid, 0.8, "deep_inner < deep_middle < deep_outer < main", wholeDeepStack)
 	if total, _ := pidSamples(prof, ppid, func([]string) bool { return true }); total < minSamples || p.tracker.isDescribed(uint32(ppid)) {
 		t.Errorf("the process that did not fit: %d samples (want >= %d), described %v", total, minSamples, p.tracker.isDescribed(uint32(ppid)))
 	}
